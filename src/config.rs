@@ -1,0 +1,413 @@
+//! Typed configuration in layers: embedded demo defaults → `config/psbroker.toml` (or `--config`)
+//! → `PSBROKER_*` environment variables (`__` separates levels, e.g.
+//! `PSBROKER_SERVER__LISTEN=0.0.0.0:9000`). Validated once at start; a bad file is a clear error.
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The demo configuration compiled into the binary: `psbroker serve` works with no files at all.
+pub const EMBEDDED_DEMO: &str = include_str!("../config/psbroker.toml");
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub scheduler: SchedulerConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub simulator: SimulatorConfig,
+    #[serde(default)]
+    pub profiles: BTreeMap<String, ProfileConfig>,
+    #[serde(default)]
+    pub admins: Vec<AdminConfig>,
+    #[serde(default)]
+    pub tenants: Vec<TenantConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: String,
+    /// The longest a `wait: true` request is held open before it answers 202.
+    pub max_wait_seconds: u64,
+    pub max_body_bytes: usize,
+    pub max_batch_items: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self { listen: "127.0.0.1:8080".into(), max_wait_seconds: 30, max_body_bytes: 32 << 20, max_batch_items: 100_000 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `sqlite://PATH` (created if missing) or `sqlite::memory:`.
+    pub url: String,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self { url: "sqlite://./data/psbroker.db".into() }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchedulerConfig {
+    /// How long an admin's (or tenant's) cap stays lowered after a quota fault says someone
+    /// outside the broker holds shells.
+    pub quota_cooldown_seconds: u64,
+    /// How long an admin is left alone for a tenant after logon / permission / MFA failures.
+    pub auth_failure_cooldown_seconds: u64,
+    /// A batch lane that has waited this long without a session may take one from a tenant that
+    /// has had its turn. Interactive work never waits for the quantum.
+    pub fairness_quantum_ms: u64,
+    /// Deadline for an invocation that does not set `timeout_seconds`.
+    pub default_timeout_seconds: u64,
+    /// First and largest backoff between retries of an unreachable service.
+    pub retry_backoff_initial_ms: u64,
+    pub retry_backoff_max_ms: u64,
+    /// How often a command is retried after its session died under it.
+    pub max_attempts: u32,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            quota_cooldown_seconds: 60,
+            auth_failure_cooldown_seconds: 300,
+            fairness_quantum_ms: 30_000,
+            default_timeout_seconds: 1800,
+            retry_backoff_initial_ms: 500,
+            retry_backoff_max_ms: 30_000,
+            max_attempts: 5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Adds a `tenant` label to per-tenant series. Off by default: hundreds of tenants make
+    /// thousands of series.
+    pub tenant_labels: bool,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ProfileKind {
+    /// The built-in simulated service, in process.
+    Simulator,
+    /// WS-Management / PSRP over HTTP(S) (a later release).
+    Wsman,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProfileConfig {
+    pub kind: ProfileKind,
+    /// `{tenant}` is replaced by the tenant's domain.
+    pub connection_uri: String,
+    pub configuration_name: String,
+    /// Sessions retire before this age; the service itself kills them at 60 minutes.
+    pub session_max_age_seconds: u64,
+    /// Each session's max age is lowered by a random share up to this, so sessions opened
+    /// together do not all retire together.
+    pub max_age_jitter_percent: u8,
+    pub max_commands_per_session: u32,
+    /// An idle session is closed after this long so its quota is free for other tools.
+    pub idle_timeout_seconds: u64,
+    pub open_timeout_seconds: u64,
+    pub command_timeout_seconds: u64,
+}
+
+impl Default for ProfileConfig {
+    fn default() -> Self {
+        Self {
+            kind: ProfileKind::Simulator,
+            connection_uri: "https://ps.outlook.com/powershell-liveid?DelegatedOrg={tenant}".into(),
+            configuration_name: "Microsoft.Exchange".into(),
+            session_max_age_seconds: 55 * 60,
+            max_age_jitter_percent: 5,
+            max_commands_per_session: 900,
+            idle_timeout_seconds: 300,
+            open_timeout_seconds: 60,
+            command_timeout_seconds: 600,
+        }
+    }
+}
+
+impl ProfileConfig {
+    pub fn max_age(&self) -> Duration {
+        Duration::from_secs_f64(self.session_max_age_seconds as f64)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    pub name: String,
+    pub upn: String,
+    /// `env:VAR`, `file:/path`, or `literal:secret` (demo only: logged as a warning).
+    pub credential: String,
+    #[serde(default = "default_admin_cap")]
+    pub cap: u32,
+    /// Tenant domains this admin may manage, or `["*"]`.
+    #[serde(default = "all_tenants")]
+    pub tenants: Vec<String>,
+}
+
+fn default_admin_cap() -> u32 {
+    3
+}
+fn all_tenants() -> Vec<String> {
+    vec!["*".into()]
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    pub domain: String,
+    #[serde(default = "default_tenant_cap")]
+    pub cap: u32,
+    #[serde(default = "default_profile_name")]
+    pub profile: String,
+}
+
+fn default_tenant_cap() -> u32 {
+    20
+}
+fn default_profile_name() -> String {
+    "default".into()
+}
+
+/// The simulated remote service. Unless `accounts`/`tenants` are given, its directory mirrors
+/// the broker's: every configured tenant exists, every admin's credential is its password.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SimulatorConfig {
+    pub mailboxes_per_tenant: u32,
+    pub user_shell_cap: u32,
+    pub tenant_shell_cap: u32,
+    pub shell_lifetime_seconds: f64,
+    /// Simulated time runs this many times faster than real time (lifetimes and latencies).
+    pub time_speedup: f64,
+    pub max_commands_per_shell: u32,
+    pub open_latency_ms: u64,
+    pub command_latency_ms: u64,
+    pub close_latency_ms: u64,
+    /// Tenants whose remote PowerShell policy is off.
+    pub remote_powershell_disabled: Vec<String>,
+    /// `upn:tenant` pairs where the account lacks permission to manage the tenant.
+    pub denied: Vec<String>,
+    /// Accounts that must pass MFA (and so cannot use remote PowerShell).
+    pub mfa_required: Vec<String>,
+    pub identity_service_down: bool,
+    pub accounts: Vec<SimAccountConfig>,
+    pub tenants: Vec<String>,
+}
+
+impl Default for SimulatorConfig {
+    fn default() -> Self {
+        Self {
+            mailboxes_per_tenant: 25,
+            user_shell_cap: 3,
+            tenant_shell_cap: 20,
+            shell_lifetime_seconds: 3600.0,
+            time_speedup: 1.0,
+            max_commands_per_shell: 1000,
+            open_latency_ms: 200,
+            command_latency_ms: 20,
+            close_latency_ms: 10,
+            remote_powershell_disabled: vec![],
+            denied: vec![],
+            mfa_required: vec![],
+            identity_service_down: false,
+            accounts: vec![],
+            tenants: vec![],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimAccountConfig {
+    pub upn: String,
+    pub password: String,
+    #[serde(default = "all_tenants")]
+    pub tenants: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+    #[error("credential of admin '{admin}': {reason}")]
+    Credential { admin: String, reason: String },
+}
+
+impl Config {
+    /// Loads the layers. `explicit` is `--config`; without it `./config/psbroker.toml` is used
+    /// when present, else the embedded demo.
+    pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
+        let base = match explicit {
+            Some(path) => Figment::from(Toml::file_exact(path)),
+            None if Path::new("config/psbroker.toml").exists() => Figment::from(Toml::file_exact("config/psbroker.toml")),
+            None => Figment::from(Toml::string(EMBEDDED_DEMO)),
+        };
+        let config: Config =
+            base.merge(Env::prefixed("PSBROKER_").split("__")).extract().map_err(|e| ConfigError::Load(Box::new(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = Figment::from(Toml::string(text)).extract().map_err(|e| ConfigError::Load(Box::new(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn demo() -> Config {
+        Self::from_toml(EMBEDDED_DEMO).expect("embedded demo config is valid")
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.server.listen.parse::<std::net::SocketAddr>().is_err() {
+            return bad(format!("server.listen '{}' is not an address:port", self.server.listen));
+        }
+        if self.admins.is_empty() {
+            return bad("no [[admins]] configured".into());
+        }
+        if self.tenants.is_empty() {
+            return bad("no [[tenants]] configured".into());
+        }
+        let mut names = HashSet::new();
+        for a in &self.admins {
+            if !names.insert(a.name.to_ascii_lowercase()) {
+                return bad(format!("admin name '{}' is used twice", a.name));
+            }
+            if a.cap == 0 {
+                return bad(format!("admin '{}' has cap 0", a.name));
+            }
+            if !a.upn.contains('@') {
+                return bad(format!("admin '{}' upn '{}' is not a user principal name", a.name, a.upn));
+            }
+            CredentialRef::parse(&a.credential).map_err(|reason| ConfigError::Credential { admin: a.name.clone(), reason })?;
+        }
+        let mut domains = HashSet::new();
+        for t in &self.tenants {
+            if !domains.insert(t.domain.to_ascii_lowercase()) {
+                return bad(format!("tenant '{}' is listed twice", t.domain));
+            }
+            if t.cap == 0 {
+                return bad(format!("tenant '{}' has cap 0", t.domain));
+            }
+            if !self.profiles.contains_key(&t.profile) {
+                return bad(format!("tenant '{}' uses profile '{}', which is not defined under [profiles]", t.domain, t.profile));
+            }
+        }
+        for a in &self.admins {
+            for t in &a.tenants {
+                if t != "*" && !domains.contains(&t.to_ascii_lowercase()) {
+                    return bad(format!("admin '{}' lists tenant '{}', which is not configured", a.name, t));
+                }
+            }
+        }
+        for (name, p) in &self.profiles {
+            if p.max_commands_per_session == 0 || p.session_max_age_seconds == 0 {
+                return bad(format!("profile '{name}': max commands and max age must be positive"));
+            }
+            if p.max_age_jitter_percent > 50 {
+                return bad(format!("profile '{name}': max_age_jitter_percent must be at most 50"));
+            }
+        }
+        if self.simulator.time_speedup <= 0.0 {
+            return bad("simulator.time_speedup must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+/// Where an admin's secret comes from. Resolved at start so a missing variable fails early.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CredentialRef {
+    Env(String),
+    File(PathBuf),
+    Literal(String),
+}
+
+impl CredentialRef {
+    pub fn parse(text: &str) -> Result<CredentialRef, String> {
+        if let Some(var) = text.strip_prefix("env:") {
+            if var.is_empty() {
+                return Err("env: needs a variable name".into());
+            }
+            Ok(CredentialRef::Env(var.to_string()))
+        } else if let Some(path) = text.strip_prefix("file:") {
+            Ok(CredentialRef::File(PathBuf::from(path)))
+        } else if let Some(lit) = text.strip_prefix("literal:") {
+            Ok(CredentialRef::Literal(lit.to_string()))
+        } else {
+            Err("must start with env:, file: or literal:".into())
+        }
+    }
+
+    pub fn resolve(&self) -> Result<SecretString, String> {
+        match self {
+            CredentialRef::Env(var) => std::env::var(var)
+                .map(SecretString::from)
+                .map_err(|_| format!("environment variable {var} is not set")),
+            CredentialRef::File(path) => std::fs::read_to_string(path)
+                .map(|s| SecretString::from(s.trim_end_matches(['\r', '\n']).to_string()))
+                .map_err(|e| format!("cannot read {}: {e}", path.display())),
+            CredentialRef::Literal(s) => Ok(SecretString::from(s.clone())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_demo_is_valid() {
+        let c = Config::demo();
+        assert!(!c.admins.is_empty());
+        assert!(c.profiles.contains_key("default"));
+    }
+
+    #[test]
+    fn unknown_profile_is_rejected_with_its_name() {
+        let text = EMBEDDED_DEMO.replacen("profile = \"default\"", "profile = \"nope\"", 1);
+        let err = Config::from_toml(&text).unwrap_err().to_string();
+        assert!(err.contains("'nope'"), "{err}");
+    }
+
+    #[test]
+    fn credential_refs_parse_and_resolve() {
+        assert_eq!(CredentialRef::parse("env:X").unwrap(), CredentialRef::Env("X".into()));
+        assert!(CredentialRef::parse("hunter2").is_err());
+        let dir = std::env::temp_dir().join(format!("psb-cred-{}", std::process::id()));
+        std::fs::write(&dir, "s3cret\n").unwrap();
+        let secret = CredentialRef::File(dir.clone()).resolve().unwrap();
+        use secrecy::ExposeSecret;
+        assert_eq!(secret.expose_secret(), "s3cret");
+        assert!(!format!("{secret:?}").contains("s3cret"));
+        std::fs::remove_file(dir).unwrap();
+    }
+}

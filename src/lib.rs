@@ -1,0 +1,16 @@
+//! psbroker: a daemon that brokers pooled remote PowerShell sessions for admins of many tenants.
+//!
+//! Follow one invocation: [`api`] handler → [`store`] (persisted before it is acknowledged) →
+//! [`broker`] scheduler (picks or opens a session within the caps) → a [`remote::Connector`]
+//! (the built-in [`sim`] today) → result stored → response.
+
+pub mod api;
+pub mod app;
+pub mod bench;
+pub mod broker;
+pub mod cli;
+pub mod config;
+pub mod metrics;
+pub mod remote;
+pub mod sim;
+pub mod store;

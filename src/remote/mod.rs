@@ -1,0 +1,59 @@
+//! Remote side: the connector seam and the wire protocols behind it.
+//!
+//! Nothing here knows about pools, queues or HTTP callers. A connector opens one session for an
+//! (admin, tenant, endpoint) triple, runs single commands on it, and closes it.
+
+pub mod fault;
+pub mod value;
+
+use async_trait::async_trait;
+use secrecy::SecretString;
+
+pub use fault::{classify, classify_error_record, ErrorRecord, FaultClass, RemoteError, RetryPolicy};
+pub use value::{PsObject, PsValue};
+
+/// Everything needed to open one session: who, for which tenant, where.
+#[derive(Debug, Clone)]
+pub struct SessionTarget {
+    pub admin_upn: String,
+    pub credential: SecretString,
+    pub tenant: String,
+    /// The connection URI with `{tenant}` already substituted.
+    pub connection_uri: String,
+    pub configuration_name: String,
+}
+
+/// One cmdlet with named, typed parameters. Never script text.
+#[derive(Debug, Clone)]
+pub struct Command {
+    /// Also used as the remote pipeline id, so a server can tell retries of one invocation apart
+    /// from different invocations.
+    pub invocation_id: uuid::Uuid,
+    pub cmdlet: String,
+    pub parameters: Vec<(String, PsValue)>,
+}
+
+/// What a command that ran to completion produced. A terminating failure is a `RemoteError`;
+/// non-terminating error records arrive here next to the output.
+#[derive(Debug, Clone, Default)]
+pub struct CommandOutput {
+    pub objects: Vec<PsValue>,
+    pub errors: Vec<ErrorRecord>,
+    pub warnings: Vec<String>,
+}
+
+/// Opens sessions. One connector serves one endpoint profile kind.
+#[async_trait]
+pub trait Connector: Send + Sync + 'static {
+    async fn open(&self, target: &SessionTarget) -> Result<Box<dyn RemoteSession>, RemoteError>;
+}
+
+/// A live remote session (a WinRM shell hosting a runspace pool).
+#[async_trait]
+pub trait RemoteSession: Send + Sync {
+    /// The server's identifier of the session (the ShellId on WS-Management).
+    fn remote_id(&self) -> String;
+    async fn invoke(&self, command: &Command) -> Result<CommandOutput, RemoteError>;
+    /// Removes the session on the server (Remove-PSSession), releasing its quota.
+    async fn close(&self) -> Result<(), RemoteError>;
+}
