@@ -1,0 +1,111 @@
+//! The broker's view of who may act where: admins, tenants and endpoint profiles by index.
+
+use crate::config::{Config, CredentialRef, ProfileConfig};
+use crate::remote::{Connector, SessionTarget};
+use secrecy::SecretString;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+pub type AdminIdx = usize;
+pub type TenantIdx = usize;
+
+pub struct Admin {
+    pub name: String,
+    pub upn: String,
+    pub credential: SecretString,
+    pub cap: u32,
+    /// `None` = every tenant.
+    tenants: Option<Vec<TenantIdx>>,
+}
+
+pub struct Tenant {
+    pub domain: String,
+    pub cap: u32,
+    pub profile: Arc<Profile>,
+}
+
+pub struct Profile {
+    pub name: String,
+    pub config: ProfileConfig,
+    pub connector: Arc<dyn Connector>,
+}
+
+pub struct Directory {
+    pub admins: Vec<Admin>,
+    pub tenants: Vec<Tenant>,
+    tenant_by_domain: HashMap<String, TenantIdx>,
+    admin_by_name: HashMap<String, AdminIdx>,
+    /// For each tenant, the admins allowed to manage it.
+    admins_by_tenant: Vec<Vec<AdminIdx>>,
+}
+
+impl Directory {
+    /// Builds the directory; `connector_for` supplies the connector of each profile.
+    pub fn build(
+        config: &Config,
+        mut connector_for: impl FnMut(&str, &ProfileConfig) -> anyhow::Result<Arc<dyn Connector>>,
+    ) -> anyhow::Result<Directory> {
+        let mut profiles = HashMap::new();
+        for (name, p) in &config.profiles {
+            let connector = connector_for(name, p)?;
+            profiles.insert(name.clone(), Arc::new(Profile { name: name.clone(), config: p.clone(), connector }));
+        }
+        let tenants: Vec<Tenant> = config
+            .tenants
+            .iter()
+            .map(|t| Tenant { domain: t.domain.to_ascii_lowercase(), cap: t.cap, profile: profiles[&t.profile].clone() })
+            .collect();
+        let tenant_by_domain: HashMap<_, _> = tenants.iter().enumerate().map(|(i, t)| (t.domain.clone(), i)).collect();
+        let mut admins = Vec::new();
+        for a in &config.admins {
+            let credential = CredentialRef::parse(&a.credential)
+                .and_then(|r| {
+                    if matches!(r, CredentialRef::Literal(_)) {
+                        tracing::warn!(admin = %a.name, "credential is a literal in the configuration: use env: or file: outside demos");
+                    }
+                    r.resolve()
+                })
+                .map_err(|e| anyhow::anyhow!("credential of admin '{}': {e}", a.name))?;
+            let allowed = if a.tenants.iter().any(|t| t == "*") {
+                None
+            } else {
+                Some(a.tenants.iter().map(|d| tenant_by_domain[&d.to_ascii_lowercase()]).collect())
+            };
+            admins.push(Admin { name: a.name.clone(), upn: a.upn.clone(), credential, cap: a.cap, tenants: allowed });
+        }
+        let admins_by_tenant = (0..tenants.len())
+            .map(|t| {
+                (0..admins.len()).filter(|&a| admins[a].tenants.as_ref().is_none_or(|ts: &Vec<usize>| ts.contains(&t))).collect()
+            })
+            .collect();
+        let admin_by_name = admins.iter().enumerate().map(|(i, a)| (a.name.to_ascii_lowercase(), i)).collect();
+        Ok(Directory { admins, tenants, tenant_by_domain, admin_by_name, admins_by_tenant })
+    }
+
+    pub fn tenant(&self, domain: &str) -> Option<TenantIdx> {
+        self.tenant_by_domain.get(&domain.to_ascii_lowercase()).copied()
+    }
+
+    pub fn admin(&self, name: &str) -> Option<AdminIdx> {
+        self.admin_by_name.get(&name.to_ascii_lowercase()).copied()
+    }
+
+    pub fn admins_for(&self, tenant: TenantIdx) -> &[AdminIdx] {
+        &self.admins_by_tenant[tenant]
+    }
+
+    pub fn may_manage(&self, admin: AdminIdx, tenant: TenantIdx) -> bool {
+        self.admins_by_tenant[tenant].contains(&admin)
+    }
+
+    pub fn target(&self, admin: AdminIdx, tenant: TenantIdx) -> SessionTarget {
+        let (a, t) = (&self.admins[admin], &self.tenants[tenant]);
+        SessionTarget {
+            admin_upn: a.upn.clone(),
+            credential: a.credential.clone(),
+            tenant: t.domain.clone(),
+            connection_uri: t.profile.config.connection_uri.replace("{tenant}", &t.domain),
+            configuration_name: t.profile.config.configuration_name.clone(),
+        }
+    }
+}

@@ -1,0 +1,912 @@
+//! The scheduler: a pure state machine that decides which session runs which invocation.
+//!
+//! It does no I/O and reads no clock: the driver feeds it events with the time they happened and
+//! executes the [`Action`]s that [`Scheduler::plan`] returns. That keeps the cap invariant
+//! ("an admin's sessions across tenants ≤ its cap; a tenant's sessions across admins ≤ its cap,
+//! even briefly") checkable by unit tests with virtual time. docs/scheduler.md explains the policy.
+
+use super::directory::{AdminIdx, TenantIdx};
+use crate::remote::{FaultClass, PsValue, RetryPolicy};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+pub type SessionId = u64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    Interactive,
+    #[default]
+    Batch,
+}
+
+impl Priority {
+    fn slot(self) -> usize {
+        match self {
+            Priority::Interactive => 0,
+            Priority::Batch => 1,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Interactive => "interactive",
+            Priority::Batch => "batch",
+        }
+    }
+}
+
+/// What to run: one cmdlet and its typed parameters.
+#[derive(Debug)]
+pub struct JobSpec {
+    pub cmdlet: String,
+    pub parameters: Vec<(String, PsValue)>,
+}
+
+/// One queued invocation as the scheduler sees it.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub id: Uuid,
+    pub tenant: TenantIdx,
+    /// Set when the caller pinned the invocation to one admin.
+    pub admin: Option<AdminIdx>,
+    pub priority: Priority,
+    pub spec: Arc<JobSpec>,
+    /// Safe to run twice (a read): may be retried when the outcome of an attempt is unknown.
+    pub idempotent: bool,
+    pub batch: Option<Uuid>,
+    pub enqueued_at: Instant,
+    pub deadline: Instant,
+    pub attempts: u32,
+    pub not_before: Option<Instant>,
+}
+
+/// Per-tenant session rules, taken from the tenant's endpoint profile.
+#[derive(Debug, Clone)]
+pub struct SessionRules {
+    pub max_age: Duration,
+    pub max_age_jitter_percent: u8,
+    pub max_commands: u32,
+    pub idle_timeout: Duration,
+}
+
+/// The static shape the scheduler works within.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    pub admin_caps: Vec<u32>,
+    pub tenant_caps: Vec<u32>,
+    pub admins_for_tenant: Vec<Vec<AdminIdx>>,
+    pub rules: Vec<SessionRules>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Tuning {
+    pub quota_cooldown: Duration,
+    pub auth_failure_cooldown: Duration,
+    pub fairness_quantum: Duration,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CloseReason {
+    MaxAge,
+    MaxCommands,
+    IdleTimeout,
+    /// Idle, its tenant had no work, and another tenant needed the admin's slot.
+    Evicted,
+    /// Taken from a tenant that had its turn so that a waiting tenant gets one.
+    Preempted,
+    /// The session failed under a command and may be in any state.
+    Broken,
+    Shutdown,
+}
+
+impl CloseReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::MaxAge => "max_age",
+            CloseReason::MaxCommands => "max_commands",
+            CloseReason::IdleTimeout => "idle_timeout",
+            CloseReason::Evicted => "evicted",
+            CloseReason::Preempted => "preempted",
+            CloseReason::Broken => "broken",
+            CloseReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Why an invocation failed without running (the scheduler's own verdicts).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    pub code: &'static str,
+    pub message: String,
+    pub class: Option<FaultClass>,
+}
+
+#[derive(Debug)]
+pub enum Action {
+    Open { session: SessionId, admin: AdminIdx, tenant: TenantIdx },
+    Run { session: SessionId, job: Job },
+    Close { session: SessionId, reason: CloseReason },
+    Fail { job: Job, failure: Failure },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionState {
+    Opening,
+    Idle,
+    Busy,
+    Closing,
+}
+
+impl SessionState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionState::Opening => "opening",
+            SessionState::Idle => "idle",
+            SessionState::Busy => "busy",
+            SessionState::Closing => "closing",
+        }
+    }
+}
+
+/// What became of a session after a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterCommand {
+    /// Healthy: back to idle.
+    Keep,
+    /// The server says it no longer exists: its quota is already free.
+    Gone,
+    /// Broken in an unknown state: close it (best effort) before its slot counts as free.
+    Close,
+}
+
+#[derive(Debug, Clone)]
+struct Session {
+    admin: AdminIdx,
+    tenant: TenantIdx,
+    state: SessionState,
+    opened_at: Instant,
+    max_age: Duration,
+    commands: u32,
+    last_used: Instant,
+    close_reason: Option<CloseReason>,
+}
+
+type LaneKey = (TenantIdx, Option<AdminIdx>);
+
+/// Invocations with identical routing: same tenant, same admin pin.
+#[derive(Debug, Default)]
+struct Lane {
+    queues: [VecDeque<Job>; 2],
+    /// Since when the lane has had ready work, no session and no way to open one.
+    blocked_since: Option<Instant>,
+    /// The session being closed (evicted or preempted) to make room for this lane: the lane
+    /// has first claim on the freed slot.
+    room_from: Option<SessionId>,
+    /// Set for one plan after the slot made for this lane was freed.
+    claim: bool,
+    last_error: Option<(FaultClass, String)>,
+}
+
+impl Lane {
+    fn len(&self) -> usize {
+        self.queues[0].len() + self.queues[1].len()
+    }
+
+    fn head(&self, now: Instant) -> Option<&Job> {
+        self.queues.iter().filter_map(|q| q.front()).find(|j| j.not_before.is_none_or(|t| t <= now))
+    }
+
+    fn has_ready(&self, now: Instant) -> bool {
+        self.head(now).is_some()
+    }
+
+    fn has_interactive(&self, now: Instant) -> bool {
+        self.queues[0].front().is_some_and(|j| j.not_before.is_none_or(|t| t <= now))
+    }
+
+    fn oldest(&self) -> Option<Instant> {
+        self.queues.iter().filter_map(|q| q.front()).map(|j| j.enqueued_at).min()
+    }
+
+    fn pop_ready(&mut self, now: Instant) -> Option<Job> {
+        for q in &mut self.queues {
+            if q.front().is_some_and(|j| j.not_before.is_none_or(|t| t <= now)) {
+                return q.pop_front();
+            }
+        }
+        None
+    }
+}
+
+/// A temporary restriction with its cause, e.g. "admin X failed logon: leave it alone for 5 min".
+#[derive(Debug, Clone)]
+struct Block {
+    until: Instant,
+    class: FaultClass,
+    message: String,
+}
+
+/// A cap lowered after a quota fault, until the cool-down ends.
+#[derive(Debug, Clone, Copy)]
+struct Lowered {
+    cap: u32,
+    until: Instant,
+}
+
+/// Exponentially weighted estimates of how long opens and commands take.
+#[derive(Debug, Clone, Copy)]
+struct Estimates {
+    open: f64,
+    command: f64,
+}
+
+impl Estimates {
+    const WEIGHT: f64 = 0.2;
+
+    fn observe(value: &mut f64, sample: Duration) {
+        *value = *value * (1.0 - Self::WEIGHT) + sample.as_secs_f64() * Self::WEIGHT;
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionView {
+    pub id: SessionId,
+    pub admin: AdminIdx,
+    pub tenant: TenantIdx,
+    pub state: SessionState,
+    pub age: Duration,
+    pub commands: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CapView {
+    pub cap: u32,
+    pub effective_cap: u32,
+    pub open: u32,
+    pub busy: u32,
+    pub queued: usize,
+    /// Why the scheduler is leaving this admin or tenant alone right now, if it is.
+    pub blocked: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Snapshot {
+    pub sessions: Vec<SessionView>,
+    pub admins: Vec<CapView>,
+    pub tenants: Vec<CapView>,
+    pub queued_interactive: usize,
+    pub queued_batch: usize,
+    pub oldest_queued: Option<Duration>,
+}
+
+pub struct Scheduler {
+    topo: Topology,
+    tuning: Tuning,
+    lanes: BTreeMap<LaneKey, Lane>,
+    sessions: BTreeMap<SessionId, Session>,
+    next_session: SessionId,
+    admin_open: Vec<u32>,
+    tenant_open: Vec<u32>,
+    admin_lowered: Vec<Option<Lowered>>,
+    tenant_lowered: Vec<Option<Lowered>>,
+    /// Logon failures and MFA demands: the admin is useless everywhere for a while.
+    admin_blocked: Vec<Option<Block>>,
+    /// No permission for this tenant.
+    pair_blocked: HashMap<(AdminIdx, TenantIdx), Block>,
+    /// Remote PowerShell disabled for the tenant.
+    tenant_blocked: Vec<Option<Block>>,
+    /// Backoff after an admin's opens failed for transient reasons.
+    admin_retry_at: Vec<Option<Instant>>,
+    admin_failures: Vec<u32>,
+    estimates: Estimates,
+    queued: [usize; 2],
+    next_sweep: Option<Instant>,
+    shutting_down: bool,
+}
+
+impl Scheduler {
+    pub fn new(topo: Topology, tuning: Tuning) -> Self {
+        let (na, nt) = (topo.admin_caps.len(), topo.tenant_caps.len());
+        Self {
+            topo,
+            tuning,
+            lanes: BTreeMap::new(),
+            sessions: BTreeMap::new(),
+            next_session: 1,
+            admin_open: vec![0; na],
+            tenant_open: vec![0; nt],
+            admin_lowered: vec![None; na],
+            tenant_lowered: vec![None; nt],
+            admin_blocked: vec![None; na],
+            pair_blocked: HashMap::new(),
+            tenant_blocked: vec![None; nt],
+            admin_retry_at: vec![None; na],
+            admin_failures: vec![0; na],
+            // Conservative starting guesses; replaced by observations within a few samples.
+            estimates: Estimates { open: 2.0, command: 0.5 },
+            queued: [0, 0],
+            next_sweep: None,
+            shutting_down: false,
+        }
+    }
+
+    // ----- events -------------------------------------------------------------------------
+
+    pub fn submit(&mut self, job: Job) {
+        self.queued[job.priority.slot()] += 1;
+        let lane = self.lanes.entry((job.tenant, job.admin)).or_default();
+        lane.queues[job.priority.slot()].push_back(job);
+    }
+
+    /// Puts a job whose attempt did not start (or may be retried) back at the front of its lane.
+    pub fn requeue(&mut self, mut job: Job, not_before: Option<Instant>) {
+        job.not_before = not_before;
+        self.queued[job.priority.slot()] += 1;
+        let lane = self.lanes.entry((job.tenant, job.admin)).or_default();
+        lane.queues[job.priority.slot()].push_front(job);
+    }
+
+    pub fn open_succeeded(&mut self, id: SessionId, now: Instant) {
+        let Some(s) = self.sessions.get_mut(&id) else { return };
+        Estimates::observe(&mut self.estimates.open, now.saturating_duration_since(s.opened_at));
+        s.state = SessionState::Idle;
+        // The session's life starts when the server created it.
+        s.opened_at = now;
+        s.last_used = now;
+        self.admin_failures[s.admin] = 0;
+        self.admin_retry_at[s.admin] = None;
+        let tenant = s.tenant;
+        for (_, lane) in self.lanes.range_mut((tenant, None)..=(tenant, Some(usize::MAX))) {
+            lane.last_error = None;
+        }
+    }
+
+    /// An open failed: release the slot and apply the failure class's policy.
+    pub fn open_failed(&mut self, id: SessionId, class: FaultClass, message: &str, now: Instant) {
+        let Some(s) = self.remove_session(id) else { return };
+        let (a, t) = (s.admin, s.tenant);
+        let block = |cooldown: Duration| Block { until: now + cooldown, class, message: message.to_string() };
+        let auth_block = block(self.tuning.auth_failure_cooldown);
+        match class {
+            // Someone outside the broker holds shells: believe the service and lower the cap to
+            // what we hold now, for a cool-down. The work waits; it does not fail.
+            FaultClass::UserShellQuotaExceeded => {
+                self.admin_lowered[a] = Some(Lowered { cap: self.admin_open[a], until: now + self.tuning.quota_cooldown });
+            }
+            FaultClass::TenantShellQuotaExceeded => {
+                self.tenant_lowered[t] = Some(Lowered { cap: self.tenant_open[t], until: now + self.tuning.quota_cooldown });
+            }
+            FaultClass::TenantRemotePowerShellDisabled => self.tenant_blocked[t] = Some(auth_block),
+            // Bad password or MFA demanded: this admin is useless everywhere for a while.
+            FaultClass::LogonFailed | FaultClass::MfaRequired => self.admin_blocked[a] = Some(auth_block),
+            // No permission here, or an answer no retry can change (e.g. an unknown
+            // configuration name): this admin is left alone for this tenant.
+            _ if class == FaultClass::TenantPermissionDenied || class.policy() == RetryPolicy::Fail => {
+                self.pair_blocked.insert((a, t), auth_block);
+            }
+            _ => {
+                // Transient (identity service down, connection lost): back off this admin.
+                self.admin_failures[a] += 1;
+                self.admin_retry_at[a] = Some(now + self.backoff(self.admin_failures[a]));
+            }
+        }
+        for (_, lane) in self.lanes.range_mut((t, None)..=(t, Some(usize::MAX))) {
+            lane.last_error = Some((class, message.to_string()));
+        }
+    }
+
+    /// A command finished (whatever its outcome) on `id`.
+    pub fn command_finished(&mut self, id: SessionId, after: AfterCommand, ran_for: Option<Duration>, now: Instant) {
+        if let Some(d) = ran_for {
+            Estimates::observe(&mut self.estimates.command, d);
+        }
+        match after {
+            AfterCommand::Keep => {
+                if let Some(s) = self.sessions.get_mut(&id) {
+                    s.state = SessionState::Idle;
+                    s.commands += 1;
+                    s.last_used = now;
+                }
+            }
+            AfterCommand::Gone => {
+                self.remove_session(id);
+            }
+            AfterCommand::Close => {
+                if let Some(s) = self.sessions.get_mut(&id) {
+                    s.state = SessionState::Closing;
+                    s.close_reason = Some(CloseReason::Broken);
+                }
+            }
+        }
+    }
+
+    /// The session's close finished (or was abandoned): its slot is free again.
+    pub fn closed(&mut self, id: SessionId) {
+        self.remove_session(id);
+    }
+
+    /// Removes queued jobs of a batch; returns their ids (running ones finish on their own).
+    pub fn cancel_batch(&mut self, batch: Uuid) -> Vec<Uuid> {
+        self.remove_jobs(|j| j.batch == Some(batch))
+    }
+
+    pub fn cancel_job(&mut self, id: Uuid) -> bool {
+        !self.remove_jobs(|j| j.id == id).is_empty()
+    }
+
+    /// Stops starting commands and opening sessions; idle sessions close at the next plan.
+    pub fn begin_shutdown(&mut self) {
+        self.shutting_down = true;
+    }
+
+    // ----- planning -----------------------------------------------------------------------
+
+    /// Decides what to do now. Call after every batch of events and on a periodic tick.
+    pub fn plan(&mut self, now: Instant) -> Vec<Action> {
+        let mut actions = Vec::new();
+        self.expire_cooldowns(now);
+        if self.next_sweep.is_none_or(|t| t <= now) {
+            self.fail_expired(now, &mut actions);
+            self.next_sweep = Some(now + Duration::from_millis(250));
+        }
+        self.fail_unservable(&mut actions);
+        self.retire_idle(now, &mut actions);
+        if self.shutting_down {
+            return actions;
+        }
+        self.assign_idle(now, &mut actions);
+        self.open_for_lanes(now, &mut actions);
+        actions
+    }
+
+    /// Lanes no admin can serve for a known reason (tenant disabled, every admin refused).
+    fn fail_unservable(&mut self, actions: &mut Vec<Action>) {
+        let keys: Vec<LaneKey> = self.lanes.iter().filter(|(_, l)| l.len() > 0).map(|(k, _)| *k).collect();
+        for (t, pin) in keys {
+            let candidates = self.candidates(t, pin);
+            let failure = if let Some(b) = &self.tenant_blocked[t] {
+                Failure { code: b.class.code(), message: b.message.clone(), class: Some(b.class) }
+            } else if candidates.is_empty() {
+                Failure {
+                    code: "admin_not_allowed",
+                    message: "no configured admin may manage this tenant".into(),
+                    class: None,
+                }
+            } else if candidates.iter().all(|&a| self.admin_refusal(a, t).is_some()) {
+                let b = candidates.iter().filter_map(|&a| self.admin_refusal(a, t)).min_by_key(|b| b.until).expect("refused");
+                Failure { code: b.class.code(), message: b.message.clone(), class: Some(b.class) }
+            } else {
+                continue;
+            };
+            self.drain_lane((t, pin), &failure, actions);
+        }
+    }
+
+    fn fail_expired(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        for lane in self.lanes.values_mut() {
+            let (code, message, class) = match &lane.last_error {
+                Some((class, msg)) => (class.code(), format!("gave up waiting for a session: {msg}"), Some(*class)),
+                None => ("timeout", "the invocation's timeout passed before a session was free".to_string(), None),
+            };
+            for (slot, q) in lane.queues.iter_mut().enumerate() {
+                let before = q.len();
+                let mut kept = VecDeque::with_capacity(before);
+                for job in q.drain(..) {
+                    if job.deadline <= now {
+                        actions.push(Action::Fail {
+                            job,
+                            failure: Failure { code, message: message.clone(), class },
+                        });
+                    } else {
+                        kept.push_back(job);
+                    }
+                }
+                self.queued[slot] -= before - kept.len();
+                *q = kept;
+            }
+        }
+    }
+
+    fn retire_idle(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        for (&id, s) in self.sessions.iter_mut() {
+            if s.state != SessionState::Idle {
+                continue;
+            }
+            let rules = &self.topo.rules[s.tenant];
+            let reason = if self.shutting_down {
+                Some(CloseReason::Shutdown)
+            } else if now.saturating_duration_since(s.opened_at) >= s.max_age {
+                Some(CloseReason::MaxAge)
+            } else if s.commands >= rules.max_commands {
+                Some(CloseReason::MaxCommands)
+            } else if now.saturating_duration_since(s.last_used) >= rules.idle_timeout {
+                Some(CloseReason::IdleTimeout)
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                s.state = SessionState::Closing;
+                s.close_reason = Some(reason);
+                actions.push(Action::Close { session: id, reason });
+            }
+        }
+    }
+
+    /// Gives each idle session the next job of its tenant (affinity), unless a waiting tenant
+    /// is owed the session's slot.
+    fn assign_idle(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        let idle: Vec<SessionId> =
+            self.sessions.iter().filter(|(_, s)| s.state == SessionState::Idle).map(|(&id, _)| id).collect();
+        for id in idle {
+            let s = &self.sessions[&id];
+            let (a, t) = (s.admin, s.tenant);
+            if let Some(lane_key) = self.owed_lane(id, now) {
+                self.lanes.get_mut(&lane_key).expect("owed lane exists").room_from = Some(id);
+                let s = self.sessions.get_mut(&id).expect("idle session exists");
+                s.state = SessionState::Closing;
+                s.close_reason = Some(CloseReason::Preempted);
+                actions.push(Action::Close { session: id, reason: CloseReason::Preempted });
+                continue;
+            }
+            // Prefer interactive work, then the older head, across the unpinned and pinned lane.
+            let pick = [(t, None), (t, Some(a))]
+                .into_iter()
+                .filter_map(|k| self.lanes.get(&k).and_then(|l| l.head(now)).map(|j| (k, j.priority, j.enqueued_at)))
+                .min_by_key(|&(_, p, at)| (p.slot(), at))
+                .map(|(k, _, _)| k);
+            let Some(key) = pick else { continue };
+            let job = self.lanes.get_mut(&key).and_then(|l| l.pop_ready(now)).expect("head exists");
+            self.queued[job.priority.slot()] -= 1;
+            let s = self.sessions.get_mut(&id).expect("idle session exists");
+            s.state = SessionState::Busy;
+            s.last_used = now;
+            actions.push(Action::Run { session: id, job });
+        }
+    }
+
+    /// A blocked lane of another tenant that this idle session should make room for.
+    fn owed_lane(&self, id: SessionId, now: Instant) -> Option<LaneKey> {
+        let s = &self.sessions[&id];
+        let own_interactive = self.tenant_lanes(s.tenant).any(|(_, l)| l.has_interactive(now));
+        let had_turn = now.saturating_duration_since(s.opened_at) >= self.tuning.fairness_quantum;
+        self.lanes
+            .iter()
+            .filter(|(&(t, pin), l)| {
+                t != s.tenant
+                    && l.room_from.is_none()
+                    && l.blocked_since.is_some()
+                    && pin.is_none_or(|p| p == s.admin)
+                    && self.candidates(t, pin).contains(&s.admin)
+                    && self.admin_refusal(s.admin, t).is_none()
+                    && self.tenant_open[t] < self.eff_tenant_cap(t, now)
+            })
+            .find(|(_, l)| {
+                (l.has_interactive(now) && !own_interactive)
+                    || (had_turn && l.blocked_since.is_some_and(|b| now.saturating_duration_since(b) >= self.tuning.fairness_quantum))
+            })
+            .map(|(k, _)| *k)
+    }
+
+    /// Opens sessions where lanes need them, oldest-waiting lanes with no session first.
+    fn open_for_lanes(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        // A claim on a slot lapses once the session closed for it is gone.
+        let live: Vec<SessionId> = self.sessions.keys().copied().collect();
+        for lane in self.lanes.values_mut() {
+            let freed = lane.room_from.is_some_and(|id| !live.contains(&id));
+            if freed {
+                lane.room_from = None;
+                lane.claim = true;
+            }
+        }
+        let mut order: Vec<(bool, bool, bool, Instant, LaneKey)> = self
+            .lanes
+            .iter()
+            .filter(|(_, l)| l.has_ready(now))
+            .map(|(&k, l)| (!l.has_interactive(now), self.serving(k) > 0, !l.claim, l.oldest().unwrap_or(now), k))
+            .collect();
+        order.sort();
+        let starving = order.iter().filter(|o| !o.1).count();
+        for (_, _, _, _, key) in order {
+            let serving = self.serving(key);
+            let want = self.sessions_wanted(self.lanes[&key].len(), serving, starving);
+            let mut opened = 0;
+            while serving + opened < want {
+                match self.pick_admin(key, now) {
+                    Some(a) => {
+                        actions.push(self.start_open(a, key.0, now));
+                        opened += 1;
+                    }
+                    None => break,
+                }
+            }
+            let lane = self.lanes.get_mut(&key).expect("lane exists");
+            lane.claim = false;
+            if serving + opened > 0 {
+                lane.blocked_since = None;
+                continue;
+            }
+            if lane.room_from.is_none() {
+                if let Some(victim) = self.evictable_for(key, now) {
+                    let s = self.sessions.get_mut(&victim).expect("victim exists");
+                    s.state = SessionState::Closing;
+                    s.close_reason = Some(CloseReason::Evicted);
+                    actions.push(Action::Close { session: victim, reason: CloseReason::Evicted });
+                    self.lanes.get_mut(&key).expect("lane exists").room_from = Some(victim);
+                    continue;
+                }
+            }
+            self.lanes.get_mut(&key).expect("lane exists").blocked_since.get_or_insert(now);
+        }
+    }
+
+    /// How many sessions a lane should have. One while any lane has none; more only when the
+    /// backlog would take longer to drain on the sessions it has than opening another costs.
+    fn sessions_wanted(&self, backlog: usize, serving: usize, starving: usize) -> usize {
+        if backlog == 0 {
+            return serving;
+        }
+        if serving == 0 {
+            return 1;
+        }
+        if starving > 0 {
+            return serving;
+        }
+        let drain = backlog as f64 * self.estimates.command / serving as f64;
+        if drain > self.estimates.open * 1.5 {
+            (serving + 1).min(backlog)
+        } else {
+            serving
+        }
+    }
+
+    /// The least-loaded usable admin with room for one more session of this tenant.
+    fn pick_admin(&self, (t, pin): LaneKey, now: Instant) -> Option<AdminIdx> {
+        if self.tenant_open[t] >= self.eff_tenant_cap(t, now) {
+            return None;
+        }
+        self.candidates(t, pin)
+            .into_iter()
+            .filter(|&a| self.admin_refusal(a, t).is_none())
+            .filter(|&a| self.admin_retry_at[a].is_none_or(|r| r <= now))
+            .filter(|&a| self.admin_open[a] < self.eff_admin_cap(a, now))
+            .min_by_key(|&a| (self.admin_open[a] * 1000 / self.topo.admin_caps[a].max(1), a))
+    }
+
+    /// An idle session (least recently used) whose tenant has no ready work and whose admin
+    /// could then open one for `key`'s tenant.
+    fn evictable_for(&self, (t, pin): LaneKey, now: Instant) -> Option<SessionId> {
+        if self.tenant_open[t] >= self.eff_tenant_cap(t, now) {
+            return None;
+        }
+        let candidates = self.candidates(t, pin);
+        self.sessions
+            .iter()
+            .filter(|(_, s)| s.state == SessionState::Idle && s.tenant != t)
+            .filter(|(_, s)| candidates.contains(&s.admin) && self.admin_refusal(s.admin, t).is_none())
+            .filter(|(_, s)| !self.tenant_lanes(s.tenant).any(|(_, l)| l.has_ready(now)))
+            .min_by_key(|(_, s)| s.last_used)
+            .map(|(&id, _)| id)
+    }
+
+    fn start_open(&mut self, admin: AdminIdx, tenant: TenantIdx, now: Instant) -> Action {
+        let id = self.next_session;
+        self.next_session += 1;
+        let rules = &self.topo.rules[tenant];
+        let jitter = rand::random::<f64>() * rules.max_age_jitter_percent as f64 / 100.0;
+        let max_age = rules.max_age.mul_f64(1.0 - jitter);
+        self.sessions.insert(
+            id,
+            Session {
+                admin,
+                tenant,
+                state: SessionState::Opening,
+                opened_at: now,
+                max_age,
+                commands: 0,
+                last_used: now,
+                close_reason: None,
+            },
+        );
+        self.admin_open[admin] += 1;
+        self.tenant_open[tenant] += 1;
+        debug_assert!(self.admin_open[admin] <= self.topo.admin_caps[admin]);
+        debug_assert!(self.tenant_open[tenant] <= self.topo.tenant_caps[tenant]);
+        Action::Open { session: id, admin, tenant }
+    }
+
+    // ----- helpers ------------------------------------------------------------------------
+
+    fn remove_session(&mut self, id: SessionId) -> Option<Session> {
+        let s = self.sessions.remove(&id)?;
+        self.admin_open[s.admin] -= 1;
+        self.tenant_open[s.tenant] -= 1;
+        Some(s)
+    }
+
+    fn remove_jobs(&mut self, matches: impl Fn(&Job) -> bool) -> Vec<Uuid> {
+        let mut removed = Vec::new();
+        for lane in self.lanes.values_mut() {
+            for (slot, q) in lane.queues.iter_mut().enumerate() {
+                let before = q.len();
+                q.retain(|j| {
+                    let hit = matches(j);
+                    if hit {
+                        removed.push(j.id);
+                    }
+                    !hit
+                });
+                self.queued[slot] -= before - q.len();
+            }
+        }
+        removed
+    }
+
+    fn drain_lane(&mut self, key: LaneKey, failure: &Failure, actions: &mut Vec<Action>) {
+        if let Some(lane) = self.lanes.get_mut(&key) {
+            for (slot, q) in lane.queues.iter_mut().enumerate() {
+                self.queued[slot] -= q.len();
+                actions.extend(q.drain(..).map(|job| Action::Fail { job, failure: failure.clone() }));
+            }
+        }
+    }
+
+    fn candidates(&self, t: TenantIdx, pin: Option<AdminIdx>) -> Vec<AdminIdx> {
+        let allowed = &self.topo.admins_for_tenant[t];
+        match pin {
+            Some(a) => allowed.iter().copied().filter(|&x| x == a).collect(),
+            None => allowed.clone(),
+        }
+    }
+
+    /// Why this admin must not be used for this tenant right now (logon/MFA/permission).
+    fn admin_refusal(&self, a: AdminIdx, t: TenantIdx) -> Option<&Block> {
+        self.admin_blocked[a].as_ref().or_else(|| self.pair_blocked.get(&(a, t)))
+    }
+
+    fn serving(&self, (t, pin): LaneKey) -> usize {
+        self.sessions
+            .values()
+            .filter(|s| s.tenant == t && s.state != SessionState::Closing && pin.is_none_or(|p| p == s.admin))
+            .count()
+    }
+
+    fn tenant_lanes(&self, t: TenantIdx) -> impl Iterator<Item = (&LaneKey, &Lane)> {
+        self.lanes.range((t, None)..=(t, Some(usize::MAX)))
+    }
+
+    fn eff_admin_cap(&self, a: AdminIdx, now: Instant) -> u32 {
+        match self.admin_lowered[a] {
+            Some(l) if l.until > now => l.cap.min(self.topo.admin_caps[a]),
+            _ => self.topo.admin_caps[a],
+        }
+    }
+
+    fn eff_tenant_cap(&self, t: TenantIdx, now: Instant) -> u32 {
+        match self.tenant_lowered[t] {
+            Some(l) if l.until > now => l.cap.min(self.topo.tenant_caps[t]),
+            _ => self.topo.tenant_caps[t],
+        }
+    }
+
+    fn expire_cooldowns(&mut self, now: Instant) {
+        for l in self.admin_lowered.iter_mut().chain(self.tenant_lowered.iter_mut()) {
+            if l.is_some_and(|l| l.until <= now) {
+                *l = None;
+            }
+        }
+        for b in self.admin_blocked.iter_mut().chain(self.tenant_blocked.iter_mut()) {
+            if b.as_ref().is_some_and(|b| b.until <= now) {
+                *b = None;
+            }
+        }
+        self.pair_blocked.retain(|_, b| b.until > now);
+    }
+
+    fn backoff(&self, failures: u32) -> Duration {
+        let factor = 2u32.saturating_pow(failures.saturating_sub(1).min(16));
+        self.tuning.backoff_initial.saturating_mul(factor).min(self.tuning.backoff_max)
+    }
+
+    // ----- views --------------------------------------------------------------------------
+
+    pub fn queued(&self) -> usize {
+        self.queued[0] + self.queued[1]
+    }
+
+    pub fn has_live_sessions(&self) -> bool {
+        !self.sessions.is_empty()
+    }
+
+    pub fn busy_sessions(&self) -> usize {
+        self.sessions.values().filter(|s| s.state == SessionState::Busy).count()
+    }
+
+    pub fn session_ids(&self) -> Vec<SessionId> {
+        self.sessions.keys().copied().collect()
+    }
+
+    pub fn snapshot(&self, now: Instant) -> Snapshot {
+        let count = |pred: &dyn Fn(&Session) -> bool| self.sessions.values().filter(|s| pred(s)).count() as u32;
+        let admins = (0..self.topo.admin_caps.len())
+            .map(|a| CapView {
+                cap: self.topo.admin_caps[a],
+                effective_cap: self.eff_admin_cap(a, now),
+                open: self.admin_open[a],
+                busy: count(&|s| s.admin == a && s.state == SessionState::Busy),
+                queued: self.lanes.iter().filter(|((_, p), _)| *p == Some(a)).map(|(_, l)| l.len()).sum(),
+                blocked: self.admin_blocked[a].as_ref().map(|b| b.class.code().to_string()).or_else(|| {
+                    self.admin_retry_at[a].filter(|r| *r > now).map(|_| "backing_off".to_string())
+                }),
+            })
+            .collect();
+        let tenants = (0..self.topo.tenant_caps.len())
+            .map(|t| CapView {
+                cap: self.topo.tenant_caps[t],
+                effective_cap: self.eff_tenant_cap(t, now),
+                open: self.tenant_open[t],
+                busy: count(&|s| s.tenant == t && s.state == SessionState::Busy),
+                queued: self.tenant_lanes(t).map(|(_, l)| l.len()).sum(),
+                blocked: self.tenant_blocked[t].as_ref().map(|b| b.class.code().to_string()),
+            })
+            .collect();
+        Snapshot {
+            sessions: self
+                .sessions
+                .iter()
+                .map(|(&id, s)| SessionView {
+                    id,
+                    admin: s.admin,
+                    tenant: s.tenant,
+                    state: s.state,
+                    age: now.saturating_duration_since(s.opened_at),
+                    commands: s.commands,
+                })
+                .collect(),
+            admins,
+            tenants,
+            queued_interactive: self.queued[0],
+            queued_batch: self.queued[1],
+            oldest_queued: self.lanes.values().filter_map(Lane::oldest).min().map(|t| now.saturating_duration_since(t)),
+        }
+    }
+
+    /// Checks the invariants; tests call it after every step.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let mut by_admin = vec![0u32; self.admin_open.len()];
+        let mut by_tenant = vec![0u32; self.tenant_open.len()];
+        for s in self.sessions.values() {
+            by_admin[s.admin] += 1;
+            by_tenant[s.tenant] += 1;
+        }
+        if by_admin != self.admin_open || by_tenant != self.tenant_open {
+            return Err("session counts drifted".into());
+        }
+        for (a, &n) in by_admin.iter().enumerate() {
+            if n > self.topo.admin_caps[a] {
+                return Err(format!("admin {a} holds {n} sessions over cap {}", self.topo.admin_caps[a]));
+            }
+        }
+        for (t, &n) in by_tenant.iter().enumerate() {
+            if n > self.topo.tenant_caps[t] {
+                return Err(format!("tenant {t} holds {n} sessions over cap {}", self.topo.tenant_caps[t]));
+            }
+        }
+        let queued: usize = self.lanes.values().map(Lane::len).sum();
+        if queued != self.queued() {
+            return Err(format!("queued count {} != {}", self.queued(), queued));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[path = "scheduler_tests.rs"]
+mod tests;

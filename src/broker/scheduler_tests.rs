@@ -1,0 +1,372 @@
+//! Scheduler tests on virtual time: a discrete-event loop plays the remote service (opens,
+//! commands and closes take fixed times; faults are injected by closures) and checks the cap
+//! invariants after every step.
+
+use super::*;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashSet};
+
+const MS: Duration = Duration::from_millis(1);
+
+#[derive(Debug)]
+enum Ev {
+    Opened(SessionId),
+    OpenFailed(SessionId, FaultClass),
+    CmdDone(SessionId, Job),
+    Closed(SessionId),
+}
+
+type OpenFault = Box<dyn FnMut(AdminIdx, TenantIdx, &Harness0) -> Option<FaultClass>>;
+
+/// The parts of the harness a fault closure may look at.
+struct Harness0 {
+    now: Instant,
+    start: Instant,
+    remote_by_admin: Vec<u32>,
+}
+
+struct Harness {
+    sched: Scheduler,
+    h: Harness0,
+    queue: BinaryHeap<Reverse<(Instant, u64)>>,
+    pending: HashMap<u64, Ev>,
+    seq: u64,
+    open_cost: Duration,
+    cmd_cost: Duration,
+    close_cost: Duration,
+    open_fault: OpenFault,
+    sessions: HashMap<SessionId, (AdminIdx, TenantIdx)>,
+    executed: HashMap<Uuid, u32>,
+    started_at: HashMap<Uuid, Instant>,
+    finished_at: HashMap<Uuid, Instant>,
+    failed: HashMap<Uuid, Failure>,
+    opens: u32,
+    closes: Vec<CloseReason>,
+}
+
+fn rules(max_age: Duration, max_commands: u32) -> SessionRules {
+    SessionRules { max_age, max_age_jitter_percent: 0, max_commands, idle_timeout: Duration::from_secs(300) }
+}
+
+fn topology(admin_caps: &[u32], tenants: usize, tenant_cap: u32, allowed: impl Fn(AdminIdx, TenantIdx) -> bool) -> Topology {
+    Topology {
+        admin_caps: admin_caps.to_vec(),
+        tenant_caps: vec![tenant_cap; tenants],
+        admins_for_tenant: (0..tenants).map(|t| (0..admin_caps.len()).filter(|&a| allowed(a, t)).collect()).collect(),
+        rules: vec![rules(Duration::from_secs(3300), 900); tenants],
+    }
+}
+
+fn tuning() -> Tuning {
+    Tuning {
+        quota_cooldown: Duration::from_secs(5),
+        auth_failure_cooldown: Duration::from_secs(300),
+        fairness_quantum: Duration::from_secs(2),
+        backoff_initial: Duration::from_millis(100),
+        backoff_max: Duration::from_secs(2),
+    }
+}
+
+impl Harness {
+    fn new(topo: Topology) -> Self {
+        let start = Instant::now();
+        let admins = topo.admin_caps.len();
+        Harness {
+            sched: Scheduler::new(topo, tuning()),
+            h: Harness0 { now: start, start, remote_by_admin: vec![0; admins] },
+            queue: BinaryHeap::new(),
+            pending: HashMap::new(),
+            seq: 0,
+            open_cost: 200 * MS,
+            cmd_cost: 20 * MS,
+            close_cost: 10 * MS,
+            open_fault: Box::new(|_, _, _| None),
+            sessions: HashMap::new(),
+            executed: HashMap::new(),
+            started_at: HashMap::new(),
+            finished_at: HashMap::new(),
+            failed: HashMap::new(),
+            opens: 0,
+            closes: Vec::new(),
+        }
+    }
+
+    fn job(&self, tenant: TenantIdx, priority: Priority) -> Job {
+        Job {
+            id: Uuid::new_v4(),
+            tenant,
+            admin: None,
+            priority,
+            spec: Arc::new(JobSpec { cmdlet: "Get-Mailbox".into(), parameters: vec![] }),
+            idempotent: true,
+            batch: None,
+            enqueued_at: self.h.now,
+            deadline: self.h.now + Duration::from_secs(3600),
+            attempts: 0,
+            not_before: None,
+        }
+    }
+
+    fn submit(&mut self, tenant: TenantIdx, priority: Priority) -> Uuid {
+        let job = self.job(tenant, priority);
+        let id = job.id;
+        self.sched.submit(job);
+        id
+    }
+
+    fn after(&mut self, d: Duration, ev: Ev) {
+        self.seq += 1;
+        self.queue.push(Reverse((self.h.now + d, self.seq)));
+        self.pending.insert(self.seq, ev);
+    }
+
+    fn apply(&mut self, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::Open { session, admin, tenant } => {
+                    self.opens += 1;
+                    self.sessions.insert(session, (admin, tenant));
+                    match (self.open_fault)(admin, tenant, &self.h) {
+                        Some(class) => self.after(self.open_cost, Ev::OpenFailed(session, class)),
+                        None => {
+                            self.h.remote_by_admin[admin] += 1;
+                            self.after(self.open_cost, Ev::Opened(session))
+                        }
+                    }
+                }
+                Action::Run { session, job } => {
+                    self.started_at.entry(job.id).or_insert(self.h.now);
+                    self.after(self.cmd_cost, Ev::CmdDone(session, job));
+                }
+                Action::Close { session, reason } => {
+                    self.closes.push(reason);
+                    self.after(self.close_cost, Ev::Closed(session));
+                }
+                Action::Fail { job, failure } => {
+                    assert!(self.failed.insert(job.id, failure).is_none(), "job failed twice");
+                }
+            }
+        }
+        self.sched.check_invariants().unwrap();
+    }
+
+    fn deliver(&mut self, ev: Ev) {
+        let now = self.h.now;
+        match ev {
+            Ev::Opened(s) => self.sched.open_succeeded(s, now),
+            Ev::OpenFailed(s, class) => self.sched.open_failed(s, class, "injected", now),
+            Ev::CmdDone(s, job) => {
+                *self.executed.entry(job.id).or_default() += 1;
+                self.finished_at.insert(job.id, now);
+                self.sched.command_finished(s, AfterCommand::Keep, Some(self.cmd_cost), now);
+            }
+            Ev::Closed(s) => {
+                let (a, _) = self.sessions[&s];
+                self.h.remote_by_admin[a] -= 1;
+                self.sched.closed(s);
+            }
+        }
+    }
+
+    /// Runs until nothing is queued or in flight, or `limit` of virtual time passed.
+    fn run_for(&mut self, limit: Duration) {
+        let end = self.h.now + limit;
+        loop {
+            let actions = self.sched.plan(self.h.now);
+            self.apply(actions);
+            let next = self.queue.peek().map(|Reverse((t, _))| *t);
+            match next {
+                Some(t) if t <= end => {
+                    let Reverse((t, seq)) = self.queue.pop().unwrap();
+                    self.h.now = t;
+                    let ev = self.pending.remove(&seq).unwrap();
+                    self.deliver(ev);
+                }
+                _ if self.sched.queued() > 0 && self.h.now < end => self.h.now += 50 * MS, // poll tick
+                _ => break,
+            }
+        }
+    }
+
+    fn elapsed(&self) -> Duration {
+        self.h.now - self.h.start
+    }
+}
+
+#[test]
+fn bulk_batch_meets_the_lower_bound_and_never_exceeds_caps() {
+    let mut h = Harness::new(topology(&[3, 3, 3], 60, 20, |_, _| true));
+    let mut ids = Vec::new();
+    for t in 0..60 {
+        for _ in 0..20 {
+            ids.push(h.submit(t, Priority::Batch));
+        }
+    }
+    h.run_for(Duration::from_secs(600));
+    assert!(ids.iter().all(|id| h.executed.get(id) == Some(&1)), "every job ran exactly once");
+    let last_done = *h.finished_at.values().max().unwrap() - h.h.start;
+    // LB = max(Σ(open + n·cmd)/C, max(open + n·cmd/min(20, C))) = 60·600 ms / 9.
+    let lb = Duration::from_millis(60 * 600 / 9);
+    let ratio = last_done.as_secs_f64() / lb.as_secs_f64();
+    assert!(ratio <= 1.10, "makespan {last_done:?} is {ratio:.3} × LB {lb:?}");
+    assert!(h.opens <= 66, "opened {} sessions for 60 tenants", h.opens);
+}
+
+#[test]
+fn interactive_call_mid_batch_waits_at_most_one_command_a_close_and_an_open() {
+    let mut h = Harness::new(topology(&[3, 3, 3], 20, 20, |_, _| true));
+    for t in 0..19 {
+        for _ in 0..2000 {
+            h.submit(t, Priority::Batch);
+        }
+    }
+    h.run_for(Duration::from_secs(3));
+    let submitted = h.h.now;
+    let id = h.submit(19, Priority::Interactive);
+    h.run_for(Duration::from_secs(2));
+    let wait = h.started_at[&id] - submitted;
+    assert!(wait <= h.cmd_cost + h.close_cost + h.open_cost + 5 * MS, "interactive waited {wait:?}");
+    assert!(h.closes.contains(&CloseReason::Preempted));
+}
+
+#[test]
+fn a_small_tenant_is_not_starved_by_a_huge_batch() {
+    let mut h = Harness::new(topology(&[3, 3, 3], 10, 20, |_, _| true));
+    for t in 0..9 {
+        for _ in 0..5000 {
+            h.submit(t, Priority::Batch);
+        }
+    }
+    h.run_for(Duration::from_secs(1));
+    let submitted = h.h.now;
+    let id = h.submit(9, Priority::Batch);
+    h.run_for(Duration::from_secs(10));
+    let wait = h.started_at[&id] - submitted;
+    // At most one fairness quantum plus a command, a close and an open.
+    assert!(wait <= tuning().fairness_quantum + 300 * MS, "small tenant waited {wait:?}");
+}
+
+#[test]
+fn a_huge_batch_for_one_tenant_uses_every_admin_slot() {
+    let mut h = Harness::new(topology(&[3, 3, 3], 1, 20, |_, _| true));
+    for _ in 0..2000 {
+        h.submit(0, Priority::Batch);
+    }
+    h.run_for(Duration::from_secs(2));
+    let snap = h.sched.snapshot(h.h.now);
+    assert_eq!(snap.tenants[0].open, 9, "{:?}", snap.tenants[0]);
+}
+
+#[test]
+fn quota_fault_lowers_the_admins_cap_and_the_work_still_completes() {
+    // Someone outside the broker holds 2 of admin 0's 3 shells: its 2nd open is refused.
+    let mut h = Harness::new(topology(&[3, 3], 4, 20, |_, _| true));
+    h.open_fault = Box::new(|a, _, h0| {
+        (a == 0 && h0.remote_by_admin[0] >= 1).then_some(FaultClass::UserShellQuotaExceeded)
+    });
+    let ids: Vec<_> = (0..4).flat_map(|t| (0..50).map(move |_| t)).collect::<Vec<_>>();
+    let ids: Vec<Uuid> = ids.into_iter().map(|t| h.submit(t, Priority::Batch)).collect();
+    h.run_for(Duration::from_secs(60));
+    assert!(h.failed.is_empty(), "{:?}", h.failed.values().next());
+    assert!(ids.iter().all(|id| h.executed.get(id) == Some(&1)));
+    let snap = h.sched.snapshot(h.h.now);
+    assert!(snap.admins[0].open <= 1);
+}
+
+#[test]
+fn logon_failure_moves_work_to_another_admin_or_fails_with_its_code() {
+    // Admin 0 has a bad password; tenant 0 is managed by both, tenant 1 only by admin 0.
+    let mut h = Harness::new(topology(&[3, 3], 2, 20, |a, t| t == 0 || a == 0));
+    h.open_fault = Box::new(|a, _, _| (a == 0).then_some(FaultClass::LogonFailed));
+    let ok: Vec<Uuid> = (0..10).map(|_| h.submit(0, Priority::Batch)).collect();
+    let doomed: Vec<Uuid> = (0..3).map(|_| h.submit(1, Priority::Batch)).collect();
+    h.run_for(Duration::from_secs(30));
+    assert!(ok.iter().all(|id| h.executed.get(id) == Some(&1)));
+    for id in &doomed {
+        assert_eq!(h.failed[id].code, "logon_failed");
+        assert!(!h.executed.contains_key(id));
+    }
+}
+
+#[test]
+fn disabled_tenant_fails_fast_with_its_code() {
+    let mut h = Harness::new(topology(&[3, 3], 2, 20, |_, _| true));
+    h.open_fault = Box::new(|_, t, _| (t == 1).then_some(FaultClass::TenantRemotePowerShellDisabled));
+    let id = h.submit(1, Priority::Interactive);
+    let ok = h.submit(0, Priority::Interactive);
+    h.run_for(Duration::from_secs(5));
+    assert_eq!(h.failed[&id].code, "tenant_remote_powershell_disabled");
+    assert!(h.elapsed() < Duration::from_secs(1));
+    assert_eq!(h.executed.get(&ok), Some(&1));
+}
+
+#[test]
+fn identity_outage_backs_off_then_succeeds() {
+    let mut h = Harness::new(topology(&[3], 1, 20, |_, _| true));
+    h.open_fault = Box::new(|_, _, h0| {
+        (h0.now - h0.start < Duration::from_secs(3)).then_some(FaultClass::IdentityServiceUnreachable)
+    });
+    let id = h.submit(0, Priority::Batch);
+    h.run_for(Duration::from_secs(20));
+    assert_eq!(h.executed.get(&id), Some(&1));
+    assert!(h.opens < 15, "backoff should limit open attempts, made {}", h.opens);
+}
+
+#[test]
+fn sessions_retire_at_max_age_and_max_commands() {
+    let mut topo = topology(&[2], 1, 20, |_, _| true);
+    topo.rules[0] = rules(Duration::from_secs(1), 25);
+    let mut h = Harness::new(topo);
+    let ids: Vec<Uuid> = (0..200).map(|_| h.submit(0, Priority::Batch)).collect();
+    h.run_for(Duration::from_secs(60));
+    assert!(ids.iter().all(|id| h.executed.get(id) == Some(&1)));
+    assert!(h.closes.contains(&CloseReason::MaxCommands));
+    h.sched.begin_shutdown();
+    h.run_for(Duration::from_secs(1));
+    assert!(!h.sched.has_live_sessions(), "shutdown closes every session");
+}
+
+#[test]
+fn cancelled_batch_jobs_are_removed() {
+    let mut h = Harness::new(topology(&[1], 1, 20, |_, _| true));
+    let batch = Uuid::new_v4();
+    for _ in 0..10 {
+        let mut j = h.job(0, Priority::Batch);
+        j.batch = Some(batch);
+        h.sched.submit(j);
+    }
+    assert_eq!(h.sched.cancel_batch(batch).len(), 10);
+    assert_eq!(h.sched.queued(), 0);
+    h.sched.check_invariants().unwrap();
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+    /// Random shapes and random faults: caps hold after every step (checked in `apply`) and
+    /// every job ends exactly once, run or failed.
+    #[test]
+    fn caps_hold_and_every_job_ends_once(
+        admin_caps in proptest::collection::vec(1u32..4, 1..4),
+        tenants in 1usize..8,
+        tenant_cap in 1u32..5,
+        jobs in proptest::collection::vec((0usize..8, proptest::bool::ANY), 1..120),
+        fault_every in 2u32..9,
+    ) {
+        let mut h = Harness::new(topology(&admin_caps, tenants, tenant_cap, |a, t| (a + t) % 3 != 2 || a == 0));
+        let mut n = 0u32;
+        h.open_fault = Box::new(move |_, _, _| {
+            n += 1;
+            let classes = [FaultClass::UserShellQuotaExceeded, FaultClass::TenantShellQuotaExceeded, FaultClass::IdentityServiceUnreachable];
+            (n % fault_every == 0).then(|| classes[(n as usize / fault_every as usize) % 3])
+        });
+        let ids: Vec<Uuid> = jobs.iter().map(|&(t, i)| h.submit(t % tenants, if i { Priority::Interactive } else { Priority::Batch })).collect();
+        h.run_for(Duration::from_secs(600));
+        let mut seen = HashSet::new();
+        for id in &ids {
+            let ran = h.executed.get(id).copied().unwrap_or(0);
+            let failed = h.failed.contains_key(id);
+            proptest::prop_assert!(ran + failed as u32 == 1, "job ran {} times, failed {}", ran, failed);
+            seen.insert(*id);
+        }
+    }
+}
