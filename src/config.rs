@@ -122,7 +122,7 @@ pub struct ProfileConfig {
     pub connection_uri: String,
     pub configuration_name: String,
     /// Sessions retire before this age; the service itself kills them at 60 minutes.
-    pub session_max_age_seconds: u64,
+    pub session_max_age_seconds: f64,
     /// Each session's max age is lowered by a random share up to this, so sessions opened
     /// together do not all retire together.
     pub max_age_jitter_percent: u8,
@@ -139,7 +139,7 @@ impl Default for ProfileConfig {
             kind: ProfileKind::Simulator,
             connection_uri: "https://ps.outlook.com/powershell-liveid?DelegatedOrg={tenant}".into(),
             configuration_name: "Microsoft.Exchange".into(),
-            session_max_age_seconds: 55 * 60,
+            session_max_age_seconds: 55.0 * 60.0,
             max_age_jitter_percent: 5,
             max_commands_per_session: 900,
             idle_timeout_seconds: 300,
@@ -151,7 +151,7 @@ impl Default for ProfileConfig {
 
 impl ProfileConfig {
     pub fn max_age(&self) -> Duration {
-        Duration::from_secs_f64(self.session_max_age_seconds as f64)
+        Duration::from_secs_f64(self.session_max_age_seconds)
     }
 }
 
@@ -329,7 +329,7 @@ impl Config {
             }
         }
         for (name, p) in &self.profiles {
-            if p.max_commands_per_session == 0 || p.session_max_age_seconds == 0 {
+            if p.max_commands_per_session == 0 || !(p.session_max_age_seconds > 0.0) {
                 return bad(format!("profile '{name}': max commands and max age must be positive"));
             }
             if p.max_age_jitter_percent > 50 {

@@ -1,1 +1,24 @@
-fn main() {}
+use clap::Parser;
+use psbroker::app::{shutdown_signal, Application};
+use psbroker::cli::{self, BenchCommand, Cli, Command};
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_env("PSBROKER_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Serve { config, listen } => {
+            let config = cli::load_config(config.as_deref(), listen)?;
+            let app = Application::build(config).await?;
+            tracing::info!(address = %app.local_addr(), "psbroker listening; try: psbroker invoke --tenant contoso.onmicrosoft.com Get-Mailbox -p ResultSize=5");
+            app.run_until(shutdown_signal()).await
+        }
+        Command::Invoke(args) => cli::invoke(args).await,
+        Command::Batch(cmd) => cli::batch(cmd).await,
+        Command::Status { url } => cli::status(&url).await,
+        Command::Bench(BenchCommand::Bulk(args)) => psbroker::bench::bulk(args).await,
+    }
+}

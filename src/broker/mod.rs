@@ -1,4 +1,406 @@
 //! Broker: caps, sessions and scheduling. No XML, no HTTP.
+//!
+//! [`Broker`] is the handle the API uses: it validates and persists requests, then hands them to
+//! the driver task, which owns the [`scheduler::Scheduler`] and the live remote sessions and
+//! executes the scheduler's decisions.
 
 pub mod directory;
+mod driver;
+pub mod request;
+mod runner;
 pub mod scheduler;
+
+use crate::config::SchedulerConfig;
+use crate::metrics::Metrics;
+use crate::remote::PsValue;
+use crate::store::{now_ms, InvocationRecord, Inserted, NewInvocation, Outcome, Status, Store, StoreError};
+use directory::Directory;
+use request::{InvocationRequest, RequestError, ValidRequest};
+use scheduler::{Job, JobSpec, Priority};
+use serde::Serialize;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{broadcast, mpsc, oneshot, Mutex};
+use uuid::Uuid;
+
+pub use driver::Event;
+
+/// State shared by the handle, the driver and the command runners.
+pub struct Shared {
+    pub store: Store,
+    pub metrics: Arc<Metrics>,
+    pub directory: Arc<Directory>,
+    pub tuning: SchedulerConfig,
+    finished: broadcast::Sender<Uuid>,
+}
+
+impl Shared {
+    /// Records an invocation's end, counts it and wakes whoever waits for it.
+    pub async fn finish(&self, job: &Job, outcome: Outcome) {
+        match self.store.finish(job.id, &outcome).await {
+            Ok(true) => {
+                let code = outcome.error_code.as_deref().unwrap_or("");
+                self.metrics.invocations.with_label_values(&[outcome.status.as_str(), code]).inc();
+                self.metrics
+                    .invocation_seconds
+                    .with_label_values(&[job.priority.as_str()])
+                    .observe(job.enqueued_at.elapsed().as_secs_f64());
+            }
+            Ok(false) => {}
+            Err(e) => tracing::error!(invocation = %job.id, error = %e, "cannot store the invocation's result"),
+        }
+        let _ = self.finished.send(job.id);
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error(transparent)]
+    Invalid(#[from] RequestError),
+    #[error("item {index}: {error}")]
+    InvalidItem { index: usize, error: RequestError },
+    #[error("idempotency key '{0}' was already used for a different request")]
+    IdempotencyConflict(String),
+    #[error("the daemon is shutting down and accepts no new work")]
+    ShuttingDown,
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+impl From<StoreError> for SubmitError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::IdempotencyConflict(k) => SubmitError::IdempotencyConflict(k),
+            other => SubmitError::Store(other),
+        }
+    }
+}
+
+/// A stored invocation; `replayed` when an idempotency key matched an earlier request.
+pub struct Submitted {
+    pub id: Uuid,
+    pub replayed: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionInfo {
+    pub id: String,
+    pub remote_id: Option<String>,
+    pub admin: String,
+    pub tenant: String,
+    pub state: &'static str,
+    pub age_seconds: f64,
+    pub commands: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolInfo {
+    pub name: String,
+    #[serde(flatten)]
+    pub caps: scheduler::CapView,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolsInfo {
+    pub admins: Vec<PoolInfo>,
+    pub tenants: Vec<PoolInfo>,
+    pub queued_interactive: usize,
+    pub queued_batch: usize,
+    pub oldest_queued_seconds: Option<f64>,
+}
+
+pub struct Broker {
+    shared: Arc<Shared>,
+    tx: mpsc::UnboundedSender<Event>,
+    accepting: AtomicBool,
+    driver: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Broker {
+    /// Starts the driver and resumes what a previous run left queued or running.
+    pub async fn start(
+        directory: Arc<Directory>,
+        store: Store,
+        metrics: Arc<Metrics>,
+        tuning: SchedulerConfig,
+    ) -> Result<Broker, StoreError> {
+        let (finished, _) = broadcast::channel(4096);
+        let shared = Arc::new(Shared { store, metrics, directory, tuning, finished });
+        let (tx, rx) = mpsc::unbounded_channel();
+        let driver = driver::Driver::new(shared.clone(), tx.clone(), rx);
+        let handle = tokio::spawn(driver.run());
+        let broker = Broker { shared, tx, accepting: AtomicBool::new(true), driver: Mutex::new(Some(handle)) };
+        broker.recover().await?;
+        broker.shared.metrics.ready.set(1);
+        Ok(broker)
+    }
+
+    pub fn directory(&self) -> &Directory {
+        &self.shared.directory
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.shared.store
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    pub fn accepting(&self) -> bool {
+        self.accepting.load(Ordering::SeqCst)
+    }
+
+    /// Validates, stores, then queues one invocation.
+    pub async fn submit(&self, req: &InvocationRequest) -> Result<Submitted, SubmitError> {
+        self.check_accepting()?;
+        let valid = req.validate(&self.shared.directory, self.shared.tuning.default_timeout_seconds)?;
+        let new = self.new_invocation(req, &valid, None, 0);
+        match self.shared.store.insert_invocation(&new).await? {
+            Inserted::Existing(r) => Ok(Submitted { id: r.id, replayed: true }),
+            Inserted::New => {
+                self.enqueue(vec![self.job(&new, valid)]);
+                Ok(Submitted { id: new.id, replayed: false })
+            }
+        }
+    }
+
+    /// Validates every item (nothing is stored if one is bad), stores them in one
+    /// transaction, then queues them. Returns the batch id and its size.
+    pub async fn submit_batch(&self, items: &[InvocationRequest]) -> Result<(Uuid, usize), SubmitError> {
+        self.check_accepting()?;
+        let batch = Uuid::now_v7();
+        let mut valid = Vec::with_capacity(items.len());
+        for (index, req) in items.iter().enumerate() {
+            let mut v = req
+                .validate(&self.shared.directory, self.shared.tuning.default_timeout_seconds)
+                .map_err(|error| SubmitError::InvalidItem { index, error })?;
+            // Batch items are batch work unless the caller says otherwise.
+            v.priority = req.priority.unwrap_or(Priority::Batch);
+            valid.push(v);
+        }
+        let news: Vec<NewInvocation> =
+            items.iter().zip(&valid).enumerate().map(|(i, (req, v))| self.new_invocation(req, v, Some(batch), i as i64)).collect();
+        let inserted = self.shared.store.insert_batch(batch, &news).await?;
+        let inserted: std::collections::HashSet<Uuid> = inserted.into_iter().collect();
+        let jobs = news.iter().zip(valid).filter(|(n, _)| inserted.contains(&n.id)).map(|(n, v)| self.job(n, v)).collect();
+        self.enqueue(jobs);
+        Ok((batch, items.len()))
+    }
+
+    /// Waits until the invocation is final or `wait` passes; returns its latest record.
+    pub async fn wait_for(&self, id: Uuid, wait: Duration) -> Result<Option<InvocationRecord>, StoreError> {
+        let mut finished = self.shared.finished.subscribe();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let record = self.shared.store.get(id).await?;
+            if record.as_ref().is_none_or(|r| r.status.is_final()) {
+                return Ok(record);
+            }
+            loop {
+                match tokio::time::timeout_at(deadline, finished.recv()).await {
+                    Err(_) => return Ok(record),
+                    Ok(Ok(done)) if done != id => continue,
+                    // Ours, or we lagged and may have missed it: look again.
+                    Ok(_) => break,
+                }
+            }
+        }
+    }
+
+    /// Cancels a batch's invocations that have not started. `None` if there is no such batch.
+    pub async fn cancel_batch(&self, batch: Uuid) -> Result<Option<u64>, StoreError> {
+        if self.shared.store.batch_counts(batch).await?.is_none() {
+            return Ok(None);
+        }
+        // Store first: from here on none of them can be claimed to run.
+        let n = self.shared.store.cancel_batch(batch).await?;
+        let _ = self.tx.send(Event::CancelBatch(batch));
+        self.shared.metrics.invocations.with_label_values(&["cancelled", "cancelled"]).inc_by(n);
+        Ok(Some(n))
+    }
+
+    pub async fn sessions(&self) -> Vec<SessionInfo> {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Event::Sessions(reply)).is_err() {
+            return vec![];
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    pub async fn pools(&self) -> Option<PoolsInfo> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Event::Snapshot(reply)).ok()?;
+        let snap = rx.await.ok()?;
+        let dir = &self.shared.directory;
+        let name_admins = snap.admins.into_iter().enumerate().map(|(i, caps)| PoolInfo { name: dir.admins[i].name.clone(), caps });
+        let name_tenants =
+            snap.tenants.into_iter().enumerate().map(|(i, caps)| PoolInfo { name: dir.tenants[i].domain.clone(), caps });
+        Some(PoolsInfo {
+            admins: name_admins.collect(),
+            tenants: name_tenants.collect(),
+            queued_interactive: snap.queued_interactive,
+            queued_batch: snap.queued_batch,
+            oldest_queued_seconds: snap.oldest_queued.map(|d| d.as_secs_f64()),
+        })
+    }
+
+    /// Refreshes the gauges from the scheduler's live state (called at scrape time).
+    pub async fn refresh_gauges(&self) {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Event::Snapshot(reply)).is_err() {
+            return;
+        }
+        let Ok(snap) = rx.await else { return };
+        let m = &self.shared.metrics;
+        for state in ["opening", "idle", "busy", "closing"] {
+            let n = snap.sessions.iter().filter(|s| s.state.as_str() == state).count();
+            m.sessions.with_label_values(&[state]).set(n as i64);
+        }
+        m.queue_depth.with_label_values(&["interactive"]).set(snap.queued_interactive as i64);
+        m.queue_depth.with_label_values(&["batch"]).set(snap.queued_batch as i64);
+        m.oldest_queued_seconds.set(snap.oldest_queued.map(|d| d.as_secs_f64()).unwrap_or(0.0));
+        let dir = &self.shared.directory;
+        for (i, a) in snap.admins.iter().enumerate() {
+            let name = &dir.admins[i].name;
+            m.effective_cap.with_label_values(&[name]).set(a.effective_cap as i64);
+            m.cap_saturation.with_label_values(&["admin", name]).set(ratio(a.open, a.effective_cap));
+        }
+        let fullest = snap.tenants.iter().map(|t| ratio(t.open, t.effective_cap)).fold(0.0, f64::max);
+        m.cap_saturation.with_label_values(&["tenant", "max"]).set(fullest);
+        if m.tenant_labels {
+            for (i, t) in snap.tenants.iter().enumerate() {
+                m.tenant_sessions.with_label_values(&[&dir.tenants[i].domain]).set(t.open as i64);
+                m.cap_saturation.with_label_values(&["tenant", &dir.tenants[i].domain]).set(ratio(t.open, t.effective_cap));
+            }
+        }
+    }
+
+    /// Stops intake, lets running commands finish within `drain`, closes every remote session.
+    pub async fn shutdown(&self, drain: Duration) {
+        self.accepting.store(false, Ordering::SeqCst);
+        self.shared.metrics.ready.set(0);
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Event::Shutdown { drain, reply }).is_ok() {
+            let _ = rx.await;
+        }
+        if let Some(handle) = self.driver.lock().await.take() {
+            let _ = handle.await;
+        }
+    }
+
+    fn check_accepting(&self) -> Result<(), SubmitError> {
+        if self.accepting() {
+            Ok(())
+        } else {
+            Err(SubmitError::ShuttingDown)
+        }
+    }
+
+    fn enqueue(&self, jobs: Vec<Job>) {
+        if !jobs.is_empty() {
+            let _ = self.tx.send(Event::Submit(jobs));
+        }
+    }
+
+    fn new_invocation(&self, req: &InvocationRequest, v: &ValidRequest, batch: Option<Uuid>, seq: i64) -> NewInvocation {
+        let now = now_ms();
+        NewInvocation {
+            id: Uuid::now_v7(),
+            batch_id: batch,
+            seq,
+            idempotency_key: req.idempotency_key.clone(),
+            request_hash: req.content_hash(),
+            tenant: self.shared.directory.tenants[v.tenant].domain.clone(),
+            admin: v.admin.map(|a| self.shared.directory.admins[a].name.clone()),
+            cmdlet: v.cmdlet.clone(),
+            parameters: serde_json::Value::Object(req.parameters.clone()),
+            priority: v.priority.as_str().to_string(),
+            idempotent: v.idempotent,
+            created_at: now,
+            deadline_at: now + (v.timeout_seconds as i64) * 1000,
+        }
+    }
+
+    fn job(&self, new: &NewInvocation, v: ValidRequest) -> Job {
+        let now = Instant::now();
+        Job {
+            id: new.id,
+            tenant: v.tenant,
+            admin: v.admin,
+            priority: v.priority,
+            spec: Arc::new(JobSpec { cmdlet: v.cmdlet, parameters: v.parameters }),
+            idempotent: v.idempotent,
+            batch: new.batch_id,
+            enqueued_at: now,
+            deadline: now + Duration::from_secs(v.timeout_seconds),
+            attempts: 0,
+            not_before: None,
+        }
+    }
+
+    /// Requeues what was queued at the last stop. What was *running* is repeated only if it is
+    /// idempotent; otherwise it fails with `interrupted`, since it may or may not have run.
+    async fn recover(&self) -> Result<(), StoreError> {
+        let dir = &self.shared.directory;
+        let mut jobs = Vec::new();
+        for r in self.shared.store.unfinished().await? {
+            let fail = |code: &str, msg: String| (code.to_string(), msg);
+            let verdict = match (dir.tenant(&r.tenant), r.admin.as_deref().map(|a| dir.admin(a))) {
+                (None, _) => Err(fail("unknown_tenant", format!("tenant '{}' is no longer configured", r.tenant))),
+                (_, Some(None)) => Err(fail("unknown_admin", "the pinned admin is no longer configured".into())),
+                _ if r.status == Status::Running && !r.idempotent => Err(fail(
+                    "interrupted",
+                    format!(
+                        "the daemon stopped while attempt {} was running; not repeated because the command is not idempotent",
+                        r.attempts
+                    ),
+                )),
+                (Some(t), a) => Ok((t, a.flatten())),
+            };
+            let job = Job {
+                id: r.id,
+                tenant: verdict.as_ref().map(|v| v.0).unwrap_or(0),
+                admin: verdict.as_ref().ok().and_then(|v| v.1),
+                priority: if r.priority == "interactive" { Priority::Interactive } else { Priority::Batch },
+                spec: Arc::new(JobSpec {
+                    cmdlet: r.cmdlet.clone(),
+                    parameters: r
+                        .parameters
+                        .as_object()
+                        .map(|m| m.iter().map(|(k, v)| (k.clone(), PsValue::from_json(v))).collect())
+                        .unwrap_or_default(),
+                }),
+                idempotent: r.idempotent,
+                batch: r.batch_id,
+                enqueued_at: Instant::now(),
+                deadline: Instant::now() + Duration::from_millis((r.deadline_at - now_ms()).max(0) as u64),
+                attempts: r.attempts as u32,
+                not_before: None,
+            };
+            match verdict {
+                Err((code, msg)) => self.shared.finish(&job, Outcome::failed(&code, msg)).await,
+                Ok(_) => {
+                    if r.status == Status::Running {
+                        self.shared.store.mark_queued(r.id).await?;
+                    }
+                    jobs.push(job);
+                }
+            }
+        }
+        if !jobs.is_empty() {
+            tracing::info!(count = jobs.len(), "resuming invocations left unfinished by the previous run");
+        }
+        self.enqueue(jobs);
+        Ok(())
+    }
+}
+
+fn ratio(open: u32, cap: u32) -> f64 {
+    if cap == 0 {
+        1.0
+    } else {
+        open as f64 / cap as f64
+    }
+}

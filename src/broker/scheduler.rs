@@ -829,6 +829,10 @@ impl Scheduler {
         self.sessions.values().filter(|s| s.state == SessionState::Busy).count()
     }
 
+    pub fn session_admin(&self, id: SessionId) -> Option<AdminIdx> {
+        self.sessions.get(&id).map(|s| s.admin)
+    }
+
     pub fn session_ids(&self) -> Vec<SessionId> {
         self.sessions.keys().copied().collect()
     }

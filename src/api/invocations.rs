@@ -1,0 +1,41 @@
+//! `POST /v1/invocations` and `GET /v1/invocations/{id}`.
+
+use super::error::{body_error, ApiError};
+use super::{parse_id, read_body, ApiState, InvocationView};
+use crate::broker::request::InvocationRequest;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+use std::time::Duration;
+
+pub async fn create(State(state): State<ApiState>, body: Body) -> Result<Response, ApiError> {
+    let bytes = read_body(body, state.max_body_bytes).await?;
+    let req: InvocationRequest = serde_json::from_slice(&bytes).map_err(|e| body_error(e, None))?;
+    let submitted = state.broker.submit(&req).await?;
+    let wait = if req.wait.unwrap_or(true) {
+        let timeout = req.timeout_seconds.map(Duration::from_secs).unwrap_or(state.max_wait);
+        timeout.min(state.max_wait)
+    } else {
+        Duration::ZERO
+    };
+    let record = state.broker.wait_for(submitted.id, wait).await?.ok_or_else(|| ApiError::internal("stored invocation vanished"))?;
+    if record.status.is_final() {
+        return Ok((StatusCode::OK, Json(InvocationView::from(record))).into_response());
+    }
+    let location = format!("/v1/invocations/{}", record.id);
+    Ok((
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, location)],
+        Json(json!({"id": record.id, "status": record.status, "replayed": submitted.replayed})),
+    )
+        .into_response())
+}
+
+pub async fn get_one(State(state): State<ApiState>, Path(id): Path<String>) -> Result<Json<InvocationView>, ApiError> {
+    let id = parse_id(&id, "invocation")?;
+    let record = state.broker.store().get(id).await?.ok_or_else(|| ApiError::not_found("invocation"))?;
+    Ok(Json(record.into()))
+}

@@ -1,0 +1,85 @@
+//! How an invocation looks to callers.
+
+use crate::store::{InvocationRecord, Status};
+use chrono::{TimeZone, Utc};
+use serde::Serialize;
+use serde_json::Value as Json;
+use uuid::Uuid;
+
+#[derive(Debug, Serialize)]
+pub struct InvocationView {
+    pub id: Uuid,
+    pub status: Status,
+    pub tenant: String,
+    pub cmdlet: String,
+    pub priority: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    pub output: Json,
+    pub errors: Json,
+    pub warnings: Json,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorView>,
+    pub attempts: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    pub timing: Timing,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ErrorView {
+    pub code: String,
+    pub message: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Timing {
+    pub created_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    /// From acceptance to the start of the last attempt.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue_seconds: Option<f64>,
+    /// The last attempt's run time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_seconds: Option<f64>,
+}
+
+fn rfc3339(ms: i64) -> String {
+    Utc.timestamp_millis_opt(ms).single().map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)).unwrap_or_default()
+}
+
+impl From<InvocationRecord> for InvocationView {
+    fn from(r: InvocationRecord) -> Self {
+        let secs = |a: Option<i64>, b: Option<i64>| a.zip(b).map(|(a, b)| (b - a) as f64 / 1000.0);
+        InvocationView {
+            id: r.id,
+            status: r.status,
+            tenant: r.tenant,
+            cmdlet: r.cmdlet,
+            priority: r.priority,
+            batch_id: r.batch_id,
+            idempotency_key: r.idempotency_key,
+            output: r.output,
+            errors: r.errors,
+            warnings: r.warnings,
+            error: r.error_code.map(|code| ErrorView { code, message: r.error_message.unwrap_or_default() }),
+            attempts: r.attempts,
+            admin: r.admin_used.or(r.admin),
+            session_id: r.session_id,
+            timing: Timing {
+                created_at: rfc3339(r.created_at),
+                started_at: r.started_at.map(rfc3339),
+                finished_at: r.finished_at.map(rfc3339),
+                queue_seconds: secs(Some(r.created_at), r.started_at),
+                run_seconds: secs(r.started_at, r.finished_at),
+            },
+        }
+    }
+}

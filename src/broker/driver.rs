@@ -1,0 +1,276 @@
+//! The driver task: the only owner of the scheduler and of the live remote sessions.
+//!
+//! It wakes on events (and on a short tick as a safety net), asks the scheduler for a plan, and
+//! executes it by spawning opens, commands and closes whose results come back as events.
+
+use super::runner::{self, RunReport};
+use super::scheduler::{Action, Job, Scheduler, SessionId, SessionRules, Snapshot, Topology, Tuning};
+use super::{SessionInfo, Shared};
+use crate::remote::{RemoteError, RemoteSession};
+use crate::store::Outcome;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+pub enum Event {
+    Submit(Vec<Job>),
+    CancelBatch(Uuid),
+    Opened { session: SessionId, result: Result<Box<dyn RemoteSession>, RemoteError> },
+    CommandDone { session: SessionId, report: RunReport },
+    Closed(SessionId),
+    Snapshot(oneshot::Sender<Snapshot>),
+    Sessions(oneshot::Sender<Vec<SessionInfo>>),
+    Shutdown { drain: Duration, reply: oneshot::Sender<()> },
+}
+
+struct Live {
+    remote: Arc<dyn RemoteSession>,
+    remote_id: String,
+}
+
+pub struct Driver {
+    sched: Scheduler,
+    shared: Arc<Shared>,
+    tx: mpsc::UnboundedSender<Event>,
+    rx: mpsc::UnboundedReceiver<Event>,
+    live: HashMap<SessionId, Live>,
+    /// Set once shutdown began: when to stop waiting for running commands.
+    drain_until: Option<Instant>,
+    shutdown_reply: Option<oneshot::Sender<()>>,
+    forced: bool,
+}
+
+const TICK: Duration = Duration::from_millis(100);
+
+impl Driver {
+    pub fn new(shared: Arc<Shared>, tx: mpsc::UnboundedSender<Event>, rx: mpsc::UnboundedReceiver<Event>) -> Driver {
+        let dir = &shared.directory;
+        let topo = Topology {
+            admin_caps: dir.admins.iter().map(|a| a.cap).collect(),
+            tenant_caps: dir.tenants.iter().map(|t| t.cap).collect(),
+            admins_for_tenant: (0..dir.tenants.len()).map(|t| dir.admins_for(t).to_vec()).collect(),
+            rules: dir
+                .tenants
+                .iter()
+                .map(|t| {
+                    let p = &t.profile.config;
+                    SessionRules {
+                        max_age: p.max_age(),
+                        max_age_jitter_percent: p.max_age_jitter_percent,
+                        max_commands: p.max_commands_per_session,
+                        idle_timeout: Duration::from_secs(p.idle_timeout_seconds),
+                    }
+                })
+                .collect(),
+        };
+        let c = &shared.tuning;
+        let tuning = Tuning {
+            quota_cooldown: Duration::from_secs(c.quota_cooldown_seconds),
+            auth_failure_cooldown: Duration::from_secs(c.auth_failure_cooldown_seconds),
+            fairness_quantum: Duration::from_millis(c.fairness_quantum_ms),
+            backoff_initial: Duration::from_millis(c.retry_backoff_initial_ms),
+            backoff_max: Duration::from_millis(c.retry_backoff_max_ms),
+        };
+        Driver {
+            sched: Scheduler::new(topo, tuning),
+            shared,
+            tx,
+            rx,
+            live: HashMap::new(),
+            drain_until: None,
+            shutdown_reply: None,
+            forced: false,
+        }
+    }
+
+    pub async fn run(mut self) {
+        loop {
+            match tokio::time::timeout(TICK, self.rx.recv()).await {
+                Ok(Some(ev)) => {
+                    self.handle(ev);
+                    // Take everything already waiting before planning once.
+                    while let Ok(ev) = self.rx.try_recv() {
+                        self.handle(ev);
+                    }
+                }
+                Ok(None) => return,
+                Err(_) => {}
+            }
+            let actions = self.sched.plan(Instant::now());
+            for action in actions {
+                self.execute(action);
+            }
+            if self.finish_shutdown() {
+                return;
+            }
+        }
+    }
+
+    fn handle(&mut self, ev: Event) {
+        let now = Instant::now();
+        match ev {
+            Event::Submit(jobs) => jobs.into_iter().for_each(|j| self.sched.submit(j)),
+            Event::CancelBatch(batch) => {
+                self.sched.cancel_batch(batch);
+            }
+            Event::Opened { session, result: Ok(remote) } => {
+                let remote: Arc<dyn RemoteSession> = Arc::from(remote);
+                let remote_id = remote.remote_id();
+                self.live.insert(session, Live { remote, remote_id });
+                self.sched.open_succeeded(session, now);
+            }
+            Event::Opened { session, result: Err(e) } => {
+                tracing::warn!(session, class = %e.class, message = %e.message, "session open failed");
+                self.shared.metrics.remote_faults.with_label_values(&[e.class.code()]).inc();
+                self.sched.open_failed(session, e.class, &e.message, now);
+            }
+            Event::CommandDone { session, report } => {
+                if let Some(job) = report.requeue {
+                    let not_before = job.not_before;
+                    self.sched.requeue(job, not_before);
+                }
+                if report.after == super::scheduler::AfterCommand::Gone {
+                    self.live.remove(&session);
+                }
+                self.sched.command_finished(session, report.after, report.ran_for, now);
+                if report.after == super::scheduler::AfterCommand::Close {
+                    self.close(session, "broken");
+                }
+            }
+            Event::Closed(session) => {
+                self.live.remove(&session);
+                self.sched.closed(session);
+            }
+            Event::Snapshot(reply) => {
+                let _ = reply.send(self.sched.snapshot(now));
+            }
+            Event::Sessions(reply) => {
+                let _ = reply.send(self.sessions(now));
+            }
+            Event::Shutdown { drain, reply } => {
+                self.sched.begin_shutdown();
+                self.drain_until = Some(now + drain);
+                self.shutdown_reply = Some(reply);
+            }
+        }
+    }
+
+    fn execute(&mut self, action: Action) {
+        let dir = self.shared.directory.clone();
+        match action {
+            Action::Open { session, admin, tenant } => {
+                let profile = dir.tenants[tenant].profile.clone();
+                let target = dir.target(admin, tenant);
+                let admin_name = dir.admins[admin].name.clone();
+                let (tx, metrics) = (self.tx.clone(), self.shared.metrics.clone());
+                let timeout = Duration::from_secs(profile.config.open_timeout_seconds);
+                tokio::spawn(async move {
+                    let started = Instant::now();
+                    let result = match tokio::time::timeout(timeout, profile.connector.open(&target)).await {
+                        Ok(r) => r,
+                        Err(_) => Err(RemoteError::new(
+                            crate::remote::FaultClass::Timeout,
+                            format!("opening a session took longer than {timeout:?}"),
+                        )),
+                    };
+                    let label = if result.is_ok() { "ok" } else { "failed" };
+                    metrics.session_opens.with_label_values(&[&admin_name, label]).inc();
+                    if result.is_ok() {
+                        metrics.session_open_seconds.with_label_values(&[&admin_name]).observe(started.elapsed().as_secs_f64());
+                    }
+                    let _ = tx.send(Event::Opened { session, result });
+                });
+            }
+            Action::Run { session, job } => {
+                let Some(live) = self.live.get(&session) else {
+                    // Cannot happen: the scheduler only runs on sessions that opened.
+                    tracing::error!(session, "scheduler chose a session the driver does not hold");
+                    self.sched.requeue(job, None);
+                    return;
+                };
+                let tenant = &dir.tenants[job.tenant];
+                let command_timeout = Duration::from_secs(tenant.profile.config.command_timeout_seconds);
+                let admin = self.admin_of(session).unwrap_or_default();
+                let (shared, tx, remote) = (self.shared.clone(), self.tx.clone(), live.remote.clone());
+                let label = format!("s{session}");
+                tokio::spawn(async move {
+                    let report = runner::run(shared, remote, label, admin, job, command_timeout).await;
+                    let _ = tx.send(Event::CommandDone { session, report });
+                });
+            }
+            Action::Close { session, reason } => self.close(session, reason.as_str()),
+            Action::Fail { job, failure } => {
+                let shared = self.shared.clone();
+                tokio::spawn(async move {
+                    shared.finish(&job, Outcome::failed(failure.code, failure.message)).await;
+                });
+            }
+        }
+    }
+
+    fn close(&mut self, session: SessionId, reason: &str) {
+        self.shared.metrics.reconnects.with_label_values(&[reason]).inc();
+        let Some(live) = self.live.get(&session) else {
+            let _ = self.tx.send(Event::Closed(session));
+            return;
+        };
+        let (remote, tx) = (live.remote.clone(), self.tx.clone());
+        tokio::spawn(async move {
+            // Best effort: if the server cannot be told, its own timeout ends the shell.
+            match tokio::time::timeout(Duration::from_secs(30), remote.close()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(session, error = %e, "closing session failed"),
+                Err(_) => tracing::warn!(session, "closing session timed out"),
+            }
+            let _ = tx.send(Event::Closed(session));
+        });
+    }
+
+    /// True when shutdown is complete: nothing runs and every session is closed.
+    fn finish_shutdown(&mut self) -> bool {
+        let Some(until) = self.drain_until else { return false };
+        if !self.forced && Instant::now() >= until {
+            // The drain deadline passed: close even busy sessions; their commands end with
+            // connection errors and stay recorded as running for the next start to settle.
+            self.forced = true;
+            let ids = self.sched.session_ids();
+            tracing::warn!(sessions = ids.len(), "drain timeout: closing sessions that are still busy");
+            for id in ids {
+                self.sched.command_finished(id, super::scheduler::AfterCommand::Close, None, Instant::now());
+                self.close(id, "shutdown");
+            }
+        }
+        if self.sched.has_live_sessions() {
+            return false;
+        }
+        if let Some(reply) = self.shutdown_reply.take() {
+            let _ = reply.send(());
+        }
+        true
+    }
+
+    fn admin_of(&self, session: SessionId) -> Option<String> {
+        self.sched.session_admin(session).map(|a| self.shared.directory.admins[a].name.clone())
+    }
+
+    fn sessions(&self, now: Instant) -> Vec<SessionInfo> {
+        let dir = &self.shared.directory;
+        self.sched
+            .snapshot(now)
+            .sessions
+            .into_iter()
+            .map(|s| SessionInfo {
+                id: format!("s{}", s.id),
+                remote_id: self.live.get(&s.id).map(|l| l.remote_id.clone()),
+                admin: dir.admins[s.admin].name.clone(),
+                tenant: dir.tenants[s.tenant].domain.clone(),
+                state: s.state.as_str(),
+                age_seconds: s.age.as_secs_f64(),
+                commands: s.commands,
+            })
+            .collect()
+    }
+
+}

@@ -1,0 +1,231 @@
+//! What a caller may ask for, and the checks that run before anything is stored or queued.
+//!
+//! An invocation is one cmdlet name plus named parameters whose values are data. Names are
+//! checked against PowerShell's shapes so nothing a caller sends can ever become script text.
+
+use super::directory::{AdminIdx, Directory, TenantIdx};
+use super::scheduler::Priority;
+use crate::remote::PsValue;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value as Json};
+use sha2::{Digest, Sha256};
+
+/// The body of `POST /v1/invocations`, and one item of a batch.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct InvocationRequest {
+    pub tenant: String,
+    pub cmdlet: String,
+    #[serde(default)]
+    pub parameters: Map<String, Json>,
+    #[serde(default)]
+    pub admin: Option<String>,
+    #[serde(default)]
+    pub priority: Option<Priority>,
+    /// Only for single invocations: wait for the result (default true).
+    #[serde(default)]
+    pub wait: Option<bool>,
+    #[serde(default)]
+    pub timeout_seconds: Option<u64>,
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+    /// Declares the command safe to run twice. Defaults to true for read verbs (Get, Test, ...).
+    #[serde(default)]
+    pub idempotent: Option<bool>,
+}
+
+/// A request that passed every check, resolved against the directory.
+#[derive(Debug, Clone)]
+pub struct ValidRequest {
+    pub tenant: TenantIdx,
+    pub admin: Option<AdminIdx>,
+    pub cmdlet: String,
+    pub parameters: Vec<(String, PsValue)>,
+    pub priority: Priority,
+    pub timeout_seconds: u64,
+    pub idempotent: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RequestError {
+    #[error("tenant '{0}' is not configured")]
+    UnknownTenant(String),
+    #[error("admin '{0}' is not configured")]
+    UnknownAdmin(String),
+    #[error("admin '{admin}' may not manage tenant '{tenant}'")]
+    AdminNotAllowed { admin: String, tenant: String },
+    #[error("'{0}' is not a cmdlet name (expected Verb-Noun, letters and digits only)")]
+    InvalidCmdletName(String),
+    #[error("'{0}' is not a parameter name (letters, digits and _, starting with a letter, at most 64)")]
+    InvalidParameterName(String),
+    #[error("{0}")]
+    InvalidParameterValue(String),
+    #[error("timeout_seconds must be between 1 and {max}")]
+    InvalidTimeout { max: u64 },
+    #[error("idempotency_key must be 1 to 200 printable characters")]
+    InvalidIdempotencyKey,
+}
+
+impl RequestError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            RequestError::UnknownTenant(_) => "unknown_tenant",
+            RequestError::UnknownAdmin(_) => "unknown_admin",
+            RequestError::AdminNotAllowed { .. } => "admin_not_allowed",
+            RequestError::InvalidCmdletName(_) => "invalid_cmdlet_name",
+            RequestError::InvalidParameterName(_) => "invalid_parameter_name",
+            RequestError::InvalidParameterValue(_) => "invalid_parameter_value",
+            RequestError::InvalidTimeout { .. } => "invalid_timeout",
+            RequestError::InvalidIdempotencyKey => "invalid_idempotency_key",
+        }
+    }
+}
+
+/// Limits on parameters, so one request cannot make the broker or the remote side choke.
+pub const MAX_PARAMETERS: usize = 64;
+pub const MAX_VALUE_DEPTH: usize = 16;
+pub const MAX_STRING_BYTES: usize = 1 << 20;
+pub const MAX_TIMEOUT_SECONDS: u64 = 7 * 24 * 3600;
+
+/// Verbs whose cmdlets only read: running one twice is harmless.
+const READ_VERBS: [&str; 6] = ["Get", "Test", "Search", "Find", "Measure", "Show"];
+
+pub fn is_read_verb(cmdlet: &str) -> bool {
+    let verb = cmdlet.split('-').next().unwrap_or("");
+    READ_VERBS.iter().any(|v| v.eq_ignore_ascii_case(verb))
+}
+
+fn valid_cmdlet_name(name: &str) -> bool {
+    let mut parts = name.split('-');
+    let (Some(verb), Some(noun), None) = (parts.next(), parts.next(), parts.next()) else { return false };
+    name.len() <= 128
+        && !verb.is_empty()
+        && verb.chars().all(|c| c.is_ascii_alphabetic())
+        && !noun.is_empty()
+        && noun.chars().all(|c| c.is_ascii_alphanumeric())
+}
+
+fn valid_parameter_name(name: &str) -> bool {
+    name.len() <= 64
+        && name.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn check_value(name: &str, value: &Json, depth: usize) -> Result<(), RequestError> {
+    if depth > MAX_VALUE_DEPTH {
+        return Err(RequestError::InvalidParameterValue(format!(
+            "parameter '{name}' nests deeper than {MAX_VALUE_DEPTH} levels"
+        )));
+    }
+    match value {
+        Json::String(s) if s.len() > MAX_STRING_BYTES => Err(RequestError::InvalidParameterValue(format!(
+            "parameter '{name}' has a string longer than {MAX_STRING_BYTES} bytes"
+        ))),
+        Json::Number(n) if n.as_i64().is_none() && n.as_f64().is_none_or(|f| !f.is_finite()) => Err(
+            RequestError::InvalidParameterValue(format!("parameter '{name}' has a number outside the 64-bit range")),
+        ),
+        Json::Array(items) => items.iter().try_for_each(|v| check_value(name, v, depth + 1)),
+        Json::Object(map) => map.values().try_for_each(|v| check_value(name, v, depth + 1)),
+        _ => Ok(()),
+    }
+}
+
+impl InvocationRequest {
+    pub fn validate(&self, dir: &Directory, default_timeout: u64) -> Result<ValidRequest, RequestError> {
+        let tenant = dir.tenant(&self.tenant).ok_or_else(|| RequestError::UnknownTenant(self.tenant.clone()))?;
+        let admin = match &self.admin {
+            None => None,
+            Some(name) => {
+                let a = dir.admin(name).ok_or_else(|| RequestError::UnknownAdmin(name.clone()))?;
+                if !dir.may_manage(a, tenant) {
+                    return Err(RequestError::AdminNotAllowed { admin: name.clone(), tenant: self.tenant.clone() });
+                }
+                Some(a)
+            }
+        };
+        if !valid_cmdlet_name(&self.cmdlet) {
+            return Err(RequestError::InvalidCmdletName(self.cmdlet.clone()));
+        }
+        if self.parameters.len() > MAX_PARAMETERS {
+            return Err(RequestError::InvalidParameterValue(format!("at most {MAX_PARAMETERS} parameters")));
+        }
+        let mut parameters = Vec::with_capacity(self.parameters.len());
+        for (name, value) in &self.parameters {
+            if !valid_parameter_name(name) {
+                return Err(RequestError::InvalidParameterName(name.clone()));
+            }
+            check_value(name, value, 0)?;
+            parameters.push((name.clone(), PsValue::from_json(value)));
+        }
+        let timeout_seconds = self.timeout_seconds.unwrap_or(default_timeout);
+        if timeout_seconds == 0 || timeout_seconds > MAX_TIMEOUT_SECONDS {
+            return Err(RequestError::InvalidTimeout { max: MAX_TIMEOUT_SECONDS });
+        }
+        if let Some(key) = &self.idempotency_key {
+            if key.is_empty() || key.len() > 200 || key.chars().any(|c| c.is_control()) {
+                return Err(RequestError::InvalidIdempotencyKey);
+            }
+        }
+        Ok(ValidRequest {
+            tenant,
+            admin,
+            cmdlet: self.cmdlet.clone(),
+            parameters,
+            priority: self.priority.unwrap_or(Priority::Interactive),
+            timeout_seconds,
+            idempotent: self.idempotent.unwrap_or_else(|| is_read_verb(&self.cmdlet)),
+        })
+    }
+
+    /// A digest of what the request asks for, to tell an idempotent replay from a different
+    /// request that reuses the same key.
+    pub fn content_hash(&self) -> String {
+        let canonical = serde_json::json!([
+            self.tenant.to_ascii_lowercase(),
+            self.cmdlet.to_ascii_lowercase(),
+            self.parameters,
+            self.admin.as_ref().map(|a| a.to_ascii_lowercase()),
+        ]);
+        let digest = Sha256::digest(canonical.to_string().as_bytes());
+        digest.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cmdlet_names_must_be_verb_noun() {
+        for ok in ["Get-Mailbox", "Set-CASMailbox", "Get-EXOMailbox2"] {
+            assert!(valid_cmdlet_name(ok), "{ok}");
+        }
+        for bad in ["Get-Mailbox; rm -rf", "Get Mailbox", "Get-Mailbox|x", "$(x)", "Get-", "-Mailbox", "a-b-c", "Get-Mail`box", ""] {
+            assert!(!valid_cmdlet_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn parameter_names_are_identifiers() {
+        assert!(valid_parameter_name("ResultSize"));
+        assert!(!valid_parameter_name("Result Size"));
+        assert!(!valid_parameter_name("1x"));
+        assert!(!valid_parameter_name("a;b"));
+    }
+
+    #[test]
+    fn read_verbs_are_idempotent() {
+        assert!(is_read_verb("Get-Mailbox"));
+        assert!(is_read_verb("test-mapiconnectivity"));
+        assert!(!is_read_verb("Set-Mailbox"));
+    }
+
+    #[test]
+    fn deep_values_are_refused() {
+        let mut v = Json::from(1);
+        for _ in 0..20 {
+            v = Json::Array(vec![v]);
+        }
+        assert!(matches!(check_value("p", &v, 0), Err(RequestError::InvalidParameterValue(_))));
+    }
+}

@@ -1,0 +1,114 @@
+//! Runs one invocation on one session and decides, from the outcome, what becomes of the
+//! invocation (final, or back in the queue) and of the session (keep, gone, close).
+
+use super::scheduler::{AfterCommand, Job};
+use super::Shared;
+use crate::remote::{Command, CommandOutput, FaultClass, RemoteError, RemoteSession, RetryPolicy};
+use crate::store::{Outcome, Status};
+use serde_json::Value as Json;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What the driver needs to hear back after a command.
+pub struct RunReport {
+    pub after: AfterCommand,
+    pub ran_for: Option<Duration>,
+    pub requeue: Option<Job>,
+}
+
+pub async fn run(
+    shared: Arc<Shared>,
+    session: Arc<dyn RemoteSession>,
+    session_label: String,
+    admin: String,
+    job: Job,
+    command_timeout: Duration,
+) -> RunReport {
+    let attempt = job.attempts + 1;
+    match shared.store.mark_running(job.id, attempt, &session_label, &admin).await {
+        Ok(true) => {}
+        // Cancelled meanwhile: the session did nothing and stays healthy.
+        Ok(false) => return RunReport { after: AfterCommand::Keep, ran_for: None, requeue: None },
+        Err(e) => {
+            tracing::error!(invocation = %job.id, error = %e, "cannot mark invocation running; leaving it queued");
+            let mut job = job;
+            job.not_before = Some(Instant::now() + Duration::from_secs(1));
+            return RunReport { after: AfterCommand::Keep, ran_for: None, requeue: Some(job) };
+        }
+    }
+    shared.metrics.queue_wait_seconds.with_label_values(&[job.priority.as_str()]).observe(job.enqueued_at.elapsed().as_secs_f64());
+    let command = Command { invocation_id: job.id, cmdlet: job.spec.cmdlet.clone(), parameters: job.spec.parameters.clone() };
+    let started = Instant::now();
+    let result = match tokio::time::timeout(command_timeout, session.invoke(&command)).await {
+        Ok(r) => r,
+        Err(_) => Err(RemoteError::new(FaultClass::Timeout, format!("no answer within {command_timeout:?}"))),
+    };
+    let ran_for = started.elapsed();
+    match result {
+        Ok(output) => {
+            shared.finish(&job, succeeded_or_cmdlet_error(output)).await;
+            RunReport { after: AfterCommand::Keep, ran_for: Some(ran_for), requeue: None }
+        }
+        Err(e) => {
+            shared.metrics.remote_faults.with_label_values(&[e.class.code()]).inc();
+            on_failure(&shared, job, attempt, e, ran_for).await
+        }
+    }
+}
+
+/// A pipeline that completed is a success unless it wrote error records.
+fn succeeded_or_cmdlet_error(output: CommandOutput) -> Outcome {
+    let objects = Json::Array(output.objects.iter().map(|o| o.to_json()).collect());
+    let errors = serde_json::to_value(&output.errors).unwrap_or(Json::Null);
+    let warnings = Json::from(output.warnings);
+    match output.errors.first() {
+        None => Outcome { status: Status::Succeeded, output: objects, errors, warnings, error_code: None, error_message: None },
+        Some(first) => Outcome {
+            status: Status::Failed,
+            output: objects,
+            error_code: Some(FaultClass::CmdletError.code().into()),
+            error_message: Some(first.message.clone()),
+            errors,
+            warnings,
+        },
+    }
+}
+
+async fn on_failure(shared: &Shared, mut job: Job, attempt: u32, e: RemoteError, ran_for: Duration) -> RunReport {
+    let max_attempts = shared.tuning.max_attempts;
+    let (after, retry) = match e.class.policy() {
+        // The command ran (or PowerShell refused it): the answer is final, the session fine.
+        RetryPolicy::Fail if e.class != FaultClass::Protocol => (AfterCommand::Keep, false),
+        RetryPolicy::Fail => (AfterCommand::Close, false),
+        // The server lost the shell before the command started: always safe to run elsewhere.
+        RetryPolicy::ReopenAndRetry if e.class == FaultClass::SessionExpired => (AfterCommand::Gone, true),
+        // Mid-command transport failure: the outcome is unknown, so only reads are repeated.
+        _ if e.class.outcome_unknown() => (AfterCommand::Close, job.idempotent),
+        // Quota or logon trouble on a live shell is unexpected: treat the shell as broken.
+        _ => (AfterCommand::Close, job.idempotent),
+    };
+    if retry && attempt < max_attempts {
+        job.attempts = attempt;
+        shared.metrics.retries.with_label_values(&[e.class.code()]).inc();
+        if let Err(err) = shared.store.mark_queued(job.id).await {
+            tracing::error!(invocation = %job.id, error = %err, "cannot requeue invocation");
+        }
+        return RunReport { after, ran_for: Some(ran_for), requeue: Some(job) };
+    }
+    let mut outcome = Outcome::failed(e.class.code(), failure_message(&e, retry, attempt));
+    if let Some(record) = &e.record {
+        outcome.errors = serde_json::to_value(vec![record]).unwrap_or(Json::Null);
+    }
+    shared.finish(&job, outcome).await;
+    RunReport { after, ran_for: Some(ran_for), requeue: None }
+}
+
+fn failure_message(e: &RemoteError, retryable: bool, attempt: u32) -> String {
+    if retryable {
+        format!("{} (gave up after {attempt} attempts)", e.message)
+    } else if e.class.outcome_unknown() {
+        format!("{} (the command may or may not have taken effect; it is not repeated because it is not idempotent)", e.message)
+    } else {
+        e.message.clone()
+    }
+}

@@ -1,0 +1,279 @@
+//! Command line: `serve` runs the daemon; the other commands talk to a running daemon over its
+//! HTTP API (or, for `bench`, run a self-contained measurement).
+
+use crate::config::Config;
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use serde_json::{json, Map, Value as Json};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(name = "psbroker", version, about = "Brokers pooled remote PowerShell sessions for admins of many tenants")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the daemon (no flags needed: the embedded demo config with the simulator and SQLite).
+    Serve {
+        /// Configuration file (default: ./config/psbroker.toml if present, else the embedded demo).
+        #[arg(long, env = "PSBROKER_CONFIG")]
+        config: Option<PathBuf>,
+        /// Listen address, overriding the configuration.
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Run one cmdlet through a running daemon and print the result as JSON.
+    Invoke(InvokeArgs),
+    /// Submit and follow batches.
+    #[command(subcommand)]
+    Batch(BatchCommand),
+    /// Show the pools (caps, open and busy sessions, queues) of a running daemon.
+    Status {
+        #[arg(long, env = "PSBROKER_URL", default_value = "http://127.0.0.1:8080")]
+        url: String,
+    },
+    /// Benchmarks that print figures.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Args)]
+pub struct InvokeArgs {
+    #[arg(long, env = "PSBROKER_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    #[arg(long)]
+    pub tenant: String,
+    /// Pin to one admin (default: the broker picks).
+    #[arg(long)]
+    pub admin: Option<String>,
+    /// `interactive` (default) or `batch`.
+    #[arg(long)]
+    pub priority: Option<String>,
+    /// Return at once with the invocation id instead of waiting for the result.
+    #[arg(long)]
+    pub no_wait: bool,
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    /// The cmdlet, e.g. Get-Mailbox.
+    pub cmdlet: String,
+    /// Parameter `Name=Value`; the value is read as JSON when it parses (5, true, ["a","b"]),
+    /// else as a string.
+    #[arg(short = 'p', long = "param", value_name = "NAME=VALUE")]
+    pub params: Vec<String>,
+    /// Parameter `Name=Value` whose value is always a string.
+    #[arg(short = 's', long = "param-string", value_name = "NAME=VALUE")]
+    pub string_params: Vec<String>,
+}
+
+#[derive(Subcommand)]
+pub enum BatchCommand {
+    /// Submit a JSON-lines file (one invocation per line), show progress, print a summary.
+    Submit {
+        file: PathBuf,
+        #[arg(long, env = "PSBROKER_URL", default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// Return after submitting instead of following progress.
+        #[arg(long)]
+        no_follow: bool,
+    },
+    /// Print a batch's counts.
+    Status {
+        id: String,
+        #[arg(long, env = "PSBROKER_URL", default_value = "http://127.0.0.1:8080")]
+        url: String,
+    },
+    /// Print a batch's results as JSON lines.
+    Results {
+        id: String,
+        #[arg(long, env = "PSBROKER_URL", default_value = "http://127.0.0.1:8080")]
+        url: String,
+    },
+    /// Cancel what has not started.
+    Cancel {
+        id: String,
+        #[arg(long, env = "PSBROKER_URL", default_value = "http://127.0.0.1:8080")]
+        url: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Bulk makespan against the lower bound, the naive baseline, and an interactive call mid-batch.
+    Bulk(crate::bench::BulkArgs),
+}
+
+pub fn parse_params(params: &[String], strings: &[String]) -> anyhow::Result<Map<String, Json>> {
+    let mut map = Map::new();
+    let split = |p: &String| -> anyhow::Result<(String, String)> {
+        let (k, v) = p.split_once('=').with_context(|| format!("parameter '{p}' is not Name=Value"))?;
+        Ok((k.trim_start_matches('-').to_string(), v.to_string()))
+    };
+    for p in params {
+        let (k, v) = split(p)?;
+        let value = serde_json::from_str(&v).unwrap_or(Json::String(v));
+        map.insert(k, value);
+    }
+    for p in strings {
+        let (k, v) = split(p)?;
+        map.insert(k, Json::String(v));
+    }
+    Ok(map)
+}
+
+/// Prints an API error envelope readably and turns it into a failing exit.
+async fn check(resp: reqwest::Response) -> anyhow::Result<Json> {
+    let status = resp.status();
+    let body: Json = resp.json().await.unwrap_or(Json::Null);
+    if status.is_client_error() || status.is_server_error() {
+        let code = body["error"]["code"].as_str().unwrap_or("?");
+        let message = body["error"]["message"].as_str().unwrap_or("");
+        bail!("{status}: {code}: {message}");
+    }
+    Ok(body)
+}
+
+pub async fn invoke(args: InvokeArgs) -> anyhow::Result<()> {
+    let parameters = parse_params(&args.params, &args.string_params)?;
+    let mut body = json!({"tenant": args.tenant, "cmdlet": args.cmdlet, "parameters": parameters, "wait": !args.no_wait});
+    if let Some(a) = args.admin {
+        body["admin"] = json!(a);
+    }
+    if let Some(p) = args.priority {
+        body["priority"] = json!(p);
+    }
+    if let Some(k) = args.idempotency_key {
+        body["idempotency_key"] = json!(k);
+    }
+    let client = reqwest::Client::new();
+    let resp = client.post(format!("{}/v1/invocations", args.url)).json(&body).send().await.context("cannot reach the daemon")?;
+    let result = check(resp).await?;
+    println!("{}", serde_json::to_string_pretty(&result)?);
+    if result["status"] == "failed" {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+pub async fn batch(cmd: BatchCommand) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    match cmd {
+        BatchCommand::Submit { file, url, no_follow } => {
+            let body = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let resp = client
+                .post(format!("{url}/v1/batches"))
+                .header("content-type", "application/x-ndjson")
+                .body(body)
+                .send()
+                .await
+                .context("cannot reach the daemon")?;
+            let accepted = check(resp).await?;
+            let id = accepted["id"].as_str().unwrap_or_default().to_string();
+            let total = accepted["total"].as_u64().unwrap_or(0);
+            eprintln!("batch {id}: {total} invocations accepted");
+            if no_follow {
+                println!("{id}");
+                return Ok(());
+            }
+            follow(&client, &url, &id, total).await
+        }
+        BatchCommand::Status { id, url } => {
+            let counts = check(client.get(format!("{url}/v1/batches/{id}")).send().await?).await?;
+            println!("{}", serde_json::to_string_pretty(&counts)?);
+            Ok(())
+        }
+        BatchCommand::Results { id, url } => {
+            let resp = client.get(format!("{url}/v1/batches/{id}/results")).send().await?;
+            if !resp.status().is_success() {
+                check(resp).await?;
+                return Ok(());
+            }
+            let mut stream = resp.bytes_stream();
+            use futures::StreamExt;
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            while let Some(chunk) = stream.next().await {
+                out.write_all(&chunk?)?;
+            }
+            Ok(())
+        }
+        BatchCommand::Cancel { id, url } => {
+            let r = check(client.delete(format!("{url}/v1/batches/{id}")).send().await?).await?;
+            println!("{}", serde_json::to_string_pretty(&r)?);
+            Ok(())
+        }
+    }
+}
+
+async fn follow(client: &reqwest::Client, url: &str, id: &str, total: u64) -> anyhow::Result<()> {
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    let started = Instant::now();
+    let counts = loop {
+        let c = check(client.get(format!("{url}/v1/batches/{id}")).send().await?).await?;
+        let n = |k: &str| c[k].as_u64().unwrap_or(0);
+        bar.set_position(n("succeeded") + n("failed") + n("cancelled"));
+        bar.set_message(format!("running {} failed {}", n("running"), n("failed")));
+        if c["done"] == true {
+            break c;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    bar.finish_and_clear();
+    let n = |k: &str| counts[k].as_u64().unwrap_or(0);
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "batch {id}: {} succeeded, {} failed, {} cancelled of {total} in {secs:.1} s ({:.1}/s)",
+        n("succeeded"),
+        n("failed"),
+        n("cancelled"),
+        total as f64 / secs.max(0.001)
+    );
+    if n("failed") > 0 {
+        eprintln!("details: psbroker batch results {id} --url {url}");
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+pub async fn status(url: &str) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let pools = check(client.get(format!("{url}/v1/pools")).send().await.context("cannot reach the daemon")?).await?;
+    println!("{}", serde_json::to_string_pretty(&pools)?);
+    Ok(())
+}
+
+pub fn load_config(path: Option<&std::path::Path>, listen: Option<String>) -> anyhow::Result<Config> {
+    let mut config = Config::load(path)?;
+    if let Some(l) = listen {
+        config.server.listen = l;
+        config.validate()?;
+    }
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_infer_json_or_keep_strings() {
+        let m = parse_params(
+            &["ResultSize=5".into(), "Identity=user001".into(), "-Enabled=true".into()],
+            &["Alias=007".into()],
+        )
+        .unwrap();
+        assert_eq!(m["ResultSize"], json!(5));
+        assert_eq!(m["Identity"], json!("user001"));
+        assert_eq!(m["Enabled"], json!(true));
+        assert_eq!(m["Alias"], json!("007"));
+        assert!(parse_params(&["nonsense".into()], &[]).is_err());
+    }
+}

@@ -1,0 +1,513 @@
+//! Durable queue and results in SQL (SQLite now; the schema and statements are kept portable so
+//! a PostgreSQL backend can sit behind the same API for several nodes).
+//!
+//! The store is the source of truth for an invocation's status. In particular the move from
+//! `queued` to `running` is a conditional update, so a cancelled invocation can never start.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{QueryBuilder, Row, SqlitePool};
+use std::str::FromStr;
+use std::time::Duration;
+use uuid::Uuid;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("idempotency key '{0}' was already used for a different request")]
+    IdempotencyConflict(String),
+    #[error("cannot prepare the database location: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl Status {
+    pub const ALL: [Status; 5] = [Status::Queued, Status::Running, Status::Succeeded, Status::Failed, Status::Cancelled];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Queued => "queued",
+            Status::Running => "running",
+            Status::Succeeded => "succeeded",
+            Status::Failed => "failed",
+            Status::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Status {
+        Status::ALL.into_iter().find(|x| x.as_str() == s).unwrap_or(Status::Failed)
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(self, Status::Succeeded | Status::Failed | Status::Cancelled)
+    }
+}
+
+/// An accepted invocation, as stored before the API acknowledges it.
+#[derive(Debug, Clone)]
+pub struct NewInvocation {
+    pub id: Uuid,
+    pub batch_id: Option<Uuid>,
+    pub seq: i64,
+    pub idempotency_key: Option<String>,
+    /// Hash of the request's content, to tell a replay from a different request with the same key.
+    pub request_hash: String,
+    pub tenant: String,
+    pub admin: Option<String>,
+    pub cmdlet: String,
+    pub parameters: Json,
+    pub priority: String,
+    pub idempotent: bool,
+    pub created_at: i64,
+    pub deadline_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct InvocationRecord {
+    pub id: Uuid,
+    pub batch_id: Option<Uuid>,
+    pub seq: i64,
+    pub idempotency_key: Option<String>,
+    pub tenant: String,
+    pub admin: Option<String>,
+    pub cmdlet: String,
+    pub parameters: Json,
+    pub priority: String,
+    pub idempotent: bool,
+    pub status: Status,
+    pub attempts: i64,
+    pub created_at: i64,
+    pub deadline_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub session_id: Option<String>,
+    pub admin_used: Option<String>,
+    pub output: Json,
+    pub errors: Json,
+    pub warnings: Json,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+}
+
+/// How an invocation ended.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub status: Status,
+    pub output: Json,
+    pub errors: Json,
+    pub warnings: Json,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+}
+
+impl Outcome {
+    pub fn failed(code: &str, message: impl Into<String>) -> Outcome {
+        Outcome {
+            status: Status::Failed,
+            output: Json::Array(vec![]),
+            errors: Json::Array(vec![]),
+            warnings: Json::Array(vec![]),
+            error_code: Some(code.to_string()),
+            error_message: Some(message.into()),
+        }
+    }
+}
+
+/// Result of inserting one invocation.
+#[derive(Debug)]
+pub enum Inserted {
+    New,
+    /// The idempotency key was seen before with the same request: here is that invocation.
+    Existing(Box<InvocationRecord>),
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct BatchCounts {
+    pub id: Uuid,
+    pub total: i64,
+    pub queued: i64,
+    pub running: i64,
+    pub succeeded: i64,
+    pub failed: i64,
+    pub cancelled: i64,
+    pub cancelled_at: Option<i64>,
+}
+
+impl BatchCounts {
+    pub fn done(&self) -> bool {
+        self.queued == 0 && self.running == 0
+    }
+}
+
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+const COLUMNS: &str = "id, batch_id, seq, idempotency_key, tenant, admin, cmdlet, parameters, priority, idempotent, status, attempts, created_at, deadline_at, started_at, finished_at, session_id, admin_used, output, errors, warnings, error_code, error_message";
+
+#[derive(Clone)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database and applies migrations.
+    pub async fn connect(url: &str) -> Result<Store, StoreError> {
+        let memory = url.contains(":memory:");
+        if let Some(path) = url.strip_prefix("sqlite://").filter(|_| !memory) {
+            let path = path.split('?').next().unwrap_or(path);
+            if let Some(dir) = std::path::Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)?;
+            }
+        }
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        // An in-memory database exists per connection: keep exactly one.
+        let pool = SqlitePoolOptions::new().max_connections(if memory { 1 } else { 4 }).connect_with(options).await?;
+        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        Ok(Store { pool })
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn insert_invocation(&self, new: &NewInvocation) -> Result<Inserted, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let inserted = insert_rows(&mut tx, std::slice::from_ref(new)).await?;
+        tx.commit().await?;
+        if inserted.contains(&new.id) {
+            return Ok(Inserted::New);
+        }
+        self.replay(new).await.map(|r| Inserted::Existing(Box::new(r)))
+    }
+
+    /// Stores a batch and its items in one transaction. Returns the ids that were new (items
+    /// whose idempotency key was seen before are not stored again and must not run again).
+    pub async fn insert_batch(&self, batch_id: Uuid, items: &[NewInvocation]) -> Result<Vec<Uuid>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("INSERT INTO batches (id, created_at, total) VALUES (?, ?, ?)")
+            .bind(batch_id.to_string())
+            .bind(now_ms())
+            .bind(items.len() as i64)
+            .execute(&mut *tx)
+            .await?;
+        let mut inserted = Vec::with_capacity(items.len());
+        for chunk in items.chunks(500) {
+            inserted.extend(insert_rows(&mut tx, chunk).await?);
+        }
+        if inserted.len() < items.len() {
+            // Replayed keys must carry the same request; a different one is the caller's mistake.
+            for item in items.iter().filter(|i| !inserted.contains(&i.id)) {
+                self.replay_in(&mut tx, item).await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(inserted)
+    }
+
+    async fn replay(&self, new: &NewInvocation) -> Result<InvocationRecord, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        self.replay_in(&mut conn, new).await
+    }
+
+    async fn replay_in(&self, conn: &mut sqlx::SqliteConnection, new: &NewInvocation) -> Result<InvocationRecord, StoreError> {
+        let key = new.idempotency_key.clone().unwrap_or_default();
+        let row = sqlx::query(&format!("SELECT {COLUMNS}, request_hash FROM invocations WHERE idempotency_key = ?"))
+            .bind(&key)
+            .fetch_one(&mut *conn)
+            .await?;
+        let hash: String = row.try_get("request_hash")?;
+        if hash != new.request_hash {
+            return Err(StoreError::IdempotencyConflict(key));
+        }
+        record(&row)
+    }
+
+    pub async fn get(&self, id: Uuid) -> Result<Option<InvocationRecord>, StoreError> {
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM invocations WHERE id = ?"))
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(record).transpose()
+    }
+
+    /// Claims a queued invocation for a session. False if it is no longer queued (cancelled).
+    pub async fn mark_running(&self, id: Uuid, attempt: u32, session: &str, admin: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE invocations SET status = 'running', attempts = ?, started_at = ?, session_id = ?, admin_used = ? \
+             WHERE id = ? AND status = 'queued'",
+        )
+        .bind(attempt as i64)
+        .bind(now_ms())
+        .bind(session)
+        .bind(admin)
+        .bind(id.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Puts a running invocation back in the queue (its attempt did not start, or may be repeated).
+    pub async fn mark_queued(&self, id: Uuid) -> Result<(), StoreError> {
+        sqlx::query("UPDATE invocations SET status = 'queued', session_id = NULL WHERE id = ? AND status = 'running'")
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Records the end of an invocation that is not already final.
+    pub async fn finish(&self, id: Uuid, outcome: &Outcome) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE invocations SET status = ?, finished_at = ?, output = ?, errors = ?, warnings = ?, error_code = ?, error_message = ? \
+             WHERE id = ? AND status IN ('queued', 'running')",
+        )
+        .bind(outcome.status.as_str())
+        .bind(now_ms())
+        .bind(outcome.output.to_string())
+        .bind(outcome.errors.to_string())
+        .bind(outcome.warnings.to_string())
+        .bind(&outcome.error_code)
+        .bind(&outcome.error_message)
+        .bind(id.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn batch_counts(&self, batch: Uuid) -> Result<Option<BatchCounts>, StoreError> {
+        let Some(head) = sqlx::query("SELECT total, cancelled_at FROM batches WHERE id = ?")
+            .bind(batch.to_string())
+            .fetch_optional(&self.pool)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let mut counts = BatchCounts {
+            id: batch,
+            total: head.try_get("total")?,
+            cancelled_at: head.try_get("cancelled_at")?,
+            ..BatchCounts::default()
+        };
+        let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM invocations WHERE batch_id = ? GROUP BY status")
+            .bind(batch.to_string())
+            .fetch_all(&self.pool)
+            .await?;
+        for row in rows {
+            let n: i64 = row.try_get("n")?;
+            match Status::parse(row.try_get::<&str, _>("status")?) {
+                Status::Queued => counts.queued = n,
+                Status::Running => counts.running = n,
+                Status::Succeeded => counts.succeeded = n,
+                Status::Failed => counts.failed = n,
+                Status::Cancelled => counts.cancelled = n,
+            }
+        }
+        Ok(Some(counts))
+    }
+
+    /// One page of a batch's invocations in submission order, after `after_seq`.
+    pub async fn batch_page(&self, batch: Uuid, after_seq: i64, limit: i64) -> Result<Vec<InvocationRecord>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM invocations WHERE batch_id = ? AND seq > ? ORDER BY seq LIMIT ?"
+        ))
+        .bind(batch.to_string())
+        .bind(after_seq)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(record).collect()
+    }
+
+    /// Cancels what has not started; returns how many invocations were cancelled.
+    pub async fn cancel_batch(&self, batch: Uuid) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE batches SET cancelled_at = ? WHERE id = ? AND cancelled_at IS NULL")
+            .bind(now_ms())
+            .bind(batch.to_string())
+            .execute(&mut *tx)
+            .await?;
+        let done = sqlx::query(
+            "UPDATE invocations SET status = 'cancelled', finished_at = ?, error_code = 'cancelled', \
+             error_message = 'the batch was cancelled before this invocation started' WHERE batch_id = ? AND status = 'queued'",
+        )
+        .bind(now_ms())
+        .bind(batch.to_string())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Invocations that were queued or running when the daemon last stopped.
+    pub async fn unfinished(&self) -> Result<Vec<InvocationRecord>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM invocations WHERE status IN ('queued', 'running') ORDER BY created_at, seq"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(record).collect()
+    }
+}
+
+async fn insert_rows(tx: &mut sqlx::SqliteConnection, items: &[NewInvocation]) -> Result<Vec<Uuid>, StoreError> {
+    let mut qb = QueryBuilder::new(
+        "INSERT INTO invocations (id, batch_id, seq, idempotency_key, request_hash, tenant, admin, cmdlet, parameters, \
+         priority, idempotent, status, attempts, created_at, deadline_at) ",
+    );
+    qb.push_values(items, |mut b, i| {
+        b.push_bind(i.id.to_string())
+            .push_bind(i.batch_id.map(|b| b.to_string()))
+            .push_bind(i.seq)
+            .push_bind(&i.idempotency_key)
+            .push_bind(&i.request_hash)
+            .push_bind(&i.tenant)
+            .push_bind(&i.admin)
+            .push_bind(&i.cmdlet)
+            .push_bind(i.parameters.to_string())
+            .push_bind(&i.priority)
+            .push_bind(i.idempotent)
+            .push_bind("queued")
+            .push_bind(0i64)
+            .push_bind(i.created_at)
+            .push_bind(i.deadline_at);
+    });
+    qb.push(" ON CONFLICT DO NOTHING RETURNING id");
+    let rows = qb.build().fetch_all(&mut *tx).await?;
+    rows.iter()
+        .map(|r| {
+            let id: &str = r.try_get("id")?;
+            Ok(Uuid::parse_str(id).map_err(|e| sqlx::Error::Decode(Box::new(e)))?)
+        })
+        .collect()
+}
+
+fn json_col(row: &sqlx::sqlite::SqliteRow, name: &str) -> Result<Json, sqlx::Error> {
+    let text: Option<String> = row.try_get(name)?;
+    Ok(text.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(Json::Array(vec![])))
+}
+
+fn uuid_col(row: &sqlx::sqlite::SqliteRow, name: &str) -> Result<Option<Uuid>, sqlx::Error> {
+    let text: Option<String> = row.try_get(name)?;
+    text.map(|t| Uuid::parse_str(&t).map_err(|e| sqlx::Error::Decode(Box::new(e)))).transpose()
+}
+
+fn record(row: &sqlx::sqlite::SqliteRow) -> Result<InvocationRecord, StoreError> {
+    Ok(InvocationRecord {
+        id: uuid_col(row, "id")?.ok_or_else(|| sqlx::Error::ColumnNotFound("id".into()))?,
+        batch_id: uuid_col(row, "batch_id")?,
+        seq: row.try_get("seq")?,
+        idempotency_key: row.try_get("idempotency_key")?,
+        tenant: row.try_get("tenant")?,
+        admin: row.try_get("admin")?,
+        cmdlet: row.try_get("cmdlet")?,
+        parameters: json_col(row, "parameters")?,
+        priority: row.try_get("priority")?,
+        idempotent: row.try_get("idempotent")?,
+        status: Status::parse(row.try_get::<&str, _>("status")?),
+        attempts: row.try_get("attempts")?,
+        created_at: row.try_get("created_at")?,
+        deadline_at: row.try_get("deadline_at")?,
+        started_at: row.try_get("started_at")?,
+        finished_at: row.try_get("finished_at")?,
+        session_id: row.try_get("session_id")?,
+        admin_used: row.try_get("admin_used")?,
+        output: json_col(row, "output")?,
+        errors: json_col(row, "errors")?,
+        warnings: json_col(row, "warnings")?,
+        error_code: row.try_get("error_code")?,
+        error_message: row.try_get("error_message")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn item(key: Option<&str>, cmdlet: &str) -> NewInvocation {
+        NewInvocation {
+            id: Uuid::new_v4(),
+            batch_id: None,
+            seq: 0,
+            idempotency_key: key.map(str::to_string),
+            request_hash: format!("hash-{cmdlet}"),
+            tenant: "contoso.onmicrosoft.com".into(),
+            admin: None,
+            cmdlet: cmdlet.into(),
+            parameters: json!({"ResultSize": 5}),
+            priority: "batch".into(),
+            idempotent: true,
+            created_at: now_ms(),
+            deadline_at: now_ms() + 60_000,
+        }
+    }
+
+    #[tokio::test]
+    async fn lifecycle_and_idempotency() {
+        let store = Store::connect("sqlite::memory:").await.unwrap();
+        let first = item(Some("k1"), "Get-Mailbox");
+        assert!(matches!(store.insert_invocation(&first).await.unwrap(), Inserted::New));
+        let replay = NewInvocation { id: Uuid::new_v4(), ..first.clone() };
+        match store.insert_invocation(&replay).await.unwrap() {
+            Inserted::Existing(r) => assert_eq!(r.id, first.id),
+            other => panic!("expected replay, got {other:?}"),
+        }
+        let different = NewInvocation { id: Uuid::new_v4(), ..item(Some("k1"), "Set-Mailbox") };
+        assert!(matches!(store.insert_invocation(&different).await, Err(StoreError::IdempotencyConflict(_))));
+
+        assert!(store.mark_running(first.id, 1, "s1", "alice").await.unwrap());
+        assert!(!store.mark_running(first.id, 1, "s1", "alice").await.unwrap(), "claim is exclusive");
+        let outcome = Outcome {
+            status: Status::Succeeded,
+            output: json!([{"Name": "a"}]),
+            errors: json!([]),
+            warnings: json!([]),
+            error_code: None,
+            error_message: None,
+        };
+        assert!(store.finish(first.id, &outcome).await.unwrap());
+        assert!(!store.finish(first.id, &Outcome::failed("x", "y")).await.unwrap(), "final stays final");
+        let r = store.get(first.id).await.unwrap().unwrap();
+        assert_eq!(r.status, Status::Succeeded);
+        assert_eq!(r.output[0]["Name"], "a");
+        assert_eq!(r.attempts, 1);
+    }
+
+    #[tokio::test]
+    async fn batches_count_page_and_cancel() {
+        let store = Store::connect("sqlite::memory:").await.unwrap();
+        let batch = Uuid::new_v4();
+        let items: Vec<_> = (0..1200)
+            .map(|i| NewInvocation { batch_id: Some(batch), seq: i, ..item(None, "Get-User") })
+            .collect();
+        assert_eq!(store.insert_batch(batch, &items).await.unwrap().len(), 1200);
+        assert!(store.mark_running(items[0].id, 1, "s", "a").await.unwrap());
+        assert_eq!(store.cancel_batch(batch).await.unwrap(), 1199);
+        assert!(!store.mark_running(items[1].id, 1, "s", "a").await.unwrap(), "cancelled cannot start");
+        let c = store.batch_counts(batch).await.unwrap().unwrap();
+        assert_eq!((c.total, c.running, c.cancelled), (1200, 1, 1199));
+        let page = store.batch_page(batch, 10, 5).await.unwrap();
+        assert_eq!(page.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![11, 12, 13, 14, 15]);
+        assert_eq!(store.unfinished().await.unwrap().len(), 1);
+    }
+}

@@ -1,0 +1,113 @@
+//! Test harness: the real daemon on 127.0.0.1:0 with its store in a temp dir, driven over HTTP.
+#![allow(dead_code)]
+
+use psbroker::app::{Application, Running};
+use psbroker::config::Config;
+use psbroker::sim::Simulator;
+use serde_json::{json, Value as Json};
+use std::time::{Duration, Instant};
+
+pub struct TestApp {
+    pub app: Option<Running>,
+    pub client: reqwest::Client,
+    pub dir: tempfile::TempDir,
+}
+
+/// Admins `a0..a{admins}` (cap 3, all tenants), tenants `t000..` with the given simulator
+/// latencies; `extra` is appended TOML (more sections or overrides).
+pub fn config_text(admins: u32, tenants: u32, open_ms: u64, cmd_ms: u64, extra: &str) -> String {
+    let mut text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nmax_wait_seconds = 30\n\
+         [profiles.default]\nkind = \"simulator\"\n{extra}\n\
+         [simulator]\nopen_latency_ms = {open_ms}\ncommand_latency_ms = {cmd_ms}\nclose_latency_ms = 1\nmailboxes_per_tenant = 10\n"
+    );
+    for a in 0..admins {
+        text += &format!("[[admins]]\nname = \"a{a}\"\nupn = \"a{a}@partner.onmicrosoft.com\"\ncredential = \"literal:pw{a}\"\n");
+    }
+    for t in 0..tenants {
+        text += &format!("[[tenants]]\ndomain = \"{}\"\n", tenant(t));
+    }
+    text
+}
+
+pub fn tenant(i: u32) -> String {
+    format!("t{i:03}.onmicrosoft.com")
+}
+
+impl TestApp {
+    pub async fn start(text: &str) -> TestApp {
+        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(text, dir).await
+    }
+
+    /// Starts on an existing directory (same database: a restart).
+    pub async fn start_in(text: &str, dir: tempfile::TempDir) -> TestApp {
+        let url = format!("sqlite://{}", dir.path().join("psbroker.db").display());
+        let mut config = Config::from_toml(text).unwrap();
+        config.store.url = url;
+        let app = Application::build(config).await.unwrap().spawn();
+        TestApp { app: Some(app), client: reqwest::Client::new(), dir }
+    }
+
+    pub fn running(&self) -> &Running {
+        self.app.as_ref().unwrap()
+    }
+
+    pub fn sim(&self) -> Simulator {
+        self.running().simulator.clone().unwrap()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        self.running().url(path)
+    }
+
+    pub async fn post(&self, path: &str, body: Json) -> (u16, Json) {
+        let r = self.client.post(self.url(path)).json(&body).send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Json::Null))
+    }
+
+    pub async fn post_raw(&self, path: &str, content_type: &str, body: impl Into<reqwest::Body>) -> (u16, Json) {
+        let r = self.client.post(self.url(path)).header("content-type", content_type).body(body).send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Json::Null))
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Json) {
+        let r = self.client.get(self.url(path)).send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Json::Null))
+    }
+
+    pub async fn get_text(&self, path: &str) -> String {
+        self.client.get(self.url(path)).send().await.unwrap().text().await.unwrap()
+    }
+
+    /// Runs one cmdlet and waits for its result.
+    pub async fn invoke(&self, tenant: &str, cmdlet: &str, parameters: Json) -> (u16, Json) {
+        self.post("/v1/invocations", json!({"tenant": tenant, "cmdlet": cmdlet, "parameters": parameters})).await
+    }
+
+    pub async fn submit_batch(&self, items: Vec<Json>) -> String {
+        let (status, body) = self.post("/v1/batches", json!({"items": items})).await;
+        assert_eq!(status, 202, "{body}");
+        body["id"].as_str().unwrap().to_string()
+    }
+
+    pub async fn wait_batch(&self, id: &str, limit: Duration) -> Json {
+        let end = Instant::now() + limit;
+        loop {
+            let (_, c) = self.get(&format!("/v1/batches/{id}")).await;
+            if c["done"] == true {
+                return c;
+            }
+            assert!(Instant::now() < end, "batch not done in {limit:?}: {c}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn stop(mut self) -> tempfile::TempDir {
+        self.app.take().unwrap().stop().await.unwrap();
+        self.dir
+    }
+}
