@@ -35,13 +35,16 @@ impl Application {
         } else {
             None
         };
-        let directory = Directory::build(&config, |name, profile| match profile.kind {
+        let directory = Directory::build(&config, |name, profile| {
+            match profile.kind {
             ProfileKind::Simulator => Ok(simulator.as_ref().expect("simulator built for simulator profiles").connector()),
             ProfileKind::Wsman => anyhow::bail!(
                 "profile '{name}': kind \"wsman\" (WS-Management/PSRP) is not available in this build yet; use kind = \"simulator\""
             ),
+        }
         })?;
-        let store = Store::connect(&config.store.url).await.with_context(|| format!("opening store {}", config.store.url))?;
+        let store =
+            Store::connect(&config.store.url).await.with_context(|| format!("opening store {}", config.store.url))?;
         let metrics = Arc::new(Metrics::new(config.metrics.tenant_labels));
         let broker = Arc::new(Broker::start(Arc::new(directory), store, metrics, config.scheduler.clone()).await?);
         let listener = TcpListener::bind(&config.server.listen)

@@ -87,7 +87,8 @@ struct Interactive {
 }
 
 async fn interactive_call(client: &reqwest::Client, app: &Running, tenant: &str) -> anyhow::Result<Interactive> {
-    let body = json!({"tenant": tenant, "cmdlet": "Get-Mailbox", "parameters": {"ResultSize": 1}, "priority": "interactive"});
+    let body =
+        json!({"tenant": tenant, "cmdlet": "Get-Mailbox", "parameters": {"ResultSize": 1}, "priority": "interactive"});
     let sent = Instant::now();
     let r = post(client, app.url("/v1/invocations"), body).await?;
     let total = sent.elapsed();
@@ -148,19 +149,23 @@ pub async fn bulk(args: BulkArgs) -> anyhow::Result<()> {
     println!("  makespan / LB            {ratio:.3}   (target ≤ 1.10)");
     if let Some(naive) = naive {
         println!("  naive makespan           {:.0} ms", ms(naive));
-        println!("  naive / psbroker         {:.2}×  (target ≥ 8×; ceiling for these latencies at makespan = LB: {:.2}×)",
+        println!(
+            "  naive / psbroker         {:.2}×  (target ≥ 8×; ceiling for these latencies at makespan = LB: {:.2}×)",
             naive.as_secs_f64() / makespan.as_secs_f64(),
-            naive_ideal(&args).as_secs_f64() / lb.as_secs_f64());
+            naive_ideal(&args).as_secs_f64() / lb.as_secs_f64()
+        );
     }
     let target = args.open_ms + 2 * args.cmd_ms;
     if let Some(w) = warm {
         println!("  interactive, warm tenant wait {:.0} ms, answered in {:.0} ms", ms(w.wait), ms(w.total));
     }
     println!("  interactive, cold tenant wait {:.0} ms, answered in {:.0} ms   (target wait ≤ open + 2 × cmdlet = {target} ms)", ms(cold.wait), ms(cold.total));
-    println!("  sessions opened          {} (simulator), most shells per admin {}, per tenant {}",
+    println!(
+        "  sessions opened          {} (simulator), most shells per admin {}, per tenant {}",
         stats.shells_opened,
         stats.max_by_user.values().max().copied().unwrap_or(0),
-        stats.max_by_tenant.values().max().copied().unwrap_or(0));
+        stats.max_by_tenant.values().max().copied().unwrap_or(0)
+    );
     Ok(())
 }
 
@@ -176,8 +181,9 @@ fn naive_ideal(args: &BulkArgs) -> Duration {
 async fn naive_baseline(args: &BulkArgs, sim: &Simulator) -> anyhow::Result<Duration> {
     sim.reset_high_water_marks();
     let connector = sim.connector();
-    let work: Arc<Mutex<Vec<u32>>> =
-        Arc::new(Mutex::new((0..args.tenants).flat_map(|t| std::iter::repeat_n(t, args.per_tenant as usize)).collect()));
+    let work: Arc<Mutex<Vec<u32>>> = Arc::new(Mutex::new(
+        (0..args.tenants).flat_map(|t| std::iter::repeat_n(t, args.per_tenant as usize)).collect(),
+    ));
     let started = Instant::now();
     let mut workers = Vec::new();
     for a in 0..args.admins {

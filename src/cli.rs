@@ -138,7 +138,8 @@ async fn check(resp: reqwest::Response) -> anyhow::Result<Json> {
 
 pub async fn invoke(args: InvokeArgs) -> anyhow::Result<()> {
     let parameters = parse_params(&args.params, &args.string_params)?;
-    let mut body = json!({"tenant": args.tenant, "cmdlet": args.cmdlet, "parameters": parameters, "wait": !args.no_wait});
+    let mut body =
+        json!({"tenant": args.tenant, "cmdlet": args.cmdlet, "parameters": parameters, "wait": !args.no_wait});
     if let Some(a) = args.admin {
         body["admin"] = json!(a);
     }
@@ -149,7 +150,12 @@ pub async fn invoke(args: InvokeArgs) -> anyhow::Result<()> {
         body["idempotency_key"] = json!(k);
     }
     let client = reqwest::Client::new();
-    let resp = client.post(format!("{}/v1/invocations", args.url)).json(&body).send().await.context("cannot reach the daemon")?;
+    let resp = client
+        .post(format!("{}/v1/invocations", args.url))
+        .json(&body)
+        .send()
+        .await
+        .context("cannot reach the daemon")?;
     let result = check(resp).await?;
     println!("{}", serde_json::to_string_pretty(&result)?);
     if result["status"] == "failed" {

@@ -46,7 +46,12 @@ pub struct ServerConfig {
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        Self { listen: "127.0.0.1:8080".into(), max_wait_seconds: 30, max_body_bytes: 32 << 20, max_batch_items: 100_000 }
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            max_wait_seconds: 30,
+            max_body_bytes: 32 << 20,
+            max_batch_items: 100_000,
+        }
     }
 }
 
@@ -266,7 +271,9 @@ impl Config {
     pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
         let base = match explicit {
             Some(path) => Figment::from(Toml::file_exact(path)),
-            None if Path::new("config/psbroker.toml").exists() => Figment::from(Toml::file_exact("config/psbroker.toml")),
+            None if Path::new("config/psbroker.toml").exists() => {
+                Figment::from(Toml::file_exact("config/psbroker.toml"))
+            }
             None => Figment::from(Toml::string(EMBEDDED_DEMO)),
         };
         let config: Config =
@@ -307,7 +314,8 @@ impl Config {
             if !a.upn.contains('@') {
                 return bad(format!("admin '{}' upn '{}' is not a user principal name", a.name, a.upn));
             }
-            CredentialRef::parse(&a.credential).map_err(|reason| ConfigError::Credential { admin: a.name.clone(), reason })?;
+            CredentialRef::parse(&a.credential)
+                .map_err(|reason| ConfigError::Credential { admin: a.name.clone(), reason })?;
         }
         let mut domains = HashSet::new();
         for t in &self.tenants {
@@ -318,7 +326,10 @@ impl Config {
                 return bad(format!("tenant '{}' has cap 0", t.domain));
             }
             if !self.profiles.contains_key(&t.profile) {
-                return bad(format!("tenant '{}' uses profile '{}', which is not defined under [profiles]", t.domain, t.profile));
+                return bad(format!(
+                    "tenant '{}' uses profile '{}', which is not defined under [profiles]",
+                    t.domain, t.profile
+                ));
             }
         }
         for a in &self.admins {
@@ -369,9 +380,9 @@ impl CredentialRef {
 
     pub fn resolve(&self) -> Result<SecretString, String> {
         match self {
-            CredentialRef::Env(var) => std::env::var(var)
-                .map(SecretString::from)
-                .map_err(|_| format!("environment variable {var} is not set")),
+            CredentialRef::Env(var) => {
+                std::env::var(var).map(SecretString::from).map_err(|_| format!("environment variable {var} is not set"))
+            }
             CredentialRef::File(path) => std::fs::read_to_string(path)
                 .map(|s| SecretString::from(s.trim_end_matches(['\r', '\n']).to_string()))
                 .map_err(|e| format!("cannot read {}: {e}", path.display())),

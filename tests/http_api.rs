@@ -27,7 +27,9 @@ async fn get_mailbox_returns_the_simulators_mailboxes() {
 async fn set_mailbox_is_visible_to_a_later_get_mailbox() {
     let app = TestApp::start(&config_text(1, 1, 5, 1, "")).await;
     let t = tenant(0);
-    let (_, set) = app.invoke(&t, "Set-Mailbox", json!({"Identity": "user001", "Office": "Building 7; $(rm -rf /) `whoami`"})).await;
+    let (_, set) = app
+        .invoke(&t, "Set-Mailbox", json!({"Identity": "user001", "Office": "Building 7; $(rm -rf /) `whoami`"}))
+        .await;
     assert_eq!(set["status"], "succeeded", "{set}");
     let (_, get) = app.invoke(&t, "Get-Mailbox", json!({"Identity": "user001"})).await;
     assert_eq!(get["output"][0]["Office"], "Building 7; $(rm -rf /) `whoami`", "parameter values travel as data");
@@ -61,8 +63,9 @@ async fn sessions_recycle_across_a_short_lifetime_without_failures() {
     let extra = "session_max_age_seconds = 1.5";
     let text = config_text(1, 2, 20, 10, extra).replace("[simulator]\n", "[simulator]\nshell_lifetime_seconds = 2.0\n");
     let app = TestApp::start(&text).await;
-    let items: Vec<Json> =
-        (0..500).map(|i| json!({"tenant": tenant(i % 2), "cmdlet": "Get-Mailbox", "parameters": {"ResultSize": 1}})).collect();
+    let items: Vec<Json> = (0..500)
+        .map(|i| json!({"tenant": tenant(i % 2), "cmdlet": "Get-Mailbox", "parameters": {"ResultSize": 1}}))
+        .collect();
     let id = app.submit_batch(items).await;
     let counts = app.wait_batch(&id, Duration::from_secs(60)).await;
     assert_eq!(counts["succeeded"], 500, "{counts}");
@@ -110,7 +113,8 @@ async fn each_mistake_gets_its_own_code() {
     let (s, b) = app.post_raw("/v1/invocations", "application/json", "{\"tenant\": ").await;
     assert_eq!((s, b["error"]["code"].as_str()), (400, Some("invalid_json")), "{b}");
 
-    let (s, b) = app.post("/v1/invocations", json!({"tenant": tenant(0), "cmdlet": "Get-Mailbox", "colour": "red"})).await;
+    let (s, b) =
+        app.post("/v1/invocations", json!({"tenant": tenant(0), "cmdlet": "Get-Mailbox", "colour": "red"})).await;
     assert_eq!((s, b["error"]["code"].as_str()), (400, Some("invalid_request")), "{b}");
 
     let (s, b) = app.invoke(&tenant(0), "Get-Mailbox; Remove-Mailbox", json!({})).await;
@@ -219,7 +223,11 @@ async fn queued_work_survives_a_restart_and_shutdown_closes_every_shell() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let sim = app.sim();
     let dir = app.stop().await;
-    assert!(sim.stats().open_by_user.values().all(|&n| n == 0), "shutdown closed every shell: {:?}", sim.stats().open_by_user);
+    assert!(
+        sim.stats().open_by_user.values().all(|&n| n == 0),
+        "shutdown closed every shell: {:?}",
+        sim.stats().open_by_user
+    );
 
     let app = TestApp::start_in(&text, dir).await;
     let counts = app.wait_batch(&id, Duration::from_secs(60)).await;
@@ -241,7 +249,11 @@ async fn ndjson_batches_and_bad_items_lose_nothing() {
     let counts = app.wait_batch(b["id"].as_str().unwrap(), Duration::from_secs(20)).await;
     assert_eq!(counts["succeeded"], 2);
 
-    let bad = format!("{}\n{}\n", json!({"tenant": tenant(0), "cmdlet": "Get-User"}), json!({"tenant": "x.example", "cmdlet": "Get-User"}));
+    let bad = format!(
+        "{}\n{}\n",
+        json!({"tenant": tenant(0), "cmdlet": "Get-User"}),
+        json!({"tenant": "x.example", "cmdlet": "Get-User"})
+    );
     let (s, b) = app.post_raw("/v1/batches", "application/x-ndjson", bad).await;
     assert_eq!((s, b["error"]["code"].as_str()), (422, Some("unknown_tenant")), "{b}");
     assert_eq!(b["error"]["details"]["index"], 1);

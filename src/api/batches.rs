@@ -57,7 +57,11 @@ pub async fn create(State(state): State<ApiState>, headers: HeaderMap, body: Bod
         ));
     }
     let (id, total) = state.broker.submit_batch(&items).await?;
-    Ok((StatusCode::ACCEPTED, [(header::LOCATION, format!("/v1/batches/{id}"))], Json(json!({"id": id, "total": total})))
+    Ok((
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, format!("/v1/batches/{id}"))],
+        Json(json!({"id": id, "total": total})),
+    )
         .into_response())
 }
 

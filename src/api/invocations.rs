@@ -21,7 +21,11 @@ pub async fn create(State(state): State<ApiState>, body: Body) -> Result<Respons
     } else {
         Duration::ZERO
     };
-    let record = state.broker.wait_for(submitted.id, wait).await?.ok_or_else(|| ApiError::internal("stored invocation vanished"))?;
+    let record = state
+        .broker
+        .wait_for(submitted.id, wait)
+        .await?
+        .ok_or_else(|| ApiError::internal("stored invocation vanished"))?;
     if record.status.is_final() {
         return Ok((StatusCode::OK, Json(InvocationView::from(record))).into_response());
     }

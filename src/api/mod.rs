@@ -48,7 +48,8 @@ pub fn router(state: ApiState) -> Router {
 
 /// Counts requests by matched route (never the raw path: ids would explode the label set).
 async fn count_requests(State(state): State<ApiState>, req: Request, next: Next) -> Response {
-    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
+    let route =
+        req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
     let resp = next.run(req).await;
     state.broker.metrics().http_requests.with_label_values(&[&route, resp.status().as_str()]).inc();
     resp
@@ -57,7 +58,11 @@ async fn count_requests(State(state): State<ApiState>, req: Request, next: Next)
 /// Reads a body up to the configured limit, answering 413 with the envelope beyond it.
 pub(crate) async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     axum::body::to_bytes(body, limit).await.map_err(|_| {
-        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", format!("the body is larger than {limit} bytes"))
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the body is larger than {limit} bytes"),
+        )
     })
 }
 

@@ -13,7 +13,10 @@ pub async fn sessions(State(state): State<ApiState>) -> Response {
 }
 
 pub async fn pools(State(state): State<ApiState>) -> Result<Response, ApiError> {
-    let pools = state.broker.pools().await.ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the scheduler has stopped"))?;
+    let pools =
+        state.broker.pools().await.ok_or_else(|| {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the scheduler has stopped")
+        })?;
     Ok(Json(pools).into_response())
 }
 

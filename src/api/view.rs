@@ -52,7 +52,10 @@ pub struct Timing {
 }
 
 fn rfc3339(ms: i64) -> String {
-    Utc.timestamp_millis_opt(ms).single().map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)).unwrap_or_default()
+    Utc.timestamp_millis_opt(ms)
+        .single()
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
 }
 
 impl From<InvocationRecord> for InvocationView {

@@ -53,7 +53,11 @@ impl Directory {
         let tenants: Vec<Tenant> = config
             .tenants
             .iter()
-            .map(|t| Tenant { domain: t.domain.to_ascii_lowercase(), cap: t.cap, profile: profiles[&t.profile].clone() })
+            .map(|t| Tenant {
+                domain: t.domain.to_ascii_lowercase(),
+                cap: t.cap,
+                profile: profiles[&t.profile].clone(),
+            })
             .collect();
         let tenant_by_domain: HashMap<_, _> = tenants.iter().enumerate().map(|(i, t)| (t.domain.clone(), i)).collect();
         let mut admins = Vec::new();
@@ -75,7 +79,9 @@ impl Directory {
         }
         let admins_by_tenant = (0..tenants.len())
             .map(|t| {
-                (0..admins.len()).filter(|&a| admins[a].tenants.as_ref().is_none_or(|ts: &Vec<usize>| ts.contains(&t))).collect()
+                (0..admins.len())
+                    .filter(|&a| admins[a].tenants.as_ref().is_none_or(|ts: &Vec<usize>| ts.contains(&t)))
+                    .collect()
             })
             .collect();
         let admin_by_name = admins.iter().enumerate().map(|(i, a)| (a.name.to_ascii_lowercase(), i)).collect();

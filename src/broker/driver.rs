@@ -178,7 +178,10 @@ impl Driver {
                     let label = if result.is_ok() { "ok" } else { "failed" };
                     metrics.session_opens.with_label_values(&[&admin_name, label]).inc();
                     if result.is_ok() {
-                        metrics.session_open_seconds.with_label_values(&[&admin_name]).observe(started.elapsed().as_secs_f64());
+                        metrics
+                            .session_open_seconds
+                            .with_label_values(&[&admin_name])
+                            .observe(started.elapsed().as_secs_f64());
                     }
                     let _ = tx.send(Event::Opened { session, result });
                 });
@@ -272,5 +275,4 @@ impl Driver {
             })
             .collect()
     }
-
 }

@@ -13,7 +13,7 @@ pub mod scheduler;
 use crate::config::SchedulerConfig;
 use crate::metrics::Metrics;
 use crate::remote::PsValue;
-use crate::store::{now_ms, InvocationRecord, Inserted, NewInvocation, Outcome, Status, Store, StoreError};
+use crate::store::{now_ms, Inserted, InvocationRecord, NewInvocation, Outcome, Status, Store, StoreError};
 use directory::Directory;
 use request::{InvocationRequest, RequestError, ValidRequest};
 use scheduler::{Job, JobSpec, Priority};
@@ -180,11 +180,16 @@ impl Broker {
             v.priority = req.priority.unwrap_or(Priority::Batch);
             valid.push(v);
         }
-        let news: Vec<NewInvocation> =
-            items.iter().zip(&valid).enumerate().map(|(i, (req, v))| self.new_invocation(req, v, Some(batch), i as i64)).collect();
+        let news: Vec<NewInvocation> = items
+            .iter()
+            .zip(&valid)
+            .enumerate()
+            .map(|(i, (req, v))| self.new_invocation(req, v, Some(batch), i as i64))
+            .collect();
         let inserted = self.shared.store.insert_batch(batch, &news).await?;
         let inserted: std::collections::HashSet<Uuid> = inserted.into_iter().collect();
-        let jobs = news.iter().zip(valid).filter(|(n, _)| inserted.contains(&n.id)).map(|(n, v)| self.job(n, v)).collect();
+        let jobs =
+            news.iter().zip(valid).filter(|(n, _)| inserted.contains(&n.id)).map(|(n, v)| self.job(n, v)).collect();
         self.enqueue(jobs);
         Ok((batch, items.len()))
     }
@@ -234,9 +239,13 @@ impl Broker {
         self.tx.send(Event::Snapshot(reply)).ok()?;
         let snap = rx.await.ok()?;
         let dir = &self.shared.directory;
-        let name_admins = snap.admins.into_iter().enumerate().map(|(i, caps)| PoolInfo { name: dir.admins[i].name.clone(), caps });
-        let name_tenants =
-            snap.tenants.into_iter().enumerate().map(|(i, caps)| PoolInfo { name: dir.tenants[i].domain.clone(), caps });
+        let name_admins =
+            snap.admins.into_iter().enumerate().map(|(i, caps)| PoolInfo { name: dir.admins[i].name.clone(), caps });
+        let name_tenants = snap
+            .tenants
+            .into_iter()
+            .enumerate()
+            .map(|(i, caps)| PoolInfo { name: dir.tenants[i].domain.clone(), caps });
         Some(PoolsInfo {
             admins: name_admins.collect(),
             tenants: name_tenants.collect(),
@@ -272,7 +281,9 @@ impl Broker {
         if m.tenant_labels {
             for (i, t) in snap.tenants.iter().enumerate() {
                 m.tenant_sessions.with_label_values(&[&dir.tenants[i].domain]).set(t.open as i64);
-                m.cap_saturation.with_label_values(&["tenant", &dir.tenants[i].domain]).set(ratio(t.open, t.effective_cap));
+                m.cap_saturation
+                    .with_label_values(&["tenant", &dir.tenants[i].domain])
+                    .set(ratio(t.open, t.effective_cap));
             }
         }
     }
@@ -304,7 +315,13 @@ impl Broker {
         }
     }
 
-    fn new_invocation(&self, req: &InvocationRequest, v: &ValidRequest, batch: Option<Uuid>, seq: i64) -> NewInvocation {
+    fn new_invocation(
+        &self,
+        req: &InvocationRequest,
+        v: &ValidRequest,
+        batch: Option<Uuid>,
+        seq: i64,
+    ) -> NewInvocation {
         let now = now_ms();
         NewInvocation {
             id: Uuid::now_v7(),

@@ -200,7 +200,17 @@ mod tests {
         for ok in ["Get-Mailbox", "Set-CASMailbox", "Get-EXOMailbox2"] {
             assert!(valid_cmdlet_name(ok), "{ok}");
         }
-        for bad in ["Get-Mailbox; rm -rf", "Get Mailbox", "Get-Mailbox|x", "$(x)", "Get-", "-Mailbox", "a-b-c", "Get-Mail`box", ""] {
+        for bad in [
+            "Get-Mailbox; rm -rf",
+            "Get Mailbox",
+            "Get-Mailbox|x",
+            "$(x)",
+            "Get-",
+            "-Mailbox",
+            "a-b-c",
+            "Get-Mail`box",
+            "",
+        ] {
             assert!(!valid_cmdlet_name(bad), "{bad}");
         }
     }

@@ -36,8 +36,13 @@ pub async fn run(
             return RunReport { after: AfterCommand::Keep, ran_for: None, requeue: Some(job) };
         }
     }
-    shared.metrics.queue_wait_seconds.with_label_values(&[job.priority.as_str()]).observe(job.enqueued_at.elapsed().as_secs_f64());
-    let command = Command { invocation_id: job.id, cmdlet: job.spec.cmdlet.clone(), parameters: job.spec.parameters.clone() };
+    shared
+        .metrics
+        .queue_wait_seconds
+        .with_label_values(&[job.priority.as_str()])
+        .observe(job.enqueued_at.elapsed().as_secs_f64());
+    let command =
+        Command { invocation_id: job.id, cmdlet: job.spec.cmdlet.clone(), parameters: job.spec.parameters.clone() };
     let started = Instant::now();
     let result = match tokio::time::timeout(command_timeout, session.invoke(&command)).await {
         Ok(r) => r,
@@ -62,7 +67,14 @@ fn succeeded_or_cmdlet_error(output: CommandOutput) -> Outcome {
     let errors = serde_json::to_value(&output.errors).unwrap_or(Json::Null);
     let warnings = Json::from(output.warnings);
     match output.errors.first() {
-        None => Outcome { status: Status::Succeeded, output: objects, errors, warnings, error_code: None, error_message: None },
+        None => Outcome {
+            status: Status::Succeeded,
+            output: objects,
+            errors,
+            warnings,
+            error_code: None,
+            error_message: None,
+        },
         Some(first) => Outcome {
             status: Status::Failed,
             output: objects,
@@ -107,7 +119,10 @@ fn failure_message(e: &RemoteError, retryable: bool, attempt: u32) -> String {
     if retryable {
         format!("{} (gave up after {attempt} attempts)", e.message)
     } else if e.class.outcome_unknown() {
-        format!("{} (the command may or may not have taken effect; it is not repeated because it is not idempotent)", e.message)
+        format!(
+            "{} (the command may or may not have taken effect; it is not repeated because it is not idempotent)",
+            e.message
+        )
     } else {
         e.message.clone()
     }

@@ -379,10 +379,12 @@ impl Scheduler {
             // Someone outside the broker holds shells: believe the service and lower the cap to
             // what we hold now, for a cool-down. The work waits; it does not fail.
             FaultClass::UserShellQuotaExceeded => {
-                self.admin_lowered[a] = Some(Lowered { cap: self.admin_open[a], until: now + self.tuning.quota_cooldown });
+                self.admin_lowered[a] =
+                    Some(Lowered { cap: self.admin_open[a], until: now + self.tuning.quota_cooldown });
             }
             FaultClass::TenantShellQuotaExceeded => {
-                self.tenant_lowered[t] = Some(Lowered { cap: self.tenant_open[t], until: now + self.tuning.quota_cooldown });
+                self.tenant_lowered[t] =
+                    Some(Lowered { cap: self.tenant_open[t], until: now + self.tuning.quota_cooldown });
             }
             FaultClass::TenantRemotePowerShellDisabled => self.tenant_blocked[t] = Some(auth_block),
             // Bad password or MFA demanded: this admin is useless everywhere for a while.
@@ -481,7 +483,11 @@ impl Scheduler {
                     class: None,
                 }
             } else if candidates.iter().all(|&a| self.admin_refusal(a, t).is_some()) {
-                let b = candidates.iter().filter_map(|&a| self.admin_refusal(a, t)).min_by_key(|b| b.until).expect("refused");
+                let b = candidates
+                    .iter()
+                    .filter_map(|&a| self.admin_refusal(a, t))
+                    .min_by_key(|b| b.until)
+                    .expect("refused");
                 Failure { code: b.class.code(), message: b.message.clone(), class: Some(b.class) }
             } else {
                 continue;
@@ -501,10 +507,7 @@ impl Scheduler {
                 let mut kept = VecDeque::with_capacity(before);
                 for job in q.drain(..) {
                     if job.deadline <= now {
-                        actions.push(Action::Fail {
-                            job,
-                            failure: Failure { code, message: message.clone(), class },
-                        });
+                        actions.push(Action::Fail { job, failure: Failure { code, message: message.clone(), class } });
                     } else {
                         kept.push_back(job);
                     }
@@ -590,7 +593,9 @@ impl Scheduler {
             })
             .find(|(_, l)| {
                 (l.has_interactive(now) && !own_interactive)
-                    || (had_turn && l.blocked_since.is_some_and(|b| now.saturating_duration_since(b) >= self.tuning.fairness_quantum))
+                    || (had_turn
+                        && l.blocked_since
+                            .is_some_and(|b| now.saturating_duration_since(b) >= self.tuning.fairness_quantum))
             })
             .map(|(k, _)| *k)
     }
@@ -846,9 +851,10 @@ impl Scheduler {
                 open: self.admin_open[a],
                 busy: count(&|s| s.admin == a && s.state == SessionState::Busy),
                 queued: self.lanes.iter().filter(|((_, p), _)| *p == Some(a)).map(|(_, l)| l.len()).sum(),
-                blocked: self.admin_blocked[a].as_ref().map(|b| b.class.code().to_string()).or_else(|| {
-                    self.admin_retry_at[a].filter(|r| *r > now).map(|_| "backing_off".to_string())
-                }),
+                blocked: self.admin_blocked[a]
+                    .as_ref()
+                    .map(|b| b.class.code().to_string())
+                    .or_else(|| self.admin_retry_at[a].filter(|r| *r > now).map(|_| "backing_off".to_string())),
             })
             .collect();
         let tenants = (0..self.topo.tenant_caps.len())

@@ -48,7 +48,12 @@ fn rules(max_age: Duration, max_commands: u32) -> SessionRules {
     SessionRules { max_age, max_age_jitter_percent: 0, max_commands, idle_timeout: Duration::from_secs(300) }
 }
 
-fn topology(admin_caps: &[u32], tenants: usize, tenant_cap: u32, allowed: impl Fn(AdminIdx, TenantIdx) -> bool) -> Topology {
+fn topology(
+    admin_caps: &[u32],
+    tenants: usize,
+    tenant_cap: u32,
+    allowed: impl Fn(AdminIdx, TenantIdx) -> bool,
+) -> Topology {
     Topology {
         admin_caps: admin_caps.to_vec(),
         tenant_caps: vec![tenant_cap; tenants],
@@ -261,9 +266,8 @@ fn a_huge_batch_for_one_tenant_uses_every_admin_slot() {
 fn quota_fault_lowers_the_admins_cap_and_the_work_still_completes() {
     // Someone outside the broker holds 2 of admin 0's 3 shells: its 2nd open is refused.
     let mut h = Harness::new(topology(&[3, 3], 4, 20, |_, _| true));
-    h.open_fault = Box::new(|a, _, h0| {
-        (a == 0 && h0.remote_by_admin[0] >= 1).then_some(FaultClass::UserShellQuotaExceeded)
-    });
+    h.open_fault =
+        Box::new(|a, _, h0| (a == 0 && h0.remote_by_admin[0] >= 1).then_some(FaultClass::UserShellQuotaExceeded));
     let ids: Vec<_> = (0..4).flat_map(|t| (0..50).map(move |_| t)).collect::<Vec<_>>();
     let ids: Vec<Uuid> = ids.into_iter().map(|t| h.submit(t, Priority::Batch)).collect();
     h.run_for(Duration::from_secs(60));

@@ -170,7 +170,10 @@ pub fn classify(http_status: Option<u16>, wsman_code: Option<u32>, message: &str
     {
         return FaultClass::UserShellQuotaExceeded;
     }
-    if wsman_code == Some(WSMAN_SHELL_NOT_FOUND) || has("shell was not found") || has("maximum number of commands for this shell") {
+    if wsman_code == Some(WSMAN_SHELL_NOT_FOUND)
+        || has("shell was not found")
+        || has("maximum number of commands for this shell")
+    {
         return FaultClass::SessionExpired;
     }
     if has("does not have permission to manage this tenant") {
@@ -239,6 +242,7 @@ pub fn classify_error_record(record: &ErrorRecord) -> FaultClass {
         | "ParameterArgumentTransformationError"
         | "MissingArgument"
         | "MissingMandatoryParameter"
+        | "ParameterAlreadyBound"
         | "AmbiguousParameter"
         | "PositionalParameterNotFound"
         | "CannotConvertArgumentNoMessage"
@@ -252,7 +256,12 @@ mod record_tests {
     use super::*;
 
     fn record(id: &str) -> ErrorRecord {
-        ErrorRecord { message: String::new(), category: String::new(), fully_qualified_error_id: id.into(), target: None }
+        ErrorRecord {
+            message: String::new(),
+            category: String::new(),
+            fully_qualified_error_id: id.into(),
+            target: None,
+        }
     }
 
     #[test]
@@ -260,7 +269,9 @@ mod record_tests {
         assert_eq!(classify_error_record(&record("CommandNotFoundException")), FaultClass::UnknownCmdlet);
         assert_eq!(classify_error_record(&record("NamedParameterNotFound,Get-Mailbox")), FaultClass::InvalidParameter);
         assert_eq!(
-            classify_error_record(&record("[Server=X],8A1B2C3D,Microsoft.Exchange.Management.RecipientTasks.GetMailbox")),
+            classify_error_record(&record(
+                "[Server=X],8A1B2C3D,Microsoft.Exchange.Management.RecipientTasks.GetMailbox"
+            )),
             FaultClass::CmdletError
         );
     }

@@ -121,7 +121,9 @@ impl PsValue {
             PsValue::Guid(g) => g.to_string(),
             PsValue::List(items) => items.iter().map(PsValue::display).collect::<Vec<_>>().join(" "),
             PsValue::Dict(_) => "System.Collections.Hashtable".to_string(),
-            PsValue::Object(o) => o.to_string.clone().unwrap_or_else(|| o.type_names.first().cloned().unwrap_or_default()),
+            PsValue::Object(o) => {
+                o.to_string.clone().unwrap_or_else(|| o.type_names.first().cloned().unwrap_or_default())
+            }
         }
     }
 
@@ -139,9 +141,9 @@ impl PsValue {
             },
             Json::String(s) => PsValue::String(s.clone()),
             Json::Array(items) => PsValue::List(items.iter().map(PsValue::from_json).collect()),
-            Json::Object(map) => PsValue::Dict(
-                map.iter().map(|(k, v)| (PsValue::String(k.clone()), PsValue::from_json(v))).collect(),
-            ),
+            Json::Object(map) => {
+                PsValue::Dict(map.iter().map(|(k, v)| (PsValue::String(k.clone()), PsValue::from_json(v))).collect())
+            }
         }
     }
 

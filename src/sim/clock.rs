@@ -12,16 +12,8 @@ pub(crate) struct SimClock {
 
 impl SimClock {
     pub fn new(speedup: f64) -> Self {
-        let speedup = if speedup.is_finite() && speedup > 0.0 {
-            speedup
-        } else {
-            1.0
-        };
-        Self {
-            start: Instant::now(),
-            speedup,
-            offset: 0.0,
-        }
+        let speedup = if speedup.is_finite() && speedup > 0.0 { speedup } else { 1.0 };
+        Self { start: Instant::now(), speedup, offset: 0.0 }
     }
 
     /// Simulated seconds since the simulator started.

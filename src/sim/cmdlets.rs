@@ -58,15 +58,7 @@ const CUSTOM_ATTRIBUTES: [&str; 15] = [
     "CustomAttribute15",
 ];
 
-const ACTION_PREFERENCES: [&str; 7] = [
-    "Continue",
-    "SilentlyContinue",
-    "Stop",
-    "Inquire",
-    "Ignore",
-    "Suspend",
-    "Break",
-];
+const ACTION_PREFERENCES: [&str; 7] = ["Continue", "SilentlyContinue", "Stop", "Inquire", "Ignore", "Suspend", "Break"];
 
 /// How a parameter's value is converted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,18 +94,10 @@ struct P {
 }
 
 const fn opt(name: &'static str, ty: Ty) -> P {
-    P {
-        name,
-        ty,
-        mandatory: false,
-    }
+    P { name, ty, mandatory: false }
 }
 const fn req(name: &'static str, ty: Ty) -> P {
-    P {
-        name,
-        ty,
-        mandatory: true,
-    }
+    P { name, ty, mandatory: true }
 }
 
 const COMMON: [P; 11] = [
@@ -152,9 +136,7 @@ impl Cmd {
             Cmd::NewMailUser => "Microsoft.Exchange.Management.RecipientTasks.NewMailUser",
             Cmd::SetMailUser => "Microsoft.Exchange.Management.RecipientTasks.SetMailUser",
             Cmd::GetMailUser => "Microsoft.Exchange.Management.RecipientTasks.GetMailUser",
-            Cmd::GetAcceptedDomain => {
-                "Microsoft.Exchange.Management.SystemConfigurationTasks.GetAcceptedDomain"
-            }
+            Cmd::GetAcceptedDomain => "Microsoft.Exchange.Management.SystemConfigurationTasks.GetAcceptedDomain",
         }
     }
 
@@ -165,11 +147,7 @@ impl Cmd {
     fn params(self) -> Vec<P> {
         let mut ps = match self {
             Cmd::GetMailbox | Cmd::GetUser | Cmd::GetMailUser => {
-                vec![
-                    opt("Identity", Ty::Identity),
-                    opt("ResultSize", Ty::ResultSize),
-                    opt("Filter", Ty::Filter),
-                ]
+                vec![opt("Identity", Ty::Identity), opt("ResultSize", Ty::ResultSize), opt("Filter", Ty::Filter)]
             }
             Cmd::SetMailbox => {
                 let mut v = vec![
@@ -237,12 +215,7 @@ impl Cmd {
 // ---- error records -------------------------------------------------------------------------
 
 fn record(message: String, category: &str, fqeid: String, target: Option<String>) -> ErrorRecord {
-    ErrorRecord {
-        message,
-        category: category.to_string(),
-        fully_qualified_error_id: fqeid,
-        target,
-    }
+    ErrorRecord { message, category: category.to_string(), fully_qualified_error_id: fqeid, target }
 }
 
 pub(crate) fn command_not_found(name: &str) -> ErrorRecord {
@@ -257,34 +230,16 @@ pub(crate) fn command_not_found(name: &str) -> ErrorRecord {
     )
 }
 
-fn binding_error(
-    cmd: Cmd,
-    id: &str,
-    category: &str,
-    message: String,
-    target: Option<String>,
-) -> ErrorRecord {
+fn binding_error(cmd: Cmd, id: &str, category: &str, message: String, target: Option<String>) -> ErrorRecord {
     record(message, category, format!("{id},{}", cmd.name()), target)
 }
 
 fn invalid_value(cmd: Cmd, message: String) -> ErrorRecord {
-    binding_error(
-        cmd,
-        "ParameterArgumentValidationError",
-        "InvalidData",
-        message,
-        None,
-    )
+    binding_error(cmd, "ParameterArgumentValidationError", "InvalidData", message, None)
 }
 
 /// An error written by an Exchange task, with the service's decorated error id.
-fn exchange_error(
-    cmd: Cmd,
-    failure: &str,
-    hex: &str,
-    message: String,
-    target: &str,
-) -> ErrorRecord {
+fn exchange_error(cmd: Cmd, failure: &str, hex: &str, message: String, target: &str) -> ErrorRecord {
     let stamp = chrono::Utc::now().format("%-m/%-d/%Y %-I:%M:%S %p");
     let fqeid = format!(
         "[Server={},RequestId={},TimeStamp={stamp}] [FailureCategory=Cmdlet-{failure}] {hex},{}",
@@ -313,9 +268,7 @@ fn ambiguous(cmd: Cmd, identity: &str) -> ErrorRecord {
         cmd,
         "ManagementObjectAmbiguousException",
         "A1D3F6C2",
-        format!(
-            "The operation couldn't be performed because '{identity}' matches multiple entries."
-        ),
+        format!("The operation couldn't be performed because '{identity}' matches multiple entries."),
         identity,
     )
 }
@@ -366,11 +319,9 @@ fn type_name(v: &PsValue) -> String {
     match v {
         PsValue::List(_) => "System.Object[]".into(),
         PsValue::Dict(_) => "System.Collections.Hashtable".into(),
-        PsValue::Object(o) => o
-            .type_names
-            .first()
-            .cloned()
-            .unwrap_or_else(|| "System.Management.Automation.PSObject".into()),
+        PsValue::Object(o) => {
+            o.type_names.first().cloned().unwrap_or_else(|| "System.Management.Automation.PSObject".into())
+        }
         _ => "System.Object".into(),
     }
 }
@@ -406,19 +357,10 @@ fn convert(cmd: Cmd, p: &P, v: &PsValue) -> Result<Val, ErrorRecord> {
             ),
         )
     };
-    let null = || {
-        invalid_value(
-            cmd,
-            format!("Cannot bind argument to parameter '{name}' because it is null."),
-        )
-    };
+    let null = || invalid_value(cmd, format!("Cannot bind argument to parameter '{name}' because it is null."));
     let smtp = |s: &str| -> Result<String, ErrorRecord> {
         let addr = s.trim();
-        let addr = if addr.len() > 5 && addr[..5].eq_ignore_ascii_case("smtp:") {
-            &addr[5..]
-        } else {
-            addr
-        };
+        let addr = if addr.len() > 5 && addr[..5].eq_ignore_ascii_case("smtp:") { &addr[5..] } else { addr };
         if valid_smtp(addr) {
             Ok(addr.to_string())
         } else {
@@ -438,9 +380,7 @@ fn convert(cmd: Cmd, p: &P, v: &PsValue) -> Result<Val, ErrorRecord> {
         Ty::Identity | Ty::Text => match scalar_text(v) {
             Some(s) if s.trim().is_empty() => Err(invalid_value(
                 cmd,
-                format!(
-                    "Cannot bind argument to parameter '{name}' because it is an empty string."
-                ),
+                format!("Cannot bind argument to parameter '{name}' because it is an empty string."),
             )),
             Some(s) => Ok(Val::Str(s.trim().to_string())),
             None if *v == PsValue::Null => Err(null()),
@@ -448,9 +388,7 @@ fn convert(cmd: Cmd, p: &P, v: &PsValue) -> Result<Val, ErrorRecord> {
         },
         Ty::TextOrNull => match v {
             PsValue::Null => Ok(Val::OptStr(None)),
-            _ => scalar_text(v)
-                .map(|s| Val::OptStr(Some(s)))
-                .ok_or_else(not_string),
+            _ => scalar_text(v).map(|s| Val::OptStr(Some(s))).ok_or_else(not_string),
         },
         Ty::Bool | Ty::Switch => {
             if p.ty == Ty::Switch && *v == PsValue::Null {
@@ -563,10 +501,7 @@ fn bind(cmd: Cmd, params: &[(String, PsValue)]) -> Result<Bound, ErrorRecord> {
                 let candidates: Vec<&P> = if given.is_empty() {
                     vec![]
                 } else {
-                    specs
-                        .iter()
-                        .filter(|p| p.name.to_ascii_lowercase().starts_with(&lower))
-                        .collect()
+                    specs.iter().filter(|p| p.name.to_ascii_lowercase().starts_with(&lower)).collect()
                 };
                 match candidates.len() {
                     1 => candidates[0],
@@ -575,15 +510,12 @@ fn bind(cmd: Cmd, params: &[(String, PsValue)]) -> Result<Bound, ErrorRecord> {
                             cmd,
                             "NamedParameterNotFound",
                             "InvalidArgument",
-                            format!(
-                            "A parameter cannot be found that matches parameter name '{given}'."
-                        ),
+                            format!("A parameter cannot be found that matches parameter name '{given}'."),
                             None,
                         ))
                     }
                     _ => {
-                        let list: Vec<String> =
-                            candidates.iter().map(|p| format!("-{}", p.name)).collect();
+                        let list: Vec<String> = candidates.iter().map(|p| format!("-{}", p.name)).collect();
                         return Err(binding_error(
                             cmd,
                             "AmbiguousParameter",
@@ -615,11 +547,8 @@ fn bind(cmd: Cmd, params: &[(String, PsValue)]) -> Result<Bound, ErrorRecord> {
         }
         values.push((spec.name, convert(cmd, spec, value)?));
     }
-    let missing: Vec<&str> = specs
-        .iter()
-        .filter(|p| p.mandatory && !values.iter().any(|(n, _)| *n == p.name))
-        .map(|p| p.name)
-        .collect();
+    let missing: Vec<&str> =
+        specs.iter().filter(|p| p.mandatory && !values.iter().any(|(n, _)| *n == p.name)).map(|p| p.name).collect();
     if !missing.is_empty() {
         return Err(binding_error(
             cmd,
@@ -637,8 +566,7 @@ fn bind(cmd: Cmd, params: &[(String, PsValue)]) -> Result<Bound, ErrorRecord> {
 
 // ---- filters -------------------------------------------------------------------------------
 
-const FILTER_HELP: &str =
-    "The simulator supports only clauses of the form <Property> -eq|-ne|-like|-notlike <value> \
+const FILTER_HELP: &str = "The simulator supports only clauses of the form <Property> -eq|-ne|-like|-notlike <value> \
                            joined by -and, where <value> is quoted text, $true, $false or $null.";
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -733,11 +661,7 @@ impl Filter {
             if quoted || !property.chars().all(|c| c.is_ascii_alphanumeric()) {
                 return Err(syntax(pos));
             }
-            let Some(canonical) = template
-                .properties
-                .iter()
-                .find(|(n, _)| n.eq_ignore_ascii_case(&property))
-            else {
+            let Some(canonical) = template.properties.iter().find(|(n, _)| n.eq_ignore_ascii_case(&property)) else {
                 return Err(format!(
                     "'{property}' is not a recognized filterable property. For more information about filterable \
                      properties, see the command help."
@@ -762,11 +686,7 @@ impl Filter {
                 (false, "$false") => FilterValue::Bool(false),
                 _ => FilterValue::Text(raw),
             };
-            clauses.push(Clause {
-                property: canonical.0.clone(),
-                op,
-                value,
-            });
+            clauses.push(Clause { property: canonical.0.clone(), op, value });
             match t.next() {
                 None => break,
                 Some((_, and, false)) if and.eq_ignore_ascii_case("-and") => continue,
@@ -787,9 +707,7 @@ impl Filter {
                     _ => false,
                 },
                 (FilterValue::Bool(b), _) => to_bool(v) == Some(*b),
-                (FilterValue::Text(want), Op::Eq | Op::Ne) => {
-                    values_of(v).iter().any(|s| s.eq_ignore_ascii_case(want))
-                }
+                (FilterValue::Text(want), Op::Eq | Op::Ne) => values_of(v).iter().any(|s| s.eq_ignore_ascii_case(want)),
                 (FilterValue::Text(want), _) => values_of(v).iter().any(|s| wildcard(want, s)),
             };
             match c.op {
@@ -839,11 +757,7 @@ fn wildcard(pattern: &str, text: &str) -> bool {
 /// Runs one command against a tenant's directory.
 pub(crate) fn invoke(data: &mut TenantData, cmdlet: &str, params: &[(String, PsValue)]) -> Outcome {
     let name = cmdlet.trim();
-    let Some(cmd) = CMDS
-        .iter()
-        .copied()
-        .find(|c| c.name().eq_ignore_ascii_case(name))
-    else {
+    let Some(cmd) = CMDS.iter().copied().find(|c| c.name().eq_ignore_ascii_case(name)) else {
         return Outcome::NotExecuted(command_not_found(name));
     };
     let bound = match bind(cmd, params) {
@@ -852,24 +766,17 @@ pub(crate) fn invoke(data: &mut TenantData, cmdlet: &str, params: &[(String, PsV
     };
     let mut out = CommandOutput::default();
     match cmd {
-        Cmd::GetMailbox | Cmd::GetUser | Cmd::GetMailUser => {
-            get_recipients(cmd, &bound, data, &mut out)
-        }
+        Cmd::GetMailbox | Cmd::GetUser | Cmd::GetMailUser => get_recipients(cmd, &bound, data, &mut out),
         Cmd::SetMailbox | Cmd::SetMailUser => set_recipient(cmd, &bound, data, &mut out),
         Cmd::NewMailUser => create_mail_user(cmd, &bound, data, &mut out),
         Cmd::GetAcceptedDomain => get_accepted_domains(cmd, &bound, data, &mut out),
     }
     match bound.str("ErrorAction") {
-        Some("Stop") if !out.errors.is_empty() => {
-            return Outcome::Executed(Err(out.errors.remove(0)))
-        }
+        Some("Stop") if !out.errors.is_empty() => return Outcome::Executed(Err(out.errors.remove(0))),
         Some("SilentlyContinue" | "Ignore") => out.errors.clear(),
         _ => {}
     }
-    if matches!(
-        bound.str("WarningAction"),
-        Some("SilentlyContinue" | "Ignore")
-    ) {
+    if matches!(bound.str("WarningAction"), Some("SilentlyContinue" | "Ignore")) {
         out.warnings.clear();
     }
     Outcome::Executed(Ok(out))
@@ -963,17 +870,12 @@ fn apply(r: &mut Recipient, name: &str, val: &Val) -> bool {
         ("Department", Val::OptStr(s)) => set_text(&mut r.department, s.as_deref().unwrap_or("")),
         ("HiddenFromAddressListsEnabled", Val::Bool(b)) => set_value(&mut r.hidden, b),
         ("LitigationHoldEnabled", Val::Bool(b)) => set_value(&mut r.litigation_hold, b),
-        ("ForwardingSmtpAddress", Val::OptStr(a)) => set_value(
-            &mut r.forwarding_smtp,
-            &a.as_ref().map(|a| format!("smtp:{a}")),
-        ),
-        ("ExternalEmailAddress", Val::Str(a)) => {
-            set_value(&mut r.external_email, &Some(format!("SMTP:{a}")))
+        ("ForwardingSmtpAddress", Val::OptStr(a)) => {
+            set_value(&mut r.forwarding_smtp, &a.as_ref().map(|a| format!("smtp:{a}")))
         }
+        ("ExternalEmailAddress", Val::Str(a)) => set_value(&mut r.external_email, &Some(format!("SMTP:{a}"))),
         ("ProhibitSendQuota", Val::Quota(q)) => set_value(&mut r.prohibit_send_quota, q),
-        ("ProhibitSendReceiveQuota", Val::Quota(q)) => {
-            set_value(&mut r.prohibit_send_receive_quota, q)
-        }
+        ("ProhibitSendReceiveQuota", Val::Quota(q)) => set_value(&mut r.prohibit_send_receive_quota, q),
         ("IssueWarningQuota", Val::Quota(q)) => set_value(&mut r.issue_warning_quota, q),
         _ => false,
     }
@@ -1011,10 +913,8 @@ fn create_mail_user(cmd: Cmd, b: &Bound, data: &mut TenantData, out: &mut Comman
     let alias = match b.str("Alias") {
         Some(a) => a.to_string(),
         None => {
-            let a: String = name
-                .chars()
-                .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-                .collect();
+            let a: String =
+                name.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')).collect();
             if a.is_empty() {
                 "mailuser".to_string()
             } else {
@@ -1026,11 +926,7 @@ fn create_mail_user(cmd: Cmd, b: &Bound, data: &mut TenantData, out: &mut Comman
         Some(Val::OptStr(Some(s))) => s.clone(),
         _ => String::new(),
     };
-    if data
-        .recipients
-        .iter()
-        .any(|r| r.name.eq_ignore_ascii_case(name))
-    {
+    if data.recipients.iter().any(|r| r.name.eq_ignore_ascii_case(name)) {
         return out.errors.push(exchange_error(
             cmd,
             "ADObjectAlreadyExistsException",
@@ -1040,11 +936,7 @@ fn create_mail_user(cmd: Cmd, b: &Bound, data: &mut TenantData, out: &mut Comman
         ));
     }
     let smtp = format!("{alias}@{}", data.domain);
-    if let Some(other) = data
-        .recipients
-        .iter()
-        .find(|r| r.primary_smtp.eq_ignore_ascii_case(&smtp))
-    {
+    if let Some(other) = data.recipients.iter().find(|r| r.primary_smtp.eq_ignore_ascii_case(&smtp)) {
         return out.errors.push(exchange_error(
             cmd,
             "ProxyAddressExistsException",
@@ -1058,38 +950,21 @@ fn create_mail_user(cmd: Cmd, b: &Bound, data: &mut TenantData, out: &mut Comman
         ));
     }
     let display = b.str("DisplayName").unwrap_or(name);
-    let user = new_mail_user(
-        &data.domain,
-        name,
-        &alias,
-        display,
-        &opt("FirstName"),
-        &opt("LastName"),
-        external,
-    );
+    let user = new_mail_user(&data.domain, name, &alias, display, &opt("FirstName"), &opt("LastName"), external);
     if b.switch("WhatIf") {
         return;
     }
-    out.objects
-        .push(PsValue::Object(user.mail_user_object(&data.domain)));
+    out.objects.push(PsValue::Object(user.mail_user_object(&data.domain)));
     data.recipients.push(user);
 }
 
 fn get_accepted_domains(cmd: Cmd, b: &Bound, data: &TenantData, out: &mut CommandOutput) {
     let identity = b.str("Identity");
-    let found: Vec<_> = data
-        .accepted_domains
-        .iter()
-        .filter(|d| identity.map_or(true, |id| d.matches(id)))
-        .collect();
+    let found: Vec<_> = data.accepted_domains.iter().filter(|d| identity.map_or(true, |id| d.matches(id))).collect();
     if let (Some(id), true) = (identity, found.is_empty()) {
         return out.errors.push(not_found(cmd, id));
     }
-    out.objects.extend(
-        found
-            .into_iter()
-            .map(|d| PsValue::Object(d.object(&data.domain))),
-    );
+    out.objects.extend(found.into_iter().map(|d| PsValue::Object(d.object(&data.domain))));
 }
 
 #[cfg(test)]
@@ -1110,21 +985,12 @@ mod tests {
         let f = Filter::parse("{Department -eq 'Sales' -and Name -like 'user*'}", &t).unwrap();
         assert_eq!(f.clauses.len(), 2);
         assert_eq!(f.clauses[0].property, "Department");
-        assert!(Filter::parse("Nope -eq 'x'", &t)
-            .unwrap_err()
-            .contains("'Nope' is not a recognized"));
-        assert!(Filter::parse("Name -gt 'x'", &t)
-            .unwrap_err()
-            .contains("Invalid filter syntax"));
-        assert!(Filter::parse("Name -eq 'x' -or Alias -eq 'y'", &t)
-            .unwrap_err()
-            .contains("position"));
+        assert!(Filter::parse("Nope -eq 'x'", &t).unwrap_err().contains("'Nope' is not a recognized"));
+        assert!(Filter::parse("Name -gt 'x'", &t).unwrap_err().contains("Invalid filter syntax"));
+        assert!(Filter::parse("Name -eq 'x' -or Alias -eq 'y'", &t).unwrap_err().contains("position"));
         assert!(Filter::parse("Name -eq 'x", &t).is_err());
-        let f = Filter::parse(
-            "ForwardingSmtpAddress -eq $null -and HiddenFromAddressListsEnabled -eq $false",
-            &t,
-        )
-        .unwrap();
+        let f =
+            Filter::parse("ForwardingSmtpAddress -eq $null -and HiddenFromAddressListsEnabled -eq $false", &t).unwrap();
         assert!(f.matches(&t));
     }
 }

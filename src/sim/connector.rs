@@ -39,10 +39,7 @@ impl Connector for SimConnector {
             &target.tenant,
             &target.configuration_name,
         )?;
-        Ok(Box::new(SimSession {
-            sim: self.sim.clone(),
-            shell_id,
-        }))
+        Ok(Box::new(SimSession { sim: self.sim.clone(), shell_id }))
     }
 }
 
@@ -61,12 +58,7 @@ impl RemoteSession for SimSession {
 
     async fn invoke(&self, command: &Command) -> Result<CommandOutput, RemoteError> {
         pause(&self.sim, self.sim.latency().1).await;
-        Ok(self.sim.run(
-            &self.shell_id,
-            command.invocation_id,
-            &command.cmdlet,
-            &command.parameters,
-        )?)
+        Ok(self.sim.run(&self.shell_id, command.invocation_id, &command.cmdlet, &command.parameters)?)
     }
 
     async fn close(&self) -> Result<(), RemoteError> {

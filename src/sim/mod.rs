@@ -18,9 +18,7 @@ mod tests;
 pub use connector::{SimConnector, SimSession};
 
 use crate::config::{Config, CredentialRef, SimulatorConfig};
-use crate::remote::{
-    classify, classify_error_record, CommandOutput, ErrorRecord, FaultClass, PsValue, RemoteError,
-};
+use crate::remote::{classify, classify_error_record, CommandOutput, ErrorRecord, FaultClass, PsValue, RemoteError};
 use clock::SimClock;
 use cmdlets::Outcome;
 use secrecy::ExposeSecret;
@@ -69,21 +67,11 @@ pub struct SimFault {
 
 impl SimFault {
     fn service(http_status: u16, wsman_code: Option<u32>, message: String) -> SimFault {
-        SimFault {
-            http_status,
-            wsman_code,
-            message,
-            record: None,
-        }
+        SimFault { http_status, wsman_code, message, record: None }
     }
 
     fn pipeline(record: ErrorRecord) -> SimFault {
-        SimFault {
-            http_status: 200,
-            wsman_code: None,
-            message: record.message.clone(),
-            record: Some(record),
-        }
+        SimFault { http_status: 200, wsman_code: None, message: record.message.clone(), record: Some(record) }
     }
 
     /// The class a client gives this fault (the same mapping the connector uses).
@@ -111,16 +99,8 @@ impl From<SimFault> for RemoteError {
     fn from(fault: SimFault) -> RemoteError {
         let class = fault.class();
         match fault.record {
-            Some(record) => RemoteError {
-                class,
-                message: record.message.clone(),
-                record: Some(record),
-            },
-            None => RemoteError {
-                class,
-                message: fault.message,
-                record: None,
-            },
+            Some(record) => RemoteError { class, message: record.message.clone(), record: Some(record) },
+            None => RemoteError { class, message: fault.message, record: None },
         }
     }
 }
@@ -290,11 +270,7 @@ impl State {
     }
 
     fn shell_not_found(shell_id: &str) -> SimFault {
-        SimFault::service(
-            500,
-            Some(WSMAN_SHELL_NOT_FOUND),
-            text_shell_not_found(shell_id),
-        )
+        SimFault::service(500, Some(WSMAN_SHELL_NOT_FOUND), text_shell_not_found(shell_id))
     }
 }
 
@@ -315,9 +291,7 @@ pub struct Simulator {
 
 impl fmt::Debug for Simulator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Simulator")
-            .field("speedup", &self.inner.speedup)
-            .finish_non_exhaustive()
+        f.debug_struct("Simulator").field("speedup", &self.inner.speedup).finish_non_exhaustive()
     }
 }
 
@@ -330,44 +304,20 @@ fn micros(d: Duration) -> u64 {
 }
 
 impl Simulator {
-    pub fn new(
-        cfg: &SimulatorConfig,
-        accounts: Vec<SimAccount>,
-        tenants: Vec<String>,
-    ) -> Simulator {
+    pub fn new(cfg: &SimulatorConfig, accounts: Vec<SimAccount>, tenants: Vec<String>) -> Simulator {
         let accounts = accounts
             .into_iter()
             .map(|a| {
                 let all = a.tenants.iter().any(|t| t.trim() == "*");
-                let tenants = a
-                    .tenants
-                    .iter()
-                    .filter(|t| t.trim() != "*")
-                    .map(|t| key(t))
-                    .collect();
+                let tenants = a.tenants.iter().filter(|t| t.trim() != "*").map(|t| key(t)).collect();
                 (
                     key(&a.upn),
-                    Account {
-                        upn: a.upn.trim().to_string(),
-                        password: a.password,
-                        all_tenants: all,
-                        tenants,
-                    },
+                    Account { upn: a.upn.trim().to_string(), password: a.password, all_tenants: all, tenants },
                 )
             })
             .collect();
-        let tenants = tenants
-            .into_iter()
-            .map(|d| {
-                (
-                    key(&d),
-                    Tenant {
-                        domain: d.trim().to_string(),
-                        data: None,
-                    },
-                )
-            })
-            .collect();
+        let tenants =
+            tenants.into_iter().map(|d| (key(&d), Tenant { domain: d.trim().to_string(), data: None })).collect();
         let denied = cfg
             .denied
             .iter()
@@ -386,11 +336,7 @@ impl Simulator {
             mailboxes_per_tenant: cfg.mailboxes_per_tenant,
             accounts,
             tenants,
-            disabled: cfg
-                .remote_powershell_disabled
-                .iter()
-                .map(|t| key(t))
-                .collect(),
+            disabled: cfg.remote_powershell_disabled.iter().map(|t| key(t)).collect(),
             denied,
             mfa: cfg.mfa_required.iter().map(|u| key(u)).collect(),
             identity_down: cfg.identity_service_down,
@@ -403,11 +349,7 @@ impl Simulator {
             shells_expired: 0,
             commands_run: 0,
         };
-        let speedup = if cfg.time_speedup.is_finite() && cfg.time_speedup > 0.0 {
-            cfg.time_speedup
-        } else {
-            1.0
-        };
+        let speedup = if cfg.time_speedup.is_finite() && cfg.time_speedup > 0.0 { cfg.time_speedup } else { 1.0 };
         Simulator {
             inner: Arc::new(Inner {
                 state: Mutex::new(state),
@@ -427,11 +369,7 @@ impl Simulator {
             cfg.simulator
                 .accounts
                 .iter()
-                .map(|a| SimAccount {
-                    upn: a.upn.clone(),
-                    password: a.password.clone(),
-                    tenants: a.tenants.clone(),
-                })
+                .map(|a| SimAccount { upn: a.upn.clone(), password: a.password.clone(), tenants: a.tenants.clone() })
                 .collect()
         } else {
             cfg.admins
@@ -457,10 +395,7 @@ impl Simulator {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.inner
-            .state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The in-process connector: the service API behind the configured latencies.
@@ -551,25 +486,15 @@ impl Simulator {
     /// Changes the connector's latencies at run time. They are in simulated time: the connector
     /// sleeps `latency / time_speedup` (so with speedup 1 these are exact real latencies).
     pub fn set_latency(&self, open: Duration, command: Duration, close: Duration) {
-        self.inner
-            .open_latency_us
-            .store(micros(open), Ordering::Relaxed);
-        self.inner
-            .command_latency_us
-            .store(micros(command), Ordering::Relaxed);
-        self.inner
-            .close_latency_us
-            .store(micros(close), Ordering::Relaxed);
+        self.inner.open_latency_us.store(micros(open), Ordering::Relaxed);
+        self.inner.command_latency_us.store(micros(command), Ordering::Relaxed);
+        self.inner.close_latency_us.store(micros(close), Ordering::Relaxed);
     }
 
     /// The current (open, command, close) latencies in simulated time.
     pub fn latency(&self) -> (Duration, Duration, Duration) {
         let get = |a: &AtomicU64| Duration::from_micros(a.load(Ordering::Relaxed));
-        (
-            get(&self.inner.open_latency_us),
-            get(&self.inner.command_latency_us),
-            get(&self.inner.close_latency_us),
-        )
+        (get(&self.inner.open_latency_us), get(&self.inner.command_latency_us), get(&self.inner.close_latency_us))
     }
 
     /// Real time to sleep for a simulated latency.
@@ -609,29 +534,13 @@ impl Simulator {
         }
         let owner = owner.upn.clone();
         if st.disabled.contains(&tenant_key) {
-            return Err(SimFault::service(
-                500,
-                None,
-                text_remote_powershell_disabled(),
-            ));
+            return Err(SimFault::service(500, None, text_remote_powershell_disabled()));
         }
-        let by_user = st
-            .shells
-            .values()
-            .filter(|s| s.owner_key == upn_key)
-            .count() as u32;
+        let by_user = st.shells.values().filter(|s| s.owner_key == upn_key).count() as u32;
         if by_user >= st.user_cap {
-            return Err(SimFault::service(
-                500,
-                Some(WSMAN_QUOTA_LIMIT),
-                text_shell_quota("user"),
-            ));
+            return Err(SimFault::service(500, Some(WSMAN_QUOTA_LIMIT), text_shell_quota("user")));
         }
-        let by_tenant = st
-            .shells
-            .values()
-            .filter(|s| s.tenant_key == tenant_key)
-            .count() as u32;
+        let by_tenant = st.shells.values().filter(|s| s.tenant_key == tenant_key).count() as u32;
         if by_tenant >= st.tenant_cap {
             return Err(SimFault::service(500, None, text_shell_quota("tenant")));
         }
@@ -683,9 +592,7 @@ impl Simulator {
         let Some(tenant) = st.tenants.get_mut(&tenant_key) else {
             return Err(State::shell_not_found(shell_id));
         };
-        let data = tenant
-            .data
-            .get_or_insert_with(|| TenantData::generate(&tenant.domain, mailboxes));
+        let data = tenant.data.get_or_insert_with(|| TenantData::generate(&tenant.domain, mailboxes));
         match cmdlets::invoke(data, cmdlet, params) {
             Outcome::NotExecuted(record) => Err(SimFault::pipeline(record)),
             Outcome::Executed(result) => {
@@ -727,11 +634,7 @@ impl Simulator {
                 commands: s.commands,
             })
             .collect();
-        shells.sort_by(|a, b| {
-            a.created
-                .total_cmp(&b.created)
-                .then_with(|| a.shell_id.cmp(&b.shell_id))
-        });
+        shells.sort_by(|a, b| a.created.total_cmp(&b.created).then_with(|| a.shell_id.cmp(&b.shell_id)));
         shells
     }
 

@@ -31,16 +31,8 @@ fn base_cfg() -> SimulatorConfig {
 
 fn accounts() -> Vec<SimAccount> {
     let mut v = vec![
-        SimAccount {
-            upn: ALICE.into(),
-            password: "pa".into(),
-            tenants: vec!["*".into()],
-        },
-        SimAccount {
-            upn: BOB.into(),
-            password: "pb".into(),
-            tenants: vec![CONTOSO.into(), FABRIKAM.into()],
-        },
+        SimAccount { upn: ALICE.into(), password: "pa".into(), tenants: vec!["*".into()] },
+        SimAccount { upn: BOB.into(), password: "pb".into(), tenants: vec![CONTOSO.into(), FABRIKAM.into()] },
     ];
     for i in 1..=7 {
         v.push(SimAccount {
@@ -53,16 +45,7 @@ fn accounts() -> Vec<SimAccount> {
 }
 
 fn tenants() -> Vec<String> {
-    [
-        CONTOSO,
-        FABRIKAM,
-        LITWARE,
-        TAILSPIN,
-        "northwind.onmicrosoft.com",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+    [CONTOSO, FABRIKAM, LITWARE, TAILSPIN, "northwind.onmicrosoft.com"].iter().map(|s| s.to_string()).collect()
 }
 
 fn sim_with(cfg: SimulatorConfig) -> Simulator {
@@ -83,9 +66,7 @@ fn open(sim: &Simulator, upn: &str, tenant: &str) -> Result<String, SimFault> {
 }
 
 fn params(list: &[(&str, PsValue)]) -> Vec<(String, PsValue)> {
-    list.iter()
-        .map(|(n, v)| (n.to_string(), v.clone()))
-        .collect()
+    list.iter().map(|(n, v)| (n.to_string(), v.clone())).collect()
 }
 
 fn s(v: &str) -> PsValue {
@@ -99,12 +80,7 @@ fn obj(v: &PsValue) -> &PsObject {
     }
 }
 
-fn run(
-    sim: &Simulator,
-    shell: &str,
-    cmdlet: &str,
-    p: &[(&str, PsValue)],
-) -> Result<CommandOutput, SimFault> {
+fn run(sim: &Simulator, shell: &str, cmdlet: &str, p: &[(&str, PsValue)]) -> Result<CommandOutput, SimFault> {
     sim.run(shell, Uuid::new_v4(), cmdlet, &params(p))
 }
 
@@ -129,10 +105,7 @@ fn fourth_shell_of_a_user_is_refused_and_closing_frees_quota() {
     assert_eq!(err.message, USER_QUOTA_TEXT);
     assert!(err.record.is_none());
     assert_eq!(err.class(), FaultClass::UserShellQuotaExceeded);
-    assert_eq!(
-        RemoteError::from(err).class,
-        FaultClass::UserShellQuotaExceeded
-    );
+    assert_eq!(RemoteError::from(err).class, FaultClass::UserShellQuotaExceeded);
     // Another user is not affected.
     open(&sim, BOB, CONTOSO).unwrap();
     sim.close_shell(&a).unwrap();
@@ -142,10 +115,7 @@ fn fourth_shell_of_a_user_is_refused_and_closing_frees_quota() {
     assert_eq!(st.shells_opened, 5);
     assert_eq!(st.shells_closed, 1);
     // Closing twice: the shell is gone.
-    assert_eq!(
-        sim.close_shell(&a).unwrap_err().class(),
-        FaultClass::SessionExpired
-    );
+    assert_eq!(sim.close_shell(&a).unwrap_err().class(), FaultClass::SessionExpired);
 }
 
 #[test]
@@ -181,13 +151,8 @@ fn twenty_first_shell_of_a_tenant_is_refused() {
 fn expired_shells_are_not_found_and_free_quota() {
     let sim = sim();
     sim.set_shell_lifetime(Duration::from_secs(60));
-    let shells: Vec<_> = (0..3)
-        .map(|_| open(&sim, ALICE, CONTOSO).unwrap())
-        .collect();
-    assert_eq!(
-        open(&sim, ALICE, CONTOSO).unwrap_err().class(),
-        FaultClass::UserShellQuotaExceeded
-    );
+    let shells: Vec<_> = (0..3).map(|_| open(&sim, ALICE, CONTOSO).unwrap()).collect();
+    assert_eq!(open(&sim, ALICE, CONTOSO).unwrap_err().class(), FaultClass::UserShellQuotaExceeded);
     sim.advance_time(Duration::from_secs(61));
     let id = Uuid::new_v4();
     let err = sim.run(&shells[0], id, "Get-Mailbox", &[]).unwrap_err();
@@ -211,20 +176,13 @@ fn expired_shells_are_not_found_and_free_quota() {
     for _ in 0..3 {
         open(&sim, ALICE, CONTOSO).unwrap();
     }
-    assert_eq!(
-        sim.close_shell(&shells[1]).unwrap_err().wsman_code,
-        Some(WSMAN_SHELL_NOT_FOUND)
-    );
+    assert_eq!(sim.close_shell(&shells[1]).unwrap_err().wsman_code, Some(WSMAN_SHELL_NOT_FOUND));
 }
 
 #[test]
 fn lifetime_runs_on_sped_up_time() {
     // 60 s of simulated lifetime at 60 000× is one real millisecond.
-    let sim = sim_with(SimulatorConfig {
-        time_speedup: 60_000.0,
-        shell_lifetime_seconds: 60.0,
-        ..base_cfg()
-    });
+    let sim = sim_with(SimulatorConfig { time_speedup: 60_000.0, shell_lifetime_seconds: 60.0, ..base_cfg() });
     let shell = open(&sim, ALICE, CONTOSO).unwrap();
     std::thread::sleep(Duration::from_millis(20));
     let err = run(&sim, &shell, "Get-Mailbox", &[]).unwrap_err();
@@ -234,22 +192,13 @@ fn lifetime_runs_on_sped_up_time() {
 
 #[test]
 fn max_commands_per_shell_rejects_without_executing() {
-    let sim = sim_with(SimulatorConfig {
-        max_commands_per_shell: 2,
-        ..base_cfg()
-    });
+    let sim = sim_with(SimulatorConfig { max_commands_per_shell: 2, ..base_cfg() });
     let shell = open(&sim, ALICE, CONTOSO).unwrap();
     run(&sim, &shell, "Get-AcceptedDomain", &[]).unwrap();
     run(&sim, &shell, "Get-AcceptedDomain", &[]).unwrap();
     let id = Uuid::new_v4();
-    let err = sim
-        .run(
-            &shell,
-            id,
-            "Set-Mailbox",
-            &params(&[("Identity", s("user001")), ("Office", s("X"))]),
-        )
-        .unwrap_err();
+    let err =
+        sim.run(&shell, id, "Set-Mailbox", &params(&[("Identity", s("user001")), ("Office", s("X"))])).unwrap_err();
     assert_eq!(err.http_status, 500);
     assert_eq!(err.wsman_code, None);
     assert_eq!(
@@ -265,14 +214,7 @@ fn max_commands_per_shell_rejects_without_executing() {
     let other = open(&sim, ALICE, CONTOSO).unwrap();
     let out = run(&sim, &other, "Get-Mailbox", &[("Identity", s("user001"))]).unwrap();
     assert_ne!(obj(&out.objects[0]).get("Office"), Some(&s("X")));
-    assert_eq!(
-        sim.list_shells(ALICE)
-            .iter()
-            .find(|i| i.shell_id == shell)
-            .unwrap()
-            .commands,
-        2
-    );
+    assert_eq!(sim.list_shells(ALICE).iter().find(|i| i.shell_id == shell).unwrap().commands, 2);
 }
 
 #[test]
@@ -295,15 +237,9 @@ fn every_open_fault_has_its_text_and_class() {
              the user to the appropriate RBAC role."
         )
     };
+    cases.push((sim.open_shell(ALICE, "wrong", CONTOSO, "x").unwrap_err(), 401, logon(ALICE), FaultClass::LogonFailed));
     cases.push((
-        sim.open_shell(ALICE, "wrong", CONTOSO, "x").unwrap_err(),
-        401,
-        logon(ALICE),
-        FaultClass::LogonFailed,
-    ));
-    cases.push((
-        sim.open_shell("nobody@x.com", "pa", CONTOSO, "x")
-            .unwrap_err(),
+        sim.open_shell("nobody@x.com", "pa", CONTOSO, "x").unwrap_err(),
         401,
         logon("nobody@x.com"),
         FaultClass::LogonFailed,
@@ -316,12 +252,7 @@ fn every_open_fault_has_its_text_and_class() {
             .into(),
         FaultClass::MfaRequired,
     ));
-    cases.push((
-        open(&sim, BOB, LITWARE).unwrap_err(),
-        500,
-        denied(BOB),
-        FaultClass::TenantPermissionDenied,
-    ));
+    cases.push((open(&sim, BOB, LITWARE).unwrap_err(), 500, denied(BOB), FaultClass::TenantPermissionDenied));
     cases.push((
         open(&sim, ALICE, "nosuch.onmicrosoft.com").unwrap_err(),
         500,
@@ -353,9 +284,7 @@ fn every_open_fault_has_its_text_and_class() {
     ));
     // The identity service is checked first, even for bad passwords.
     assert_eq!(
-        sim.open_shell(ALICE, "wrong", CONTOSO, "x")
-            .unwrap_err()
-            .class(),
+        sim.open_shell(ALICE, "wrong", CONTOSO, "x").unwrap_err().class(),
         FaultClass::IdentityServiceUnreachable
     );
     sim.set_identity_service_down(false);
@@ -372,29 +301,14 @@ fn every_open_fault_has_its_text_and_class() {
     sim.set_remote_powershell_enabled(TAILSPIN, true);
     open(&sim, ALICE, TAILSPIN).unwrap();
     sim.set_remote_powershell_enabled(CONTOSO, false);
-    assert_eq!(
-        open(&sim, ALICE, CONTOSO).unwrap_err().class(),
-        FaultClass::TenantRemotePowerShellDisabled
-    );
-    sim.set_denied(
-        "U2@partner.onmicrosoft.com",
-        "FABRIKAM.onmicrosoft.com",
-        false,
-    );
+    assert_eq!(open(&sim, ALICE, CONTOSO).unwrap_err().class(), FaultClass::TenantRemotePowerShellDisabled);
+    sim.set_denied("U2@partner.onmicrosoft.com", "FABRIKAM.onmicrosoft.com", false);
     open(&sim, "u2@partner.onmicrosoft.com", FABRIKAM).unwrap();
     sim.set_denied(ALICE, FABRIKAM, true);
-    assert_eq!(
-        open(&sim, ALICE, FABRIKAM).unwrap_err().class(),
-        FaultClass::TenantPermissionDenied
-    );
+    assert_eq!(open(&sim, ALICE, FABRIKAM).unwrap_err().class(), FaultClass::TenantPermissionDenied);
     sim.set_password(ALICE, "new");
-    assert_eq!(
-        open(&sim, ALICE, LITWARE).unwrap_err().class(),
-        FaultClass::LogonFailed
-    );
-    assert!(sim
-        .open_shell(ALICE, "new", LITWARE, "Microsoft.Exchange")
-        .is_ok());
+    assert_eq!(open(&sim, ALICE, LITWARE).unwrap_err().class(), FaultClass::LogonFailed);
+    assert!(sim.open_shell(ALICE, "new", LITWARE, "Microsoft.Exchange").is_ok());
 }
 
 #[test]
@@ -403,42 +317,15 @@ fn every_pipeline_and_shell_fault_classifies() {
     let shell = open(&sim, ALICE, CONTOSO).unwrap();
     let cases: Vec<FaultCase> = vec![
         ("Get-Mailboxx", vec![], FaultClass::UnknownCmdlet),
-        (
-            "Get-Mailbox",
-            vec![("Identityy", s("x"))],
-            FaultClass::InvalidParameter,
-        ),
-        (
-            "Get-Mailbox",
-            vec![("ResultSize", s("abc"))],
-            FaultClass::InvalidParameter,
-        ),
-        (
-            "Get-Mailbox",
-            vec![("ResultSize", PsValue::Int32(0))],
-            FaultClass::InvalidParameter,
-        ),
-        (
-            "Get-Mailbox",
-            vec![("Filter", s("Name -gt 'a'"))],
-            FaultClass::InvalidParameter,
-        ),
-        (
-            "Get-Mailbox",
-            vec![("ErrorAction", s("Sometimes"))],
-            FaultClass::InvalidParameter,
-        ),
+        ("Get-Mailbox", vec![("Identityy", s("x"))], FaultClass::InvalidParameter),
+        ("Get-Mailbox", vec![("ResultSize", s("abc"))], FaultClass::InvalidParameter),
+        ("Get-Mailbox", vec![("ResultSize", PsValue::Int32(0))], FaultClass::InvalidParameter),
+        ("Get-Mailbox", vec![("Filter", s("Name -gt 'a'"))], FaultClass::InvalidParameter),
+        ("Get-Mailbox", vec![("ErrorAction", s("Sometimes"))], FaultClass::InvalidParameter),
+        ("Set-Mailbox", vec![("Office", s("x"))], FaultClass::InvalidParameter),
         (
             "Set-Mailbox",
-            vec![("Office", s("x"))],
-            FaultClass::InvalidParameter,
-        ),
-        (
-            "Set-Mailbox",
-            vec![
-                ("Identity", s("user001")),
-                ("HiddenFromAddressListsEnabled", s("maybe")),
-            ],
+            vec![("Identity", s("user001")), ("HiddenFromAddressListsEnabled", s("maybe"))],
             FaultClass::InvalidParameter,
         ),
         (
@@ -448,107 +335,46 @@ fn every_pipeline_and_shell_fault_classifies() {
         ),
         (
             "Set-Mailbox",
-            vec![
-                ("Identity", s("user001")),
-                ("ForwardingSmtpAddress", s("not an address")),
-            ],
+            vec![("Identity", s("user001")), ("ForwardingSmtpAddress", s("not an address"))],
             FaultClass::InvalidParameter,
         ),
-        (
-            "Set-Mailbox",
-            vec![("Identity", s("user001")), ("CustomAttribute", s("x"))],
-            FaultClass::InvalidParameter,
-        ),
-        (
-            "Set-Mailbox",
-            vec![("Identity", PsValue::Null)],
-            FaultClass::InvalidParameter,
-        ),
-        (
-            "Set-Mailbox",
-            vec![("Identity", PsValue::List(vec![s("a")]))],
-            FaultClass::InvalidParameter,
-        ),
-        (
-            "New-MailUser",
-            vec![("Name", s("x"))],
-            FaultClass::InvalidParameter,
-        ),
-        (
-            "Get-Mailbox",
-            vec![("Identity", s("nobody")), ("ErrorAction", s("Stop"))],
-            FaultClass::CmdletError,
-        ),
+        ("Set-Mailbox", vec![("Identity", s("user001")), ("CustomAttribute", s("x"))], FaultClass::InvalidParameter),
+        ("Set-Mailbox", vec![("Identity", PsValue::Null)], FaultClass::InvalidParameter),
+        ("Set-Mailbox", vec![("Identity", PsValue::List(vec![s("a")]))], FaultClass::InvalidParameter),
+        ("New-MailUser", vec![("Name", s("x"))], FaultClass::InvalidParameter),
+        ("Get-Mailbox", vec![("Identity", s("nobody")), ("ErrorAction", s("Stop"))], FaultClass::CmdletError),
     ];
     for (cmdlet, p, class) in cases {
         let err = run(&sim, &shell, cmdlet, &p).unwrap_err();
         assert_eq!(err.http_status, 200, "{cmdlet} {p:?}");
-        let record = err
-            .record
-            .clone()
-            .expect("pipeline faults carry their record");
+        let record = err.record.clone().expect("pipeline faults carry their record");
         assert_eq!(err.message, record.message);
         assert_eq!(err.class(), class, "{cmdlet} {p:?}: {record:?}");
         let remote = RemoteError::from(err);
         assert_eq!(remote.class, class);
         assert_eq!(remote.record, Some(record));
     }
-    let missing = run(&sim, &shell, "New-MailUser", &[])
-        .unwrap_err()
-        .record
-        .unwrap();
-    assert_eq!(missing.message, "Cannot process command because of one or more missing mandatory parameters: Name ExternalEmailAddress.");
+    let missing = run(&sim, &shell, "New-MailUser", &[]).unwrap_err().record.unwrap();
     assert_eq!(
-        missing.fully_qualified_error_id,
-        "MissingMandatoryParameter,New-MailUser"
+        missing.message,
+        "Cannot process command because of one or more missing mandatory parameters: Name ExternalEmailAddress."
     );
+    assert_eq!(missing.fully_qualified_error_id, "MissingMandatoryParameter,New-MailUser");
     assert_eq!(missing.category, "InvalidArgument");
-    let bad = run(&sim, &shell, "get-mailbox", &[("resultsize", s("abc"))])
-        .unwrap_err()
-        .record
-        .unwrap();
-    assert_eq!(
-        bad.fully_qualified_error_id,
-        "ParameterArgumentValidationError,Get-Mailbox"
-    );
+    let bad = run(&sim, &shell, "get-mailbox", &[("resultsize", s("abc"))]).unwrap_err().record.unwrap();
+    assert_eq!(bad.fully_qualified_error_id, "ParameterArgumentValidationError,Get-Mailbox");
     assert_eq!(bad.category, "InvalidData");
-    assert!(
-        bad.message.contains("'ResultSize'") && bad.message.contains("\"abc\""),
-        "{}",
-        bad.message
-    );
-    let filter = run(
-        &sim,
-        &shell,
-        "Get-Mailbox",
-        &[("Filter", s("Name -gt 'a'"))],
-    )
-    .unwrap_err()
-    .record
-    .unwrap();
-    assert!(
-        filter.message.contains("Invalid filter syntax"),
-        "{}",
-        filter.message
-    );
-    assert_eq!(
-        sim.stats().commands_run,
-        1,
-        "only the ErrorAction Stop command executed"
-    );
+    assert!(bad.message.contains("'ResultSize'") && bad.message.contains("\"abc\""), "{}", bad.message);
+    let filter = run(&sim, &shell, "Get-Mailbox", &[("Filter", s("Name -gt 'a'"))]).unwrap_err().record.unwrap();
+    assert!(filter.message.contains("Invalid filter syntax"), "{}", filter.message);
+    assert_eq!(sim.stats().commands_run, 1, "only the ErrorAction Stop command executed");
 }
 
 #[test]
 fn get_mailbox_result_size_returns_that_many_with_properties() {
     let sim = sim();
     let shell = open(&sim, ALICE, CONTOSO).unwrap();
-    let out = run(
-        &sim,
-        &shell,
-        "Get-Mailbox",
-        &[("ResultSize", PsValue::Int32(5))],
-    )
-    .unwrap();
+    let out = run(&sim, &shell, "Get-Mailbox", &[("ResultSize", PsValue::Int32(5))]).unwrap();
     assert_eq!(out.objects.len(), 5);
     assert!(out.errors.is_empty());
     assert_eq!(
@@ -561,61 +387,31 @@ fn get_mailbox_result_size_returns_that_many_with_properties() {
             .to_string()]
     );
     let first = obj(&out.objects[0]);
-    assert_eq!(
-        first.type_names[0],
-        "Deserialized.Microsoft.Exchange.Data.Directory.Management.Mailbox"
-    );
+    assert_eq!(first.type_names[0], "Deserialized.Microsoft.Exchange.Data.Directory.Management.Mailbox");
     assert!(first
         .type_names
         .iter()
         .any(|t| t == "Deserialized.Microsoft.Exchange.Data.Directory.ADPresentationObject"));
-    assert_eq!(
-        first.type_names.last().unwrap(),
-        "Deserialized.System.Object"
-    );
+    assert_eq!(first.type_names.last().unwrap(), "Deserialized.System.Object");
     assert_eq!(first.to_string.as_deref(), Some("user001"));
     assert_eq!(first.get("Name"), Some(&s("user001")));
     assert_eq!(first.get("Alias"), Some(&s("user001")));
-    assert_eq!(
-        first.get("PrimarySmtpAddress"),
-        Some(&s("user001@contoso.onmicrosoft.com"))
-    );
+    assert_eq!(first.get("PrimarySmtpAddress"), Some(&s("user001@contoso.onmicrosoft.com")));
     assert_eq!(first.get("DisplayName"), Some(&s("Adele Vance")));
     assert_eq!(first.get("RecipientTypeDetails"), Some(&s("UserMailbox")));
-    assert_eq!(
-        first.get("ProhibitSendQuota"),
-        Some(&s("49.5 GB (53,150,220,288 bytes)"))
-    );
-    assert_eq!(
-        first.get("IssueWarningQuota"),
-        Some(&s("49 GB (52,613,349,376 bytes)"))
-    );
-    assert_eq!(
-        first.get("HiddenFromAddressListsEnabled"),
-        Some(&PsValue::Bool(false))
-    );
-    assert_eq!(
-        first.get("LitigationHoldEnabled"),
-        Some(&PsValue::Bool(false))
-    );
+    assert_eq!(first.get("ProhibitSendQuota"), Some(&s("49.5 GB (53,150,220,288 bytes)")));
+    assert_eq!(first.get("IssueWarningQuota"), Some(&s("49 GB (52,613,349,376 bytes)")));
+    assert_eq!(first.get("HiddenFromAddressListsEnabled"), Some(&PsValue::Bool(false)));
+    assert_eq!(first.get("LitigationHoldEnabled"), Some(&PsValue::Bool(false)));
     assert_eq!(first.get("ForwardingSmtpAddress"), Some(&PsValue::Null));
     for i in 1..=5 {
         assert_eq!(first.get(&format!("CustomAttribute{i}")), Some(&s("")));
     }
     assert!(matches!(first.get("Office"), Some(PsValue::String(o)) if !o.is_empty()));
     assert!(matches!(first.get("Department"), Some(PsValue::String(d)) if !d.is_empty()));
-    let Some(PsValue::Guid(guid)) = first.get("Guid") else {
-        panic!("no Guid")
-    };
-    let names: Vec<_> = out
-        .objects
-        .iter()
-        .map(|o| obj(o).get("Name").unwrap().display())
-        .collect();
-    assert_eq!(
-        names,
-        ["user001", "user002", "user003", "user004", "user005"]
-    );
+    let Some(PsValue::Guid(guid)) = first.get("Guid") else { panic!("no Guid") };
+    let names: Vec<_> = out.objects.iter().map(|o| obj(o).get("Name").unwrap().display()).collect();
+    assert_eq!(names, ["user001", "user002", "user003", "user004", "user005"]);
 
     // Deterministic across simulators; distinct across tenants.
     let again = sim_with(base_cfg());
@@ -625,18 +421,10 @@ fn get_mailbox_result_size_returns_that_many_with_properties() {
     let f = open(&sim, ALICE, FABRIKAM).unwrap();
     let of = run(&sim, &f, "Get-Mailbox", &[("Identity", s("user001"))]).unwrap();
     assert_ne!(obj(&of.objects[0]).get("Guid"), Some(&PsValue::Guid(*guid)));
-    assert_eq!(
-        obj(&of.objects[0]).get("PrimarySmtpAddress"),
-        Some(&s("user001@fabrikam.onmicrosoft.com"))
-    );
+    assert_eq!(obj(&of.objects[0]).get("PrimarySmtpAddress"), Some(&s("user001@fabrikam.onmicrosoft.com")));
 
     // Identity by each key, case-insensitively.
-    for id in [
-        "USER002",
-        "user002@CONTOSO.onmicrosoft.com",
-        "alex vance",
-        &first_guid_of(&sim, &shell, "user002"),
-    ] {
+    for id in ["USER002", "user002@CONTOSO.onmicrosoft.com", "alex vance", &first_guid_of(&sim, &shell, "user002")] {
         let o = run(&sim, &shell, "Get-Mailbox", &[("Identity", s(id))]).unwrap();
         assert_eq!(o.objects.len(), 1, "{id}");
         assert_eq!(obj(&o.objects[0]).get("Name"), Some(&s("user002")));
@@ -644,37 +432,9 @@ fn get_mailbox_result_size_returns_that_many_with_properties() {
     // Defaults: all 30 (under 1000), no warning; Unlimited; strings as numbers.
     let all = run(&sim, &shell, "Get-Mailbox", &[]).unwrap();
     assert_eq!((all.objects.len(), all.warnings.len()), (30, 0));
-    assert_eq!(
-        run(
-            &sim,
-            &shell,
-            "Get-Mailbox",
-            &[("ResultSize", s("Unlimited"))]
-        )
-        .unwrap()
-        .objects
-        .len(),
-        30
-    );
-    assert_eq!(
-        run(&sim, &shell, "Get-Mailbox", &[("ResultSize", s("7"))])
-            .unwrap()
-            .objects
-            .len(),
-        7
-    );
-    assert_eq!(
-        run(
-            &sim,
-            &shell,
-            "Get-Mailbox",
-            &[("ResultSize", PsValue::Int32(30))]
-        )
-        .unwrap()
-        .warnings
-        .len(),
-        0
-    );
+    assert_eq!(run(&sim, &shell, "Get-Mailbox", &[("ResultSize", s("Unlimited"))]).unwrap().objects.len(), 30);
+    assert_eq!(run(&sim, &shell, "Get-Mailbox", &[("ResultSize", s("7"))]).unwrap().objects.len(), 7);
+    assert_eq!(run(&sim, &shell, "Get-Mailbox", &[("ResultSize", PsValue::Int32(30))]).unwrap().warnings.len(), 0);
 }
 
 fn first_guid_of(sim: &Simulator, shell: &str, name: &str) -> String {
@@ -684,21 +444,12 @@ fn first_guid_of(sim: &Simulator, shell: &str, name: &str) -> String {
 
 #[test]
 fn default_result_size_is_1000_with_warning() {
-    let sim = sim_with(SimulatorConfig {
-        mailboxes_per_tenant: 1003,
-        ..base_cfg()
-    });
+    let sim = sim_with(SimulatorConfig { mailboxes_per_tenant: 1003, ..base_cfg() });
     let shell = open(&sim, ALICE, CONTOSO).unwrap();
     let out = run(&sim, &shell, "Get-Mailbox", &[]).unwrap();
     assert_eq!(out.objects.len(), 1000);
     assert!(out.warnings[0].starts_with("By default, only the first 1000 items are returned."));
-    let out = run(
-        &sim,
-        &shell,
-        "Get-Mailbox",
-        &[("ResultSize", s("unlimited"))],
-    )
-    .unwrap();
+    let out = run(&sim, &shell, "Get-Mailbox", &[("ResultSize", s("unlimited"))]).unwrap();
     assert_eq!((out.objects.len(), out.warnings.len()), (1003, 0));
     assert_eq!(obj(&out.objects[1002]).get("Name"), Some(&s("user1003")));
 }
@@ -727,69 +478,27 @@ fn set_mailbox_is_visible_to_get_mailbox() {
         ],
     )
     .unwrap();
-    assert!(
-        out.objects.is_empty() && out.errors.is_empty() && out.warnings.is_empty(),
-        "{out:?}"
-    );
+    assert!(out.objects.is_empty() && out.errors.is_empty() && out.warnings.is_empty(), "{out:?}");
     let got = run(&sim, &shell, "Get-Mailbox", &[("Identity", s("user003"))]).unwrap();
     let m = obj(&got.objects[0]);
     assert_eq!(m.get("DisplayName"), Some(&s("Allan Renamed")));
     assert_eq!(m.get("CustomAttribute1"), Some(&s("cost-center-42")));
     assert_eq!(m.get("CustomAttribute5"), Some(&s("x")));
-    assert_eq!(
-        m.get("HiddenFromAddressListsEnabled"),
-        Some(&PsValue::Bool(true))
-    );
+    assert_eq!(m.get("HiddenFromAddressListsEnabled"), Some(&PsValue::Bool(true)));
     assert_eq!(m.get("LitigationHoldEnabled"), Some(&PsValue::Bool(true)));
-    assert_eq!(
-        m.get("ForwardingSmtpAddress"),
-        Some(&s("smtp:boss@example.com"))
-    );
-    assert_eq!(
-        m.get("ProhibitSendQuota"),
-        Some(&s("10 GB (10,737,418,240 bytes)"))
-    );
-    assert_eq!(
-        m.get("IssueWarningQuota"),
-        Some(&s("9 GB (9,663,676,416 bytes)"))
-    );
+    assert_eq!(m.get("ForwardingSmtpAddress"), Some(&s("smtp:boss@example.com")));
+    assert_eq!(m.get("ProhibitSendQuota"), Some(&s("10 GB (10,737,418,240 bytes)")));
+    assert_eq!(m.get("IssueWarningQuota"), Some(&s("9 GB (9,663,676,416 bytes)")));
     assert_eq!(m.get("Office"), Some(&s("42/1")));
     assert_eq!(m.get("Department"), Some(&s("Research")));
     // The new display name identifies the mailbox; the same object is the user.
-    let by_name = run(
-        &sim,
-        &shell,
-        "Get-User",
-        &[("Identity", s("Allan Renamed"))],
-    )
-    .unwrap();
-    assert_eq!(
-        obj(&by_name.objects[0]).get("Department"),
-        Some(&s("Research"))
-    );
+    let by_name = run(&sim, &shell, "Get-User", &[("Identity", s("Allan Renamed"))]).unwrap();
+    assert_eq!(obj(&by_name.objects[0]).get("Department"), Some(&s("Research")));
     // Clearing and no-op sets.
-    run(
-        &sim,
-        &shell,
-        "Set-Mailbox",
-        &[
-            ("Identity", s("user003")),
-            ("ForwardingSmtpAddress", PsValue::Null),
-        ],
-    )
-    .unwrap();
+    run(&sim, &shell, "Set-Mailbox", &[("Identity", s("user003")), ("ForwardingSmtpAddress", PsValue::Null)]).unwrap();
     let m = run(&sim, &shell, "Get-Mailbox", &[("Identity", s("user003"))]).unwrap();
-    assert_eq!(
-        obj(&m.objects[0]).get("ForwardingSmtpAddress"),
-        Some(&PsValue::Null)
-    );
-    let noop = run(
-        &sim,
-        &shell,
-        "Set-Mailbox",
-        &[("Identity", s("user003")), ("Office", s("42/1"))],
-    )
-    .unwrap();
+    assert_eq!(obj(&m.objects[0]).get("ForwardingSmtpAddress"), Some(&PsValue::Null));
+    let noop = run(&sim, &shell, "Set-Mailbox", &[("Identity", s("user003")), ("Office", s("42/1"))]).unwrap();
     assert_eq!(
         noop.warnings,
         vec!["The command completed successfully but no settings of 'user003' have been modified."]
@@ -799,11 +508,7 @@ fn set_mailbox_is_visible_to_get_mailbox() {
         &sim,
         &shell,
         "Set-Mailbox",
-        &[
-            ("Identity", s("user003")),
-            ("Office", s("elsewhere")),
-            ("WhatIf", PsValue::Null),
-        ],
+        &[("Identity", s("user003")), ("Office", s("elsewhere")), ("WhatIf", PsValue::Null)],
     )
     .unwrap();
     let m = run(&sim, &shell, "Get-Mailbox", &[("Identity", s("user003"))]).unwrap();
@@ -811,10 +516,7 @@ fn set_mailbox_is_visible_to_get_mailbox() {
     // Changes are per tenant and visible from another shell.
     let other = open(&sim, BOB, CONTOSO).unwrap();
     let m = run(&sim, &other, "Get-Mailbox", &[("Identity", s("user003"))]).unwrap();
-    assert_eq!(
-        obj(&m.objects[0]).get("CustomAttribute1"),
-        Some(&s("cost-center-42"))
-    );
+    assert_eq!(obj(&m.objects[0]).get("CustomAttribute1"), Some(&s("cost-center-42")));
     let f = open(&sim, BOB, FABRIKAM).unwrap();
     let m = run(&sim, &f, "Get-Mailbox", &[("Identity", s("user003"))]).unwrap();
     assert_eq!(obj(&m.objects[0]).get("CustomAttribute1"), Some(&s("")));
@@ -840,24 +542,12 @@ fn unknown_cmdlet_and_parameter_are_not_executed() {
     assert_eq!(err.class(), FaultClass::UnknownCmdlet);
 
     let id2 = Uuid::new_v4();
-    let err = sim
-        .run(
-            &shell,
-            id2,
-            "Get-Mailbox",
-            &params(&[("Identity", s("user001")), ("Bogus", s("1"))]),
-        )
-        .unwrap_err();
+    let err =
+        sim.run(&shell, id2, "Get-Mailbox", &params(&[("Identity", s("user001")), ("Bogus", s("1"))])).unwrap_err();
     let r = err.record.clone().unwrap();
-    assert_eq!(
-        r.message,
-        "A parameter cannot be found that matches parameter name 'Bogus'."
-    );
+    assert_eq!(r.message, "A parameter cannot be found that matches parameter name 'Bogus'.");
     assert_eq!(r.category, "InvalidArgument");
-    assert_eq!(
-        r.fully_qualified_error_id,
-        "NamedParameterNotFound,Get-Mailbox"
-    );
+    assert_eq!(r.fully_qualified_error_id, "NamedParameterNotFound,Get-Mailbox");
     assert_eq!(err.class(), FaultClass::InvalidParameter);
 
     let st = sim.stats();
@@ -870,14 +560,7 @@ fn object_not_found_is_non_terminating_and_executed() {
     let sim = sim();
     let shell = open(&sim, ALICE, CONTOSO).unwrap();
     let id = Uuid::new_v4();
-    let out = sim
-        .run(
-            &shell,
-            id,
-            "Get-Mailbox",
-            &params(&[("Identity", s("nobody"))]),
-        )
-        .unwrap();
+    let out = sim.run(&shell, id, "Get-Mailbox", &params(&[("Identity", s("nobody"))])).unwrap();
     assert!(out.objects.is_empty());
     assert_eq!(out.errors.len(), 1);
     let r = &out.errors[0];
@@ -887,12 +570,7 @@ fn object_not_found_is_non_terminating_and_executed() {
          'SIMPR01A001DC01.NAMPR01A001.prod.outlook.com'."
     );
     assert_eq!(r.category, "NotSpecified");
-    assert!(
-        r.fully_qualified_error_id
-            .starts_with("[Server=SIMEXCH01,RequestId="),
-        "{}",
-        r.fully_qualified_error_id
-    );
+    assert!(r.fully_qualified_error_id.starts_with("[Server=SIMEXCH01,RequestId="), "{}", r.fully_qualified_error_id);
     assert!(r.fully_qualified_error_id.ends_with(
         "[FailureCategory=Cmdlet-ManagementObjectNotFoundException] 8C7F9E1B,Microsoft.Exchange.Management.RecipientTasks.GetMailbox"
     ));
@@ -902,27 +580,11 @@ fn object_not_found_is_non_terminating_and_executed() {
     assert_eq!(st.executions[&id], 1);
     assert_eq!(st.commands_run, 1);
     // Set-Mailbox on a missing object: same, with its own class name.
-    let out = run(
-        &sim,
-        &shell,
-        "Set-Mailbox",
-        &[("Identity", s("nobody")), ("Office", s("x"))],
-    )
-    .unwrap();
-    assert!(out.errors[0]
-        .fully_qualified_error_id
-        .ends_with("RecipientTasks.SetMailbox"));
+    let out = run(&sim, &shell, "Set-Mailbox", &[("Identity", s("nobody")), ("Office", s("x"))]).unwrap();
+    assert!(out.errors[0].fully_qualified_error_id.ends_with("RecipientTasks.SetMailbox"));
     // ErrorAction SilentlyContinue drops it.
-    let out = run(
-        &sim,
-        &shell,
-        "Get-Mailbox",
-        &[
-            ("Identity", s("nobody")),
-            ("ErrorAction", s("silentlycontinue")),
-        ],
-    )
-    .unwrap();
+    let out =
+        run(&sim, &shell, "Get-Mailbox", &[("Identity", s("nobody")), ("ErrorAction", s("silentlycontinue"))]).unwrap();
     assert!(out.errors.is_empty());
 }
 
@@ -992,39 +654,17 @@ fn mail_users_users_and_accepted_domains() {
     )
     .unwrap();
     let mu = obj(&out.objects[0]);
-    assert_eq!(
-        mu.type_names[0],
-        "Deserialized.Microsoft.Exchange.Data.Directory.Management.MailUser"
-    );
+    assert_eq!(mu.type_names[0], "Deserialized.Microsoft.Exchange.Data.Directory.Management.MailUser");
     assert_eq!(mu.get("Alias"), Some(&s("ExtPartner")));
-    assert_eq!(
-        mu.get("ExternalEmailAddress"),
-        Some(&s("SMTP:partner@example.org"))
-    );
-    assert_eq!(
-        mu.get("PrimarySmtpAddress"),
-        Some(&s("ExtPartner@contoso.onmicrosoft.com"))
-    );
+    assert_eq!(mu.get("ExternalEmailAddress"), Some(&s("SMTP:partner@example.org")));
+    assert_eq!(mu.get("PrimarySmtpAddress"), Some(&s("ExtPartner@contoso.onmicrosoft.com")));
     // Duplicate name: the cmdlet reports an error.
-    let dup = run(
-        &sim,
-        &shell,
-        "New-MailUser",
-        &[
-            ("Name", s("ext partner")),
-            ("ExternalEmailAddress", s("o@example.org")),
-        ],
-    )
-    .unwrap();
+    let dup =
+        run(&sim, &shell, "New-MailUser", &[("Name", s("ext partner")), ("ExternalEmailAddress", s("o@example.org"))])
+            .unwrap();
     assert!(dup.objects.is_empty());
-    assert_eq!(
-        dup.errors[0].message,
-        "The name \"ext partner\" is already being used. Please try another name."
-    );
-    assert_eq!(
-        classify_error_record(&dup.errors[0]),
-        FaultClass::CmdletError
-    );
+    assert_eq!(dup.errors[0].message, "The name \"ext partner\" is already being used. Please try another name.");
+    assert_eq!(classify_error_record(&dup.errors[0]), FaultClass::CmdletError);
     run(
         &sim,
         &shell,
@@ -1040,47 +680,20 @@ fn mail_users_users_and_accepted_domains() {
     let got = run(&sim, &shell, "Get-MailUser", &[]).unwrap();
     assert_eq!(got.objects.len(), 1);
     let mu = obj(&got.objects[0]);
-    assert_eq!(
-        mu.get("HiddenFromAddressListsEnabled"),
-        Some(&PsValue::Bool(true))
-    );
+    assert_eq!(mu.get("HiddenFromAddressListsEnabled"), Some(&PsValue::Bool(true)));
     assert_eq!(mu.get("CustomAttribute3"), Some(&s("c3")));
-    assert_eq!(
-        mu.get("ExternalEmailAddress"),
-        Some(&s("SMTP:new@example.org"))
-    );
+    assert_eq!(mu.get("ExternalEmailAddress"), Some(&s("SMTP:new@example.org")));
     // Mail users are not mailboxes; both are users.
-    let err = run(
-        &sim,
-        &shell,
-        "Get-Mailbox",
-        &[("Identity", s("Ext Partner"))],
-    )
-    .unwrap();
+    let err = run(&sim, &shell, "Get-Mailbox", &[("Identity", s("Ext Partner"))]).unwrap();
     assert_eq!(err.errors.len(), 1);
     let users = run(&sim, &shell, "Get-User", &[("ResultSize", s("Unlimited"))]).unwrap();
     assert_eq!(users.objects.len(), 31);
     let last = obj(users.objects.last().unwrap());
-    assert_eq!(
-        last.type_names[0],
-        "Deserialized.Microsoft.Exchange.Data.Directory.Management.User"
-    );
+    assert_eq!(last.type_names[0], "Deserialized.Microsoft.Exchange.Data.Directory.Management.User");
     assert_eq!(last.get("RecipientTypeDetails"), Some(&s("MailUser")));
     assert_eq!(last.get("FirstName"), Some(&s("Ext")));
-    let u = run(
-        &sim,
-        &shell,
-        "Get-User",
-        &[
-            ("Identity", s("user001")),
-            ("ResultSize", PsValue::Int32(2)),
-        ],
-    )
-    .unwrap();
-    assert_eq!(
-        obj(&u.objects[0]).get("RecipientTypeDetails"),
-        Some(&s("UserMailbox"))
-    );
+    let u = run(&sim, &shell, "Get-User", &[("Identity", s("user001")), ("ResultSize", PsValue::Int32(2))]).unwrap();
+    assert_eq!(obj(&u.objects[0]).get("RecipientTypeDetails"), Some(&s("UserMailbox")));
     let domains = run(&sim, &shell, "Get-AcceptedDomain", &[]).unwrap();
     assert_eq!(domains.objects.len(), 1);
     let d = obj(&domains.objects[0]);
@@ -1093,69 +706,28 @@ fn mail_users_users_and_accepted_domains() {
 fn get_mailbox_filter_subset() {
     let sim = sim();
     let shell = open(&sim, ALICE, CONTOSO).unwrap();
-    let sales = run(
-        &sim,
-        &shell,
-        "Get-Mailbox",
-        &[("Filter", s("Department -eq 'Sales'"))],
-    )
-    .unwrap();
+    let sales = run(&sim, &shell, "Get-Mailbox", &[("Filter", s("Department -eq 'Sales'"))]).unwrap();
     assert!(!sales.objects.is_empty());
-    assert!(sales
-        .objects
-        .iter()
-        .all(|o| obj(o).get("Department") == Some(&s("Sales"))));
-    let like = run(
-        &sim,
-        &shell,
-        "Get-Mailbox",
-        &[(
-            "Filter",
-            s("{Name -like 'user00*' -and Department -ne 'Sales'}"),
-        )],
-    )
-    .unwrap();
+    assert!(sales.objects.iter().all(|o| obj(o).get("Department") == Some(&s("Sales"))));
+    let like = run(&sim, &shell, "Get-Mailbox", &[("Filter", s("{Name -like 'user00*' -and Department -ne 'Sales'}"))])
+        .unwrap();
     assert!(like.objects.iter().all(|o| {
         let o = obj(o);
-        o.get("Name").unwrap().display().starts_with("user00")
-            && o.get("Department") != Some(&s("Sales"))
+        o.get("Name").unwrap().display().starts_with("user00") && o.get("Department") != Some(&s("Sales"))
     }));
     assert!(!like.objects.is_empty());
-    let bad = run(&sim, &shell, "Get-Mailbox", &[("Filter", s("Bogus -eq 1"))])
-        .unwrap_err()
-        .record
-        .unwrap();
-    assert!(
-        bad.message
-            .contains("'Bogus' is not a recognized filterable property"),
-        "{}",
-        bad.message
-    );
+    let bad = run(&sim, &shell, "Get-Mailbox", &[("Filter", s("Bogus -eq 1"))]).unwrap_err().record.unwrap();
+    assert!(bad.message.contains("'Bogus' is not a recognized filterable property"), "{}", bad.message);
 }
 
 #[test]
 fn from_config_mirrors_the_broker_directory() {
     let cfg = Config::demo();
     let sim = Simulator::from_config(&cfg).unwrap();
-    sim.open_shell(
-        ALICE,
-        "demo-password-alice",
-        "northwind.onmicrosoft.com",
-        "Microsoft.Exchange",
-    )
-    .unwrap();
-    let err = sim
-        .open_shell(
-            BOB,
-            "demo-password-bob",
-            "northwind.onmicrosoft.com",
-            "Microsoft.Exchange",
-        )
-        .unwrap_err();
+    sim.open_shell(ALICE, "demo-password-alice", "northwind.onmicrosoft.com", "Microsoft.Exchange").unwrap();
+    let err = sim.open_shell(BOB, "demo-password-bob", "northwind.onmicrosoft.com", "Microsoft.Exchange").unwrap_err();
     assert_eq!(err.class(), FaultClass::TenantPermissionDenied);
-    let err = sim
-        .open_shell(ALICE, "demo-password-alice", TAILSPIN, "Microsoft.Exchange")
-        .unwrap_err();
+    let err = sim.open_shell(ALICE, "demo-password-alice", TAILSPIN, "Microsoft.Exchange").unwrap_err();
     assert_eq!(err.class(), FaultClass::TenantRemotePowerShellDisabled);
 
     let mut bad = Config::demo();
@@ -1171,12 +743,9 @@ fn from_config_mirrors_the_broker_directory() {
     }];
     own.simulator.tenants = vec!["only.com".into()];
     let sim = Simulator::from_config(&own).unwrap();
-    sim.open_shell("x@y.com", "p", "only.com", "Microsoft.Exchange")
-        .unwrap();
+    sim.open_shell("x@y.com", "p", "only.com", "Microsoft.Exchange").unwrap();
     assert_eq!(
-        sim.open_shell(ALICE, "demo-password-alice", CONTOSO, "Microsoft.Exchange")
-            .unwrap_err()
-            .class(),
+        sim.open_shell(ALICE, "demo-password-alice", CONTOSO, "Microsoft.Exchange").unwrap_err().class(),
         FaultClass::LogonFailed
     );
 }
@@ -1194,20 +763,12 @@ fn target(upn: &str, password: &str, tenant: &str) -> SessionTarget {
 #[tokio::test]
 async fn connector_end_to_end_with_latency() {
     let sim = sim();
-    sim.set_latency(
-        Duration::from_millis(60),
-        Duration::from_millis(20),
-        Duration::from_millis(10),
-    );
+    sim.set_latency(Duration::from_millis(60), Duration::from_millis(20), Duration::from_millis(10));
     let connector = sim.connector();
 
     let t = Instant::now();
     let session = connector.open(&target(ALICE, "pa", CONTOSO)).await.unwrap();
-    assert!(
-        t.elapsed() >= Duration::from_millis(60),
-        "{:?}",
-        t.elapsed()
-    );
+    assert!(t.elapsed() >= Duration::from_millis(60), "{:?}", t.elapsed());
     assert_eq!(sim.list_shells(ALICE)[0].shell_id, session.remote_id());
 
     let cmd = Command {
@@ -1221,33 +782,16 @@ async fn connector_end_to_end_with_latency() {
     assert_eq!(out.objects.len(), 3);
     assert_eq!(sim.stats().executions[&cmd.invocation_id], 1);
 
-    let bad = Command {
-        invocation_id: Uuid::new_v4(),
-        cmdlet: "Get-Nothing".into(),
-        parameters: vec![],
-    };
+    let bad = Command { invocation_id: Uuid::new_v4(), cmdlet: "Get-Nothing".into(), parameters: vec![] };
     let err = session.invoke(&bad).await.unwrap_err();
     assert_eq!(err.class, FaultClass::UnknownCmdlet);
-    assert!(err
-        .message
-        .starts_with("The term 'Get-Nothing' is not recognized"));
-    assert_eq!(
-        err.record.unwrap().fully_qualified_error_id,
-        "CommandNotFoundException"
-    );
+    assert!(err.message.starts_with("The term 'Get-Nothing' is not recognized"));
+    assert_eq!(err.record.unwrap().fully_qualified_error_id, "CommandNotFoundException");
 
-    let err = connector
-        .open(&target(ALICE, "wrong", CONTOSO))
-        .await
-        .err()
-        .unwrap();
+    let err = connector.open(&target(ALICE, "wrong", CONTOSO)).await.err().unwrap();
     assert_eq!(err.class, FaultClass::LogonFailed);
     assert!(err.record.is_none());
-    let err = connector
-        .open(&target(BOB, "pb", TAILSPIN))
-        .await
-        .err()
-        .unwrap();
+    let err = connector.open(&target(BOB, "pb", TAILSPIN)).await.err().unwrap();
     assert_eq!(err.class, FaultClass::TenantPermissionDenied);
 
     let t = Instant::now();
@@ -1256,11 +800,7 @@ async fn connector_end_to_end_with_latency() {
     assert!(sim.list_shells(ALICE).is_empty());
     let err = session.invoke(&cmd).await.unwrap_err();
     assert_eq!(err.class, FaultClass::SessionExpired);
-    assert_eq!(
-        sim.stats().executions[&cmd.invocation_id],
-        1,
-        "the retry on a closed shell did not execute"
-    );
+    assert_eq!(sim.stats().executions[&cmd.invocation_id], 1, "the retry on a closed shell did not execute");
 
     // Quota through the connector.
     sim.set_latency(Duration::ZERO, Duration::ZERO, Duration::ZERO);
@@ -1268,31 +808,20 @@ async fn connector_end_to_end_with_latency() {
     for _ in 0..3 {
         held.push(connector.open(&target(ALICE, "pa", CONTOSO)).await.unwrap());
     }
-    let err = connector
-        .open(&target(ALICE, "pa", FABRIKAM))
-        .await
-        .err()
-        .unwrap();
+    let err = connector.open(&target(ALICE, "pa", FABRIKAM)).await.err().unwrap();
     assert_eq!(err.class, FaultClass::UserShellQuotaExceeded);
     assert!(err.message.contains("concurrent shells for this user"));
 }
 
 #[tokio::test]
 async fn connector_latency_scales_with_speedup() {
-    let sim = sim_with(SimulatorConfig {
-        time_speedup: 10.0,
-        open_latency_ms: 2_000,
-        ..base_cfg()
-    });
+    let sim = sim_with(SimulatorConfig { time_speedup: 10.0, open_latency_ms: 2_000, ..base_cfg() });
     assert_eq!(sim.latency().0, Duration::from_millis(2_000));
     let connector = sim.connector();
     let t = Instant::now();
     let session = connector.open(&target(ALICE, "pa", CONTOSO)).await.unwrap();
     let took = t.elapsed();
-    assert!(
-        took >= Duration::from_millis(200) && took < Duration::from_millis(1_500),
-        "{took:?}"
-    );
+    assert!(took >= Duration::from_millis(200) && took < Duration::from_millis(1_500), "{took:?}");
     session.close().await.unwrap();
 }
 

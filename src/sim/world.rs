@@ -50,19 +50,8 @@ const LAST_NAMES: [&str; 20] = [
     "Graham",
     "Wilke",
 ];
-const OFFICES: [&str; 6] = [
-    "18/2111", "131/1104", "20/1101", "19/3123", "32/1150", "24/1106",
-];
-const DEPARTMENTS: [&str; 8] = [
-    "Sales",
-    "Marketing",
-    "Finance",
-    "Engineering",
-    "Operations",
-    "Legal",
-    "HR",
-    "Retail",
-];
+const OFFICES: [&str; 6] = ["18/2111", "131/1104", "20/1101", "19/3123", "32/1150", "24/1106"];
+const DEPARTMENTS: [&str; 8] = ["Sales", "Marketing", "Finance", "Engineering", "Operations", "Legal", "HR", "Retail"];
 const TITLES: [&str; 5] = ["Analyst", "Manager", "Engineer", "Director", "Specialist"];
 const CITIES: [&str; 5] = ["Redmond", "Seattle", "Bellevue", "Tacoma", "Spokane"];
 
@@ -129,17 +118,8 @@ pub fn format_quota(bytes: Option<u64>) -> String {
     let Some(bytes) = bytes else {
         return "Unlimited".to_string();
     };
-    const UNITS: [(&str, u64); 4] = [
-        ("TB", 1 << 40),
-        ("GB", 1 << 30),
-        ("MB", 1 << 20),
-        ("KB", 1 << 10),
-    ];
-    let (unit, size) = UNITS
-        .iter()
-        .find(|(_, size)| bytes >= *size)
-        .copied()
-        .unwrap_or(("B", 1));
+    const UNITS: [(&str, u64); 4] = [("TB", 1 << 40), ("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)];
+    let (unit, size) = UNITS.iter().find(|(_, size)| bytes >= *size).copied().unwrap_or(("B", 1));
     let value = bytes as f64 / size as f64;
     let mut shown = format!("{value:.3}");
     while shown.ends_with('0') {
@@ -173,15 +153,10 @@ pub fn parse_quota(text: &str) -> Result<Option<u64>, ()> {
     }
     // "… (N bytes)": trust the exact count.
     if let (Some(open), true) = (t.find('('), t.ends_with("bytes)")) {
-        let inner: String = t[open + 1..t.len() - "bytes)".len()]
-            .chars()
-            .filter(|c| c.is_ascii_digit())
-            .collect();
+        let inner: String = t[open + 1..t.len() - "bytes)".len()].chars().filter(|c| c.is_ascii_digit()).collect();
         return inner.parse().map(Some).map_err(|_| ());
     }
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == ','))
-        .unwrap_or(t.len());
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == ',')).unwrap_or(t.len());
     let number: f64 = t[..split].replace(',', "").parse().map_err(|_| ())?;
     let unit = t[split..].trim().to_ascii_uppercase();
     let mult: u64 = match unit.as_str() {
@@ -251,24 +226,13 @@ impl Recipient {
     /// Whether `identity` names this object, the way Exchange resolves an -Identity value.
     pub fn matches(&self, identity: &str, domain: &str) -> bool {
         let id = identity.trim();
-        let id = id
-            .strip_prefix("smtp:")
-            .or_else(|| id.strip_prefix("SMTP:"))
-            .unwrap_or(id);
+        let id = id.strip_prefix("smtp:").or_else(|| id.strip_prefix("SMTP:")).unwrap_or(id);
         if let Ok(g) = Uuid::parse_str(id) {
-            return g == self.guid
-                || g == self.external_directory_object_id
-                || g == self.exchange_guid;
+            return g == self.guid || g == self.external_directory_object_id || g == self.exchange_guid;
         }
-        [
-            &self.name,
-            &self.alias,
-            &self.primary_smtp,
-            &self.display_name,
-            &self.upn,
-        ]
-        .iter()
-        .any(|v| v.eq_ignore_ascii_case(id))
+        [&self.name, &self.alias, &self.primary_smtp, &self.display_name, &self.upn]
+            .iter()
+            .any(|v| v.eq_ignore_ascii_case(id))
             || self.distinguished_name(domain).eq_ignore_ascii_case(id)
     }
 
@@ -302,16 +266,10 @@ impl Recipient {
             .with("Identity", self.name.clone())
             .with("Id", self.name.clone())
             .with("DistinguishedName", self.distinguished_name(domain))
-            .with(
-                "OrganizationalUnit",
-                format!("{FOREST}/Microsoft Exchange Hosted Organizations/{domain}"),
-            )
+            .with("OrganizationalUnit", format!("{FOREST}/Microsoft Exchange Hosted Organizations/{domain}"))
             .with("Guid", PsValue::Guid(self.guid))
             .with("ExchangeGuid", PsValue::Guid(self.exchange_guid))
-            .with(
-                "ExternalDirectoryObjectId",
-                self.external_directory_object_id.to_string(),
-            )
+            .with("ExternalDirectoryObjectId", self.external_directory_object_id.to_string())
             .with("Database", "NAMPR01DG001-db001")
             .with("IsMailboxEnabled", true)
             .with("Office", self.office.clone())
@@ -319,21 +277,12 @@ impl Recipient {
         obj = self.custom_attributes(obj);
         obj.with("HiddenFromAddressListsEnabled", self.hidden)
             .with("ForwardingAddress", PsValue::Null)
-            .with(
-                "ForwardingSmtpAddress",
-                self.forwarding_smtp
-                    .clone()
-                    .map(PsValue::String)
-                    .unwrap_or(PsValue::Null),
-            )
+            .with("ForwardingSmtpAddress", self.forwarding_smtp.clone().map(PsValue::String).unwrap_or(PsValue::Null))
             .with("DeliverToMailboxAndForward", false)
             .with("LitigationHoldEnabled", self.litigation_hold)
             .with("UseDatabaseQuotaDefaults", false)
             .with("ProhibitSendQuota", format_quota(self.prohibit_send_quota))
-            .with(
-                "ProhibitSendReceiveQuota",
-                format_quota(self.prohibit_send_receive_quota),
-            )
+            .with("ProhibitSendReceiveQuota", format_quota(self.prohibit_send_receive_quota))
             .with("IssueWarningQuota", format_quota(self.issue_warning_quota))
             .with("ArchiveStatus", "None")
             .with("WhenCreated", PsValue::DateTime(self.when_created.clone()))
@@ -345,13 +294,7 @@ impl Recipient {
         obj.to_string = Some(self.name.clone());
         obj = self
             .common(obj)
-            .with(
-                "ExternalEmailAddress",
-                self.external_email
-                    .clone()
-                    .map(PsValue::String)
-                    .unwrap_or(PsValue::Null),
-            )
+            .with("ExternalEmailAddress", self.external_email.clone().map(PsValue::String).unwrap_or(PsValue::Null))
             .with("PrimarySmtpAddress", self.primary_smtp.clone())
             .with("UserPrincipalName", self.upn.clone())
             .with("EmailAddresses", self.email_addresses())
@@ -361,10 +304,7 @@ impl Recipient {
             .with("Id", self.name.clone())
             .with("DistinguishedName", self.distinguished_name(domain))
             .with("Guid", PsValue::Guid(self.guid))
-            .with(
-                "ExternalDirectoryObjectId",
-                self.external_directory_object_id.to_string(),
-            )
+            .with("ExternalDirectoryObjectId", self.external_directory_object_id.to_string())
             .with("HiddenFromAddressListsEnabled", self.hidden);
         obj = self.custom_attributes(obj);
         obj.with("WhenCreated", PsValue::DateTime(self.when_created.clone()))
@@ -394,10 +334,7 @@ impl Recipient {
             .with("Id", self.name.clone())
             .with("DistinguishedName", self.distinguished_name(domain))
             .with("Guid", PsValue::Guid(self.guid))
-            .with(
-                "ExternalDirectoryObjectId",
-                self.external_directory_object_id.to_string(),
-            )
+            .with("ExternalDirectoryObjectId", self.external_directory_object_id.to_string())
             .with("WhenCreated", PsValue::DateTime(self.when_created.clone()))
             .with("WhenChanged", PsValue::DateTime(self.when_changed.clone()))
     }
@@ -424,8 +361,7 @@ fn generate_mailbox(domain: &str, index: u32) -> Recipient {
     let idx = index.to_string();
     // Creation dates spread over 2021-2023, deterministic.
     let day = (i * 37) % 1000;
-    let created = chrono::NaiveDate::from_ymd_opt(2021, 1, 4).expect("valid date")
-        + chrono::Days::new(day as u64);
+    let created = chrono::NaiveDate::from_ymd_opt(2021, 1, 4).expect("valid date") + chrono::Days::new(day as u64);
     let when = format!("{created}T09:{:02}:{:02}+00:00", i % 60, (i * 7) % 60);
     Recipient {
         kind: RecipientKind::Mailbox,
@@ -513,21 +449,11 @@ impl AcceptedDomain {
             .with("DomainName", self.name.clone())
             .with("DomainType", "Authoritative")
             .with("Default", self.default)
-            .with(
-                "InitialDomain",
-                self.name.to_ascii_lowercase().ends_with(".onmicrosoft.com"),
-            )
+            .with("InitialDomain", self.name.to_ascii_lowercase().ends_with(".onmicrosoft.com"))
             .with("MatchSubDomains", false)
             .with("IsValid", true)
             .with("Identity", self.name.clone())
-            .with(
-                "Guid",
-                PsValue::Guid(det_guid(&[
-                    tenant,
-                    "accepted-domain",
-                    &self.name.to_ascii_lowercase(),
-                ])),
-            )
+            .with("Guid", PsValue::Guid(det_guid(&[tenant, "accepted-domain", &self.name.to_ascii_lowercase()])))
     }
 
     pub fn matches(&self, identity: &str) -> bool {
@@ -547,13 +473,8 @@ impl TenantData {
     pub fn generate(domain: &str, mailboxes: u32) -> TenantData {
         TenantData {
             domain: domain.to_string(),
-            recipients: (1..=mailboxes)
-                .map(|i| generate_mailbox(domain, i))
-                .collect(),
-            accepted_domains: vec![AcceptedDomain {
-                name: domain.to_string(),
-                default: true,
-            }],
+            recipients: (1..=mailboxes).map(|i| generate_mailbox(domain, i)).collect(),
+            accepted_domains: vec![AcceptedDomain { name: domain.to_string(), default: true }],
         }
     }
 
@@ -574,21 +495,12 @@ mod tests {
 
     #[test]
     fn quotas_format_and_parse_like_exchange() {
-        assert_eq!(
-            format_quota(Some(DEFAULT_PROHIBIT_SEND_QUOTA)),
-            "49.5 GB (53,150,220,288 bytes)"
-        );
-        assert_eq!(
-            format_quota(Some(DEFAULT_ISSUE_WARNING_QUOTA)),
-            "49 GB (52,613,349,376 bytes)"
-        );
+        assert_eq!(format_quota(Some(DEFAULT_PROHIBIT_SEND_QUOTA)), "49.5 GB (53,150,220,288 bytes)");
+        assert_eq!(format_quota(Some(DEFAULT_ISSUE_WARNING_QUOTA)), "49 GB (52,613,349,376 bytes)");
         assert_eq!(format_quota(None), "Unlimited");
         assert_eq!(parse_quota("10GB"), Ok(Some(10 << 30)));
         assert_eq!(parse_quota("1.5 gb"), Ok(Some(3 << 29)));
-        assert_eq!(
-            parse_quota("49.5 GB (53,150,220,288 bytes)"),
-            Ok(Some(DEFAULT_PROHIBIT_SEND_QUOTA))
-        );
+        assert_eq!(parse_quota("49.5 GB (53,150,220,288 bytes)"), Ok(Some(DEFAULT_PROHIBIT_SEND_QUOTA)));
         assert_eq!(parse_quota("unlimited"), Ok(None));
         assert!(parse_quota("lots").is_err());
         assert!(parse_quota("5 XB").is_err());
@@ -602,10 +514,7 @@ mod tests {
         assert_eq!(a.recipients[2].guid, b.recipients[2].guid);
         assert_ne!(a.recipients[2].guid, c.recipients[2].guid);
         assert_eq!(a.recipients[0].name, "user001");
-        assert_eq!(
-            a.recipients[0].primary_smtp,
-            "user001@contoso.onmicrosoft.com"
-        );
+        assert_eq!(a.recipients[0].primary_smtp, "user001@contoso.onmicrosoft.com");
         assert_eq!(a.recipients[0].guid.get_version_num(), 5);
     }
 }

@@ -35,7 +35,8 @@ pub enum Status {
 }
 
 impl Status {
-    pub const ALL: [Status; 5] = [Status::Queued, Status::Running, Status::Succeeded, Status::Failed, Status::Cancelled];
+    pub const ALL: [Status; 5] =
+        [Status::Queued, Status::Running, Status::Succeeded, Status::Failed, Status::Cancelled];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -229,7 +230,11 @@ impl Store {
         self.replay_in(&mut conn, new).await
     }
 
-    async fn replay_in(&self, conn: &mut sqlx::SqliteConnection, new: &NewInvocation) -> Result<InvocationRecord, StoreError> {
+    async fn replay_in(
+        &self,
+        conn: &mut sqlx::SqliteConnection,
+        new: &NewInvocation,
+    ) -> Result<InvocationRecord, StoreError> {
         let key = new.idempotency_key.clone().unwrap_or_default();
         let row = sqlx::query(&format!("SELECT {COLUMNS}, request_hash FROM invocations WHERE idempotency_key = ?"))
             .bind(&key)
@@ -326,7 +331,12 @@ impl Store {
     }
 
     /// One page of a batch's invocations in submission order, after `after_seq`.
-    pub async fn batch_page(&self, batch: Uuid, after_seq: i64, limit: i64) -> Result<Vec<InvocationRecord>, StoreError> {
+    pub async fn batch_page(
+        &self,
+        batch: Uuid,
+        after_seq: i64,
+        limit: i64,
+    ) -> Result<Vec<InvocationRecord>, StoreError> {
         let rows = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM invocations WHERE batch_id = ? AND seq > ? ORDER BY seq LIMIT ?"
         ))
@@ -497,9 +507,8 @@ mod tests {
     async fn batches_count_page_and_cancel() {
         let store = Store::connect("sqlite::memory:").await.unwrap();
         let batch = Uuid::new_v4();
-        let items: Vec<_> = (0..1200)
-            .map(|i| NewInvocation { batch_id: Some(batch), seq: i, ..item(None, "Get-User") })
-            .collect();
+        let items: Vec<_> =
+            (0..1200).map(|i| NewInvocation { batch_id: Some(batch), seq: i, ..item(None, "Get-User") }).collect();
         assert_eq!(store.insert_batch(batch, &items).await.unwrap().len(), 1200);
         assert!(store.mark_running(items[0].id, 1, "s", "a").await.unwrap());
         assert_eq!(store.cancel_batch(batch).await.unwrap(), 1199);

@@ -22,7 +22,9 @@ pub fn config_text(admins: u32, tenants: u32, open_ms: u64, cmd_ms: u64, extra: 
          [simulator]\nopen_latency_ms = {open_ms}\ncommand_latency_ms = {cmd_ms}\nclose_latency_ms = 1\nmailboxes_per_tenant = 10\n"
     );
     for a in 0..admins {
-        text += &format!("[[admins]]\nname = \"a{a}\"\nupn = \"a{a}@partner.onmicrosoft.com\"\ncredential = \"literal:pw{a}\"\n");
+        text += &format!(
+            "[[admins]]\nname = \"a{a}\"\nupn = \"a{a}@partner.onmicrosoft.com\"\ncredential = \"literal:pw{a}\"\n"
+        );
     }
     for t in 0..tenants {
         text += &format!("[[tenants]]\ndomain = \"{}\"\n", tenant(t));
