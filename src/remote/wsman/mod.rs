@@ -12,12 +12,19 @@
 //! they get back to the parsers. Parsers match namespace URIs and local names, never prefixes,
 //! and return [`WsmanError`] on anything malformed; they never panic.
 
+pub mod envelope;
 pub mod fault;
+pub mod response;
 mod xml;
 
 use std::time::Duration;
 
+pub use envelope::{RequestContext, SIGNAL_PS_CTRL_C, SIGNAL_TERMINATE};
 pub use fault::WsmanFault;
+pub use response::{
+    CommandResponse, CommandState, CreateResponse, EnumerationResponse, ReceiveResponse, ResponseHeader, ShellInfo,
+    StreamData,
+};
 
 /// The HTTP Content-Type of every request and response body.
 pub const CONTENT_TYPE: &str = "application/soap+xml;charset=UTF-8";
