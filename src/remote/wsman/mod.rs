@@ -15,7 +15,11 @@
 pub mod envelope;
 pub mod fault;
 pub mod response;
+pub mod server;
 mod xml;
+
+#[cfg(test)]
+mod tests;
 
 use std::time::Duration;
 
@@ -25,6 +29,7 @@ pub use response::{
     CommandResponse, CommandState, CreateResponse, EnumerationResponse, ReceiveResponse, ResponseHeader, ShellInfo,
     StreamData,
 };
+pub use server::{Action, Request, RequestBody};
 
 /// The HTTP Content-Type of every request and response body.
 pub const CONTENT_TYPE: &str = "application/soap+xml;charset=UTF-8";
