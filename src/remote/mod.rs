@@ -5,6 +5,7 @@
 
 pub mod fault;
 pub mod value;
+pub mod wsman;
 
 use async_trait::async_trait;
 use secrecy::SecretString;
