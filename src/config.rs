@@ -340,7 +340,8 @@ impl Config {
             }
         }
         for (name, p) in &self.profiles {
-            if p.max_commands_per_session == 0 || !(p.session_max_age_seconds > 0.0) {
+            if p.max_commands_per_session == 0 || p.session_max_age_seconds.is_nan() || p.session_max_age_seconds <= 0.0
+            {
                 return bad(format!("profile '{name}': max commands and max age must be positive"));
             }
             if p.max_age_jitter_percent > 50 {

@@ -7,8 +7,8 @@ use super::runner::{self, RunReport};
 use super::scheduler::{Action, Job, Scheduler, SessionId, SessionRules, Snapshot, Topology, Tuning};
 use super::{SessionInfo, Shared};
 use crate::remote::{RemoteError, RemoteSession};
-use crate::store::Outcome;
-use std::collections::HashMap;
+use crate::store::{Outcome, Status};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
@@ -16,13 +16,23 @@ use uuid::Uuid;
 
 pub enum Event {
     Submit(Vec<Job>),
-    CancelBatch(Uuid),
-    Opened { session: SessionId, result: Result<Box<dyn RemoteSession>, RemoteError> },
-    CommandDone { session: SessionId, report: RunReport },
+    /// Removes a batch's queued jobs; replies with their ids.
+    CancelBatch(Uuid, oneshot::Sender<Vec<Uuid>>),
+    Opened {
+        session: SessionId,
+        result: Result<Box<dyn RemoteSession>, RemoteError>,
+    },
+    CommandDone {
+        session: SessionId,
+        report: RunReport,
+    },
     Closed(SessionId),
     Snapshot(oneshot::Sender<Snapshot>),
     Sessions(oneshot::Sender<Vec<SessionInfo>>),
-    Shutdown { drain: Duration, reply: oneshot::Sender<()> },
+    Shutdown {
+        drain: Duration,
+        reply: oneshot::Sender<()>,
+    },
 }
 
 struct Live {
@@ -36,6 +46,8 @@ pub struct Driver {
     tx: mpsc::UnboundedSender<Event>,
     rx: mpsc::UnboundedReceiver<Event>,
     live: HashMap<SessionId, Live>,
+    /// Batches cancelled since start: their jobs never go back into the queue.
+    cancelled: HashSet<Uuid>,
     /// Set once shutdown began: when to stop waiting for running commands.
     drain_until: Option<Instant>,
     shutdown_reply: Option<oneshot::Sender<()>>,
@@ -79,6 +91,7 @@ impl Driver {
             tx,
             rx,
             live: HashMap::new(),
+            cancelled: HashSet::new(),
             drain_until: None,
             shutdown_reply: None,
             forced: false,
@@ -112,8 +125,9 @@ impl Driver {
         let now = Instant::now();
         match ev {
             Event::Submit(jobs) => jobs.into_iter().for_each(|j| self.sched.submit(j)),
-            Event::CancelBatch(batch) => {
-                self.sched.cancel_batch(batch);
+            Event::CancelBatch(batch, reply) => {
+                self.cancelled.insert(batch);
+                let _ = reply.send(self.sched.cancel_batch(batch));
             }
             Event::Opened { session, result: Ok(remote) } => {
                 let remote: Arc<dyn RemoteSession> = Arc::from(remote);
@@ -128,8 +142,23 @@ impl Driver {
             }
             Event::CommandDone { session, report } => {
                 if let Some(job) = report.requeue {
-                    let not_before = job.not_before;
-                    self.sched.requeue(job, not_before);
+                    if job.batch.is_some_and(|b| self.cancelled.contains(&b)) {
+                        // Its batch was cancelled while this attempt ran: it does not go back.
+                        let shared = self.shared.clone();
+                        tokio::spawn(async move {
+                            let outcome = Outcome {
+                                status: Status::Cancelled,
+                                ..Outcome::failed(
+                                    "cancelled",
+                                    "the batch was cancelled before this invocation could be retried",
+                                )
+                            };
+                            shared.finish(&job, outcome).await;
+                        });
+                    } else {
+                        let not_before = job.not_before;
+                        self.sched.requeue(job, not_before);
+                    }
                 }
                 if report.after == super::scheduler::AfterCommand::Gone {
                     self.live.remove(&session);

@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc, oneshot, Mutex};
+use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 pub use driver::Event;
@@ -33,6 +34,8 @@ pub struct Shared {
     pub directory: Arc<Directory>,
     pub tuning: SchedulerConfig,
     finished: broadcast::Sender<Uuid>,
+    /// Result writes that run after their session moved on; shutdown waits for them.
+    pub writes: TaskTracker,
 }
 
 impl Shared {
@@ -126,7 +129,7 @@ impl Broker {
         tuning: SchedulerConfig,
     ) -> Result<Broker, StoreError> {
         let (finished, _) = broadcast::channel(4096);
-        let shared = Arc::new(Shared { store, metrics, directory, tuning, finished });
+        let shared = Arc::new(Shared { store, metrics, directory, tuning, finished, writes: TaskTracker::new() });
         let (tx, rx) = mpsc::unbounded_channel();
         let driver = driver::Driver::new(shared.clone(), tx.clone(), rx);
         let handle = tokio::spawn(driver.run());
@@ -219,9 +222,14 @@ impl Broker {
         if self.shared.store.batch_counts(batch).await?.is_none() {
             return Ok(None);
         }
-        // Store first: from here on none of them can be claimed to run.
-        let n = self.shared.store.cancel_batch(batch).await?;
-        let _ = self.tx.send(Event::CancelBatch(batch));
+        // The scheduler decides what has not started: it hands back exactly the jobs it removed,
+        // so a cancelled invocation has never run and one that started finishes truthfully.
+        let (reply, removed) = oneshot::channel();
+        let ids = match self.tx.send(Event::CancelBatch(batch, reply)) {
+            Ok(()) => removed.await.unwrap_or_default(),
+            Err(_) => vec![],
+        };
+        let n = self.shared.store.cancel_batch(batch, &ids).await?;
         self.shared.metrics.invocations.with_label_values(&["cancelled", "cancelled"]).inc_by(n);
         Ok(Some(n))
     }
@@ -299,6 +307,8 @@ impl Broker {
         if let Some(handle) = self.driver.lock().await.take() {
             let _ = handle.await;
         }
+        self.shared.writes.close();
+        self.shared.writes.wait().await;
     }
 
     fn check_accepting(&self) -> Result<(), SubmitError> {

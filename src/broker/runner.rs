@@ -25,39 +25,64 @@ pub async fn run(
     command_timeout: Duration,
 ) -> RunReport {
     let attempt = job.attempts + 1;
-    match shared.store.mark_running(job.id, attempt, &session_label, &admin).await {
-        Ok(true) => {}
-        // Cancelled meanwhile: the session did nothing and stays healthy.
-        Ok(false) => return RunReport { after: AfterCommand::Keep, ran_for: None, requeue: None },
-        Err(e) => {
-            tracing::error!(invocation = %job.id, error = %e, "cannot mark invocation running; leaving it queued");
-            let mut job = job;
-            job.not_before = Some(Instant::now() + Duration::from_secs(1));
-            return RunReport { after: AfterCommand::Keep, ran_for: None, requeue: Some(job) };
+    let claim = shared.store.mark_running(job.id, attempt, &session_label, &admin);
+    let command =
+        Command { invocation_id: job.id, cmdlet: job.spec.cmdlet.clone(), parameters: job.spec.parameters.clone() };
+    let invoke = async {
+        let started = Instant::now();
+        let result = match tokio::time::timeout(command_timeout, session.invoke(&command)).await {
+            Ok(r) => r,
+            Err(_) => Err(RemoteError::new(FaultClass::Timeout, format!("no answer within {command_timeout:?}"))),
+        };
+        (started, result)
+    };
+    // A write must be recorded as running before it runs, so that after a crash it is known to
+    // have possibly run. A read need not wait: if the daemon dies, running it again is harmless.
+    let (claimed, (started, result)) = if job.idempotent {
+        tokio::join!(claim, invoke)
+    } else {
+        let claimed = claim.await;
+        if !matches!(claimed, Ok(true)) {
+            return unclaimed(job, claimed);
         }
+        (claimed, invoke.await)
+    };
+    if !matches!(claimed, Ok(true)) {
+        let mut report = unclaimed(job, claimed);
+        report.after = result.as_ref().err().map_or(AfterCommand::Keep, |e| session_after(e.class));
+        return report;
     }
     shared
         .metrics
         .queue_wait_seconds
         .with_label_values(&[job.priority.as_str()])
         .observe(job.enqueued_at.elapsed().as_secs_f64());
-    let command =
-        Command { invocation_id: job.id, cmdlet: job.spec.cmdlet.clone(), parameters: job.spec.parameters.clone() };
-    let started = Instant::now();
-    let result = match tokio::time::timeout(command_timeout, session.invoke(&command)).await {
-        Ok(r) => r,
-        Err(_) => Err(RemoteError::new(FaultClass::Timeout, format!("no answer within {command_timeout:?}"))),
-    };
     let ran_for = started.elapsed();
     match result {
         Ok(output) => {
-            shared.finish(&job, succeeded_or_cmdlet_error(output)).await;
+            // The session is free now: the result is written while it takes its next command.
+            let outcome = succeeded_or_cmdlet_error(output);
+            let writer = shared.clone();
+            shared.writes.spawn(async move { writer.finish(&job, outcome).await });
             RunReport { after: AfterCommand::Keep, ran_for: Some(ran_for), requeue: None }
         }
         Err(e) => {
             shared.metrics.remote_faults.with_label_values(&[e.class.code()]).inc();
             on_failure(&shared, job, attempt, e, ran_for).await
         }
+    }
+}
+
+/// The invocation could not be claimed: cancelled meanwhile (the session did nothing it must
+/// answer for), or the store failed (the invocation stays queued and is tried again shortly).
+fn unclaimed(mut job: Job, claimed: Result<bool, crate::store::StoreError>) -> RunReport {
+    match claimed {
+        Err(e) => {
+            tracing::error!(invocation = %job.id, error = %e, "cannot mark invocation running; leaving it queued");
+            job.not_before = Some(Instant::now() + Duration::from_secs(1));
+            RunReport { after: AfterCommand::Keep, ran_for: None, requeue: Some(job) }
+        }
+        _ => RunReport { after: AfterCommand::Keep, ran_for: None, requeue: None },
     }
 }
 
@@ -88,16 +113,14 @@ fn succeeded_or_cmdlet_error(output: CommandOutput) -> Outcome {
 
 async fn on_failure(shared: &Shared, mut job: Job, attempt: u32, e: RemoteError, ran_for: Duration) -> RunReport {
     let max_attempts = shared.tuning.max_attempts;
-    let (after, retry) = match e.class.policy() {
-        // The command ran (or PowerShell refused it): the answer is final, the session fine.
-        RetryPolicy::Fail if e.class != FaultClass::Protocol => (AfterCommand::Keep, false),
-        RetryPolicy::Fail => (AfterCommand::Close, false),
+    let after = session_after(e.class);
+    let retry = match e.class.policy() {
+        RetryPolicy::Fail => false,
         // The server lost the shell before the command started: always safe to run elsewhere.
-        RetryPolicy::ReopenAndRetry if e.class == FaultClass::SessionExpired => (AfterCommand::Gone, true),
-        // Mid-command transport failure: the outcome is unknown, so only reads are repeated.
-        _ if e.class.outcome_unknown() => (AfterCommand::Close, job.idempotent),
-        // Quota or logon trouble on a live shell is unexpected: treat the shell as broken.
-        _ => (AfterCommand::Close, job.idempotent),
+        RetryPolicy::ReopenAndRetry if e.class == FaultClass::SessionExpired => true,
+        // Mid-command transport failure (or unexpected quota/logon trouble on a live shell): the
+        // outcome is unknown, so only idempotent commands are repeated.
+        _ => job.idempotent,
     };
     if retry && attempt < max_attempts {
         job.attempts = attempt;
@@ -113,6 +136,18 @@ async fn on_failure(shared: &Shared, mut job: Job, attempt: u32, e: RemoteError,
     }
     shared.finish(&job, outcome).await;
     RunReport { after, ran_for: Some(ran_for), requeue: None }
+}
+
+/// What a failure says about the session that ran the command.
+fn session_after(class: FaultClass) -> AfterCommand {
+    match class {
+        // The command ran (or PowerShell refused it): the session is fine.
+        FaultClass::UnknownCmdlet | FaultClass::InvalidParameter | FaultClass::CmdletError => AfterCommand::Keep,
+        // The server no longer has the shell: nothing to close.
+        FaultClass::SessionExpired => AfterCommand::Gone,
+        // Anything else leaves the session in an unknown state.
+        _ => AfterCommand::Close,
+    }
 }
 
 fn failure_message(e: &RemoteError, retryable: bool, attempt: u32) -> String {

@@ -807,7 +807,7 @@ fn get_recipients(cmd: Cmd, b: &Bound, data: &TenantData, out: &mut CommandOutpu
         Some(Val::Filter(f)) => Some(f),
         _ => None,
     };
-    let keep = |o: &PsObject| filter.map_or(true, |f| f.matches(o));
+    let keep = |o: &PsObject| filter.is_none_or(|f| f.matches(o));
     if let Some(identity) = b.str("Identity") {
         match resolve_one(cmd, data, identity) {
             Ok(i) => {
@@ -960,7 +960,7 @@ fn create_mail_user(cmd: Cmd, b: &Bound, data: &mut TenantData, out: &mut Comman
 
 fn get_accepted_domains(cmd: Cmd, b: &Bound, data: &TenantData, out: &mut CommandOutput) {
     let identity = b.str("Identity");
-    let found: Vec<_> = data.accepted_domains.iter().filter(|d| identity.map_or(true, |id| d.matches(id))).collect();
+    let found: Vec<_> = data.accepted_domains.iter().filter(|d| identity.is_none_or(|id| d.matches(id))).collect();
     if let (Some(id), true) = (identity, found.is_empty()) {
         return out.errors.push(not_found(cmd, id));
     }

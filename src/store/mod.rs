@@ -159,9 +159,13 @@ pub fn now_ms() -> i64 {
 
 const COLUMNS: &str = "id, batch_id, seq, idempotency_key, tenant, admin, cmdlet, parameters, priority, idempotent, status, attempts, created_at, deadline_at, started_at, finished_at, session_id, admin_used, output, errors, warnings, error_code, error_message";
 
+/// SQLite allows one writer at a time. Writes go through a single connection, so concurrent
+/// writers queue in-process instead of sleeping in SQLite's busy handler (which costs whole
+/// milliseconds per collision); reads use a pool of their own and never block the writer (WAL).
 #[derive(Clone)]
 pub struct Store {
-    pool: SqlitePool,
+    writer: SqlitePool,
+    reads: SqlitePool,
 }
 
 impl Store {
@@ -180,19 +184,24 @@ impl Store {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
-        // An in-memory database exists per connection: keep exactly one.
-        let pool = SqlitePoolOptions::new().max_connections(if memory { 1 } else { 4 }).connect_with(options).await?;
-        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-        Ok(Store { pool })
+        let writer = SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await?;
+        sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
+        // An in-memory database exists per connection: there, reads share the one connection.
+        let reads = if memory {
+            writer.clone()
+        } else {
+            SqlitePoolOptions::new().max_connections(4).connect_with(options.read_only(true)).await?
+        };
+        Ok(Store { writer, reads })
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        sqlx::query("SELECT 1").execute(&self.reads).await?;
         Ok(())
     }
 
     pub async fn insert_invocation(&self, new: &NewInvocation) -> Result<Inserted, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let inserted = insert_rows(&mut tx, std::slice::from_ref(new)).await?;
         tx.commit().await?;
         if inserted.contains(&new.id) {
@@ -204,7 +213,7 @@ impl Store {
     /// Stores a batch and its items in one transaction. Returns the ids that were new (items
     /// whose idempotency key was seen before are not stored again and must not run again).
     pub async fn insert_batch(&self, batch_id: Uuid, items: &[NewInvocation]) -> Result<Vec<Uuid>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         sqlx::query("INSERT INTO batches (id, created_at, total) VALUES (?, ?, ?)")
             .bind(batch_id.to_string())
             .bind(now_ms())
@@ -226,7 +235,7 @@ impl Store {
     }
 
     async fn replay(&self, new: &NewInvocation) -> Result<InvocationRecord, StoreError> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.writer.acquire().await?;
         self.replay_in(&mut conn, new).await
     }
 
@@ -250,7 +259,7 @@ impl Store {
     pub async fn get(&self, id: Uuid) -> Result<Option<InvocationRecord>, StoreError> {
         let row = sqlx::query(&format!("SELECT {COLUMNS} FROM invocations WHERE id = ?"))
             .bind(id.to_string())
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.reads)
             .await?;
         row.as_ref().map(record).transpose()
     }
@@ -266,7 +275,7 @@ impl Store {
         .bind(session)
         .bind(admin)
         .bind(id.to_string())
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -275,7 +284,7 @@ impl Store {
     pub async fn mark_queued(&self, id: Uuid) -> Result<(), StoreError> {
         sqlx::query("UPDATE invocations SET status = 'queued', session_id = NULL WHERE id = ? AND status = 'running'")
             .bind(id.to_string())
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -294,7 +303,7 @@ impl Store {
         .bind(&outcome.error_code)
         .bind(&outcome.error_message)
         .bind(id.to_string())
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -302,7 +311,7 @@ impl Store {
     pub async fn batch_counts(&self, batch: Uuid) -> Result<Option<BatchCounts>, StoreError> {
         let Some(head) = sqlx::query("SELECT total, cancelled_at FROM batches WHERE id = ?")
             .bind(batch.to_string())
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.reads)
             .await?
         else {
             return Ok(None);
@@ -315,7 +324,7 @@ impl Store {
         };
         let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM invocations WHERE batch_id = ? GROUP BY status")
             .bind(batch.to_string())
-            .fetch_all(&self.pool)
+            .fetch_all(&self.reads)
             .await?;
         for row in rows {
             let n: i64 = row.try_get("n")?;
@@ -343,29 +352,36 @@ impl Store {
         .bind(batch.to_string())
         .bind(after_seq)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reads)
         .await?;
         rows.iter().map(record).collect()
     }
 
-    /// Cancels what has not started; returns how many invocations were cancelled.
-    pub async fn cancel_batch(&self, batch: Uuid) -> Result<u64, StoreError> {
-        let mut tx = self.pool.begin().await?;
+    /// Marks a batch cancelled and, of `ids` (what the scheduler had not started), those still
+    /// queued. Returns how many invocations were cancelled.
+    pub async fn cancel_batch(&self, batch: Uuid, ids: &[Uuid]) -> Result<u64, StoreError> {
+        let mut tx = self.writer.begin().await?;
         sqlx::query("UPDATE batches SET cancelled_at = ? WHERE id = ? AND cancelled_at IS NULL")
             .bind(now_ms())
             .bind(batch.to_string())
             .execute(&mut *tx)
             .await?;
-        let done = sqlx::query(
-            "UPDATE invocations SET status = 'cancelled', finished_at = ?, error_code = 'cancelled', \
-             error_message = 'the batch was cancelled before this invocation started' WHERE batch_id = ? AND status = 'queued'",
-        )
-        .bind(now_ms())
-        .bind(batch.to_string())
-        .execute(&mut *tx)
-        .await?;
+        let mut cancelled = 0;
+        for chunk in ids.chunks(500) {
+            let mut qb = QueryBuilder::new(
+                "UPDATE invocations SET status = 'cancelled', error_code = 'cancelled', \
+                 error_message = 'the batch was cancelled before this invocation started', finished_at = ",
+            );
+            qb.push_bind(now_ms()).push(" WHERE status = 'queued' AND id IN (");
+            let mut list = qb.separated(", ");
+            for id in chunk {
+                list.push_bind(id.to_string());
+            }
+            list.push_unseparated(")");
+            cancelled += qb.build().execute(&mut *tx).await?.rows_affected();
+        }
         tx.commit().await?;
-        Ok(done.rows_affected())
+        Ok(cancelled)
     }
 
     /// Invocations that were queued or running when the daemon last stopped.
@@ -373,7 +389,7 @@ impl Store {
         let rows = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM invocations WHERE status IN ('queued', 'running') ORDER BY created_at, seq"
         ))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.writer)
         .await?;
         rows.iter().map(record).collect()
     }
@@ -511,7 +527,8 @@ mod tests {
             (0..1200).map(|i| NewInvocation { batch_id: Some(batch), seq: i, ..item(None, "Get-User") }).collect();
         assert_eq!(store.insert_batch(batch, &items).await.unwrap().len(), 1200);
         assert!(store.mark_running(items[0].id, 1, "s", "a").await.unwrap());
-        assert_eq!(store.cancel_batch(batch).await.unwrap(), 1199);
+        let ids: Vec<Uuid> = items.iter().map(|i| i.id).collect();
+        assert_eq!(store.cancel_batch(batch, &ids).await.unwrap(), 1199, "the running one is not cancelled");
         assert!(!store.mark_running(items[1].id, 1, "s", "a").await.unwrap(), "cancelled cannot start");
         let c = store.batch_counts(batch).await.unwrap().unwrap();
         assert_eq!((c.total, c.running, c.cancelled), (1200, 1, 1199));

@@ -40,7 +40,7 @@ impl Element {
     /// True when the element has this local name and either this namespace or none at all
     /// (an undeclared prefix).
     pub fn is(&self, ns: &str, local: &str) -> bool {
-        self.local == local && self.ns.as_deref().map_or(true, |n| n == ns)
+        self.local == local && self.ns.as_deref().is_none_or(|n| n == ns)
     }
 
     pub fn elements(&self) -> impl Iterator<Item = &Element> {
