@@ -3,6 +3,7 @@
 //! Nothing here knows about pools, queues or HTTP callers. A connector opens one session for an
 //! (admin, tenant, endpoint) triple, runs single commands on it, and closes it.
 
+pub mod clixml;
 pub mod fault;
 pub mod value;
 
