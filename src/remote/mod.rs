@@ -5,6 +5,7 @@
 
 pub mod clixml;
 pub mod fault;
+pub mod psrp;
 pub mod value;
 
 use async_trait::async_trait;
