@@ -3,9 +3,12 @@
 //! Nothing here knows about pools, queues or HTTP callers. A connector opens one session for an
 //! (admin, tenant, endpoint) triple, runs single commands on it, and closes it.
 
+pub mod clixml;
 pub mod fault;
+pub mod psrp;
 pub mod value;
 pub mod wsman;
+mod xml_ref;
 
 use async_trait::async_trait;
 use secrecy::SecretString;

@@ -24,6 +24,38 @@ pub enum PsValue {
     /// A hashtable; PowerShell keys are usually strings but need not be.
     Dict(Vec<(PsValue, PsValue)>),
     Object(PsObject),
+    /// A UTF-16 code unit (`System.Char`); not necessarily a valid scalar on its own.
+    Char(u16),
+    Byte(u8),
+    SByte(i8),
+    Int16(i16),
+    UInt16(u16),
+    UInt32(u32),
+    UInt64(u64),
+    Single(f32),
+    /// A `System.Decimal`, kept as its invariant-culture text (e.g. `"1.10"`) to keep precision.
+    Decimal(String),
+    /// A `System.TimeSpan` as xs:duration text (e.g. `"PT9.0269026S"`).
+    TimeSpan(String),
+    /// A byte array (`System.Byte[]`).
+    Bytes(Vec<u8>),
+    Uri(String),
+    /// A `System.Version` as text (e.g. `"2.3"`, `"1.1.0.1"`).
+    Version(String),
+    /// An XML document as text.
+    Xml(String),
+    /// A script block's text. Only ever received; never built from caller input.
+    ScriptBlock(String),
+    /// A SecureString exactly as it travels: base64 of the session-key-encrypted bytes.
+    SecureString(String),
+    /// An enum value: its type names (most derived first, including `System.Enum`), its
+    /// name as PowerShell prints it (`ToString`, e.g. `"None"` or `"Read, Write"`) and its
+    /// numeric value.
+    Enum {
+        type_names: Vec<String>,
+        name: String,
+        value: i64,
+    },
 }
 
 /// A complex object: type names (most derived first), its ToString, and properties in order.
@@ -94,6 +126,13 @@ impl PsValue {
         match self {
             PsValue::Int32(i) => Some(*i as i64),
             PsValue::Int64(i) => Some(*i),
+            PsValue::Byte(i) => Some(*i as i64),
+            PsValue::SByte(i) => Some(*i as i64),
+            PsValue::Int16(i) => Some(*i as i64),
+            PsValue::UInt16(i) => Some(*i as i64),
+            PsValue::UInt32(i) => Some(*i as i64),
+            PsValue::UInt64(i) => i64::try_from(*i).ok(),
+            PsValue::Enum { value, .. } => Some(*value),
             PsValue::String(s) => s.trim().parse().ok(),
             _ => None,
         }
@@ -124,6 +163,23 @@ impl PsValue {
             PsValue::Object(o) => {
                 o.to_string.clone().unwrap_or_else(|| o.type_names.first().cloned().unwrap_or_default())
             }
+            PsValue::Char(c) => char_text(*c),
+            PsValue::Byte(i) => i.to_string(),
+            PsValue::SByte(i) => i.to_string(),
+            PsValue::Int16(i) => i.to_string(),
+            PsValue::UInt16(i) => i.to_string(),
+            PsValue::UInt32(i) => i.to_string(),
+            PsValue::UInt64(i) => i.to_string(),
+            PsValue::Single(f) => f.to_string(),
+            PsValue::Decimal(s)
+            | PsValue::TimeSpan(s)
+            | PsValue::Uri(s)
+            | PsValue::Version(s)
+            | PsValue::Xml(s)
+            | PsValue::ScriptBlock(s) => s.clone(),
+            PsValue::Bytes(b) => b.iter().map(u8::to_string).collect::<Vec<_>>().join(" "),
+            PsValue::SecureString(_) => "System.Security.SecureString".to_string(),
+            PsValue::Enum { name, .. } => name.clone(),
         }
     }
 
@@ -176,8 +232,44 @@ impl PsValue {
                 }
                 Json::Object(map)
             }
+            PsValue::Char(c) => Json::String(char_text(*c)),
+            PsValue::Byte(i) => Json::from(*i),
+            PsValue::SByte(i) => Json::from(*i),
+            PsValue::Int16(i) => Json::from(*i),
+            PsValue::UInt16(i) => Json::from(*i),
+            PsValue::UInt32(i) => Json::from(*i),
+            PsValue::UInt64(i) => Json::from(*i),
+            // Through the shortest decimal text, so 0.1f32 becomes 0.1 rather than 0.10000000149.
+            PsValue::Single(f) => {
+                f.to_string().parse::<f64>().ok().and_then(Number::from_f64).map(Json::Number).unwrap_or(Json::Null)
+            }
+            // A number when it is one (precision beyond f64 is lost), else the text.
+            PsValue::Decimal(s) => s
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .and_then(Number::from_f64)
+                .map(Json::Number)
+                .unwrap_or_else(|| Json::String(s.clone())),
+            PsValue::TimeSpan(s)
+            | PsValue::Uri(s)
+            | PsValue::Version(s)
+            | PsValue::Xml(s)
+            | PsValue::ScriptBlock(s) => Json::String(s.clone()),
+            PsValue::Bytes(b) => {
+                use base64::Engine as _;
+                Json::String(base64::engine::general_purpose::STANDARD.encode(b))
+            }
+            // Encrypted with the session key: meaningless to callers, and not to be echoed.
+            PsValue::SecureString(_) => Json::Null,
+            PsValue::Enum { name, .. } => Json::String(name.clone()),
         }
     }
+}
+
+/// A UTF-16 code unit as text; a lone surrogate becomes U+FFFD.
+fn char_text(c: u16) -> String {
+    char::from_u32(c as u32).unwrap_or(char::REPLACEMENT_CHARACTER).to_string()
 }
 
 #[cfg(test)]

@@ -180,8 +180,15 @@ pub(crate) fn parse(input: &str) -> Result<Element, WsmanError> {
                     None => root = Some(el),
                 }
             }
+            Event::GeneralRef(r) => {
+                let text = crate::remote::xml_ref::resolve(&r).map_err(WsmanError::Xml)?;
+                match stack.last_mut() {
+                    Some(parent) => parent.children.push(Node::Text(text)),
+                    None => return Err(WsmanError::Xml("reference outside the root element".into())),
+                }
+            }
             Event::Text(text) => {
-                let text = text.unescape().map_err(xml_err)?;
+                let text = text.xml10_content().map_err(xml_err)?;
                 match stack.last_mut() {
                     Some(parent) => parent.children.push(Node::Text(text.into_owned())),
                     None if text.trim().is_empty() => {}
