@@ -136,6 +136,16 @@ pub struct ProfileConfig {
     pub idle_timeout_seconds: u64,
     pub open_timeout_seconds: u64,
     pub command_timeout_seconds: u64,
+    /// wsman: follow an HTTP 302 from the service (PowerShell's -AllowRedirection).
+    pub allow_redirection: bool,
+    /// wsman: allow `http://` URIs (loopback tests and the embedded simulator); TLS otherwise.
+    pub allow_plain_http: bool,
+    /// wsman: accept any TLS certificate (lab endpoints only).
+    pub accept_invalid_certs: bool,
+    /// wsman: the largest SOAP envelope the service accepts (153600 classic, 512000 newer).
+    pub max_envelope_size: u32,
+    /// wsman: how long the service may hold a Receive before answering "nothing yet".
+    pub operation_timeout_seconds: u64,
 }
 
 impl Default for ProfileConfig {
@@ -150,6 +160,11 @@ impl Default for ProfileConfig {
             idle_timeout_seconds: 300,
             open_timeout_seconds: 60,
             command_timeout_seconds: 600,
+            allow_redirection: false,
+            allow_plain_http: false,
+            accept_invalid_certs: false,
+            max_envelope_size: 153_600,
+            operation_timeout_seconds: 20,
         }
     }
 }
@@ -222,6 +237,12 @@ pub struct SimulatorConfig {
     pub identity_service_down: bool,
     pub accounts: Vec<SimAccountConfig>,
     pub tenants: Vec<String>,
+    /// Serve the simulated service over WS-Management/PSRP on this address (e.g.
+    /// "127.0.0.1:0" for any free port). `{simulator}` in a profile's connection URI is replaced
+    /// by the bound address, so the broker reaches it through the real wire protocol.
+    pub listen: Option<String>,
+    /// Answer a client's first request with HTTP 302 (tests -AllowRedirection handling).
+    pub redirect_first: bool,
 }
 
 impl Default for SimulatorConfig {
@@ -242,6 +263,8 @@ impl Default for SimulatorConfig {
             identity_service_down: false,
             accounts: vec![],
             tenants: vec![],
+            listen: None,
+            redirect_first: false,
         }
     }
 }
