@@ -104,6 +104,10 @@ pub enum BatchCommand {
 pub enum BenchCommand {
     /// Bulk makespan against the lower bound, the naive baseline, and an interactive call mid-batch.
     Bulk(crate::bench::BulkArgs),
+    /// Invocations/s and latency through the HTTP API, next to an axum hello-world.
+    Api(crate::bench::api::ApiArgs),
+    /// CLIXML decode throughput for a 10,000-mailbox Get-Mailbox answer.
+    Codec(crate::bench::codec::CodecArgs),
 }
 
 pub fn parse_params(params: &[String], strings: &[String]) -> anyhow::Result<Map<String, Json>> {

@@ -31,5 +31,7 @@ async fn run() -> anyhow::Result<()> {
         Command::Batch(cmd) => cli::batch(cmd).await,
         Command::Status { url } => cli::status(&url).await,
         Command::Bench(BenchCommand::Bulk(args)) => psbroker::bench::bulk(args).await,
+        Command::Bench(BenchCommand::Api(args)) => psbroker::bench::api::run(args).await,
+        Command::Bench(BenchCommand::Codec(args)) => psbroker::bench::codec::run(args),
     }
 }

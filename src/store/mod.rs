@@ -201,13 +201,13 @@ impl Store {
     }
 
     pub async fn insert_invocation(&self, new: &NewInvocation) -> Result<Inserted, StoreError> {
-        let mut tx = self.writer.begin().await?;
-        let inserted = insert_rows(&mut tx, std::slice::from_ref(new)).await?;
-        tx.commit().await?;
+        // One statement in autocommit: the writer is the scarce resource, so no BEGIN/COMMIT.
+        let mut conn = self.writer.acquire().await?;
+        let inserted = insert_rows(&mut conn, std::slice::from_ref(new)).await?;
         if inserted.contains(&new.id) {
             return Ok(Inserted::New);
         }
-        self.replay(new).await.map(|r| Inserted::Existing(Box::new(r)))
+        self.replay_in(&mut conn, new).await.map(|r| Inserted::Existing(Box::new(r)))
     }
 
     /// Stores a batch and its items in one transaction. Returns the ids that were new (items
@@ -232,11 +232,6 @@ impl Store {
         }
         tx.commit().await?;
         Ok(inserted)
-    }
-
-    async fn replay(&self, new: &NewInvocation) -> Result<InvocationRecord, StoreError> {
-        let mut conn = self.writer.acquire().await?;
-        self.replay_in(&mut conn, new).await
     }
 
     async fn replay_in(

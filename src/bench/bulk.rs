@@ -6,6 +6,7 @@
 //! and with a naive client that opens, runs and closes a session per invocation under the same
 //! caps. Mid-batch, interactive calls measure how long urgent work waits.
 
+use super::ms;
 use crate::app::{Application, Running};
 use crate::config::Config;
 use crate::remote::{Command, Connector};
@@ -230,10 +231,6 @@ fn waits(calls: &[Interactive]) -> String {
         w[w.len() - 1],
         each.join(", ")
     )
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }
 
 /// Measures what the simulator's latencies really take on this machine, with no broker in the

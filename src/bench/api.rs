@@ -1,0 +1,136 @@
+//! `psbroker bench api`: invocations per second and latency through the HTTP API, on the
+//! simulator with zero latency, next to an axum hello-world served and loaded the same way in
+//! the same run (so the figures say what the broker adds, on this machine, today).
+
+use super::{ms, quantile};
+use crate::app::Application;
+use crate::config::Config;
+use serde_json::{json, Value as Json};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ApiArgs {
+    #[arg(long, default_value_t = 4000)]
+    pub requests: u32,
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: u32,
+}
+
+const TENANTS: u32 = 12;
+
+/// Four admins of cap 3 over twelve tenants: twelve sessions, so the sessions are not what limits.
+fn config(store_url: &str, extra_profile: &str, extra_sim: &str) -> Config {
+    let mut text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[store]\nurl = \"{store_url}\"\n\
+         [profiles.default]\n{extra_profile}\n\
+         [simulator]\nopen_latency_ms = 0\ncommand_latency_ms = 0\nclose_latency_ms = 0\nmailboxes_per_tenant = 5\n{extra_sim}\n"
+    );
+    for a in 0..4 {
+        text += &format!("[[admins]]\nname = \"a{a}\"\nupn = \"a{a}@bench\"\ncredential = \"literal:pw{a}\"\n");
+    }
+    for t in 0..TENANTS {
+        text += &format!("[[tenants]]\ndomain = \"t{t}.bench\"\n");
+    }
+    Config::from_toml(&text).expect("bench config is valid")
+}
+
+struct Load {
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+    failures: u32,
+}
+
+/// `concurrency` clients POST to `url` until `requests` have been sent.
+async fn load(url: String, args: &ApiArgs) -> Load {
+    let client = reqwest::Client::new();
+    let next = Arc::new(AtomicU32::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..args.concurrency {
+        let (client, next, url, requests) = (client.clone(), next.clone(), url.clone(), args.requests);
+        tasks.push(tokio::spawn(async move {
+            let (mut lat, mut failures) = (Vec::new(), 0u32);
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= requests {
+                    return (lat, failures);
+                }
+                let body = json!({"tenant": format!("t{}.bench", i % TENANTS), "cmdlet": "Get-AcceptedDomain"});
+                let t = Instant::now();
+                let ok = match client.post(&url).json(&body).send().await {
+                    Ok(r) => r.json::<Json>().await.map(|j| j["status"] == "succeeded").unwrap_or(false),
+                    Err(_) => false,
+                };
+                lat.push(t.elapsed());
+                failures += u32::from(!ok);
+            }
+        }));
+    }
+    let mut latencies = Vec::new();
+    let mut failures = 0;
+    for t in tasks {
+        let (l, f) = t.await.expect("load task");
+        latencies.extend(l);
+        failures += f;
+    }
+    latencies.sort();
+    Load { elapsed: started.elapsed(), latencies, failures }
+}
+
+fn report(name: &str, l: &Load) {
+    println!(
+        "  {name:<34} {:>7.0} req/s   p50 {:>6.2} ms   p99 {:>6.2} ms   failures {}",
+        l.latencies.len() as f64 / l.elapsed.as_secs_f64(),
+        ms(quantile(&l.latencies, 0.5)),
+        ms(quantile(&l.latencies, 0.99)),
+        l.failures
+    );
+}
+
+async fn broker_path(args: &ApiArgs, name: &str, profile: &str, sim: &str) -> anyhow::Result<Load> {
+    let dir = tempfile_dir(name)?;
+    let store_url = format!("sqlite://{}", dir.join("bench.db").display());
+    let app = Application::build(config(&store_url, profile, sim)).await?.spawn();
+    // Warm up: one call per tenant opens the sessions, so the run measures steady state.
+    for t in 0..TENANTS {
+        let body = json!({"tenant": format!("t{t}.bench"), "cmdlet": "Get-AcceptedDomain"});
+        reqwest::Client::new().post(app.url("/v1/invocations")).json(&body).send().await?;
+    }
+    let result = load(app.url("/v1/invocations"), args).await;
+    app.stop().await?;
+    std::fs::remove_dir_all(&dir).ok();
+    Ok(result)
+}
+
+fn tempfile_dir(name: &str) -> std::io::Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("psbroker-bench-api-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+async fn hello_world(args: &ApiArgs) -> anyhow::Result<Load> {
+    let router = axum::Router::new().route(
+        "/v1/invocations",
+        axum::routing::post(|axum::Json(_): axum::Json<Json>| async { axum::Json(json!({"status": "succeeded"})) }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/v1/invocations", listener.local_addr()?);
+    let server = tokio::spawn(async move { axum::serve(listener, router).await });
+    let result = load(url, args).await;
+    server.abort();
+    Ok(result)
+}
+
+pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
+    println!(
+        "psbroker bench api: {} POST /v1/invocations (Get-AcceptedDomain, wait for the result), {} concurrent clients, simulator latency 0",
+        args.requests, args.concurrency
+    );
+    let hello = hello_world(&args).await?;
+    report("axum hello-world (same client)", &hello);
+    let in_process = broker_path(&args, "inproc", "kind = \"simulator\"", "").await?;
+    report("psbroker, in-process simulator", &in_process);
+    Ok(())
+}
