@@ -183,6 +183,16 @@ impl WinrmConnector {
         shell_id: &str,
         resource_uri: &str,
     ) -> Result<(), RemoteError> {
+        self.try_delete_shell(target, shell_id, resource_uri).await.map(drop)
+    }
+
+    /// Deletes a shell; `Ok(false)` when the server did not know it.
+    async fn try_delete_shell(
+        &self,
+        target: &SessionTarget,
+        shell_id: &str,
+        resource_uri: &str,
+    ) -> Result<bool, RemoteError> {
         let channel = self.channel(target)?;
         let result = channel
             .call(
@@ -193,8 +203,8 @@ impl WinrmConnector {
             )
             .await;
         match result {
-            Ok(_) => Ok(()),
-            Err(e) if e.is_shell_not_found() => Ok(()),
+            Ok(_) => Ok(true),
+            Err(e) if e.is_shell_not_found() => Ok(false),
             Err(e) => Err(e.into_remote()),
         }
     }
@@ -207,15 +217,18 @@ impl Connector for WinrmConnector {
     }
 
     /// Deletes the admin's shells at the target's endpoint named `name`; others are left alone.
-    /// A shell that fails to delete is logged and skipped.
+    /// Counts the shells actually deleted: one the server no longer knows (it expired meanwhile,
+    /// or lives behind another load-balanced server) is not counted; one that fails to delete is
+    /// logged and skipped.
     async fn reap_orphans(&self, target: &SessionTarget, name: &str) -> Result<u32, RemoteError> {
         let shells = self.enumerate_shells(target).await?;
         let default_uri = crate::remote::wsman::powershell_resource_uri(&target.configuration_name);
         let mut deleted = 0;
         for shell in shells.iter().filter(|s| s.name.as_deref() == Some(name)) {
             let uri = shell.resource_uri.as_deref().unwrap_or(&default_uri);
-            match self.delete_shell(target, &shell.shell_id, uri).await {
-                Ok(()) => deleted += 1,
+            match self.try_delete_shell(target, &shell.shell_id, uri).await {
+                Ok(true) => deleted += 1,
+                Ok(false) => tracing::debug!(shell = %shell.shell_id, "orphaned shell already gone"),
                 Err(e) => tracing::warn!(shell = %shell.shell_id, error = %e, "could not delete an orphaned shell"),
             }
         }

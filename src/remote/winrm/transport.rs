@@ -295,7 +295,8 @@ impl Channel {
     ) -> Result<T, CallError> {
         let code = status.as_u16();
         if status == StatusCode::UNAUTHORIZED {
-            let detail = quote(text);
+            // Some servers explain the refusal in a SOAP fault, others in plain text.
+            let detail = WsmanFault::parse(text).map(|f| f.to_string()).unwrap_or_else(|_| quote(text));
             let class = classify(Some(code), None, &detail);
             let message = if detail.is_empty() {
                 format!("{what}: HTTP 401: the server refused the credentials")
