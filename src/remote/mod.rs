@@ -7,6 +7,7 @@ pub mod clixml;
 pub mod fault;
 pub mod psrp;
 pub mod value;
+pub mod winrm;
 pub mod wsman;
 mod xml_ref;
 
@@ -50,6 +51,15 @@ pub struct CommandOutput {
 #[async_trait]
 pub trait Connector: Send + Sync + 'static {
     async fn open(&self, target: &SessionTarget) -> Result<Box<dyn RemoteSession>, RemoteError>;
+
+    /// Deletes the sessions named `name` (this broker's shell name) that the admin of `target`
+    /// still holds at the target's endpoint, e.g. after a crash, so they stop eating quota; the
+    /// admin's other sessions are left alone. Returns how many were deleted. Connectors whose
+    /// sessions cannot outlive the process have nothing to do.
+    async fn reap_orphans(&self, target: &SessionTarget, name: &str) -> Result<u32, RemoteError> {
+        let _ = (target, name);
+        Ok(0)
+    }
 }
 
 /// A live remote session (a WinRM shell hosting a runspace pool).

@@ -22,7 +22,8 @@ impl SimConnector {
     }
 }
 
-async fn pause(sim: &Simulator, simulated: Duration) {
+/// Sleeps the real time of a simulated latency (`latency / time_speedup`); shared with the wire server.
+pub(crate) async fn pause(sim: &Simulator, simulated: Duration) {
     let real = sim.real_delay(simulated);
     if !real.is_zero() {
         tokio::time::sleep(real).await;

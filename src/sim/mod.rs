@@ -10,6 +10,7 @@
 mod clock;
 mod cmdlets;
 mod connector;
+pub mod wire;
 mod world;
 
 #[cfg(test)]
@@ -53,6 +54,31 @@ impl fmt::Debug for SimAccount {
             .field("tenants", &self.tenants)
             .finish()
     }
+}
+
+/// How a client proves who it is when it opens a shell.
+#[derive(Clone, Copy)]
+pub enum SimCredential<'a> {
+    Password(&'a str),
+    /// An access token passed as `Bearer <token>` in the Basic password (the
+    /// `BasicAuthToOAuthConversion=true` form). The simulator's identity service issues exactly one
+    /// token per account: [`sim_token`]`(upn)`.
+    BearerToken(&'a str),
+}
+
+impl fmt::Debug for SimCredential<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SimCredential::Password(_) => f.write_str("Password([redacted])"),
+            SimCredential::BearerToken(_) => f.write_str("BearerToken([redacted])"),
+        }
+    }
+}
+
+/// The access token the simulator accepts for `upn`: `sim-token:<upn>` (the UPN compared
+/// case-insensitively).
+pub fn sim_token(upn: &str) -> String {
+    format!("sim-token:{}", upn.trim())
 }
 
 /// A failure as the service reports it. With `record` set it means "the pipeline failed with
@@ -184,6 +210,21 @@ fn text_shell_not_found(shell_id: &str) -> String {
          server. Possible causes are: the specified ShellId is incorrect or the shell no longer exists on the server. \
          Provide the correct ShellId or create a new shell and try again."
     )
+}
+
+fn text_shell_exists(shell_id: &str) -> String {
+    format!(
+        "The WS-Management service cannot create the resource because a shell with ShellId {shell_id} already exists."
+    )
+}
+
+fn credential_matches(account: &Account, credential: SimCredential<'_>) -> bool {
+    match credential {
+        SimCredential::Password(p) => account.password == p,
+        SimCredential::BearerToken(t) => {
+            t.trim().strip_prefix("sim-token:").is_some_and(|u| key(u) == key(&account.upn))
+        }
+    }
 }
 
 fn text_max_commands() -> String {
@@ -511,6 +552,33 @@ impl Simulator {
         tenant: &str,
         configuration_name: &str,
     ) -> Result<String, SimFault> {
+        self.open_shell_as(upn, SimCredential::Password(password), tenant, configuration_name, None)
+    }
+
+    /// Checks an account's credential the way every request to the service is checked: an unknown
+    /// account, a wrong password or a wrong token is the logon failure (HTTP 401). Tenant
+    /// permissions, MFA and quotas are checked when a shell is opened.
+    #[allow(clippy::result_large_err)] // SimFault is the service API's error type by design
+    pub fn authenticate(&self, upn: &str, credential: SimCredential<'_>) -> Result<(), SimFault> {
+        let st = self.lock();
+        match st.accounts.get(&key(upn)) {
+            Some(a) if credential_matches(a, credential) => Ok(()),
+            _ => Err(SimFault::service(401, None, text_logon_failed(upn))),
+        }
+    }
+
+    /// [`Simulator::open_shell`] with a password or a bearer token, and optionally the ShellId the
+    /// client proposes (WinRM keeps a PSRP client's RunspacePool id as the ShellId); a proposed id
+    /// already in use is refused.
+    #[allow(clippy::result_large_err)] // SimFault is the service API's error type by design
+    pub fn open_shell_as(
+        &self,
+        upn: &str,
+        credential: SimCredential<'_>,
+        tenant: &str,
+        configuration_name: &str,
+        shell_id: Option<Uuid>,
+    ) -> Result<String, SimFault> {
         let _ = configuration_name; // every configuration name is served (the sim has one endpoint)
         let mut st = self.lock();
         st.reap();
@@ -519,7 +587,7 @@ impl Simulator {
         }
         let upn_key = key(upn);
         let owner = match st.accounts.get(&upn_key) {
-            Some(a) if a.password == password => a,
+            Some(a) if credential_matches(a, credential) => a,
             _ => return Err(SimFault::service(401, None, text_logon_failed(upn))),
         };
         if st.mfa.contains(&upn_key) {
@@ -545,7 +613,10 @@ impl Simulator {
             return Err(SimFault::service(500, None, text_shell_quota("tenant")));
         }
         let domain = st.tenants[&tenant_key].domain.clone();
-        let shell_id = Uuid::new_v4().to_string().to_ascii_uppercase();
+        let shell_id = shell_id.unwrap_or_else(Uuid::new_v4).to_string().to_ascii_uppercase();
+        if st.shells.contains_key(&shell_id) {
+            return Err(SimFault::service(500, None, text_shell_exists(&shell_id)));
+        }
         let created = st.clock.now();
         st.shells.insert(
             shell_id.clone(),

@@ -159,7 +159,24 @@ pub fn create_shell(
     creation_xml: &[u8],
     idle_timeout: Option<Duration>,
 ) -> (Uuid, String) {
-    let mut body = format!(r#"<rsp:Shell ShellId="{}">"#, upper(shell_id));
+    create_named_shell(ctx, shell_id, None, creation_xml, idle_timeout)
+}
+
+/// [`create_shell`] with a shell `Name` (an attribute of rsp:Shell, as PowerShell sends it), which
+/// the server reports back when the user's shells are enumerated: the way a client recognises its
+/// own shells later.
+pub fn create_named_shell(
+    ctx: &RequestContext,
+    shell_id: Uuid,
+    name: Option<&str>,
+    creation_xml: &[u8],
+    idle_timeout: Option<Duration>,
+) -> (Uuid, String) {
+    let mut body = format!(r#"<rsp:Shell ShellId="{}""#, upper(shell_id));
+    if let Some(name) = name {
+        let _ = write!(body, r#" Name="{}""#, esc(name));
+    }
+    body.push('>');
     if let Some(idle) = idle_timeout {
         let _ = write!(body, "<rsp:IdleTimeOut>{}</rsp:IdleTimeOut>", format_duration(idle));
     }

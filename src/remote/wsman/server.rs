@@ -67,6 +67,8 @@ pub enum RequestBody {
     CreateShell {
         /// rsp:Shell/@ShellId: the id the client proposes (PSRP: the RunspacePool id).
         shell_id_attr: Option<String>,
+        /// The shell's name: rsp:Shell/@Name (PowerShell's form) or an rsp:Name child.
+        name: Option<String>,
         /// The decoded `creationXml` (PSRP fragments), when present.
         creation_xml: Option<Vec<u8>>,
         input_streams: Vec<String>,
@@ -212,8 +214,14 @@ fn parse_body(action: &Action, b: &Element) -> Result<RequestBody, WsmanError> {
                     parse_duration(&t).ok_or(WsmanError::Invalid { what: "rsp:IdleTimeOut", value: truncate(&t) })
                 })
                 .transpose()?;
+            let name = shell
+                .attr("Name")
+                .map(str::to_string)
+                .or_else(|| shell.child(ns::SHELL, "Name").map(|n| n.text_trimmed()))
+                .filter(|n| !n.is_empty());
             RequestBody::CreateShell {
                 shell_id_attr: shell.attr("ShellId").map(str::to_string),
+                name,
                 creation_xml,
                 input_streams: streams("InputStreams"),
                 output_streams: streams("OutputStreams"),

@@ -46,6 +46,7 @@ fn client_requests_parse_on_the_server() {
         create.body,
         RequestBody::CreateShell {
             shell_id_attr: Some(upper(rpid)),
+            name: None,
             creation_xml: Some(b"\x00\x01caps".to_vec()),
             input_streams: vec!["stdin".into(), "pr".into()],
             output_streams: vec!["stdout".into()],
@@ -330,4 +331,17 @@ fn samples_are_well_formed() {
     for s in samples() {
         assert!(xml::parse(&s).is_ok(), "{s}");
     }
+}
+
+#[test]
+fn shell_name_travels_as_an_attribute_and_parses_in_both_forms() {
+    let c = ctx();
+    let (_, req) = parsed(envelope::create_named_shell(&c, Uuid::new_v4(), Some("psbroker:<a&b>"), b"x", None));
+    let RequestBody::CreateShell { name, .. } = req.body else { panic!("not a create") };
+    assert_eq!(name.as_deref(), Some("psbroker:<a&b>"));
+    // pypsrp writes the name as an rsp:Name child element.
+    let (_, body) = envelope::create_shell(&c, Uuid::new_v4(), b"x", None);
+    let body = body.replace("<rsp:InputStreams>", "<rsp:Name> other </rsp:Name><rsp:InputStreams>");
+    let RequestBody::CreateShell { name, .. } = server::parse_request(&body).unwrap().body else { panic!() };
+    assert_eq!(name.as_deref(), Some("other"));
 }

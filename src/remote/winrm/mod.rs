@@ -1,0 +1,237 @@
+//! The WinRM connector: [`Connector`] and [`RemoteSession`] over WS-Management (MS-WSMV) and the
+//! PowerShell Remoting Protocol (MS-PSRP), on HTTPS with Basic authentication.
+//!
+//! Layering: this module does the HTTP (reqwest), the request sequence and the fault mapping; the
+//! envelopes come from [`crate::remote::wsman`], the PSRP framing and message bodies from
+//! [`crate::remote::psrp`], the values from [`crate::remote::clixml`]. It knows nothing of pools
+//! or callers: one [`WinrmSession`] is one remote shell.
+//!
+//! Every shell is created with the connector's [`WinrmOptions::shell_name`], so
+//! [`Connector::reap_orphans`] can find and delete the shells a previous run left behind without
+//! touching shells the same admin opened with other tools.
+
+mod session;
+mod transport;
+
+#[cfg(test)]
+mod tests;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+pub use session::WinrmSession;
+
+use crate::remote::wsman::{envelope, response, RequestContext};
+use crate::remote::{Connector, FaultClass, RemoteError, RemoteSession, SessionTarget};
+use transport::{basic_auth, endpoint_url, CallError, Channel};
+
+/// How the connector talks to WinRM endpoints.
+#[derive(Debug, Clone)]
+pub struct WinrmOptions {
+    /// Follow HTTP redirects (PowerShell's `-AllowRedirection`); Exchange Online redirects some
+    /// requests to another server. Without it a redirect is a protocol error.
+    pub allow_redirection: bool,
+    /// Accept `http://` endpoints (loopback tests only: credentials travel in the clear).
+    pub allow_plain_http: bool,
+    /// The time limit of one HTTP request. A Receive gets at least the operation timeout plus
+    /// ten seconds, since the server may hold it that long.
+    pub request_timeout: Duration,
+    /// wsman:OperationTimeout: how long the server may hold a Receive open.
+    pub operation_timeout: Duration,
+    /// wsman:MaxEnvelopeSize; PSRP messages are fragmented to fit.
+    pub max_envelope_size: u32,
+    /// The `Name` of every shell this connector creates (e.g. `psbroker:<instance-id>`).
+    pub shell_name: String,
+    /// Skip TLS certificate verification (lab endpoints with self-signed certificates).
+    pub accept_invalid_certs: bool,
+}
+
+impl Default for WinrmOptions {
+    fn default() -> Self {
+        Self {
+            allow_redirection: false,
+            allow_plain_http: false,
+            request_timeout: Duration::from_secs(60),
+            operation_timeout: RequestContext::DEFAULT_OPERATION_TIMEOUT,
+            max_envelope_size: RequestContext::DEFAULT_MAX_ENVELOPE_SIZE,
+            shell_name: "psbroker".into(),
+            accept_invalid_certs: false,
+        }
+    }
+}
+
+/// A shell of the user's, as the endpoint lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteShell {
+    pub shell_id: String,
+    /// The name the creating client gave it (ours are [`WinrmOptions::shell_name`]).
+    pub name: Option<String>,
+    /// The configuration hosting it (`http://schemas.microsoft.com/powershell/Microsoft.Exchange`).
+    pub resource_uri: Option<String>,
+    pub owner: Option<String>,
+}
+
+/// The page size of shell enumeration.
+const ENUMERATION_BATCH: u32 = 100;
+/// A bound on Pull round trips, against a server that never ends the sequence.
+const MAX_PULLS: usize = 1000;
+
+/// Opens [`WinrmSession`]s. One HTTP client (connection pool, TLS configuration) serves every
+/// session; each session keeps its own cookies and URL.
+#[derive(Debug, Clone)]
+pub struct WinrmConnector {
+    options: WinrmOptions,
+    http: reqwest::Client,
+}
+
+impl WinrmConnector {
+    #[allow(clippy::result_large_err)] // RemoteError is the connector seam's error type
+    pub fn new(options: WinrmOptions) -> Result<Self, RemoteError> {
+        let invalid = |m: &str| RemoteError::new(FaultClass::Protocol, format!("invalid WinRM options: {m}"));
+        if options.shell_name.trim().is_empty() {
+            return Err(invalid("shell_name is empty"));
+        }
+        if options.request_timeout.is_zero() || options.operation_timeout.is_zero() {
+            return Err(invalid("timeouts must be positive"));
+        }
+        if options.max_envelope_size < 1024 {
+            return Err(invalid("max_envelope_size below 1024 bytes"));
+        }
+        let http = reqwest::Client::builder()
+            .use_rustls_tls()
+            .redirect(reqwest::redirect::Policy::none())
+            .danger_accept_invalid_certs(options.accept_invalid_certs)
+            .connect_timeout(options.request_timeout)
+            .user_agent(concat!("psbroker/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| invalid(&format!("HTTP client: {e}")))?;
+        Ok(Self { options, http })
+    }
+
+    pub fn options(&self) -> &WinrmOptions {
+        &self.options
+    }
+
+    /// A fresh conversation with the target's endpoint (new cookies, new WS-Man SessionId).
+    #[allow(clippy::result_large_err)]
+    fn channel(&self, target: &SessionTarget) -> Result<Channel, RemoteError> {
+        let url = endpoint_url(&target.connection_uri, &target.credential, self.options.allow_plain_http)?;
+        let auth = basic_auth(&target.admin_upn, &target.credential)?;
+        let mut ctx = RequestContext::powershell(url.as_str(), &target.configuration_name);
+        ctx.max_envelope_size = self.options.max_envelope_size;
+        ctx.operation_timeout = self.options.operation_timeout;
+        Ok(Channel::new(
+            self.http.clone(),
+            auth,
+            url,
+            ctx,
+            self.options.allow_redirection,
+            self.options.allow_plain_http,
+            self.options.request_timeout,
+        ))
+    }
+
+    /// Opens a session and returns it with its concrete type.
+    pub async fn open_session(&self, target: &SessionTarget) -> Result<WinrmSession, RemoteError> {
+        session::open(self.channel(target)?, &self.options.shell_name).await
+    }
+
+    /// Lists the admin's shells at the target's endpoint (all configurations, any client).
+    pub async fn enumerate_shells(&self, target: &SessionTarget) -> Result<Vec<RemoteShell>, RemoteError> {
+        let channel = self.channel(target)?;
+        let timeout = self.options.request_timeout;
+        let mut page = channel
+            .call(
+                "Enumerate",
+                timeout,
+                |ctx| envelope::enumerate_shells(ctx, ENUMERATION_BATCH),
+                response::parse_enumerate_response,
+            )
+            .await
+            .map_err(CallError::into_remote)?;
+        let mut shells = Vec::new();
+        for _ in 0..MAX_PULLS {
+            shells.extend(page.items.drain(..).map(|s| RemoteShell {
+                shell_id: s.shell_id,
+                name: s.name,
+                resource_uri: s.resource_uri,
+                owner: s.owner,
+            }));
+            let context = match (&page.context, page.end_of_sequence) {
+                (Some(c), false) => c.clone(),
+                _ => return Ok(shells),
+            };
+            page = channel
+                .call(
+                    "Pull",
+                    timeout,
+                    |ctx| envelope::pull_shells(ctx, &context, ENUMERATION_BATCH),
+                    response::parse_pull_response,
+                )
+                .await
+                .map_err(CallError::into_remote)?;
+        }
+        Err(RemoteError::new(FaultClass::Protocol, "shell enumeration did not end"))
+    }
+
+    /// Deletes one shell found by [`Self::enumerate_shells`] (its ResourceURI is the shell's own).
+    /// A shell that is already gone counts as deleted.
+    pub async fn delete_shell(
+        &self,
+        target: &SessionTarget,
+        shell_id: &str,
+        resource_uri: &str,
+    ) -> Result<(), RemoteError> {
+        self.try_delete_shell(target, shell_id, resource_uri).await.map(drop)
+    }
+
+    /// Deletes a shell; `Ok(false)` when the server did not know it.
+    async fn try_delete_shell(
+        &self,
+        target: &SessionTarget,
+        shell_id: &str,
+        resource_uri: &str,
+    ) -> Result<bool, RemoteError> {
+        let channel = self.channel(target)?;
+        let result = channel
+            .call(
+                "Delete",
+                self.options.request_timeout,
+                |ctx| envelope::delete_with_resource_uri(ctx, resource_uri, shell_id),
+                response::parse_empty_response,
+            )
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_shell_not_found() => Ok(false),
+            Err(e) => Err(e.into_remote()),
+        }
+    }
+}
+
+#[async_trait]
+impl Connector for WinrmConnector {
+    async fn open(&self, target: &SessionTarget) -> Result<Box<dyn RemoteSession>, RemoteError> {
+        Ok(Box::new(self.open_session(target).await?))
+    }
+
+    /// Deletes the admin's shells at the target's endpoint named `name`; others are left alone.
+    /// Counts the shells actually deleted: one the server no longer knows (it expired meanwhile,
+    /// or lives behind another load-balanced server) is not counted; one that fails to delete is
+    /// logged and skipped.
+    async fn reap_orphans(&self, target: &SessionTarget, name: &str) -> Result<u32, RemoteError> {
+        let shells = self.enumerate_shells(target).await?;
+        let default_uri = crate::remote::wsman::powershell_resource_uri(&target.configuration_name);
+        let mut deleted = 0;
+        for shell in shells.iter().filter(|s| s.name.as_deref() == Some(name)) {
+            let uri = shell.resource_uri.as_deref().unwrap_or(&default_uri);
+            match self.try_delete_shell(target, &shell.shell_id, uri).await {
+                Ok(true) => deleted += 1,
+                Ok(false) => tracing::debug!(shell = %shell.shell_id, "orphaned shell already gone"),
+                Err(e) => tracing::warn!(shell = %shell.shell_id, error = %e, "could not delete an orphaned shell"),
+            }
+        }
+        Ok(deleted)
+    }
+}

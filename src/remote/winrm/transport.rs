@@ -1,0 +1,386 @@
+//! One WS-Management conversation over HTTP(S): POSTs envelopes with Basic authentication, keeps
+//! the server's cookies, follows redirects only when the profile allows them, and turns whatever
+//! comes back (an answer, a SOAP fault, an HTTP status, a transport failure) into a result.
+
+// RemoteError is the connector seam's error type; these helpers return it as is.
+#![allow(clippy::result_large_err)]
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, COOKIE, LOCATION, SET_COOKIE};
+use reqwest::{StatusCode, Url};
+use secrecy::{ExposeSecret, SecretString};
+use uuid::Uuid;
+
+use crate::remote::fault::WSMAN_SHELL_NOT_FOUND;
+use crate::remote::wsman::{self, RequestContext, WsmanError, WsmanFault};
+use crate::remote::{classify, FaultClass, RemoteError};
+
+/// The most redirects one request follows (when redirection is allowed at all).
+const MAX_REDIRECTS: usize = 5;
+/// How much of a non-SOAP error body is quoted in an error message.
+const BODY_QUOTE_CHARS: usize = 400;
+
+/// Why one request failed: a SOAP fault (kept whole, so callers can tell the benign Receive
+/// timeout and shell-not-found apart) or anything else, already classified.
+#[derive(Debug)]
+pub(crate) enum CallError {
+    Fault { status: u16, fault: WsmanFault },
+    Other(RemoteError),
+}
+
+impl CallError {
+    pub(crate) fn is_operation_timeout(&self) -> bool {
+        matches!(self, CallError::Fault { fault, .. } if fault.is_operation_timeout())
+    }
+
+    pub(crate) fn is_shell_not_found(&self) -> bool {
+        matches!(self, CallError::Fault { fault, .. } if fault.code == Some(WSMAN_SHELL_NOT_FOUND))
+    }
+
+    pub(crate) fn into_remote(self) -> RemoteError {
+        match self {
+            CallError::Fault { status, fault } => RemoteError::new(fault.class(status), fault.to_string()),
+            CallError::Other(e) => e,
+        }
+    }
+}
+
+impl From<RemoteError> for CallError {
+    fn from(e: RemoteError) -> Self {
+        CallError::Other(e)
+    }
+}
+
+fn protocol(message: impl Into<String>) -> RemoteError {
+    RemoteError::new(FaultClass::Protocol, message)
+}
+
+/// The endpoint URL of a target: parsed, scheme checked, and with `BasicAuthToOAuthConversion=true`
+/// when the credential is a bearer token (Exchange's modern auth riding on Basic).
+pub(crate) fn endpoint_url(uri: &str, credential: &SecretString, allow_plain_http: bool) -> Result<Url, RemoteError> {
+    let mut url = Url::parse(uri).map_err(|e| protocol(format!("invalid connection URI {uri:?}: {e}")))?;
+    check_scheme(&url, allow_plain_http)?;
+    if is_bearer(credential)
+        && !url.query_pairs().any(|(k, v)| k.eq_ignore_ascii_case("BasicAuthToOAuthConversion") && v == "true")
+    {
+        url.query_pairs_mut().append_pair("BasicAuthToOAuthConversion", "true");
+    }
+    Ok(url)
+}
+
+fn check_scheme(url: &Url, allow_plain_http: bool) -> Result<(), RemoteError> {
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if allow_plain_http => Ok(()),
+        "http" => Err(protocol(format!(
+            "refusing plain http:// to {}: credentials would travel unencrypted (use https://)",
+            url.host_str().unwrap_or("?")
+        ))),
+        other => Err(protocol(format!("unsupported URI scheme {other:?} (expected https)"))),
+    }
+}
+
+fn is_bearer(credential: &SecretString) -> bool {
+    credential.expose_secret().starts_with("Bearer ")
+}
+
+/// `Authorization: Basic base64(upn:secret)`; a `Bearer …` secret is sent as the password as is.
+pub(crate) fn basic_auth(upn: &str, credential: &SecretString) -> Result<HeaderValue, RemoteError> {
+    let token = B64.encode(format!("{upn}:{}", credential.expose_secret()));
+    let mut value = HeaderValue::from_str(&format!("Basic {token}"))
+        .map_err(|_| protocol("the credential cannot be sent in an HTTP header"))?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+/// Maps a transport failure: a timeout is [`FaultClass::Timeout`]; a request that could not be
+/// built is a protocol error; anything else (refused, reset, TLS, body cut short) lost the
+/// connection.
+pub(crate) fn transport_error(what: &str, e: reqwest::Error) -> RemoteError {
+    let class = if e.is_timeout() {
+        FaultClass::Timeout
+    } else if e.is_builder() {
+        FaultClass::Protocol
+    } else {
+        FaultClass::ConnectionLost
+    };
+    let mut message = format!("{what}: {e}");
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        message.push_str(": ");
+        message.push_str(&s.to_string());
+        source = s.source();
+    }
+    RemoteError::new(class, message)
+}
+
+/// The cookies of one conversation, per host (Exchange's load balancer pins a session to a server
+/// with `MS-WSMAN=…`; a request without it lands elsewhere and gets invalid-selector faults).
+#[derive(Debug, Default)]
+pub(crate) struct CookieJar {
+    cookies: Vec<(String, String, String)>,
+}
+
+impl CookieJar {
+    /// Records a `Set-Cookie` header from `host`. `Max-Age=0` (or negative) deletes.
+    pub(crate) fn store(&mut self, host: &str, set_cookie: &str) {
+        let mut parts = set_cookie.split(';');
+        let Some((name, value)) = parts.next().and_then(|nv| nv.split_once('=')) else { return };
+        let (name, value) = (name.trim(), value.trim());
+        if name.is_empty() {
+            return;
+        }
+        let expired = parts.any(|attr| {
+            let (k, v) = attr.split_once('=').unwrap_or((attr, ""));
+            k.trim().eq_ignore_ascii_case("max-age") && v.trim().parse::<i64>().is_ok_and(|age| age <= 0)
+        });
+        self.cookies.retain(|(h, n, _)| !(h == host && n == name));
+        if !expired {
+            self.cookies.push((host.to_string(), name.to_string(), value.to_string()));
+        }
+    }
+
+    /// The `Cookie` header for a request to `host`, if any cookie applies.
+    pub(crate) fn header(&self, host: &str) -> Option<String> {
+        let pairs: Vec<String> =
+            self.cookies.iter().filter(|(h, _, _)| h == host).map(|(_, n, v)| format!("{n}={v}")).collect();
+        (!pairs.is_empty()).then(|| pairs.join("; "))
+    }
+}
+
+fn host_of(url: &Url) -> String {
+    match url.port() {
+        Some(p) => format!("{}:{p}", url.host_str().unwrap_or_default()),
+        None => url.host_str().unwrap_or_default().to_string(),
+    }
+}
+
+#[derive(Debug)]
+struct ChannelState {
+    url: Url,
+    ctx: RequestContext,
+    cookies: CookieJar,
+}
+
+/// One session's conversation with its endpoint: the (shared) HTTP client, this session's
+/// credentials, URL (which a redirect may change) and cookies.
+#[derive(Debug)]
+pub(crate) struct Channel {
+    http: reqwest::Client,
+    auth: HeaderValue,
+    allow_redirection: bool,
+    allow_plain_http: bool,
+    request_timeout: Duration,
+    state: Mutex<ChannelState>,
+}
+
+impl Channel {
+    pub(crate) fn new(
+        http: reqwest::Client,
+        auth: HeaderValue,
+        url: Url,
+        ctx: RequestContext,
+        allow_redirection: bool,
+        allow_plain_http: bool,
+        request_timeout: Duration,
+    ) -> Self {
+        Self {
+            http,
+            auth,
+            allow_redirection,
+            allow_plain_http,
+            request_timeout,
+            state: Mutex::new(ChannelState { url, ctx, cookies: CookieJar::default() }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ChannelState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A copy of the current request context (its `to` follows redirects).
+    pub(crate) fn context(&self) -> RequestContext {
+        self.lock().ctx.clone()
+    }
+
+    /// The endpoint URL now in use.
+    pub(crate) fn url(&self) -> Url {
+        self.lock().url.clone()
+    }
+
+    /// The HTTP timeout of a request; a Receive may legitimately take the whole OperationTimeout,
+    /// so it gets that plus a margin whatever the configured request timeout.
+    pub(crate) fn timeout_for_receive(&self) -> Duration {
+        let op = self.lock().ctx.operation_timeout;
+        self.request_timeout.max(op + Duration::from_secs(10))
+    }
+
+    pub(crate) fn request_timeout(&self) -> Duration {
+        self.request_timeout
+    }
+
+    /// POSTs the envelope `build` makes from the current context and parses the answer with
+    /// `parse` (which checks wsa:RelatesTo against the MessageID `build` returned). A redirect,
+    /// when allowed, moves the conversation to the new URL for good and rebuilds the envelope for
+    /// it (its wsa:To names the URL).
+    pub(crate) async fn call<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        build: impl Fn(&RequestContext) -> (Uuid, String),
+        parse: impl Fn(&str, Uuid) -> Result<T, WsmanError>,
+    ) -> Result<T, CallError> {
+        for _ in 0..=MAX_REDIRECTS {
+            let (url, cookie, (message_id, body)) = {
+                let st = self.lock();
+                (st.url.clone(), st.cookies.header(&host_of(&st.url)), build(&st.ctx))
+            };
+            let mut request = self
+                .http
+                .post(url.clone())
+                .header(CONTENT_TYPE, wsman::CONTENT_TYPE)
+                .header(AUTHORIZATION, self.auth.clone())
+                .timeout(timeout)
+                .body(body);
+            if let Some(cookie) = cookie {
+                request = request.header(COOKIE, cookie);
+            }
+            let response = request.send().await.map_err(|e| transport_error(what, e))?;
+            {
+                let mut st = self.lock();
+                let host = host_of(&url);
+                for value in response.headers().get_all(SET_COOKIE) {
+                    if let Ok(v) = value.to_str() {
+                        st.cookies.store(&host, v);
+                    }
+                }
+            }
+            let status = response.status();
+            if status.is_redirection() {
+                let next = self.redirect_target(&url, response.headers().get(LOCATION))?;
+                let mut st = self.lock();
+                st.ctx.to = next.to_string();
+                st.url = next;
+                continue;
+            }
+            let text = response.text().await.map_err(|e| transport_error(what, e))?;
+            return self.answer(what, status, &text, message_id, &parse);
+        }
+        Err(protocol(format!("{what}: more than {MAX_REDIRECTS} redirects")).into())
+    }
+
+    fn redirect_target(&self, from: &Url, location: Option<&HeaderValue>) -> Result<Url, RemoteError> {
+        let location = location.and_then(|l| l.to_str().ok()).unwrap_or("");
+        if !self.allow_redirection {
+            return Err(protocol(format!(
+                "the server redirected the request to {location:?}, but redirection is not allowed by the profile"
+            )));
+        }
+        let next = from.join(location).map_err(|e| protocol(format!("bad redirect location {location:?}: {e}")))?;
+        check_scheme(&next, self.allow_plain_http)?;
+        Ok(next)
+    }
+
+    fn answer<T>(
+        &self,
+        what: &str,
+        status: StatusCode,
+        text: &str,
+        message_id: Uuid,
+        parse: &impl Fn(&str, Uuid) -> Result<T, WsmanError>,
+    ) -> Result<T, CallError> {
+        let code = status.as_u16();
+        if status == StatusCode::UNAUTHORIZED {
+            // Some servers explain the refusal in a SOAP fault, others in plain text.
+            let detail = WsmanFault::parse(text).map(|f| f.to_string()).unwrap_or_else(|_| quote(text));
+            let class = classify(Some(code), None, &detail);
+            let message = if detail.is_empty() {
+                format!("{what}: HTTP 401: the server refused the credentials")
+            } else {
+                format!("{what}: HTTP 401: {detail}")
+            };
+            return Err(RemoteError::new(class, message).into());
+        }
+        if status.is_success() {
+            return parse(text, message_id).map_err(|e| match e {
+                WsmanError::Fault(fault) => CallError::Fault { status: code, fault: *fault },
+                other => protocol(format!("{what}: unusable answer: {other}")).into(),
+            });
+        }
+        match WsmanFault::parse(text) {
+            Ok(fault) => Err(CallError::Fault { status: code, fault }),
+            Err(_) => {
+                let detail = quote(text);
+                let class = classify(Some(code), None, &detail);
+                Err(RemoteError::new(class, format!("{what}: HTTP {code}: {detail}")).into())
+            }
+        }
+    }
+}
+
+/// The start of a body, whitespace collapsed, for an error message.
+fn quote(text: &str) -> String {
+    let collapsed = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let mut out: String = collapsed.chars().take(BODY_QUOTE_CHARS).collect();
+    if out.len() < collapsed.len() {
+        out.push('…');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookie_jar_keeps_replaces_and_expires_per_host() {
+        let mut jar = CookieJar::default();
+        jar.store("a:1", "MS-WSMAN=abc; Path=/; HttpOnly");
+        jar.store("a:1", "X=1");
+        assert_eq!(jar.header("a:1").as_deref(), Some("MS-WSMAN=abc; X=1"));
+        assert_eq!(jar.header("b:1"), None);
+        jar.store("a:1", "MS-WSMAN=def");
+        assert_eq!(jar.header("a:1").as_deref(), Some("X=1; MS-WSMAN=def"));
+        jar.store("a:1", "X=; Max-Age=0");
+        assert_eq!(jar.header("a:1").as_deref(), Some("MS-WSMAN=def"));
+        jar.store("a:1", "garbage");
+        jar.store("a:1", "=v");
+        assert_eq!(jar.header("a:1").as_deref(), Some("MS-WSMAN=def"));
+    }
+
+    #[test]
+    fn bearer_credentials_get_the_oauth_conversion_flag_once() {
+        let bearer = SecretString::from("Bearer eyJ0eXAi");
+        let plain = SecretString::from("hunter2");
+        let base = "https://outlook.office365.com/powershell-liveid?DelegatedOrg=contoso.onmicrosoft.com";
+        let url = endpoint_url(base, &bearer, false).unwrap();
+        assert_eq!(url.as_str(), format!("{base}&BasicAuthToOAuthConversion=true"));
+        assert_eq!(endpoint_url(url.as_str(), &bearer, false).unwrap(), url);
+        assert_eq!(endpoint_url(base, &plain, false).unwrap().as_str(), base);
+        let no_query = endpoint_url("https://h/powershell-liveid", &bearer, false).unwrap();
+        assert_eq!(no_query.as_str(), "https://h/powershell-liveid?BasicAuthToOAuthConversion=true");
+    }
+
+    #[test]
+    fn plain_http_needs_the_option_and_other_schemes_never_work() {
+        let c = SecretString::from("x");
+        let e = endpoint_url("http://127.0.0.1:5985/wsman", &c, false).unwrap_err();
+        assert_eq!(e.class, FaultClass::Protocol);
+        assert!(e.message.contains("http://"), "{}", e.message);
+        assert!(endpoint_url("http://127.0.0.1:5985/wsman", &c, true).is_ok());
+        assert_eq!(endpoint_url("ftp://h/", &c, true).unwrap_err().class, FaultClass::Protocol);
+        assert_eq!(endpoint_url("not a url", &c, true).unwrap_err().class, FaultClass::Protocol);
+    }
+
+    #[test]
+    fn basic_auth_is_sensitive_and_carries_the_bearer_verbatim() {
+        let h = basic_auth("admin@contoso.com", &SecretString::from("Bearer tok")).unwrap();
+        assert!(h.is_sensitive());
+        let decoded = B64.decode(h.to_str().unwrap().strip_prefix("Basic ").unwrap()).unwrap();
+        assert_eq!(decoded, b"admin@contoso.com:Bearer tok");
+    }
+}

@@ -1,0 +1,164 @@
+//! The HTTP face of the wire server: paths, Basic authentication, the affinity cookie, the
+//! optional first-request redirect; the SOAP work is [`super::shell::Wire`]'s.
+
+use super::shell::{Caller, Reply, Wire};
+use crate::remote::wsman::{server, WsmanError, WsmanFault, CONTENT_TYPE};
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::response::Response;
+use axum::Router;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// The name of the load balancer's affinity cookie.
+pub(super) const AFFINITY_COOKIE: &str = "MS-WSMAN";
+const REALM: &str = r#"Basic realm="WSMAN""#;
+
+pub(super) fn router(wire: Arc<Wire>) -> Router {
+    Router::new().fallback(handle).with_state(wire)
+}
+
+fn served_path(path: &str) -> bool {
+    let p = path.trim_end_matches('/').to_ascii_lowercase();
+    matches!(p.as_str(), "/powershell-liveid" | "/powershell" | "/wsman")
+}
+
+fn plain(status: StatusCode, text: &str) -> Response {
+    let mut r = Response::new(Body::from(text.to_string()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
+fn unauthorized(body: Option<String>) -> Response {
+    let mut r = match body {
+        Some(b) => soap(StatusCode::UNAUTHORIZED, b),
+        None => Response::new(Body::empty()),
+    };
+    *r.status_mut() = StatusCode::UNAUTHORIZED;
+    r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(REALM));
+    r
+}
+
+fn soap(status: StatusCode, body: String) -> Response {
+    let mut r = Response::new(Body::from(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+    r
+}
+
+/// `(upn, secret)` from `Authorization: Basic ...`.
+fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, encoded) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = String::from_utf8(B64.decode(encoded.trim()).ok()?).ok()?;
+    let (upn, secret) = decoded.split_once(':')?;
+    if upn.trim().is_empty() {
+        return None;
+    }
+    Some((upn.trim().to_string(), secret.to_string()))
+}
+
+fn affinity_cookie(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| name.trim() == AFFINITY_COOKIE)
+        .map(|(_, value)| value.trim().to_string())
+        .filter(|v| !v.is_empty())
+}
+
+fn query_value<'a>(query: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    query.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).filter(|v| !v.trim().is_empty())
+}
+
+async fn handle(
+    State(wire): State<Arc<Wire>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if !served_path(uri.path()) {
+        return plain(StatusCode::NOT_FOUND, "not a WS-Management endpoint");
+    }
+    if method != Method::POST {
+        let mut r = plain(StatusCode::METHOD_NOT_ALLOWED, "WS-Management requests are POSTed");
+        r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
+        return r;
+    }
+    let query: Vec<(String, String)> = Query::try_from_uri(&uri).map(|Query(q)| q).unwrap_or_default();
+    let Some((upn, secret)) = basic_credentials(&headers) else { return unauthorized(None) };
+    let bearer = query_value(&query, "BasicAuthToOAuthConversion").is_some_and(|v| v.eq_ignore_ascii_case("true"))
+        && secret.trim_start().to_ascii_lowercase().starts_with("bearer ");
+    let secret = if bearer { secret.trim_start()[7..].trim().to_string() } else { secret };
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost").to_string();
+    let cookie = affinity_cookie(&headers);
+    let caller = Caller {
+        upn,
+        secret,
+        bearer,
+        tenant: query_value(&query, "DelegatedOrg").or_else(|| query_value(&query, "tenant")).map(str::to_string),
+        cookie: cookie.clone().unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()),
+        client_ip: peer.ip().to_string(),
+        machine: host.split(':').next().unwrap_or("localhost").to_string(),
+        address: format!("http://{host}{}", uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")),
+    };
+    if let Err(reply) = wire.authenticate(&caller) {
+        return unauthorized(Some(reply.body));
+    }
+    if wire.redirect_first() && cookie.is_none() && query_value(&query, "redirected") != Some("1") {
+        let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let sep = if uri.query().is_some() { '&' } else { '?' };
+        let location = format!("http://{host}{pq}{sep}redirected=1");
+        let mut r = Response::new(Body::empty());
+        *r.status_mut() = StatusCode::FOUND;
+        if let Ok(v) = HeaderValue::from_str(&location) {
+            r.headers_mut().insert(header::LOCATION, v);
+        }
+        return r;
+    }
+
+    let reply = match std::str::from_utf8(&body) {
+        Err(_) => malformed(&caller, "the request body is not UTF-8"),
+        Ok(text) => match server::parse_request(text.trim_start_matches('\u{feff}')) {
+            Ok(request) => wire.handle(&caller, request).await,
+            Err(WsmanError::Xml(e)) => malformed(&caller, &format!("the request is not well-formed XML: {e}")),
+            Err(e) => Reply::fault(500, None, bad_request(&caller, &format!("the request is not valid: {e}"))),
+        },
+    };
+    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response =
+        if status == StatusCode::UNAUTHORIZED { unauthorized(Some(reply.body)) } else { soap(status, reply.body) };
+    if cookie.is_none() {
+        if let Ok(v) = HeaderValue::from_str(&format!("{AFFINITY_COOKIE}={}; path=/", caller.cookie)) {
+            response.headers_mut().insert(header::SET_COOKIE, v);
+        }
+    }
+    response
+}
+
+fn bad_request(caller: &Caller, text: &str) -> WsmanFault {
+    WsmanFault {
+        code: None,
+        subcode: Some("w:InvalidMessageInformationHeader".into()),
+        reason: format!("The WS-Management service cannot process the request: {text}."),
+        message: format!("The WS-Management service cannot process the request: {text}."),
+        soap_code: Some("s:Sender".into()),
+        machine: Some(caller.machine.clone()),
+    }
+}
+
+fn malformed(caller: &Caller, text: &str) -> Reply {
+    Reply::fault(400, None, bad_request(caller, text))
+}

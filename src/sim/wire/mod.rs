@@ -1,0 +1,133 @@
+//! The simulator on the real wire: a WS-Management (SOAP 1.2 over HTTP) + PSRP server in front
+//! of the in-memory [`Simulator`], so WinRM clients (the broker's own connector, pypsrp,
+//! PowerShell) can be tested against it without a Windows host.
+//!
+//! What it serves:
+//! - `POST /powershell-liveid`, `/PowerShell` (path compared case-insensitively, a trailing `/`
+//!   allowed) and `/wsman`, with `Content-Type: application/soap+xml;charset=UTF-8`.
+//! - The tenant of a Create is the `DelegatedOrg` query parameter; failing that a `tenant`
+//!   parameter; failing that [`WireOptions::default_tenant`]. Without any of them Create faults.
+//! - Authentication on every request: `Authorization: Basic base64(upn:password)`. A missing or
+//!   unreadable header is HTTP 401 with `WWW-Authenticate: Basic realm="WSMAN"`; a wrong password is
+//!   HTTP 401 with the service's logon-failure text in a SOAP fault body. With
+//!   `BasicAuthToOAuthConversion=true` in the query, a password of the form `Bearer <token>` is
+//!   an access token; the simulator accepts exactly [`crate::sim::sim_token`]`(upn)`, i.e.
+//!   `sim-token:<upn>`.
+//! - The load-balancer affinity cookie: a request without `MS-WSMAN` gets
+//!   `Set-Cookie: MS-WSMAN=<random>; path=/`. A shell remembers the cookie of the request that
+//!   created it; a later request for that shell with another cookie, or none, gets the
+//!   shell-not-found fault (2150858843, `w:InvalidSelectors`), as a request that lands on another
+//!   server of the farm does.
+//! - With [`WireOptions::redirect_first`], an authenticated request without the cookie and without
+//!   `redirected=1` in its query is answered with HTTP 302 to the same URL plus `redirected=1`
+//!   (for clients' AllowRedirection handling).
+//! - Actions: Create (a PSRP runspace pool; SESSION_CAPABILITY + INIT_RUNSPACEPOOL in
+//!   creationXml), Receive (pool and pipeline output, fragmented to the request's
+//!   MaxEnvelopeSize and spread over as many Receives as needed), Command (CREATE_PIPELINE in
+//!   rsp:Arguments, further fragments via Send), Send, Signal, Delete, Enumerate and Pull of the
+//!   user's shells (with the Name each was created with). Anything else is a fault.
+//! - A pipeline executes on its first Receive: the simulator's command latency, then
+//!   [`Simulator::run`] with the PSRP pipeline id, then PIPELINE_OUTPUT per object, WARNING
+//!   records, ERROR_RECORDs, and PIPELINE_STATE Completed (or Failed with the terminating error).
+//!   Shell-level failures (shell gone, too many commands) are WS-Management faults.
+//! - A Receive with nothing to say waits for the smaller of its OperationTimeout and
+//!   [`WireOptions::idle_receive_wait`] (1 s by default), then answers with the benign
+//!   operation-timeout fault (2150858793, `w:TimedOut`).
+//! - Latencies are the simulator's (open on Create, command on execution, close on Delete), in
+//!   simulated time divided by the speedup, exactly as the in-process connector sleeps them.
+//! - Not simulated: key exchange (PUBLIC_KEY is ignored, so SecureString arguments cannot be
+//!   sent), host calls, pipeline input, Disconnect/Reconnect/Connect.
+//!
+//! Every error path answers with a SOAP fault in WinRM's shape; nothing a client sends panics the
+//! server. Malformed XML is HTTP 400 with a fault naming the problem.
+
+mod http;
+mod shell;
+
+#[cfg(test)]
+mod tests;
+
+use crate::config::Config;
+use crate::sim::Simulator;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// How the wire server behaves beyond what the [`Simulator`] decides.
+#[derive(Debug, Clone)]
+pub struct WireOptions {
+    /// Answer the first request of a client that has no `MS-WSMAN` cookie with HTTP 302 to the
+    /// same URL with `redirected=1` added to the query (requests that already carry
+    /// `redirected=1` are served).
+    pub redirect_first: bool,
+    /// Stops the server when cancelled: no new connections are accepted, requests in flight
+    /// finish, then [`serve`] returns. `None`: serve until the task is dropped or aborted.
+    pub shutdown: Option<CancellationToken>,
+    /// The tenant of a Create whose URL has neither `DelegatedOrg` nor `tenant` in its query
+    /// (e.g. an on-premises style `/PowerShell` URL).
+    pub default_tenant: Option<String>,
+    /// The longest a Receive with nothing to say waits before the operation-timeout fault (it
+    /// also never waits longer than the request's OperationTimeout).
+    pub idle_receive_wait: Duration,
+}
+
+impl Default for WireOptions {
+    fn default() -> Self {
+        Self { redirect_first: false, shutdown: None, default_tenant: None, idle_receive_wait: Duration::from_secs(1) }
+    }
+}
+
+/// Serves the WS-Management endpoint for `sim` on `listener` until `options.shutdown` is
+/// cancelled (or forever without one).
+pub async fn serve(sim: Simulator, listener: TcpListener, options: WireOptions) -> std::io::Result<()> {
+    let shutdown = options.shutdown.clone();
+    let wire = Arc::new(shell::Wire::new(sim, options));
+    let app = http::router(wire).into_make_service_with_connect_info::<SocketAddr>();
+    let server = axum::serve(listener, app);
+    match shutdown {
+        Some(token) => server.with_graceful_shutdown(token.cancelled_owned()).await,
+        None => server.await,
+    }
+}
+
+/// Binds `addr` (port 0 picks a free one) and serves `sim` there in a background task with
+/// default options. Returns the bound address and the server task.
+pub async fn spawn(sim: Simulator, addr: SocketAddr) -> std::io::Result<(SocketAddr, JoinHandle<std::io::Result<()>>)> {
+    spawn_with(sim, addr, WireOptions::default()).await
+}
+
+/// [`spawn`] with options.
+pub async fn spawn_with(
+    sim: Simulator,
+    addr: SocketAddr,
+    options: WireOptions,
+) -> std::io::Result<(SocketAddr, JoinHandle<std::io::Result<()>>)> {
+    let listener = TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    Ok((local, tokio::spawn(serve(sim, listener, options))))
+}
+
+/// `psbroker sim --listen ADDR`: builds the simulator from the configuration, binds `listen`,
+/// logs the endpoint and serves until Ctrl-C (or until `options.shutdown` is cancelled).
+pub async fn run_standalone(config: &Config, listen: &str, mut options: WireOptions) -> anyhow::Result<()> {
+    let sim = Simulator::from_config(config).map_err(|e| anyhow::anyhow!("simulator configuration: {e}"))?;
+    let listener = TcpListener::bind(listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+    let addr = listener.local_addr()?;
+    let token = options.shutdown.get_or_insert_with(CancellationToken::new).clone();
+    let on_ctrl_c = token.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            tracing::info!("Ctrl-C: stopping the simulator");
+            on_ctrl_c.cancel();
+        }
+    });
+    tracing::info!(
+        %addr,
+        "simulated remote PowerShell endpoint at http://{addr}/powershell-liveid?DelegatedOrg=<tenant> (Basic auth)"
+    );
+    serve(sim, listener, options).await?;
+    Ok(())
+}

@@ -1,0 +1,183 @@
+//! Interop: pypsrp (an independent Python PSRP client) against the wire simulator.
+//!
+//! Needs `python3` with the `venv` module (Debian: `python3-venv`) and access to PyPI the first
+//! time: the test creates a virtualenv under `<target>/pyenv` and installs pypsrp 0.9.1 into it,
+//! then reuses it. Set `PSBROKER_PYTHON` to use another interpreter for creating the venv.
+//! Missing or broken Python is a test failure, never a skip.
+
+use psbroker::config::SimulatorConfig;
+use psbroker::remote::PsValue;
+use psbroker::sim::wire::{self, WireOptions};
+use psbroker::sim::{SimAccount, Simulator};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+const PYPSRP: &str = "pypsrp==0.9.1";
+const TENANT: &str = "contoso.onmicrosoft.com";
+const ALICE: &str = "alice@partner.onmicrosoft.com";
+const BOB: &str = "bob@partner.onmicrosoft.com";
+const USER_QUOTA_TEXT: &str = "The WS-Management service cannot process the request. The maximum number of concurrent shells for this user has been exceeded. Close existing shells or raise the quota for this user.";
+
+fn venv_dir() -> PathBuf {
+    // CARGO_TARGET_TMPDIR is <target>/tmp.
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    tmp.parent().unwrap_or(tmp).join("pyenv")
+}
+
+fn venv_python(venv: &Path) -> PathBuf {
+    if cfg!(windows) {
+        venv.join("Scripts").join("python.exe")
+    } else {
+        venv.join("bin").join("python")
+    }
+}
+
+fn run(cmd: &mut Command, what: &str) -> std::process::Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: cannot start {cmd:?}: {e}"));
+    if !out.status.success() {
+        panic!(
+            "{what} failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    out
+}
+
+fn has_pypsrp(python: &Path) -> bool {
+    python.exists()
+        && Command::new(python)
+            .args(["-c", "import importlib.metadata as m, pypsrp.powershell; assert m.version('pypsrp') == '0.9.1'"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+}
+
+/// The venv's python with pypsrp installed, creating or repairing the venv as needed.
+fn python_with_pypsrp() -> PathBuf {
+    let venv = venv_dir();
+    let python = venv_python(&venv);
+    if has_pypsrp(&python) {
+        return python;
+    }
+    let base = std::env::var("PSBROKER_PYTHON").unwrap_or_else(|_| "python3".to_string());
+    if !python.exists() {
+        run(
+            Command::new(&base).args(["-m", "venv"]).arg(&venv),
+            "creating the Python virtualenv (needs python3 with the venv module, e.g. Debian's python3-venv)",
+        );
+    }
+    run(
+        Command::new(&python).args(["-m", "pip", "install", "--disable-pip-version-check", "--quiet", PYPSRP]),
+        "pip install pypsrp",
+    );
+    assert!(has_pypsrp(&python), "pypsrp is still not importable from {}", python.display());
+    python
+}
+
+fn simulator() -> Simulator {
+    let cfg = SimulatorConfig {
+        mailboxes_per_tenant: 25,
+        user_shell_cap: 3,
+        open_latency_ms: 0,
+        command_latency_ms: 0,
+        close_latency_ms: 0,
+        ..SimulatorConfig::default()
+    };
+    let accounts = vec![
+        SimAccount { upn: ALICE.into(), password: "pa".into(), tenants: vec!["*".into()] },
+        SimAccount { upn: BOB.into(), password: "pb".into(), tenants: vec!["*".into()] },
+    ];
+    Simulator::new(&cfg, accounts, vec![TENANT.into(), "fabrikam.onmicrosoft.com".into()])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pypsrp_drives_the_wire_simulator() {
+    let python = tokio::task::spawn_blocking(python_with_pypsrp).await.expect("venv setup task");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/pypsrp_client.py");
+
+    let sim = simulator();
+    let options = WireOptions { idle_receive_wait: Duration::from_millis(200), ..WireOptions::default() };
+    let (addr, server) =
+        wire::spawn_with(sim.clone(), "127.0.0.1:0".parse().unwrap(), options).await.expect("bind the wire server");
+
+    let child = tokio::process::Command::new(&python)
+        .arg(&script)
+        .args(["--host", "127.0.0.1", "--port", &addr.port().to_string(), "--tenant", TENANT])
+        .args(["--user", ALICE, "--password", "pa"])
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(120), child)
+        .await
+        .expect("pypsrp client timed out")
+        .expect("run the pypsrp client");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "pypsrp client exited with {}:\n{stdout}\n{stderr}", out.status);
+    let seen: Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("pypsrp client printed no JSON ({e}):\n{stdout}\n{stderr}"));
+    assert!(seen.get("exception").is_none(), "pypsrp raised:\n{}", seen["traceback"].as_str().unwrap_or(""));
+
+    // The pool opened (RunspacePoolState.OPENED = 2).
+    assert_eq!(seen["pool_state"], 2, "{seen:#}");
+
+    // Get-Mailbox -ResultSize 3: three objects, the same ones the service holds.
+    let mailboxes = seen["mailboxes"].as_array().expect("mailboxes");
+    assert_eq!(mailboxes.len(), 3, "{seen:#}");
+    assert_eq!(seen["mailbox_state"], 4, "PSInvocationState.COMPLETED: {seen:#}");
+    assert_eq!(seen["mailbox_had_errors"], false);
+    let shell = sim.open_shell(BOB, "pb", TENANT, "Microsoft.Exchange").unwrap();
+    let direct = sim
+        .run(&shell, uuid::Uuid::new_v4(), "Get-Mailbox", &[("ResultSize".into(), PsValue::Int32(3))])
+        .expect("Get-Mailbox in process");
+    sim.close_shell(&shell).unwrap();
+    for (wire_obj, direct_obj) in mailboxes.iter().zip(&direct.objects) {
+        let PsValue::Object(o) = direct_obj else { panic!("not an object: {direct_obj:?}") };
+        for name in ["Name", "PrimarySmtpAddress"] {
+            let expected = o.get(name).and_then(PsValue::as_str).expect(name);
+            assert_eq!(wire_obj[name].as_str(), Some(expected), "{name}: {seen:#}");
+        }
+        assert!(wire_obj["PrimarySmtpAddress"].as_str().unwrap().contains('@'));
+    }
+
+    // An unknown cmdlet: the pipeline fails (state 5) with PowerShell's error record.
+    let bad = &seen["bad"];
+    assert_eq!(bad["had_errors"], true, "{seen:#}");
+    assert_eq!(bad["state"], 5, "PSInvocationState.FAILED: {seen:#}");
+    let err = &bad["errors"][0];
+    assert!(err["fqeid"].as_str().unwrap_or("").contains("CommandNotFoundException"), "{seen:#}");
+    let message = err["message"].as_str().unwrap_or("");
+    assert!(message.contains("Get-NoSuchThing") && message.contains("is not recognized"), "{seen:#}");
+
+    // The user's three shells are enumerated with the names pypsrp gave them.
+    let mut names: Vec<&str> =
+        seen["enumerated"].as_array().expect("enumerated").iter().filter_map(|s| s["name"].as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["interop-1", "interop-2", "interop-3"], "{seen:#}");
+    for s in seen["enumerated"].as_array().unwrap() {
+        assert_eq!(s["owner"], ALICE);
+        assert_eq!(s["resource_uri"], "http://schemas.microsoft.com/powershell/Microsoft.Exchange");
+    }
+
+    // The fourth pool is refused with WinRM's quota fault.
+    let quota = &seen["quota"];
+    assert_eq!(quota["refused"], true, "{seen:#}");
+    assert_eq!(quota["code"], 2_150_859_173u64, "{seen:#}");
+    assert_eq!(quota["message"], USER_QUOTA_TEXT, "{seen:#}");
+
+    // Closing the pools deleted the shells.
+    assert!(seen.get("close_errors").is_none(), "{seen:#}");
+    assert_eq!(seen["after_close"].as_array().map(Vec::len), Some(0), "{seen:#}");
+
+    // 25 mailboxes through a 10 KiB envelope: split over several Receives, nothing lost.
+    assert_eq!(seen["large"]["count"], 25, "{seen:#}");
+    assert_eq!(seen["large"]["distinct"], 25, "{seen:#}");
+    assert_eq!(seen["large"]["had_errors"], false);
+
+    let stats = sim.stats();
+    assert!(stats.open_by_user.is_empty(), "shells left open: {:?}", stats.open_by_user);
+    assert_eq!(stats.max_by_user.get(ALICE), Some(&3));
+    server.abort();
+}
