@@ -578,3 +578,24 @@ async fn latency_and_shutdown() {
     token.cancel();
     tokio::time::timeout(Duration::from_secs(5), server).await.expect("stops").unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn run_standalone_serves_until_shutdown() {
+    let config = Config::from_toml(&format!(
+        "[profiles.default]\nkind = \"simulator\"\n[simulator]\nopen_latency_ms = 0\n\
+         [[admins]]\nname = \"alice\"\nupn = \"{ALICE}\"\ncredential = \"literal:pa\"\n\
+         [[tenants]]\ndomain = \"{CONTOSO}\"\n"
+    ))
+    .unwrap();
+    let token = CancellationToken::new();
+    let options = WireOptions { shutdown: Some(token.clone()), ..quick() };
+    let cfg = config.clone();
+    let running = tokio::spawn(async move { run_standalone(&cfg, "127.0.0.1:0", options).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!running.is_finished());
+    token.cancel();
+    tokio::time::timeout(Duration::from_secs(5), running).await.expect("stops").unwrap().unwrap();
+
+    let err = run_standalone(&config, "not an address", quick()).await.unwrap_err();
+    assert!(err.to_string().contains("cannot listen on not an address"), "{err}");
+}
