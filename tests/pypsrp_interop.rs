@@ -2,7 +2,8 @@
 //!
 //! Needs `python3` with the `venv` module (Debian: `python3-venv`) and access to PyPI the first
 //! time: the test creates a virtualenv under `<target>/pyenv` and installs pypsrp 0.9.1 into it,
-//! then reuses it. Set `PSBROKER_PYTHON` to use another interpreter for creating the venv.
+//! then reuses it. Set `PSBROKER_PYTHON` to use another interpreter for creating the venv, and
+//! `PSBROKER_PYENV` to keep the venv elsewhere.
 //! Missing or broken Python is a test failure, never a skip.
 
 use psbroker::config::SimulatorConfig;
@@ -21,6 +22,9 @@ const BOB: &str = "bob@partner.onmicrosoft.com";
 const USER_QUOTA_TEXT: &str = "The WS-Management service cannot process the request. The maximum number of concurrent shells for this user has been exceeded. Close existing shells or raise the quota for this user.";
 
 fn venv_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("PSBROKER_PYENV") {
+        return PathBuf::from(dir);
+    }
     // CARGO_TARGET_TMPDIR is <target>/tmp.
     let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
     tmp.parent().unwrap_or(tmp).join("pyenv")
