@@ -5,8 +5,11 @@
 use crate::api::{self, ApiState};
 use crate::broker::directory::Directory;
 use crate::broker::Broker;
-use crate::config::{Config, ProfileKind};
+use crate::config::{Config, ProfileConfig, ProfileKind};
 use crate::metrics::Metrics;
+use crate::remote::winrm::{WinrmConnector, WinrmOptions};
+use crate::remote::Connector;
+use crate::sim::wire::WireOptions;
 use crate::sim::Simulator;
 use crate::store::Store;
 use anyhow::Context;
@@ -16,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
 
 /// How long a graceful stop waits for running commands before closing their sessions anyway.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -24,29 +28,53 @@ pub struct Application {
     listener: TcpListener,
     broker: Arc<Broker>,
     simulator: Option<Simulator>,
+    /// Where the simulator speaks WS-Management, when it does; stopped after the broker.
+    simulator_wire: Option<(SocketAddr, CancellationToken)>,
     state: ApiState,
 }
 
+/// Placeholder in a connection URI for the embedded simulator's wire address.
+const SIMULATOR_PLACEHOLDER: &str = "{simulator}";
+
 impl Application {
-    pub async fn build(config: Config) -> anyhow::Result<Application> {
-        let uses_simulator = config.profiles.values().any(|p| p.kind == ProfileKind::Simulator);
+    pub async fn build(mut config: Config) -> anyhow::Result<Application> {
+        let wire_wanted = config.profiles.values().any(|p| p.connection_uri.contains(SIMULATOR_PLACEHOLDER));
+        let uses_simulator = wire_wanted || config.profiles.values().any(|p| p.kind == ProfileKind::Simulator);
         let simulator = if uses_simulator {
             Some(Simulator::from_config(&config).map_err(|e| anyhow::anyhow!("simulator: {e}"))?)
         } else {
             None
         };
-        let directory = Directory::build(&config, |name, profile| {
-            match profile.kind {
-            ProfileKind::Simulator => Ok(simulator.as_ref().expect("simulator built for simulator profiles").connector()),
-            ProfileKind::Wsman => anyhow::bail!(
-                "profile '{name}': kind \"wsman\" (WS-Management/PSRP) is not available in this build yet; use kind = \"simulator\""
-            ),
+        let simulator_wire = match (&simulator, wire_wanted || config.simulator.listen.is_some()) {
+            (Some(sim), true) => Some(start_simulator_wire(sim, &config).await?),
+            _ => None,
+        };
+        if let Some((addr, _)) = &simulator_wire {
+            for p in config.profiles.values_mut() {
+                p.connection_uri = p.connection_uri.replace(SIMULATOR_PLACEHOLDER, &addr.to_string());
+            }
         }
+        let node = node_id(&config.store.url)?;
+        let shell_name = format!("psbroker:{node}");
+        let directory = Directory::build(&config, |name, profile| match profile.kind {
+            ProfileKind::Simulator => {
+                Ok(simulator.as_ref().expect("simulator built for simulator profiles").connector())
+            }
+            ProfileKind::Wsman => {
+                winrm_connector(profile, &shell_name).map_err(|e| anyhow::anyhow!("profile '{name}': {}", e.message))
+            }
         })?;
         let store =
             Store::connect(&config.store.url).await.with_context(|| format!("opening store {}", config.store.url))?;
+        // Before anything opens: shells a previous run of this node left behind eat quota for
+        // up to an hour, so they are deleted now (other tools' shells are left alone).
+        let reaped = crate::broker::reap_orphans(&directory, &store, &node, &shell_name).await;
+        if reaped > 0 {
+            tracing::info!(shells = reaped, "deleted shells left open by a previous run");
+        }
         let metrics = Arc::new(Metrics::new(config.metrics.tenant_labels));
-        let broker = Arc::new(Broker::start(Arc::new(directory), store, metrics, config.scheduler.clone()).await?);
+        let broker =
+            Arc::new(Broker::start(Arc::new(directory), store, metrics, config.scheduler.clone(), node).await?);
         let listener = TcpListener::bind(&config.server.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.server.listen))?;
@@ -56,7 +84,7 @@ impl Application {
             max_body_bytes: config.server.max_body_bytes,
             max_batch_items: config.server.max_batch_items,
         };
-        Ok(Application { listener, broker, simulator, state })
+        Ok(Application { listener, broker, simulator, simulator_wire, state })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -71,16 +99,25 @@ impl Application {
         self.simulator.clone()
     }
 
+    /// The embedded simulator's WS-Management address, when it serves one.
+    pub fn simulator_addr(&self) -> Option<SocketAddr> {
+        self.simulator_wire.as_ref().map(|(a, _)| *a)
+    }
+
     /// Serves until `shutdown` resolves, then drains: intake stops (503), running commands get
     /// [`DRAIN_TIMEOUT`] to finish, every remote session is closed, and the server stops.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let broker = self.broker.clone();
+        let sim_stop = self.simulator_wire.as_ref().map(|(_, t)| t.clone());
         let router = api::router(self.state);
         let (stop_http, http_stopped) = oneshot::channel::<()>();
         let drain = tokio::spawn(async move {
             shutdown.await;
             tracing::info!("shutting down: draining running invocations and closing sessions");
             broker.shutdown(DRAIN_TIMEOUT).await;
+            if let Some(token) = sim_stop {
+                token.cancel();
+            }
             let _ = stop_http.send(());
         });
         axum::serve(self.listener, router)
@@ -123,6 +160,58 @@ impl Running {
         }
         self.task.await?
     }
+}
+
+async fn start_simulator_wire(sim: &Simulator, config: &Config) -> anyhow::Result<(SocketAddr, CancellationToken)> {
+    let listen = config.simulator.listen.clone().unwrap_or_else(|| "127.0.0.1:0".into());
+    let listener = TcpListener::bind(&listen).await.with_context(|| format!("simulator: cannot listen on {listen}"))?;
+    let addr = listener.local_addr()?;
+    let token = CancellationToken::new();
+    let options = WireOptions {
+        redirect_first: config.simulator.redirect_first,
+        shutdown: Some(token.clone()),
+        ..WireOptions::default()
+    };
+    tokio::spawn(crate::sim::wire::serve(sim.clone(), listener, options));
+    tracing::info!(address = %addr, "simulator serving WS-Management/PSRP");
+    Ok((addr, token))
+}
+
+fn winrm_connector(
+    profile: &ProfileConfig,
+    shell_name: &str,
+) -> Result<Arc<dyn Connector>, crate::remote::RemoteError> {
+    let options = WinrmOptions {
+        allow_redirection: profile.allow_redirection,
+        allow_plain_http: profile.allow_plain_http,
+        request_timeout: Duration::from_secs(profile.operation_timeout_seconds + 40),
+        operation_timeout: Duration::from_secs(profile.operation_timeout_seconds),
+        max_envelope_size: profile.max_envelope_size,
+        shell_name: shell_name.to_string(),
+        accept_invalid_certs: profile.accept_invalid_certs,
+    };
+    Ok(Arc::new(WinrmConnector::new(options)?))
+}
+
+/// A stable identity for this daemon, kept next to its database (`node-id`), so the shells it
+/// names after itself can be found again after a crash and told apart from other nodes' shells.
+fn node_id(store_url: &str) -> anyhow::Result<String> {
+    let path = store_url.strip_prefix("sqlite://").filter(|_| !store_url.contains(":memory:"));
+    let Some(db) = path.map(|p| std::path::Path::new(p.split('?').next().unwrap_or(p)).to_path_buf()) else {
+        return Ok(uuid::Uuid::new_v4().simple().to_string());
+    };
+    let file = db.with_file_name("node-id");
+    if let Ok(id) = std::fs::read_to_string(&file) {
+        if !id.trim().is_empty() {
+            return Ok(id.trim().to_string());
+        }
+    }
+    if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    std::fs::write(&file, &id).with_context(|| format!("cannot write {}", file.display()))?;
+    Ok(id)
 }
 
 /// Resolves on SIGINT or SIGTERM.

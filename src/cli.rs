@@ -26,6 +26,15 @@ pub enum Command {
         #[arg(long)]
         listen: Option<String>,
     },
+    /// Serve the simulated remote service over WS-Management/PSRP (for clients such as pypsrp,
+    /// PowerShell's New-PSSession, or a psbroker whose profile points at it).
+    Sim {
+        #[arg(long, env = "PSBROKER_CONFIG")]
+        config: Option<PathBuf>,
+        /// Address to serve on, e.g. 127.0.0.1:5985.
+        #[arg(long, default_value = "127.0.0.1:5985")]
+        listen: String,
+    },
     /// Run one cmdlet through a running daemon and print the result as JSON.
     Invoke(InvokeArgs),
     /// Submit and follow batches.

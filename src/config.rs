@@ -299,8 +299,10 @@ impl Config {
             }
             None => Figment::from(Toml::string(EMBEDDED_DEMO)),
         };
-        let config: Config =
-            base.merge(Env::prefixed("PSBROKER_").split("__")).extract().map_err(|e| ConfigError::Load(Box::new(e)))?;
+        // Every key lives in a section, so only PSBROKER_SECTION__KEY names are configuration;
+        // PSBROKER_LOG, PSBROKER_URL, PSBROKER_CONFIG and the like belong to the command line.
+        let env = Env::prefixed("PSBROKER_").filter(|key| key.as_str().contains("__")).split("__");
+        let config: Config = base.merge(env).extract().map_err(|e| ConfigError::Load(Box::new(e)))?;
         config.validate()?;
         Ok(config)
     }
@@ -431,6 +433,18 @@ mod tests {
         let text = EMBEDDED_DEMO.replacen("profile = \"default\"", "profile = \"nope\"", 1);
         let err = Config::from_toml(&text).unwrap_err().to_string();
         assert!(err.contains("'nope'"), "{err}");
+    }
+
+    #[test]
+    fn environment_overrides_sections_and_ignores_other_variables() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("PSBROKER_SERVER__LISTEN", "127.0.0.1:9999");
+            jail.set_env("PSBROKER_LOG", "debug");
+            jail.set_env("PSBROKER_URL", "http://x");
+            let c = Config::load(None).expect("loads");
+            assert_eq!(c.server.listen, "127.0.0.1:9999");
+            Ok(())
+        });
     }
 
     #[test]

@@ -27,6 +27,14 @@ async fn run() -> anyhow::Result<()> {
             tracing::info!(address = %app.local_addr(), "psbroker listening; try: psbroker invoke --tenant contoso.onmicrosoft.com Get-Mailbox -p ResultSize=5");
             app.run_until(shutdown_signal()).await
         }
+        Command::Sim { config, listen } => {
+            let config = cli::load_config(config.as_deref(), None)?;
+            let options = psbroker::sim::wire::WireOptions {
+                redirect_first: config.simulator.redirect_first,
+                ..Default::default()
+            };
+            psbroker::sim::wire::run_standalone(&config, &listen, options).await
+        }
         Command::Invoke(args) => cli::invoke(args).await,
         Command::Batch(cmd) => cli::batch(cmd).await,
         Command::Status { url } => cli::status(&url).await,

@@ -132,6 +132,16 @@ impl Driver {
             Event::Opened { session, result: Ok(remote) } => {
                 let remote: Arc<dyn RemoteSession> = Arc::from(remote);
                 let remote_id = remote.remote_id();
+                if let (Some(token), Some((admin, tenant))) = (remote.resume_token(), self.sched.session_owner(session))
+                {
+                    let dir = &self.shared.directory;
+                    self.shared.remember_shell(
+                        remote_id.clone(),
+                        &dir.admins[admin].name,
+                        &dir.tenants[tenant].domain,
+                        token,
+                    );
+                }
                 self.live.insert(session, Live { remote, remote_id });
                 self.sched.open_succeeded(session, now);
             }
@@ -161,7 +171,7 @@ impl Driver {
                     }
                 }
                 if report.after == super::scheduler::AfterCommand::Gone {
-                    self.live.remove(&session);
+                    self.drop_live(session);
                 }
                 self.sched.command_finished(session, report.after, report.ran_for, now);
                 if report.after == super::scheduler::AfterCommand::Close {
@@ -169,7 +179,7 @@ impl Driver {
                 }
             }
             Event::Closed(session) => {
-                self.live.remove(&session);
+                self.drop_live(session);
                 self.sched.closed(session);
             }
             Event::Snapshot(reply) => {
@@ -283,8 +293,15 @@ impl Driver {
         true
     }
 
+    /// The session is gone at the server: stop holding it and stop remembering it.
+    fn drop_live(&mut self, session: SessionId) {
+        if let Some(live) = self.live.remove(&session) {
+            self.shared.forget_shell(live.remote_id);
+        }
+    }
+
     fn admin_of(&self, session: SessionId) -> Option<String> {
-        self.sched.session_admin(session).map(|a| self.shared.directory.admins[a].name.clone())
+        self.sched.session_owner(session).map(|(a, _)| self.shared.directory.admins[a].name.clone())
     }
 
     fn sessions(&self, now: Instant) -> Vec<SessionInfo> {

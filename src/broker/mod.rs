@@ -13,7 +13,7 @@ pub mod scheduler;
 use crate::config::SchedulerConfig;
 use crate::metrics::Metrics;
 use crate::remote::PsValue;
-use crate::store::{now_ms, Inserted, InvocationRecord, NewInvocation, Outcome, Status, Store, StoreError};
+use crate::store::{now_ms, Inserted, InvocationRecord, NewInvocation, OpenShell, Outcome, Status, Store, StoreError};
 use directory::Directory;
 use request::{InvocationRequest, RequestError, ValidRequest};
 use scheduler::{Job, JobSpec, Priority};
@@ -33,12 +33,41 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub directory: Arc<Directory>,
     pub tuning: SchedulerConfig,
+    /// This daemon's identity: the sessions it remembers opening are filed under it.
+    pub node: String,
     finished: broadcast::Sender<Uuid>,
     /// Result writes that run after their session moved on; shutdown waits for them.
     pub writes: TaskTracker,
 }
 
 impl Shared {
+    /// Files an opened session under this node so a crash cannot orphan it (written off the
+    /// critical path; shutdown waits for it).
+    fn remember_shell(self: &Arc<Self>, shell_id: String, admin: &str, tenant: &str, token: String) {
+        let shell = OpenShell {
+            shell_id,
+            node: self.node.clone(),
+            admin: admin.to_string(),
+            tenant: tenant.to_string(),
+            token,
+        };
+        let shared = self.clone();
+        self.writes.spawn(async move {
+            if let Err(e) = shared.store.remember_shell(&shell).await {
+                tracing::warn!(error = %e, "cannot remember an open shell");
+            }
+        });
+    }
+
+    fn forget_shell(self: &Arc<Self>, shell_id: String) {
+        let shared = self.clone();
+        self.writes.spawn(async move {
+            if let Err(e) = shared.store.forget_shell(&shell_id).await {
+                tracing::warn!(error = %e, "cannot forget a closed shell");
+            }
+        });
+    }
+
     /// Records an invocation's end, counts it and wakes whoever waits for it.
     pub async fn finish(&self, job: &Job, outcome: Outcome) {
         match self.store.finish(job.id, &outcome).await {
@@ -113,6 +142,47 @@ pub struct PoolsInfo {
     pub oldest_queued_seconds: Option<f64>,
 }
 
+/// Deletes the remote sessions a previous run of this node left open, before anything new is
+/// opened: first those it remembered (with the connector's token, which can reach a shell behind
+/// a load balancer), then any still listed under this node's shell name. Returns how many went.
+pub async fn reap_orphans(directory: &Directory, store: &Store, node: &str, shell_name: &str) -> u32 {
+    let mut reaped = 0;
+    match store.open_shells(node).await {
+        Ok(shells) => {
+            for shell in shells {
+                if let (Some(a), Some(t)) = (directory.admin(&shell.admin), directory.tenant(&shell.tenant)) {
+                    let connector = &directory.tenants[t].profile.connector;
+                    match connector.delete_orphan(&directory.target(a, t), &shell.token).await {
+                        Ok(deleted) => reaped += u32::from(deleted),
+                        Err(e) => {
+                            tracing::warn!(shell = %shell.shell_id, error = %e, "could not delete an orphaned shell")
+                        }
+                    }
+                }
+                if let Err(e) = store.forget_shell(&shell.shell_id).await {
+                    tracing::warn!(error = %e, "cannot update the list of open shells");
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read the sessions the previous run left open"),
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (t, tenant) in directory.tenants.iter().enumerate() {
+        for &a in directory.admins_for(t) {
+            if !seen.insert((a, tenant.profile.name.clone())) {
+                continue;
+            }
+            match tenant.profile.connector.reap_orphans(&directory.target(a, t), shell_name).await {
+                Ok(n) => reaped += n,
+                Err(e) => {
+                    tracing::warn!(admin = %directory.admins[a].name, error = %e, "could not look for orphaned shells")
+                }
+            }
+        }
+    }
+    reaped
+}
+
 pub struct Broker {
     shared: Arc<Shared>,
     tx: mpsc::UnboundedSender<Event>,
@@ -127,9 +197,10 @@ impl Broker {
         store: Store,
         metrics: Arc<Metrics>,
         tuning: SchedulerConfig,
+        node: String,
     ) -> Result<Broker, StoreError> {
         let (finished, _) = broadcast::channel(4096);
-        let shared = Arc::new(Shared { store, metrics, directory, tuning, finished, writes: TaskTracker::new() });
+        let shared = Arc::new(Shared { store, metrics, directory, tuning, node, finished, writes: TaskTracker::new() });
         let (tx, rx) = mpsc::unbounded_channel();
         let driver = driver::Driver::new(shared.clone(), tx.clone(), rx);
         let handle = tokio::spawn(driver.run());

@@ -834,8 +834,9 @@ impl Scheduler {
         self.sessions.values().filter(|s| s.state == SessionState::Busy).count()
     }
 
-    pub fn session_admin(&self, id: SessionId) -> Option<AdminIdx> {
-        self.sessions.get(&id).map(|s| s.admin)
+    /// The admin and tenant a session belongs to.
+    pub fn session_owner(&self, id: SessionId) -> Option<(AdminIdx, TenantIdx)> {
+        self.sessions.get(&id).map(|s| (s.admin, s.tenant))
     }
 
     pub fn session_ids(&self) -> Vec<SessionId> {

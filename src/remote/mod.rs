@@ -56,6 +56,13 @@ pub trait Connector: Send + Sync + 'static {
     /// still holds at the target's endpoint, e.g. after a crash, so they stop eating quota; the
     /// admin's other sessions are left alone. Returns how many were deleted. Connectors whose
     /// sessions cannot outlive the process have nothing to do.
+    /// Deletes one shell a previous process opened, from its [`RemoteSession::resume_token`].
+    /// `Ok(false)`: the server no longer knew it.
+    async fn delete_orphan(&self, target: &SessionTarget, token: &str) -> Result<bool, RemoteError> {
+        let _ = (target, token);
+        Ok(false)
+    }
+
     async fn reap_orphans(&self, target: &SessionTarget, name: &str) -> Result<u32, RemoteError> {
         let _ = (target, name);
         Ok(0)
@@ -68,6 +75,11 @@ pub trait RemoteSession: Send + Sync {
     /// The server's identifier of the session (the ShellId on WS-Management).
     fn remote_id(&self) -> String;
     async fn invoke(&self, command: &Command) -> Result<CommandOutput, RemoteError>;
+    /// Opaque text that lets another process delete this session after a crash (e.g. the
+    /// endpoint and load-balancer cookies it is pinned to). `None`: nothing to remember.
+    fn resume_token(&self) -> Option<String> {
+        None
+    }
     /// Removes the session on the server (Remove-PSSession), releasing its quota.
     async fn close(&self) -> Result<(), RemoteError>;
 }

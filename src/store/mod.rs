@@ -153,6 +153,16 @@ impl BatchCounts {
     }
 }
 
+/// A remote session a node holds, with the connector's token to delete it from elsewhere.
+#[derive(Debug, Clone)]
+pub struct OpenShell {
+    pub shell_id: String,
+    pub node: String,
+    pub admin: String,
+    pub tenant: String,
+    pub token: String,
+}
+
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
@@ -377,6 +387,44 @@ impl Store {
         }
         tx.commit().await?;
         Ok(cancelled)
+    }
+
+    /// Remembers a remote session this node opened (see `open_shells` in the migrations).
+    pub async fn remember_shell(&self, shell: &OpenShell) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO open_shells (shell_id, node, admin, tenant, token, opened_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (shell_id) DO UPDATE SET token = excluded.token")
+            .bind(&shell.shell_id)
+            .bind(&shell.node)
+            .bind(&shell.admin)
+            .bind(&shell.tenant)
+            .bind(&shell.token)
+            .bind(now_ms())
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn forget_shell(&self, shell_id: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM open_shells WHERE shell_id = ?").bind(shell_id).execute(&self.writer).await?;
+        Ok(())
+    }
+
+    /// The sessions a node still had open when it last stopped.
+    pub async fn open_shells(&self, node: &str) -> Result<Vec<OpenShell>, StoreError> {
+        let rows = sqlx::query("SELECT shell_id, node, admin, tenant, token FROM open_shells WHERE node = ?")
+            .bind(node)
+            .fetch_all(&self.reads)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(OpenShell {
+                    shell_id: r.try_get("shell_id")?,
+                    node: r.try_get("node")?,
+                    admin: r.try_get("admin")?,
+                    tenant: r.try_get("tenant")?,
+                    token: r.try_get("token")?,
+                })
+            })
+            .collect()
     }
 
     /// Invocations that were queued or running when the daemon last stopped.

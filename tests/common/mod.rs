@@ -14,11 +14,13 @@ pub struct TestApp {
 }
 
 /// Admins `a0..a{admins}` (cap 3, all tenants), tenants `t000..` with the given simulator
-/// latencies; `extra` is appended TOML (more sections or overrides).
+/// latencies; `extra` is appended to the profile. The broker reaches the simulator through the
+/// real wire protocol (WS-Management/PSRP over loopback HTTP), as the demo does.
 pub fn config_text(admins: u32, tenants: u32, open_ms: u64, cmd_ms: u64, extra: &str) -> String {
     let mut text = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nmax_wait_seconds = 30\n\
-         [profiles.default]\nkind = \"simulator\"\n{extra}\n\
+         [profiles.default]\nkind = \"wsman\"\nconnection_uri = \"http://{{simulator}}/powershell-liveid?DelegatedOrg={{tenant}}\"\n\
+         allow_plain_http = true\n{extra}\n\
          [simulator]\nopen_latency_ms = {open_ms}\ncommand_latency_ms = {cmd_ms}\nclose_latency_ms = 1\nmailboxes_per_tenant = 10\n"
     );
     for a in 0..admins {

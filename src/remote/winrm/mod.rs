@@ -26,6 +26,15 @@ use crate::remote::wsman::{envelope, response, RequestContext};
 use crate::remote::{Connector, FaultClass, RemoteError, RemoteSession, SessionTarget};
 use transport::{basic_auth, endpoint_url, CallError, Channel};
 
+/// A shell as another process can find it again (see `RemoteSession::resume_token`).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ResumeToken {
+    url: String,
+    shell_id: String,
+    resource_uri: String,
+    cookies: Vec<(String, String, String)>,
+}
+
 /// How the connector talks to WinRM endpoints.
 #[derive(Debug, Clone)]
 pub struct WinrmOptions {
@@ -194,6 +203,11 @@ impl WinrmConnector {
         resource_uri: &str,
     ) -> Result<bool, RemoteError> {
         let channel = self.channel(target)?;
+        self.delete_on(&channel, shell_id, resource_uri).await
+    }
+
+    /// Deletes a shell through `channel`; `Ok(false)` when the server did not know it.
+    async fn delete_on(&self, channel: &Channel, shell_id: &str, resource_uri: &str) -> Result<bool, RemoteError> {
         let result = channel
             .call(
                 "Delete",
@@ -220,6 +234,15 @@ impl Connector for WinrmConnector {
     /// Counts the shells actually deleted: one the server no longer knows (it expired meanwhile,
     /// or lives behind another load-balanced server) is not counted; one that fails to delete is
     /// logged and skipped.
+    async fn delete_orphan(&self, target: &SessionTarget, token: &str) -> Result<bool, RemoteError> {
+        let token: ResumeToken = serde_json::from_str(token)
+            .map_err(|e| RemoteError::new(FaultClass::Protocol, format!("unreadable shell token: {e}")))?;
+        let url = endpoint_url(&token.url, &target.credential, self.options.allow_plain_http)?;
+        let channel = self.channel(target)?;
+        channel.resume(url, token.cookies);
+        self.delete_on(&channel, &token.shell_id, &token.resource_uri).await
+    }
+
     async fn reap_orphans(&self, target: &SessionTarget, name: &str) -> Result<u32, RemoteError> {
         let shells = self.enumerate_shells(target).await?;
         let default_uri = crate::remote::wsman::powershell_resource_uri(&target.configuration_name);

@@ -420,6 +420,19 @@ impl RemoteSession for WinrmSession {
         self.shell.shell_id.clone()
     }
 
+    /// What another process needs to delete this shell: behind a load balancer the shell is
+    /// only reachable with the conversation's URL and affinity cookies.
+    fn resume_token(&self) -> Option<String> {
+        let channel = &self.shell.channel;
+        let token = super::ResumeToken {
+            url: channel.url().to_string(),
+            shell_id: self.shell.shell_id.clone(),
+            resource_uri: channel.context().resource_uri,
+            cookies: channel.cookies(),
+        };
+        serde_json::to_string(&token).ok()
+    }
+
     async fn invoke(&self, command: &Command) -> Result<CommandOutput, RemoteError> {
         if self.shell.closed.load(Ordering::Acquire) {
             return Err(RemoteError::new(FaultClass::SessionExpired, "the session was closed"));

@@ -144,6 +144,15 @@ impl CookieJar {
         }
     }
 
+    /// Every cookie as (host, name, value), to hand to another process.
+    pub(crate) fn entries(&self) -> Vec<(String, String, String)> {
+        self.cookies.clone()
+    }
+
+    pub(crate) fn from_entries(cookies: Vec<(String, String, String)>) -> Self {
+        Self { cookies }
+    }
+
     /// The `Cookie` header for a request to `host`, if any cookie applies.
     pub(crate) fn header(&self, host: &str) -> Option<String> {
         let pairs: Vec<String> =
@@ -205,6 +214,19 @@ impl Channel {
     /// A copy of the current request context (its `to` follows redirects).
     pub(crate) fn context(&self) -> RequestContext {
         self.lock().ctx.clone()
+    }
+
+    /// The cookies this conversation carries (load-balancer affinity).
+    pub(crate) fn cookies(&self) -> Vec<(String, String, String)> {
+        self.lock().cookies.entries()
+    }
+
+    /// Continues a conversation another process started: its URL and cookies.
+    pub(crate) fn resume(&self, url: Url, cookies: Vec<(String, String, String)>) {
+        let mut state = self.lock();
+        state.ctx.to = url.to_string();
+        state.url = url;
+        state.cookies = CookieJar::from_entries(cookies);
     }
 
     /// The endpoint URL now in use.

@@ -1,0 +1,188 @@
+//! SIGKILL in the middle of a 10,000-item batch, then a restart on the same database.
+//!
+//! The simulated service runs here, in the test process, behind its WS-Management endpoint, so
+//! it outlives the daemon (a child process running the real binary) and can testify: which
+//! shells were left open, which commands ran, and how often.
+
+use psbroker::config::SimulatorConfig;
+use psbroker::sim::{SimAccount, Simulator};
+use serde_json::{json, Value as Json};
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const UPN: &str = "a0@partner.onmicrosoft.com";
+const TENANTS: u32 = 4;
+
+fn tenant(i: u32) -> String {
+    format!("t{i:03}.onmicrosoft.com")
+}
+
+struct Daemon {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Daemon {
+    /// A failing test must not leave a daemon behind.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `psbroker serve` and waits for the line that says where it listens.
+fn start(config: &std::path::Path) -> Daemon {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_psbroker"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("PSBROKER_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("psbroker starts");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let addr = loop {
+        let Some(line) = lines.next() else { panic!("daemon exited before listening:\n{}", seen.join("\n")) };
+        let line = line.unwrap();
+        seen.push(line.clone());
+        if let Some(rest) = line.split("address=").nth(1).filter(|_| line.contains("psbroker listening")) {
+            break rest.split_whitespace().next().unwrap().trim_matches(|c: char| !c.is_ascii_graphic()).to_string();
+        }
+    };
+    // Keep draining the log so the daemon never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Daemon { child, url: format!("http://{addr}") }
+}
+
+async fn get(client: &reqwest::Client, url: String) -> Json {
+    client.get(url).send().await.unwrap().json().await.unwrap()
+}
+
+fn shells(sim: &Simulator) -> HashSet<String> {
+    sim.list_shells(UPN).into_iter().map(|s| s.shell_id).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_batch_loses_nothing_repeats_no_write_and_leaves_no_orphan_shells() {
+    let cfg = SimulatorConfig {
+        open_latency_ms: 20,
+        command_latency_ms: 1,
+        close_latency_ms: 1,
+        mailboxes_per_tenant: 10,
+        ..SimulatorConfig::default()
+    };
+    let account = SimAccount { upn: UPN.into(), password: "pw0".into(), tenants: vec!["*".into()] };
+    let sim = Simulator::new(&cfg, vec![account], (0..TENANTS).map(tenant).collect());
+    let (sim_addr, _server) = psbroker::sim::wire::spawn(sim.clone(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    // A shell this admin holds through another tool: the broker must leave it alone.
+    let foreign = sim.open_shell(UPN, "pw0", &tenant(0), "Microsoft.Exchange").unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[store]\nurl = \"sqlite://{}\"\n\
+         [profiles.default]\nkind = \"wsman\"\nallow_plain_http = true\n\
+         connection_uri = \"http://{sim_addr}/powershell-liveid?DelegatedOrg={{tenant}}\"\n\
+         [[admins]]\nname = \"a0\"\nupn = \"{UPN}\"\ncredential = \"literal:pw0\"\n",
+        dir.path().join("psbroker.db").display()
+    );
+    for t in 0..TENANTS {
+        text += &format!("[[tenants]]\ndomain = \"{}\"\n", tenant(t));
+    }
+    let config = dir.path().join("psbroker.toml");
+    std::fs::write(&config, text).unwrap();
+
+    let client = reqwest::Client::new();
+    let daemon = start(&config);
+    // Half reads (safe to repeat), half writes (must never run twice).
+    let items: Vec<Json> = (0..10_000u32)
+        .map(|i| {
+            let t = tenant(i % TENANTS);
+            if i % 2 == 0 {
+                json!({"tenant": t, "cmdlet": "Get-Mailbox", "parameters": {"Identity": "user001"}})
+            } else {
+                json!({"tenant": t, "cmdlet": "Set-Mailbox", "parameters": {"Identity": format!("user{:03}", i % 10 + 1), "CustomAttribute1": format!("v{i}")}})
+            }
+        })
+        .collect();
+    let resp: Json = client
+        .post(format!("{}/v1/batches", daemon.url))
+        .json(&json!({"items": items}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let batch = resp["id"].as_str().unwrap().to_string();
+
+    // Let it get going, then kill it without warning.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let c = get(&client, format!("{}/v1/batches/{batch}", daemon.url)).await;
+        if c["succeeded"].as_i64().unwrap_or(0) >= 1500 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "batch made no progress: {c}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(daemon); // SIGKILL
+    let orphans: HashSet<String> = shells(&sim).into_iter().filter(|s| *s != foreign).collect();
+    assert!(!orphans.is_empty(), "the killed daemon left shells open at the service");
+
+    let daemon = start(&config);
+    // Orphans were deleted before anything new was opened; the foreign shell survived.
+    let now = shells(&sim);
+    assert!(
+        now.is_disjoint(&orphans),
+        "orphaned shells still open: {:?}",
+        now.intersection(&orphans).collect::<Vec<_>>()
+    );
+    assert!(now.contains(&foreign), "a shell the broker does not own was deleted");
+
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let counts = loop {
+        let c = get(&client, format!("{}/v1/batches/{batch}", daemon.url)).await;
+        if c["done"] == true {
+            break c;
+        }
+        assert!(Instant::now() < deadline, "batch not finished after restart: {c}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(counts["total"], 10_000);
+    let (ok, failed) = (counts["succeeded"].as_i64().unwrap(), counts["failed"].as_i64().unwrap());
+    assert_eq!(ok + failed, 10_000, "every item reached a terminal state: {counts}");
+
+    // Writes ran at most once; a write that may have run at the crash failed `interrupted`.
+    let results =
+        client.get(format!("{}/v1/batches/{batch}/results", daemon.url)).send().await.unwrap().text().await.unwrap();
+    let stats = sim.stats();
+    let mut interrupted = 0;
+    for line in results.lines() {
+        let r: Json = serde_json::from_str(line).unwrap();
+        let id: uuid::Uuid = r["id"].as_str().unwrap().parse().unwrap();
+        let runs = stats.executions.get(&id).copied().unwrap_or(0);
+        if r["cmdlet"] == "Set-Mailbox" {
+            assert!(runs <= 1, "write {id} ran {runs} times");
+            if r["status"] == "failed" {
+                assert_eq!(r["error"]["code"], "interrupted", "{r}");
+                interrupted += 1;
+            } else {
+                assert_eq!(runs, 1, "{r}");
+            }
+        } else {
+            assert_eq!(r["status"], "succeeded", "reads are repeated, never lost: {r}");
+        }
+    }
+    assert!(interrupted <= 3, "at most one write per session was in flight: {interrupted}");
+
+    // Graceful stop closes what it opened; the foreign shell is still there.
+    let mut daemon = daemon;
+    let pid = daemon.child.id();
+    Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    let status = daemon.child.wait().unwrap();
+    assert!(status.success(), "SIGTERM exits 0");
+    assert_eq!(shells(&sim), HashSet::from([foreign]));
+}
