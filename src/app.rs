@@ -45,6 +45,7 @@ impl Application {
         })?;
         let store =
             Store::connect(&config.store.url).await.with_context(|| format!("opening store {}", config.store.url))?;
+        let auth = crate::auth::setup(&config, &store).await?;
         let metrics = Arc::new(Metrics::new(config.metrics.tenant_labels));
         let broker = Arc::new(Broker::start(Arc::new(directory), store, metrics, config.scheduler.clone()).await?);
         let listener = TcpListener::bind(&config.server.listen)
@@ -55,6 +56,8 @@ impl Application {
             max_wait: Duration::from_secs(config.server.max_wait_seconds),
             max_body_bytes: config.server.max_body_bytes,
             max_batch_items: config.server.max_batch_items,
+            auth,
+            metrics_open: listener.local_addr()?.ip().is_loopback(),
         };
         Ok(Application { listener, broker, simulator, state })
     }
