@@ -10,6 +10,9 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// `PSBROKER_*` variables that the command line reads itself (lower-cased, without the prefix).
+const CLI_VARIABLES: [&str; 5] = ["config", "url", "token", "token_file", "log"];
+
 /// The demo configuration compiled into the binary: `psbroker serve` works with no files at all.
 pub const EMBEDDED_DEMO: &str = include_str!("../config/psbroker.toml");
 
@@ -296,8 +299,9 @@ impl Config {
             }
             None => Figment::from(Toml::string(EMBEDDED_DEMO)),
         };
-        let config: Config =
-            base.merge(Env::prefixed("PSBROKER_").split("__")).extract().map_err(|e| ConfigError::Load(Box::new(e)))?;
+        // The CLI's own variables share the prefix but are not configuration keys.
+        let env = Env::prefixed("PSBROKER_").ignore(&CLI_VARIABLES).split("__");
+        let config: Config = base.merge(env).extract().map_err(|e| ConfigError::Load(Box::new(e)))?;
         config.validate()?;
         Ok(config)
     }
