@@ -156,6 +156,17 @@ async fn each_rule_refuses_with_its_own_code_and_nothing_runs() {
         invoke_as(&app, &narrow, &tenant(0), "Set-Mailbox", json!({"Identity": "user002", "Office": "Branch 7"})).await;
     assert_eq!((s, b["status"].as_str()), (200, Some("succeeded")), "{b}");
 
+    // A scoped token sees only its tenants' pools and sessions.
+    let (_, pools) = send(client(&reader).get(app.url("/v1/pools"))).await;
+    let names: Vec<&str> = pools["tenants"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert_eq!(names, vec![tenant(0).as_str()], "{pools}");
+    assert_eq!(app.get("/v1/pools").await.1["tenants"].as_array().unwrap().len(), 3, "the admin sees all");
+    let (_, sessions) = send(client(&reader).get(app.url("/v1/sessions"))).await;
+    assert!(sessions["sessions"].as_array().unwrap().iter().all(|s| s["tenant"] == tenant(0).as_str()), "{sessions}");
+    let (_, tokens) = app.get("/v1/tokens").await;
+    let reader_row = tokens["tokens"].as_array().unwrap().iter().find(|t| t["name"] == "reader").unwrap().clone();
+    assert!(reader_row["last_used_at"].is_i64(), "last use is recorded: {reader_row}");
+
     // Managing tokens is for admins.
     let (s, b) =
         send(client(&narrow).post(app.url("/v1/tokens")).json(&json!({"name": "mine", "role": "admin"}))).await;
@@ -501,4 +512,58 @@ async fn the_secret_reaches_the_remote_side_but_is_not_resumed_after_a_restart()
     let stats = sim.stats();
     assert!(stats.executions.values().all(|&n| n == 1));
     b.shutdown(Duration::from_secs(5)).await;
+}
+
+// ---- Hostile names never reach the remote side; hostile values reach it as literal data ----
+
+const HOSTILE_VALUES: [&str; 9] = [
+    "x; Remove-Mailbox -Identity user002 -Confirm:$false",
+    "$(Remove-Mailbox user002)",
+    "`$env:PATH`n`0",
+    "'single' \"double\" ‘curly’ “quotes”",
+    "<S>injected</S><Obj RefId=\"0\"><MS/></Obj>",
+    "]]><!-- --><![CDATA[x]]>&amp;&lt;&#x41;",
+    "_x0041_ _x000A_ line\nbreak\ttab",
+    "| Out-File C:\\x.txt & whoami @args",
+    "\u{0}\u{1b}[31m nul and escape",
+];
+
+#[tokio::test]
+async fn hostile_names_are_refused_and_hostile_values_travel_as_data() {
+    let app = start(&config_text(1, 1, 5, 1, "")).await;
+    for cmdlet in [
+        "Get-Mailbox; Remove-Mailbox",
+        "Get-Mailbox | Remove-Mailbox",
+        "Get-Mailbox -Identity x",
+        "$(Remove-Mailbox)",
+        "& Get-Mailbox",
+        "Get-Mail`box",
+        "Get-Mailbox'",
+        "Get-Mailbox\n",
+        "Invoke\u{2010}Expression",
+        "Microsoft.PowerShell.Utility\\Invoke-Expression",
+        "<Get-Mailbox/>",
+    ] {
+        let (s, b) = app.invoke(&tenant(0), cmdlet, json!({})).await;
+        assert_eq!((s, code(&b)), (422, Some("invalid_cmdlet_name")), "{cmdlet:?}: {b}");
+    }
+    for name in ["-Identity", "Identity;x", "$x", "Identity Office", "a`b", "<x>", "Identity\u{0}", "Ïdentity"] {
+        let (s, b) = app.invoke(&tenant(0), "Get-Mailbox", json!({ name: "user001" })).await;
+        assert_eq!((s, code(&b)), (422, Some("invalid_parameter_name")), "{name:?}: {b}");
+    }
+    assert!(app.sim().stats().executions.is_empty(), "no hostile name reached the remote side");
+
+    for value in HOSTILE_VALUES {
+        let (_, set) = app.invoke(&tenant(0), "Set-Mailbox", json!({"Identity": "user001", "Office": value})).await;
+        assert_eq!(set["status"], "succeeded", "{value:?}: {set}");
+        let (_, get) = app.invoke(&tenant(0), "Get-Mailbox", json!({"Identity": "user001"})).await;
+        assert_eq!(get["output"][0]["Office"], value, "the value came back byte for byte");
+        // On the wire the value is one CLIXML string, whatever it contains.
+        let wire = psbroker::remote::clixml::to_clixml(&PsValue::String(value.into()));
+        assert!(wire.starts_with("<S>") && wire.ends_with("</S>") && wire.matches("<S>").count() == 1, "{wire}");
+        assert_eq!(psbroker::remote::clixml::from_clixml(wire.as_bytes()).unwrap(), PsValue::String(value.into()));
+    }
+    let (_, get) = app.invoke(&tenant(0), "Get-Mailbox", json!({"Identity": "user002"})).await;
+    assert_eq!(get["output"].as_array().unwrap().len(), 1, "user002 was never removed: {get}");
+    app.stop().await;
 }
