@@ -72,6 +72,7 @@ impl Application {
         if reaped > 0 {
             tracing::info!(shells = reaped, "deleted shells left open by a previous run");
         }
+        let auth = crate::auth::setup(&config, &store).await?;
         let metrics = Arc::new(Metrics::new(config.metrics.tenant_labels));
         let broker =
             Arc::new(Broker::start(Arc::new(directory), store, metrics, config.scheduler.clone(), node).await?);
@@ -83,6 +84,8 @@ impl Application {
             max_wait: Duration::from_secs(config.server.max_wait_seconds),
             max_body_bytes: config.server.max_body_bytes,
             max_batch_items: config.server.max_batch_items,
+            auth,
+            metrics_open: listener.local_addr()?.ip().is_loopback(),
         };
         Ok(Application { listener, broker, simulator, simulator_wire, state })
     }

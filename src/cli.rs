@@ -1,6 +1,7 @@
 //! Command line: `serve` runs the daemon; the other commands talk to a running daemon over its
 //! HTTP API (or, for `bench`, run a self-contained measurement).
 
+use crate::cli_token::AuthArgs;
 use crate::config::Config;
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
@@ -44,7 +45,12 @@ pub enum Command {
     Status {
         #[arg(long, env = "PSBROKER_URL", default_value = "http://127.0.0.1:8080")]
         url: String,
+        #[command(flatten)]
+        auth: AuthArgs,
     },
+    /// Create, list and revoke API tokens (on the store directly; the daemon need not run).
+    #[command(subcommand)]
+    Token(crate::cli_token::TokenCommand),
     /// Benchmarks that print figures.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -76,6 +82,8 @@ pub struct InvokeArgs {
     /// Parameter `Name=Value` whose value is always a string.
     #[arg(short = 's', long = "param-string", value_name = "NAME=VALUE")]
     pub string_params: Vec<String>,
+    #[command(flatten)]
+    pub auth: AuthArgs,
 }
 
 #[derive(Subcommand)]
@@ -88,24 +96,32 @@ pub enum BatchCommand {
         /// Return after submitting instead of following progress.
         #[arg(long)]
         no_follow: bool,
+        #[command(flatten)]
+        auth: AuthArgs,
     },
     /// Print a batch's counts.
     Status {
         id: String,
         #[arg(long, env = "PSBROKER_URL", default_value = "http://127.0.0.1:8080")]
         url: String,
+        #[command(flatten)]
+        auth: AuthArgs,
     },
     /// Print a batch's results as JSON lines.
     Results {
         id: String,
         #[arg(long, env = "PSBROKER_URL", default_value = "http://127.0.0.1:8080")]
         url: String,
+        #[command(flatten)]
+        auth: AuthArgs,
     },
     /// Cancel what has not started.
     Cancel {
         id: String,
         #[arg(long, env = "PSBROKER_URL", default_value = "http://127.0.0.1:8080")]
         url: String,
+        #[command(flatten)]
+        auth: AuthArgs,
     },
 }
 
@@ -162,7 +178,7 @@ pub async fn invoke(args: InvokeArgs) -> anyhow::Result<()> {
     if let Some(k) = args.idempotency_key {
         body["idempotency_key"] = json!(k);
     }
-    let client = reqwest::Client::new();
+    let client = args.auth.client()?;
     let resp = client
         .post(format!("{}/v1/invocations", args.url))
         .json(&body)
@@ -178,9 +194,14 @@ pub async fn invoke(args: InvokeArgs) -> anyhow::Result<()> {
 }
 
 pub async fn batch(cmd: BatchCommand) -> anyhow::Result<()> {
-    let client = reqwest::Client::new();
+    let client = match &cmd {
+        BatchCommand::Submit { auth, .. }
+        | BatchCommand::Status { auth, .. }
+        | BatchCommand::Results { auth, .. }
+        | BatchCommand::Cancel { auth, .. } => auth.client()?,
+    };
     match cmd {
-        BatchCommand::Submit { file, url, no_follow } => {
+        BatchCommand::Submit { file, url, no_follow, .. } => {
             let body = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
             let resp = client
                 .post(format!("{url}/v1/batches"))
@@ -199,12 +220,12 @@ pub async fn batch(cmd: BatchCommand) -> anyhow::Result<()> {
             }
             follow(&client, &url, &id, total).await
         }
-        BatchCommand::Status { id, url } => {
+        BatchCommand::Status { id, url, .. } => {
             let counts = check(client.get(format!("{url}/v1/batches/{id}")).send().await?).await?;
             println!("{}", serde_json::to_string_pretty(&counts)?);
             Ok(())
         }
-        BatchCommand::Results { id, url } => {
+        BatchCommand::Results { id, url, .. } => {
             let resp = client.get(format!("{url}/v1/batches/{id}/results")).send().await?;
             if !resp.status().is_success() {
                 check(resp).await?;
@@ -219,7 +240,7 @@ pub async fn batch(cmd: BatchCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        BatchCommand::Cancel { id, url } => {
+        BatchCommand::Cancel { id, url, .. } => {
             let r = check(client.delete(format!("{url}/v1/batches/{id}")).send().await?).await?;
             println!("{}", serde_json::to_string_pretty(&r)?);
             Ok(())
@@ -262,8 +283,8 @@ async fn follow(client: &reqwest::Client, url: &str, id: &str, total: u64) -> an
     Ok(())
 }
 
-pub async fn status(url: &str) -> anyhow::Result<()> {
-    let client = reqwest::Client::new();
+pub async fn status(url: &str, auth: &AuthArgs) -> anyhow::Result<()> {
+    let client = auth.client()?;
     let pools = check(client.get(format!("{url}/v1/pools")).send().await.context("cannot reach the daemon")?).await?;
     println!("{}", serde_json::to_string_pretty(&pools)?);
     Ok(())

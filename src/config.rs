@@ -10,6 +10,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// `PSBROKER_*` variables that the command line reads itself (lower-cased, without the prefix).
+
 /// The demo configuration compiled into the binary: `psbroker serve` works with no files at all.
 pub const EMBEDDED_DEMO: &str = include_str!("../config/psbroker.toml");
 
@@ -18,6 +20,8 @@ pub const EMBEDDED_DEMO: &str = include_str!("../config/psbroker.toml");
 pub struct Config {
     #[serde(default)]
     pub server: ServerConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
     #[serde(default)]
     pub store: StoreConfig,
     #[serde(default)]
@@ -42,6 +46,9 @@ pub struct ServerConfig {
     pub max_wait_seconds: u64,
     pub max_body_bytes: usize,
     pub max_batch_items: usize,
+    /// Listening on a non-loopback address sends API tokens in clear text (TLS is a later
+    /// release): refused unless this is set, e.g. behind a TLS-terminating proxy.
+    pub allow_insecure_non_loopback: bool,
 }
 
 impl Default for ServerConfig {
@@ -51,7 +58,22 @@ impl Default for ServerConfig {
             max_wait_seconds: 30,
             max_body_bytes: 32 << 20,
             max_batch_items: 100_000,
+            allow_insecure_non_loopback: false,
         }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Every `/v1` request needs an API token. `false` is accepted only on a loopback listener
+    /// (and logged as a warning): then every local process acts as an admin.
+    pub enabled: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self { enabled: true }
     }
 }
 
@@ -319,8 +341,21 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
-        if self.server.listen.parse::<std::net::SocketAddr>().is_err() {
+        let Ok(listen) = self.server.listen.parse::<std::net::SocketAddr>() else {
             return bad(format!("server.listen '{}' is not an address:port", self.server.listen));
+        };
+        if !listen.ip().is_loopback() && !self.auth.enabled {
+            return bad(format!(
+                "auth.enabled = false is allowed only on a loopback address, and server.listen is {listen}"
+            ));
+        }
+        if !listen.ip().is_loopback() && !self.server.allow_insecure_non_loopback {
+            return bad(format!(
+                "refusing to listen on {listen} without TLS: API tokens would cross the network in clear text. \
+                 TLS is not built in yet (a later release). Listen on 127.0.0.1, or put a TLS-terminating proxy in \
+                 front and set [server] allow_insecure_non_loopback = true \
+                 (PSBROKER_SERVER__ALLOW_INSECURE_NON_LOOPBACK=true)"
+            ));
         }
         if self.admins.is_empty() {
             return bad("no [[admins]] configured".into());
@@ -445,6 +480,20 @@ mod tests {
             assert_eq!(c.server.listen, "127.0.0.1:9999");
             Ok(())
         });
+    }
+
+    #[test]
+    fn non_loopback_needs_an_explicit_override_and_auth() {
+        let open = EMBEDDED_DEMO.replacen("listen = \"127.0.0.1:8080\"", "listen = \"0.0.0.0:8080\"", 1);
+        let err = Config::from_toml(&open).unwrap_err().to_string();
+        assert!(err.contains("without TLS") && err.contains("allow_insecure_non_loopback"), "{err}");
+        let allowed = open.replacen("[server]\n", "[server]\nallow_insecure_non_loopback = true\n", 1);
+        assert!(Config::from_toml(&allowed).is_ok());
+        let no_auth = format!("{allowed}\n[auth]\nenabled = false\n");
+        assert!(Config::from_toml(&no_auth).unwrap_err().to_string().contains("loopback"));
+        let local_no_auth = format!("{EMBEDDED_DEMO}\n[auth]\nenabled = false\n");
+        assert!(!Config::from_toml(&local_no_auth).unwrap().auth.enabled);
+        assert!(Config::demo().auth.enabled, "secure by default");
     }
 
     #[test]

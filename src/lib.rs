@@ -6,9 +6,11 @@
 
 pub mod api;
 pub mod app;
+pub mod auth;
 pub mod bench;
 pub mod broker;
 pub mod cli;
+pub mod cli_token;
 pub mod config;
 pub mod metrics;
 pub mod remote;

@@ -37,7 +37,8 @@ async fn run() -> anyhow::Result<()> {
         }
         Command::Invoke(args) => cli::invoke(args).await,
         Command::Batch(cmd) => cli::batch(cmd).await,
-        Command::Status { url } => cli::status(&url).await,
+        Command::Status { url, auth } => cli::status(&url, &auth).await,
+        Command::Token(cmd) => psbroker::cli_token::run(cmd).await,
         Command::Bench(BenchCommand::Bulk(args)) => psbroker::bench::bulk(args).await,
         Command::Bench(BenchCommand::Api(args)) => psbroker::bench::api::run(args).await,
         Command::Bench(BenchCommand::Codec(args)) => psbroker::bench::codec::run(args),

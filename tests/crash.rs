@@ -94,8 +94,10 @@ async fn sigkill_mid_batch_loses_nothing_repeats_no_write_and_leaves_no_orphan_s
     let config = dir.path().join("psbroker.toml");
     std::fs::write(&config, text).unwrap();
 
-    let client = reqwest::Client::new();
     let daemon = start(&config);
+    // The daemon is secure by default: it wrote an admin token next to its database.
+    let token = std::fs::read_to_string(dir.path().join("api-token")).expect("bootstrap token");
+    let client = psbroker::cli_token::bearer_client(token.trim()).unwrap();
     // Half reads (safe to repeat), half writes (must never run twice).
     let items: Vec<Json> = (0..10_000u32)
         .map(|i| {

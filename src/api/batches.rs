@@ -1,10 +1,11 @@
 //! Batches: submit many invocations at once (JSON `{items:[...]}` or NDJSON), follow their
 //! counts, stream their results, cancel what has not started.
 
+use super::auth::Caller;
 use super::error::{body_error, ApiError};
 use super::{parse_id, read_body, ApiState, InvocationView};
 use crate::broker::request::InvocationRequest;
-use crate::store::Store;
+use crate::store::{BatchCounts, Store};
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -36,7 +37,12 @@ fn parse_items(headers: &HeaderMap, bytes: &Bytes) -> Result<Vec<InvocationReque
     }
 }
 
-pub async fn create(State(state): State<ApiState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+pub async fn create(
+    State(state): State<ApiState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let bytes = read_body(body, state.max_body_bytes).await?;
     let items = parse_items(&headers, &bytes)?;
     if items.is_empty() {
@@ -56,7 +62,7 @@ pub async fn create(State(state): State<ApiState>, headers: HeaderMap, body: Bod
             format!("item {i}: 'wait' applies to single invocations; follow a batch with GET /v1/batches/{{id}}"),
         ));
     }
-    let (id, total) = state.broker.submit_batch(&items).await?;
+    let (id, total) = state.broker.submit_batch(&items, &caller).await?;
     Ok((
         StatusCode::ACCEPTED,
         [(header::LOCATION, format!("/v1/batches/{id}"))],
@@ -65,29 +71,50 @@ pub async fn create(State(state): State<ApiState>, headers: HeaderMap, body: Bod
         .into_response())
 }
 
-pub async fn get_one(State(state): State<ApiState>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let id = parse_id(&id, "batch")?;
-    let counts = state.broker.store().batch_counts(id).await?.ok_or_else(|| ApiError::not_found("batch"))?;
+/// The batch's counts, if the caller may see it: someone else's batch is 404, as if it did not
+/// exist (unless the caller is an admin).
+async fn visible_batch(state: &ApiState, caller: &Caller, id: &str) -> Result<BatchCounts, ApiError> {
+    let id = parse_id(id, "batch")?;
+    state
+        .broker
+        .store()
+        .batch_counts(id)
+        .await?
+        .filter(|c| caller.may_see(c.owner.as_deref()))
+        .ok_or_else(|| ApiError::not_found("batch"))
+}
+
+pub async fn get_one(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let counts = visible_batch(&state, &caller, &id).await?;
     let done = counts.done();
     let mut body = serde_json::to_value(&counts).map_err(ApiError::internal)?;
     body["done"] = json!(done);
     Ok(Json(body).into_response())
 }
 
-pub async fn cancel(State(state): State<ApiState>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let id = parse_id(&id, "batch")?;
+pub async fn cancel(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = visible_batch(&state, &caller, &id).await?.id;
     let cancelled = state.broker.cancel_batch(id).await?.ok_or_else(|| ApiError::not_found("batch"))?;
     Ok(Json(json!({"id": id, "cancelled": cancelled})).into_response())
 }
 
 /// Streams every item of the batch as one JSON line, in submission order, page by page, so a
 /// 100,000-item batch never sits in memory at once.
-pub async fn results(State(state): State<ApiState>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let id = parse_id(&id, "batch")?;
+pub async fn results(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = visible_batch(&state, &caller, &id).await?.id;
     let store = state.broker.store().clone();
-    if store.batch_counts(id).await?.is_none() {
-        return Err(ApiError::not_found("batch"));
-    }
     let pages = futures::stream::unfold(Some((store, id, -1i64)), |cursor| async move {
         let (store, id, after) = cursor?;
         match next_page(&store, id, after).await {

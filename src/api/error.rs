@@ -41,6 +41,9 @@ impl IntoResponse for ApiError {
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         }
+        if self.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"psbroker\""));
+        }
         resp
     }
 }
@@ -53,6 +56,9 @@ impl From<StoreError> for ApiError {
                 "idempotency_conflict",
                 format!("idempotency key '{key}' was already used for a different request"),
             ),
+            StoreError::Conflict(what) => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", format!("{what} already exists"))
+            }
             other => ApiError::internal(other),
         }
     }
@@ -66,6 +72,13 @@ impl From<SubmitError> for ApiError {
                 status: StatusCode::UNPROCESSABLE_ENTITY,
                 code: error.code(),
                 message: format!("item {index}: {error}; nothing was stored"),
+                details: Some(json!({"index": index})),
+            },
+            SubmitError::Forbidden { index: None, refusal } => refusal.into(),
+            SubmitError::Forbidden { index: Some(index), refusal } => ApiError {
+                status: StatusCode::FORBIDDEN,
+                code: refusal.rule.code(),
+                message: format!("item {index}: {refusal}; nothing was stored"),
                 details: Some(json!({"index": index})),
             },
             SubmitError::IdempotencyConflict(key) => StoreError::IdempotencyConflict(key).into(),

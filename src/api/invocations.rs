@@ -1,5 +1,6 @@
 //! `POST /v1/invocations` and `GET /v1/invocations/{id}`.
 
+use super::auth::Caller;
 use super::error::{body_error, ApiError};
 use super::{parse_id, read_body, ApiState, InvocationView};
 use crate::broker::request::InvocationRequest;
@@ -11,10 +12,10 @@ use axum::Json;
 use serde_json::json;
 use std::time::Duration;
 
-pub async fn create(State(state): State<ApiState>, body: Body) -> Result<Response, ApiError> {
+pub async fn create(State(state): State<ApiState>, caller: Caller, body: Body) -> Result<Response, ApiError> {
     let bytes = read_body(body, state.max_body_bytes).await?;
     let req: InvocationRequest = serde_json::from_slice(&bytes).map_err(|e| body_error(e, None))?;
-    let submitted = state.broker.submit(&req).await?;
+    let submitted = state.broker.submit(&req, &caller).await?;
     let wait = if req.wait.unwrap_or(true) {
         let timeout = req.timeout_seconds.map(Duration::from_secs).unwrap_or(state.max_wait);
         timeout.min(state.max_wait)
@@ -38,8 +39,19 @@ pub async fn create(State(state): State<ApiState>, body: Body) -> Result<Respons
         .into_response())
 }
 
-pub async fn get_one(State(state): State<ApiState>, Path(id): Path<String>) -> Result<Json<InvocationView>, ApiError> {
+/// Someone else's invocation is 404, as if it did not exist (unless the caller is an admin).
+pub async fn get_one(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<InvocationView>, ApiError> {
     let id = parse_id(&id, "invocation")?;
-    let record = state.broker.store().get(id).await?.ok_or_else(|| ApiError::not_found("invocation"))?;
+    let record = state
+        .broker
+        .store()
+        .get(id)
+        .await?
+        .filter(|r| caller.may_see(r.owner.as_deref()))
+        .ok_or_else(|| ApiError::not_found("invocation"))?;
     Ok(Json(record.into()))
 }

@@ -1,5 +1,6 @@
 //! Operations endpoints: sessions, pools, health, readiness, metrics.
 
+use super::auth::Caller;
 use super::error::ApiError;
 use super::ApiState;
 use axum::extract::State;
@@ -8,15 +9,20 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
-pub async fn sessions(State(state): State<ApiState>) -> Response {
-    Json(json!({"sessions": state.broker.sessions().await})).into_response()
+/// Sessions of the tenants in the caller's scope (all of them for an admin).
+pub async fn sessions(State(state): State<ApiState>, caller: Caller) -> Response {
+    let mut sessions = state.broker.sessions().await;
+    sessions.retain(|s| caller.is_admin() || caller.in_tenant_scope(&s.tenant));
+    Json(json!({"sessions": sessions})).into_response()
 }
 
-pub async fn pools(State(state): State<ApiState>) -> Result<Response, ApiError> {
-    let pools =
+/// Pools; tenants outside the caller's scope are left out (an admin sees all).
+pub async fn pools(State(state): State<ApiState>, caller: Caller) -> Result<Response, ApiError> {
+    let mut pools =
         state.broker.pools().await.ok_or_else(|| {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the scheduler has stopped")
         })?;
+    pools.tenants.retain(|t| caller.is_admin() || caller.in_tenant_scope(&t.name));
     Ok(Json(pools).into_response())
 }
 

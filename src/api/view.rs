@@ -27,6 +27,9 @@ pub struct InvocationView {
     pub admin: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub session_id: Option<String>,
+    /// The token that submitted it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
     pub timing: Timing,
 }
 
@@ -51,7 +54,7 @@ pub struct Timing {
     pub run_seconds: Option<f64>,
 }
 
-fn rfc3339(ms: i64) -> String {
+pub(crate) fn rfc3339(ms: i64) -> String {
     Utc.timestamp_millis_opt(ms)
         .single()
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
@@ -76,6 +79,7 @@ impl From<InvocationRecord> for InvocationView {
             attempts: r.attempts,
             admin: r.admin_used.or(r.admin),
             session_id: r.session_id,
+            owner: r.owner,
             timing: Timing {
                 created_at: rfc3339(r.created_at),
                 started_at: r.started_at.map(rfc3339),

@@ -43,8 +43,7 @@ struct Load {
 }
 
 /// `concurrency` clients POST to `url` until `requests` have been sent.
-async fn load(url: String, args: &ApiArgs) -> Load {
-    let client = reqwest::Client::new();
+async fn load(client: reqwest::Client, url: String, args: &ApiArgs) -> Load {
     let next = Arc::new(AtomicU32::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -93,12 +92,15 @@ async fn broker_path(args: &ApiArgs, name: &str, profile: &str, sim: &str) -> an
     let dir = tempfile_dir(name)?;
     let store_url = format!("sqlite://{}", dir.join("bench.db").display());
     let app = Application::build(config(&store_url, profile, sim)).await?.spawn();
+    // The daemon wrote its bootstrap admin token next to the database: the bench pays for auth.
+    let token = std::fs::read_to_string(dir.join(crate::auth::token::TOKEN_FILE))?;
+    let client = crate::cli_token::bearer_client(&token)?;
     // Warm up: one call per tenant opens the sessions, so the run measures steady state.
     for t in 0..TENANTS {
         let body = json!({"tenant": format!("t{t}.bench"), "cmdlet": "Get-AcceptedDomain"});
-        reqwest::Client::new().post(app.url("/v1/invocations")).json(&body).send().await?;
+        client.post(app.url("/v1/invocations")).json(&body).send().await?;
     }
-    let result = load(app.url("/v1/invocations"), args).await;
+    let result = load(client, app.url("/v1/invocations"), args).await;
     app.stop().await?;
     std::fs::remove_dir_all(&dir).ok();
     Ok(result)
@@ -118,7 +120,7 @@ async fn hello_world(args: &ApiArgs) -> anyhow::Result<Load> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}/v1/invocations", listener.local_addr()?);
     let server = tokio::spawn(async move { axum::serve(listener, router).await });
-    let result = load(url, args).await;
+    let result = load(reqwest::Client::new(), url, args).await;
     server.abort();
     Ok(result)
 }

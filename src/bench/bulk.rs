@@ -116,7 +116,9 @@ async fn run_batch(args: &BulkArgs, probes: bool) -> anyhow::Result<BatchRun> {
     let store_url = format!("sqlite://{}", dir.join("bench.db").display());
     let app = Application::build(bench_config(args, &store_url)).await?.spawn();
     let sim = app.simulator.clone().expect("bench runs on the simulator");
-    let client = reqwest::Client::new();
+    // The daemon wrote its bootstrap admin token next to the database: the bench pays for auth too.
+    let token = std::fs::read_to_string(dir.join(crate::auth::token::TOKEN_FILE))?;
+    let client = crate::cli_token::bearer_client(&token)?;
     let items: Vec<Json> = (0..args.tenants)
         .flat_map(|t| (0..args.per_tenant).map(move |i| (t, i)))
         .map(|(t, i)| json!({"tenant": tenant_name(t), "cmdlet": "Get-Mailbox", "parameters": {"Identity": format!("user{:03}", i % 5 + 1)}}))

@@ -10,10 +10,13 @@ pub mod request;
 mod runner;
 pub mod scheduler;
 
+use crate::auth::{secrets, Principal, Refusal};
 use crate::config::SchedulerConfig;
 use crate::metrics::Metrics;
 use crate::remote::PsValue;
-use crate::store::{now_ms, Inserted, InvocationRecord, NewInvocation, OpenShell, Outcome, Status, Store, StoreError};
+use crate::store::{
+    now_ms, AuditEntry, Inserted, InvocationRecord, NewInvocation, OpenShell, Outcome, Status, Store, StoreError,
+};
 use directory::Directory;
 use request::{InvocationRequest, RequestError, ValidRequest};
 use scheduler::{Job, JobSpec, Priority};
@@ -68,7 +71,9 @@ impl Shared {
         });
     }
 
-    /// Records an invocation's end, counts it and wakes whoever waits for it.
+    /// Records an invocation's end, counts it and wakes whoever waits for it. Every invocation
+    /// ends here (single or batch item, success, failure, recovery verdict), and the store
+    /// appends its audit record in the same transaction as its final status.
     pub async fn finish(&self, job: &Job, outcome: Outcome) {
         match self.store.finish(job.id, &outcome).await {
             Ok(true) => {
@@ -92,6 +97,9 @@ pub enum SubmitError {
     Invalid(#[from] RequestError),
     #[error("item {index}: {error}")]
     InvalidItem { index: usize, error: RequestError },
+    /// Authorization refused the request (or, in a batch, the item at `index`).
+    #[error("{refusal}")]
+    Forbidden { index: Option<usize>, refusal: Refusal },
     #[error("idempotency key '{0}' was already used for a different request")]
     IdempotencyConflict(String),
     #[error("the daemon is shutting down and accepts no new work")]
@@ -226,11 +234,15 @@ impl Broker {
         self.accepting.load(Ordering::SeqCst)
     }
 
-    /// Validates, stores, then queues one invocation.
-    pub async fn submit(&self, req: &InvocationRequest) -> Result<Submitted, SubmitError> {
+    /// Authorizes, validates, stores, then queues one invocation on behalf of `caller`.
+    pub async fn submit(&self, req: &InvocationRequest, caller: &Principal) -> Result<Submitted, SubmitError> {
         self.check_accepting()?;
+        if let Err(refusal) = caller.authorize(&req.tenant, &req.cmdlet, &req.parameters) {
+            self.audit_refusal(caller, req, &refusal).await;
+            return Err(SubmitError::Forbidden { index: None, refusal });
+        }
         let valid = req.validate(&self.shared.directory, self.shared.tuning.default_timeout_seconds)?;
-        let new = self.new_invocation(req, &valid, None, 0);
+        let new = self.new_invocation(req, &valid, None, 0, caller);
         match self.shared.store.insert_invocation(&new).await? {
             Inserted::Existing(r) => Ok(Submitted { id: r.id, replayed: true }),
             Inserted::New => {
@@ -240,10 +252,20 @@ impl Broker {
         }
     }
 
-    /// Validates every item (nothing is stored if one is bad), stores them in one
-    /// transaction, then queues them. Returns the batch id and its size.
-    pub async fn submit_batch(&self, items: &[InvocationRequest]) -> Result<(Uuid, usize), SubmitError> {
+    /// Authorizes and validates every item (nothing is stored if one is refused or bad), stores
+    /// them in one transaction, then queues them. Returns the batch id and its size.
+    pub async fn submit_batch(
+        &self,
+        items: &[InvocationRequest],
+        caller: &Principal,
+    ) -> Result<(Uuid, usize), SubmitError> {
         self.check_accepting()?;
+        for (index, req) in items.iter().enumerate() {
+            if let Err(refusal) = caller.authorize(&req.tenant, &req.cmdlet, &req.parameters) {
+                self.audit_refusal(caller, req, &refusal).await;
+                return Err(SubmitError::Forbidden { index: Some(index), refusal });
+            }
+        }
         let batch = Uuid::now_v7();
         let mut valid = Vec::with_capacity(items.len());
         for (index, req) in items.iter().enumerate() {
@@ -258,9 +280,9 @@ impl Broker {
             .iter()
             .zip(&valid)
             .enumerate()
-            .map(|(i, (req, v))| self.new_invocation(req, v, Some(batch), i as i64))
+            .map(|(i, (req, v))| self.new_invocation(req, v, Some(batch), i as i64, caller))
             .collect();
-        let inserted = self.shared.store.insert_batch(batch, &news).await?;
+        let inserted = self.shared.store.insert_batch(batch, &caller.name, &news).await?;
         let inserted: std::collections::HashSet<Uuid> = inserted.into_iter().collect();
         let jobs =
             news.iter().zip(valid).filter(|(n, _)| inserted.contains(&n.id)).map(|(n, v)| self.job(n, v)).collect();
@@ -396,24 +418,57 @@ impl Broker {
         }
     }
 
+    /// Records a refused request in the audit. A failure to write is logged, not answered: the
+    /// request is refused either way.
+    async fn audit_refusal(&self, caller: &Principal, req: &InvocationRequest, refusal: &Refusal) {
+        let clip = |s: &str| s.chars().take(256).collect::<String>();
+        let (stored, _) = secrets::redact(&req.parameters);
+        let entry = AuditEntry {
+            at: now_ms(),
+            token: Some(caller.name.clone()),
+            tenant: clip(&req.tenant.to_lowercase()),
+            cmdlet: clip(&req.cmdlet),
+            param_names: req.parameters.keys().take(64).map(|k| clip(k)).collect(),
+            params_hash: secrets::values_hash(self.shared.store.salt(), &stored),
+            status: "refused".into(),
+            code: Some(refusal.rule.code().into()),
+            duration_ms: None,
+            session_id: None,
+            admin: None,
+            invocation_id: None,
+            batch_id: None,
+        };
+        tracing::info!(token = %caller.name, code = refusal.rule.code(), "request refused by authorization");
+        if let Err(e) = self.shared.store.audit(&entry).await {
+            tracing::error!(error = %e, "cannot write the audit record of a refused request");
+        }
+    }
+
     fn new_invocation(
         &self,
         req: &InvocationRequest,
         v: &ValidRequest,
         batch: Option<Uuid>,
         seq: i64,
+        caller: &Principal,
     ) -> NewInvocation {
         let now = now_ms();
+        let salt = self.shared.store.salt();
+        let (stored, redacted) = secrets::redact(&req.parameters);
         NewInvocation {
             id: Uuid::now_v7(),
             batch_id: batch,
             seq,
             idempotency_key: req.idempotency_key.clone(),
-            request_hash: req.content_hash(),
+            request_hash: req.content_hash(salt),
             tenant: self.shared.directory.tenants[v.tenant].domain.clone(),
             admin: v.admin.map(|a| self.shared.directory.admins[a].name.clone()),
             cmdlet: v.cmdlet.clone(),
-            parameters: serde_json::Value::Object(req.parameters.clone()),
+            param_names: stored.keys().cloned().collect(),
+            params_hash: secrets::values_hash(salt, &stored),
+            parameters: serde_json::Value::Object(stored),
+            redacted,
+            owner: caller.name.clone(),
             priority: v.priority.as_str().to_string(),
             idempotent: v.idempotent,
             created_at: now,
@@ -439,7 +494,9 @@ impl Broker {
     }
 
     /// Requeues what was queued at the last stop. What was *running* is repeated only if it is
-    /// idempotent; otherwise it fails with `interrupted`, since it may or may not have run.
+    /// idempotent; otherwise it fails with `interrupted`, since it may or may not have run. An
+    /// invocation whose secret parameter values were redacted fails with `secret_unavailable`:
+    /// secrets are never stored, so they died with the previous process.
     async fn recover(&self) -> Result<(), StoreError> {
         let dir = &self.shared.directory;
         let mut jobs = Vec::new();
@@ -454,6 +511,10 @@ impl Broker {
                         "the daemon stopped while attempt {} was running; not repeated because the command is not idempotent",
                         r.attempts
                     ),
+                )),
+                _ if r.redacted => Err(fail(
+                    "secret_unavailable",
+                    "the daemon restarted before this invocation ran; its secret parameter values are never stored, so submit it again".into(),
                 )),
                 (Some(t), a) => Ok((t, a.flatten())),
             };

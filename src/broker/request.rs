@@ -8,7 +8,6 @@ use super::scheduler::Priority;
 use crate::remote::PsValue;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as Json};
-use sha2::{Digest, Sha256};
 
 /// The body of `POST /v1/invocations`, and one item of a batch.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -88,7 +87,7 @@ pub const MAX_STRING_BYTES: usize = 1 << 20;
 pub const MAX_TIMEOUT_SECONDS: u64 = 7 * 24 * 3600;
 
 /// Verbs whose cmdlets only read: running one twice is harmless.
-const READ_VERBS: [&str; 6] = ["Get", "Test", "Search", "Find", "Measure", "Show"];
+pub const READ_VERBS: [&str; 6] = ["Get", "Test", "Search", "Find", "Measure", "Show"];
 
 pub fn is_read_verb(cmdlet: &str) -> bool {
     let verb = cmdlet.split('-').next().unwrap_or("");
@@ -178,16 +177,18 @@ impl InvocationRequest {
     }
 
     /// A digest of what the request asks for, to tell an idempotent replay from a different
-    /// request that reuses the same key.
-    pub fn content_hash(&self) -> String {
+    /// request that reuses the same key. Salted, and taken over the redacted parameters: no
+    /// secret value, nor anything derived from one, is ever stored (so two requests that differ
+    /// only in a secret value count as the same request).
+    pub fn content_hash(&self, salt: &str) -> String {
+        let (parameters, _) = crate::auth::secrets::redact(&self.parameters);
         let canonical = serde_json::json!([
             self.tenant.to_ascii_lowercase(),
             self.cmdlet.to_ascii_lowercase(),
-            self.parameters,
+            crate::auth::secrets::canonical(&Json::Object(parameters)),
             self.admin.as_ref().map(|a| a.to_ascii_lowercase()),
         ]);
-        let digest = Sha256::digest(canonical.to_string().as_bytes());
-        digest.iter().map(|b| format!("{b:02x}")).collect()
+        crate::auth::secrets::salted_sha256(salt, canonical.to_string().as_bytes())
     }
 }
 

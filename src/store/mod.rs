@@ -4,11 +4,16 @@
 //! The store is the source of truth for an invocation's status. In particular the move from
 //! `queued` to `running` is a conditional update, so a cancelled invocation can never start.
 
+mod auth;
+
+pub use auth::{AuditEntry, AuditQuery, AuditRecord, TokenRow};
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{QueryBuilder, Row, SqlitePool};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -22,6 +27,8 @@ pub enum StoreError {
     IdempotencyConflict(String),
     #[error("cannot prepare the database location: {0}")]
     Io(#[from] std::io::Error),
+    #[error("{0} already exists")]
+    Conflict(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,11 +76,19 @@ pub struct NewInvocation {
     pub tenant: String,
     pub admin: Option<String>,
     pub cmdlet: String,
+    /// As stored: secret values already replaced (see `auth::secrets`).
     pub parameters: Json,
     pub priority: String,
     pub idempotent: bool,
     pub created_at: i64,
     pub deadline_at: i64,
+    /// The name of the token that submitted it; idempotency keys are unique per owner.
+    pub owner: String,
+    /// Parameter names and the salted hash of their (redacted) values, for the audit.
+    pub param_names: Vec<String>,
+    pub params_hash: String,
+    /// Some secret value was redacted: the invocation cannot be resumed after a restart.
+    pub redacted: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -101,6 +116,8 @@ pub struct InvocationRecord {
     pub warnings: Json,
     pub error_code: Option<String>,
     pub error_message: Option<String>,
+    pub owner: Option<String>,
+    pub redacted: bool,
 }
 
 /// How an invocation ended.
@@ -145,6 +162,8 @@ pub struct BatchCounts {
     pub failed: i64,
     pub cancelled: i64,
     pub cancelled_at: Option<i64>,
+    /// The token that submitted it (`None`: stored before owners existed).
+    pub owner: Option<String>,
 }
 
 impl BatchCounts {
@@ -167,7 +186,7 @@ pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-const COLUMNS: &str = "id, batch_id, seq, idempotency_key, tenant, admin, cmdlet, parameters, priority, idempotent, status, attempts, created_at, deadline_at, started_at, finished_at, session_id, admin_used, output, errors, warnings, error_code, error_message";
+const COLUMNS: &str = "id, batch_id, seq, idempotency_key, tenant, admin, cmdlet, parameters, priority, idempotent, status, attempts, created_at, deadline_at, started_at, finished_at, session_id, admin_used, output, errors, warnings, error_code, error_message, owner, redacted";
 
 /// SQLite allows one writer at a time. Writes go through a single connection, so concurrent
 /// writers queue in-process instead of sleeping in SQLite's busy handler (which costs whole
@@ -176,6 +195,8 @@ const COLUMNS: &str = "id, batch_id, seq, idempotency_key, tenant, admin, cmdlet
 pub struct Store {
     writer: SqlitePool,
     reads: SqlitePool,
+    /// Random per database; salts the hashes of parameter values (audit, idempotency).
+    salt: Arc<str>,
 }
 
 impl Store {
@@ -202,7 +223,13 @@ impl Store {
         } else {
             SqlitePoolOptions::new().max_connections(4).connect_with(options.read_only(true)).await?
         };
-        Ok(Store { writer, reads })
+        let salt = auth::load_salt(&writer).await?;
+        Ok(Store { writer, reads, salt })
+    }
+
+    /// The database's random salt for hashes of parameter values.
+    pub fn salt(&self) -> &str {
+        &self.salt
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
@@ -222,12 +249,18 @@ impl Store {
 
     /// Stores a batch and its items in one transaction. Returns the ids that were new (items
     /// whose idempotency key was seen before are not stored again and must not run again).
-    pub async fn insert_batch(&self, batch_id: Uuid, items: &[NewInvocation]) -> Result<Vec<Uuid>, StoreError> {
+    pub async fn insert_batch(
+        &self,
+        batch_id: Uuid,
+        owner: &str,
+        items: &[NewInvocation],
+    ) -> Result<Vec<Uuid>, StoreError> {
         let mut tx = self.writer.begin().await?;
-        sqlx::query("INSERT INTO batches (id, created_at, total) VALUES (?, ?, ?)")
+        sqlx::query("INSERT INTO batches (id, created_at, total, owner) VALUES (?, ?, ?, ?)")
             .bind(batch_id.to_string())
             .bind(now_ms())
             .bind(items.len() as i64)
+            .bind(owner)
             .execute(&mut *tx)
             .await?;
         let mut inserted = Vec::with_capacity(items.len());
@@ -250,10 +283,13 @@ impl Store {
         new: &NewInvocation,
     ) -> Result<InvocationRecord, StoreError> {
         let key = new.idempotency_key.clone().unwrap_or_default();
-        let row = sqlx::query(&format!("SELECT {COLUMNS}, request_hash FROM invocations WHERE idempotency_key = ?"))
-            .bind(&key)
-            .fetch_one(&mut *conn)
-            .await?;
+        let row = sqlx::query(&format!(
+            "SELECT {COLUMNS}, request_hash FROM invocations WHERE idempotency_key = ? AND owner = ?"
+        ))
+        .bind(&key)
+        .bind(&new.owner)
+        .fetch_one(&mut *conn)
+        .await?;
         let hash: String = row.try_get("request_hash")?;
         if hash != new.request_hash {
             return Err(StoreError::IdempotencyConflict(key));
@@ -294,8 +330,10 @@ impl Store {
         Ok(())
     }
 
-    /// Records the end of an invocation that is not already final.
+    /// Records the end of an invocation that is not already final, and appends its audit record
+    /// in the same transaction (so an ended invocation always has one, and only one).
     pub async fn finish(&self, id: Uuid, outcome: &Outcome) -> Result<bool, StoreError> {
+        let mut tx = self.writer.begin().await?;
         let done = sqlx::query(
             "UPDATE invocations SET status = ?, finished_at = ?, output = ?, errors = ?, warnings = ?, error_code = ?, error_message = ? \
              WHERE id = ? AND status IN ('queued', 'running')",
@@ -308,13 +346,18 @@ impl Store {
         .bind(&outcome.error_code)
         .bind(&outcome.error_message)
         .bind(id.to_string())
-        .execute(&self.writer)
+        .execute(&mut *tx)
         .await?;
-        Ok(done.rows_affected() == 1)
+        let ended = done.rows_affected() == 1;
+        if ended {
+            auth::audit_finished(&mut tx, id).await?;
+        }
+        tx.commit().await?;
+        Ok(ended)
     }
 
     pub async fn batch_counts(&self, batch: Uuid) -> Result<Option<BatchCounts>, StoreError> {
-        let Some(head) = sqlx::query("SELECT total, cancelled_at FROM batches WHERE id = ?")
+        let Some(head) = sqlx::query("SELECT total, cancelled_at, owner FROM batches WHERE id = ?")
             .bind(batch.to_string())
             .fetch_optional(&self.reads)
             .await?
@@ -325,6 +368,7 @@ impl Store {
             id: batch,
             total: head.try_get("total")?,
             cancelled_at: head.try_get("cancelled_at")?,
+            owner: head.try_get("owner")?,
             ..BatchCounts::default()
         };
         let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM invocations WHERE batch_id = ? GROUP BY status")
@@ -441,7 +485,7 @@ impl Store {
 async fn insert_rows(tx: &mut sqlx::SqliteConnection, items: &[NewInvocation]) -> Result<Vec<Uuid>, StoreError> {
     let mut qb = QueryBuilder::new(
         "INSERT INTO invocations (id, batch_id, seq, idempotency_key, request_hash, tenant, admin, cmdlet, parameters, \
-         priority, idempotent, status, attempts, created_at, deadline_at) ",
+         priority, idempotent, status, attempts, created_at, deadline_at, owner, param_names, params_hash, redacted) ",
     );
     qb.push_values(items, |mut b, i| {
         b.push_bind(i.id.to_string())
@@ -458,7 +502,11 @@ async fn insert_rows(tx: &mut sqlx::SqliteConnection, items: &[NewInvocation]) -
             .push_bind("queued")
             .push_bind(0i64)
             .push_bind(i.created_at)
-            .push_bind(i.deadline_at);
+            .push_bind(i.deadline_at)
+            .push_bind(&i.owner)
+            .push_bind(Json::from(i.param_names.clone()).to_string())
+            .push_bind(&i.params_hash)
+            .push_bind(i.redacted);
     });
     qb.push(" ON CONFLICT DO NOTHING RETURNING id");
     let rows = qb.build().fetch_all(&mut *tx).await?;
@@ -505,6 +553,8 @@ fn record(row: &sqlx::sqlite::SqliteRow) -> Result<InvocationRecord, StoreError>
         warnings: json_col(row, "warnings")?,
         error_code: row.try_get("error_code")?,
         error_message: row.try_get("error_message")?,
+        owner: row.try_get("owner")?,
+        redacted: row.try_get("redacted")?,
     })
 }
 
@@ -528,6 +578,10 @@ mod tests {
             idempotent: true,
             created_at: now_ms(),
             deadline_at: now_ms() + 60_000,
+            owner: "tester".into(),
+            param_names: vec!["ResultSize".into()],
+            params_hash: "h".into(),
+            redacted: false,
         }
     }
 
@@ -568,7 +622,7 @@ mod tests {
         let batch = Uuid::new_v4();
         let items: Vec<_> =
             (0..1200).map(|i| NewInvocation { batch_id: Some(batch), seq: i, ..item(None, "Get-User") }).collect();
-        assert_eq!(store.insert_batch(batch, &items).await.unwrap().len(), 1200);
+        assert_eq!(store.insert_batch(batch, "tester", &items).await.unwrap().len(), 1200);
         assert!(store.mark_running(items[0].id, 1, "s", "a").await.unwrap());
         let ids: Vec<Uuid> = items.iter().map(|i| i.id).collect();
         assert_eq!(store.cancel_batch(batch, &ids).await.unwrap(), 1199, "the running one is not cancelled");

@@ -9,8 +9,10 @@ use std::time::{Duration, Instant};
 
 pub struct TestApp {
     pub app: Option<Running>,
+    /// Sends the daemon's bootstrap admin token (read from the data dir) on every request.
     pub client: reqwest::Client,
     pub dir: tempfile::TempDir,
+    pub token: String,
 }
 
 /// Admins `a0..a{admins}` (cap 3, all tenants), tenants `t000..` with the given simulator
@@ -50,7 +52,9 @@ impl TestApp {
         let mut config = Config::from_toml(text).unwrap();
         config.store.url = url;
         let app = Application::build(config).await.unwrap().spawn();
-        TestApp { app: Some(app), client: reqwest::Client::new(), dir }
+        let token = std::fs::read_to_string(dir.path().join("api-token")).unwrap_or_default().trim().to_string();
+        let client = psbroker::cli_token::bearer_client(&token).unwrap();
+        TestApp { app: Some(app), client, dir, token }
     }
 
     pub fn running(&self) -> &Running {

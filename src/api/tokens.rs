@@ -1,0 +1,70 @@
+//! Token management over the API (admin tokens only): create (the token is in this answer and
+//! nowhere else, ever), list, revoke. `psbroker token …` does the same on the store directly.
+
+use super::auth::Caller;
+use super::error::{body_error, ApiError};
+use super::{read_body, ApiState};
+use crate::auth::token::{self, TokenSpec};
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::json;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    name: String,
+    #[serde(default = "default_role")]
+    role: String,
+    #[serde(default = "everything")]
+    tenants: String,
+    #[serde(default = "everything")]
+    cmdlets: String,
+    #[serde(default)]
+    constraints: Vec<String>,
+}
+
+fn default_role() -> String {
+    "read-only".into()
+}
+fn everything() -> String {
+    "*".into()
+}
+
+pub async fn create(State(state): State<ApiState>, caller: Caller, body: Body) -> Result<Response, ApiError> {
+    caller.require_admin("creating tokens")?;
+    let bytes = read_body(body, 64 << 10).await?;
+    let b: CreateBody = serde_json::from_slice(&bytes).map_err(|e| body_error(e, None))?;
+    let spec = TokenSpec::parse(&b.name, &b.role, &b.tenants, &b.cmdlets, &b.constraints)
+        .map_err(|m| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_token_spec", m))?;
+    let secret = token::issue(state.broker.store(), &spec).await?;
+    tracing::info!(by = %caller.name, token = %spec.name, role = %spec.role, "API token created");
+    let body = json!({
+        "name": spec.name, "role": spec.role, "tenants": spec.tenants.to_string(), "cmdlets": spec.cmdlets.to_string(),
+        "constraints": spec.constraints.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
+        "token": secret,
+    });
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+pub async fn list(State(state): State<ApiState>, caller: Caller) -> Result<Response, ApiError> {
+    caller.require_admin("listing tokens")?;
+    let tokens = state.broker.store().list_tokens().await?;
+    Ok(Json(json!({"tokens": tokens})).into_response())
+}
+
+pub async fn revoke(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    caller.require_admin("revoking tokens")?;
+    if !state.broker.store().revoke_token(&name).await? {
+        return Err(ApiError::not_found("active token"));
+    }
+    tracing::info!(by = %caller.name, token = %name, "API token revoked");
+    Ok(Json(json!({"name": name, "revoked": true})).into_response())
+}

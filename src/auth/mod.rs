@@ -1,0 +1,113 @@
+//! Caller authentication and authorization: API tokens, roles, tenant and cmdlet scopes, the
+//! deny-list, parameter constraints, and the redaction of secret parameter values. Policy only:
+//! no HTTP here (the axum side is `api::auth`); tokens and the audit live in the store.
+//!
+//! Follow a request: `api::auth` reads `Authorization: Bearer psb_…` → [`Authenticator`] finds
+//! the token by its SHA-256 → a [`Principal`] → the broker calls [`Principal::authorize`] on
+//! every item before anything is stored → the invocation is stored with its owner and with
+//! secret values redacted → when it ends, the store appends the audit record.
+
+pub mod pattern;
+pub mod policy;
+pub mod secrets;
+pub mod token;
+
+pub use pattern::Patterns;
+pub use policy::{Constraint, Principal, Refusal, Role, Rule, DENIED_CMDLETS, OPERATOR_VERBS};
+
+use crate::store::{now_ms, Store, StoreError};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// Why a request is not authenticated (all are 401 `unauthenticated`).
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("no bearer token: send 'Authorization: Bearer psb_…'")]
+    Missing,
+    #[error("the token is not valid")]
+    Invalid,
+    #[error("the token was revoked")]
+    Revoked,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// How often a token's `last_used_at` is written at most: often enough to tell an unused token,
+/// rarely enough that busy callers do not queue behind the one SQLite writer.
+const TOUCH_EVERY_MS: i64 = 60_000;
+
+/// Resolves bearer tokens to callers. Tokens are read from the store on every request, so a
+/// token created or revoked with the CLI (even while the daemon runs) counts at once.
+pub struct Authenticator {
+    store: Store,
+    enabled: bool,
+    touched: Mutex<HashMap<String, i64>>,
+}
+
+impl Authenticator {
+    pub fn new(store: Store, enabled: bool) -> Authenticator {
+        Authenticator { store, enabled, touched: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// `authorization` is the header's value, if any.
+    pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Arc<Principal>, AuthError> {
+        if !self.enabled {
+            return Ok(Arc::new(Principal::unauthenticated_admin()));
+        }
+        let header = authorization.ok_or(AuthError::Missing)?;
+        let (scheme, token) = header.trim().split_once(' ').ok_or(AuthError::Missing)?;
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Err(AuthError::Missing);
+        }
+        let token = token.trim();
+        if !token.starts_with(token::TOKEN_PREFIX) || token.len() > 200 {
+            return Err(AuthError::Invalid);
+        }
+        let row = self.store.token_by_hash(&token::digest(token)).await?.ok_or(AuthError::Invalid)?;
+        if row.revoked_at.is_some() {
+            return Err(AuthError::Revoked);
+        }
+        let principal = token::principal(&row).map_err(|e| {
+            tracing::error!(token = %row.name, error = %e, "stored token does not parse; refusing it");
+            AuthError::Invalid
+        })?;
+        self.touch(&row.name).await;
+        Ok(Arc::new(principal))
+    }
+
+    async fn touch(&self, name: &str) {
+        let now = now_ms();
+        {
+            let mut touched = self.touched.lock().expect("touch map");
+            match touched.get(name) {
+                Some(&at) if now - at < TOUCH_EVERY_MS => return,
+                _ => touched.insert(name.to_string(), now),
+            };
+        }
+        if let Err(e) = self.store.touch_token(name, now).await {
+            tracing::warn!(token = %name, error = %e, "cannot record the token's last use");
+        }
+    }
+}
+
+/// Builds the daemon's authenticator from the configuration: warns loudly when auth is off,
+/// and on a database with no token writes the bootstrap admin token (see
+/// [`token::ensure_bootstrap`]).
+pub async fn setup(config: &crate::config::Config, store: &Store) -> anyhow::Result<Arc<Authenticator>> {
+    if !config.auth.enabled {
+        tracing::warn!(
+            listen = %config.server.listen,
+            "AUTHENTICATION IS DISABLED ([auth] enabled = false): every local process can act as an admin on every tenant"
+        );
+    } else if let Some(file) = token::ensure_bootstrap(store, &config.store.url).await? {
+        tracing::info!(
+            file = %file.display(),
+            "no API token existed: created the admin token 'bootstrap' (mode 0600); the CLI reads it from there"
+        );
+    }
+    Ok(Arc::new(Authenticator::new(store.clone(), config.auth.enabled)))
+}

@@ -1,0 +1,369 @@
+//! Who may run what where: roles, the deny-list, tenant and cmdlet scopes, parameter
+//! constraints. Pure policy — no HTTP, no SQL — so every rule is tested on its own.
+
+use super::pattern::{Glob, Patterns};
+use crate::broker::request::READ_VERBS;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value as Json};
+use std::fmt;
+
+/// What a token may do beyond its scopes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// Cmdlets with a read verb only ([`READ_VERBS`]: Get, Test, Search, Find, Measure, Show).
+    ReadOnly,
+    /// Read verbs and the change verbs of [`OPERATOR_VERBS`].
+    Operator,
+    /// Every verb the deny-list allows; manages tokens; sees every invocation, batch and audit
+    /// record.
+    Admin,
+}
+
+/// Verbs an operator may use on top of the read verbs: the verbs Exchange Online and Microsoft
+/// 365 use to change directory and mailbox objects. `Start`/`Stop` are included (for example
+/// Start-ManagedFolderAssistant, Stop-HistoricalSearch); the ones that escape the endpoint
+/// (Start-Process, Start-Job, ...) are on the deny-list, which no role lifts. Any other verb
+/// (Import, Export, Invoke, Send, ...) needs an admin token.
+pub const OPERATOR_VERBS: [&str; 15] = [
+    "Set", "New", "Add", "Remove", "Enable", "Disable", "Update", "Start", "Stop", "Clear", "Restore", "Suspend",
+    "Resume", "Grant", "Revoke",
+];
+
+/// Cmdlets no token may run, whatever its role or patterns: they run arbitrary code, reach
+/// the remote machine's file system, processes or network, or open further sessions — the
+/// commands JEA's guidance says never to expose in a constrained endpoint.
+pub const DENIED_CMDLETS: [&str; 35] = [
+    "Invoke-Expression",
+    "Invoke-Command",
+    "Invoke-Item",
+    "Invoke-WebRequest",
+    "Invoke-RestMethod",
+    "Invoke-CimMethod",
+    "Invoke-WmiMethod",
+    "Start-Process",
+    "*-Job",
+    "Add-Type",
+    "New-PSSession",
+    "Enter-PSSession",
+    "Import-PSSession",
+    "Export-PSSession",
+    "Connect-PSSession",
+    "*-PSSessionConfiguration",
+    "New-PSDrive",
+    "Import-Module",
+    "New-Object",
+    "Set-PSBreakpoint",
+    "Register-ObjectEvent",
+    "Register-EngineEvent",
+    "Register-WmiEvent",
+    "New-Service",
+    "Set-ExecutionPolicy",
+    "Out-File",
+    "Set-Content",
+    "Add-Content",
+    "New-Item",
+    "Remove-Item",
+    "Copy-Item",
+    "Move-Item",
+    "Rename-Item",
+    "Set-Item",
+    "Get-Credential",
+];
+
+impl Role {
+    pub fn parse(text: &str) -> Result<Role, String> {
+        match text.to_ascii_lowercase().as_str() {
+            "read-only" | "readonly" | "reader" => Ok(Role::ReadOnly),
+            "operator" => Ok(Role::Operator),
+            "admin" => Ok(Role::Admin),
+            _ => Err(format!("role '{text}' is not one of read-only, operator, admin")),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::ReadOnly => "read-only",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        }
+    }
+
+    pub fn allows_verb(self, verb: &str) -> bool {
+        let is = |list: &[&str]| list.iter().any(|v| v.eq_ignore_ascii_case(verb));
+        match self {
+            Role::ReadOnly => is(&READ_VERBS),
+            Role::Operator => is(&READ_VERBS) || is(&OPERATOR_VERBS),
+            Role::Admin => true,
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+pub fn is_denied(cmdlet: &str) -> bool {
+    DENIED_CMDLETS.iter().any(|d| Glob::new(d).matches(cmdlet))
+}
+
+/// A limit on one parameter's values, like JEA's ValidateSet / ValidatePattern: `Name=a|b|c`
+/// where each alternative is a glob. String values must match an alternative; numbers and
+/// booleans are compared by their JSON text; an array must have every element allowed; a
+/// hashtable or null is refused. A request that does not pass the parameter is not affected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Constraint {
+    pub parameter: String,
+    alternatives: Vec<Glob>,
+    text: String,
+}
+
+impl Constraint {
+    pub fn parse(text: &str) -> Result<Constraint, String> {
+        let (name, rule) =
+            text.split_once('=').ok_or_else(|| format!("constraint '{text}' is not Parameter=Pattern"))?;
+        let name = name.trim().trim_start_matches('-');
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(format!("constraint '{text}': '{name}' is not a parameter name"));
+        }
+        if rule.is_empty() || rule.split('|').any(|a| a.is_empty()) {
+            return Err(format!("constraint '{text}' has an empty alternative"));
+        }
+        Ok(Constraint {
+            parameter: name.to_string(),
+            alternatives: rule.split('|').map(Glob::new).collect(),
+            text: format!("{name}={rule}"),
+        })
+    }
+
+    /// Whether a parameter named `given` is this one: equal ignoring case, or an abbreviation
+    /// of it (PowerShell binds unambiguous prefixes, so `-Ident` must not dodge `Identity=`).
+    pub fn applies_to(&self, given: &str) -> bool {
+        let (given, name) = (given.to_ascii_lowercase(), self.parameter.to_ascii_lowercase());
+        !given.is_empty() && name.starts_with(&given)
+    }
+
+    fn allows(&self, value: &Json) -> bool {
+        let one = |s: &str| self.alternatives.iter().any(|g| g.matches(s));
+        match value {
+            Json::String(s) => one(s),
+            Json::Number(n) => one(&n.to_string()),
+            Json::Bool(b) => one(&b.to_string()),
+            Json::Array(items) => items.iter().all(|v| !v.is_array() && self.allows(v)),
+            Json::Null | Json::Object(_) => false,
+        }
+    }
+}
+
+impl fmt::Display for Constraint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// The rule that refused a request; its code is the API's error code (403).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rule {
+    TenantNotInScope,
+    CmdletNotAllowed,
+    CmdletDenied,
+    RoleForbidsVerb,
+    ParameterConstraint,
+    AdminOnly,
+}
+
+impl Rule {
+    pub fn code(self) -> &'static str {
+        match self {
+            Rule::TenantNotInScope => "tenant_not_in_scope",
+            Rule::CmdletNotAllowed => "cmdlet_not_allowed",
+            Rule::CmdletDenied => "cmdlet_denied",
+            Rule::RoleForbidsVerb => "role_forbids_verb",
+            Rule::ParameterConstraint => "parameter_constraint",
+            Rule::AdminOnly => "admin_only",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct Refusal {
+    pub rule: Rule,
+    pub message: String,
+}
+
+impl Refusal {
+    fn new(rule: Rule, message: String) -> Refusal {
+        Refusal { rule, message }
+    }
+
+    pub fn admin_only(what: &str) -> Refusal {
+        Refusal::new(Rule::AdminOnly, format!("{what} needs an admin token"))
+    }
+}
+
+/// An authenticated caller: the token's name and what it may do.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub name: String,
+    pub role: Role,
+    pub tenants: Patterns,
+    pub cmdlets: Patterns,
+    pub constraints: Vec<Constraint>,
+}
+
+impl Principal {
+    /// Everyone, when `[auth] enabled = false` (loopback only).
+    pub fn unauthenticated_admin() -> Principal {
+        Principal {
+            name: "anonymous".into(),
+            role: Role::Admin,
+            tenants: Patterns::any(),
+            cmdlets: Patterns::any(),
+            constraints: vec![],
+        }
+    }
+
+    pub fn is_admin(&self) -> bool {
+        self.role == Role::Admin
+    }
+
+    /// Whether the caller may see (read, cancel, list) something owned by `owner`. Rows stored
+    /// before owners existed (`None`) are an admin's only.
+    pub fn may_see(&self, owner: Option<&str>) -> bool {
+        self.is_admin() || owner == Some(self.name.as_str())
+    }
+
+    pub fn in_tenant_scope(&self, tenant: &str) -> bool {
+        self.tenants.matches(tenant)
+    }
+
+    /// Every rule, in a fixed order: deny-list, tenant scope, cmdlet allow-list, role, then
+    /// parameter constraints. The first that refuses names itself.
+    pub fn authorize(&self, tenant: &str, cmdlet: &str, parameters: &Map<String, Json>) -> Result<(), Refusal> {
+        if is_denied(cmdlet) {
+            return Err(Refusal::new(
+                Rule::CmdletDenied,
+                format!("'{cmdlet}' is on the deny-list (it can escape a constrained endpoint); no token may run it"),
+            ));
+        }
+        if !self.tenants.matches(tenant) {
+            return Err(Refusal::new(
+                Rule::TenantNotInScope,
+                format!("token '{}' may not act on tenant '{tenant}'", self.name),
+            ));
+        }
+        if !self.cmdlets.matches(cmdlet) {
+            return Err(Refusal::new(
+                Rule::CmdletNotAllowed,
+                format!("token '{}' may not run '{cmdlet}' (allowed: {})", self.name, self.cmdlets),
+            ));
+        }
+        let verb = cmdlet.split('-').next().unwrap_or("");
+        if !self.role.allows_verb(verb) {
+            return Err(Refusal::new(
+                Rule::RoleForbidsVerb,
+                format!("role {} of token '{}' may not use the verb '{verb}'", self.role, self.name),
+            ));
+        }
+        for (name, value) in parameters {
+            for c in self.constraints.iter().filter(|c| c.applies_to(name)) {
+                if !c.allows(value) {
+                    return Err(Refusal::new(
+                        Rule::ParameterConstraint,
+                        format!("parameter '{name}' is outside the token's constraint {c}"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn principal(role: Role, tenants: &str, cmdlets: &str, constraints: &[&str]) -> Principal {
+        Principal {
+            name: "t".into(),
+            role,
+            tenants: Patterns::parse(tenants).unwrap(),
+            cmdlets: Patterns::parse(cmdlets).unwrap(),
+            constraints: constraints.iter().map(|c| Constraint::parse(c).unwrap()).collect(),
+        }
+    }
+
+    fn code(p: &Principal, tenant: &str, cmdlet: &str, params: Json) -> Option<&'static str> {
+        p.authorize(tenant, cmdlet, params.as_object().unwrap()).err().map(|r| r.rule.code())
+    }
+
+    #[test]
+    fn roles_limit_verbs() {
+        let ro = principal(Role::ReadOnly, "*", "*", &[]);
+        assert_eq!(code(&ro, "c.onmicrosoft.com", "Get-Mailbox", json!({})), None);
+        assert_eq!(code(&ro, "c.onmicrosoft.com", "search-UnifiedAuditLog", json!({})), None);
+        assert_eq!(code(&ro, "c.onmicrosoft.com", "Set-Mailbox", json!({})), Some("role_forbids_verb"));
+        let op = principal(Role::Operator, "*", "*", &[]);
+        assert_eq!(code(&op, "c", "Set-Mailbox", json!({})), None);
+        assert_eq!(code(&op, "c", "Remove-MailUser", json!({})), None);
+        assert_eq!(code(&op, "c", "Export-MailboxDiagnosticLogs", json!({})), Some("role_forbids_verb"));
+        let admin = principal(Role::Admin, "*", "*", &[]);
+        assert_eq!(code(&admin, "c", "Export-MailboxDiagnosticLogs", json!({})), None);
+    }
+
+    #[test]
+    fn the_deny_list_binds_even_admins() {
+        let admin = principal(Role::Admin, "*", "*", &[]);
+        for c in [
+            "Invoke-Expression",
+            "invoke-command",
+            "Start-Job",
+            "Receive-Job",
+            "Add-Type",
+            "Set-PSSessionConfiguration",
+        ] {
+            assert_eq!(code(&admin, "c", c, json!({})), Some("cmdlet_denied"), "{c}");
+        }
+        assert!(!is_denied("Get-Mailbox") && !is_denied("Start-ManagedFolderAssistant"));
+    }
+
+    #[test]
+    fn scopes_and_allow_lists() {
+        let p = principal(Role::Admin, "contoso.onmicrosoft.com,*.fabrikam.com", "Get-*,Set-Mailbox", &[]);
+        assert_eq!(code(&p, "CONTOSO.onmicrosoft.com", "Get-User", json!({})), None);
+        assert_eq!(code(&p, "eu.fabrikam.com", "Set-Mailbox", json!({})), None);
+        assert_eq!(code(&p, "litware.onmicrosoft.com", "Get-User", json!({})), Some("tenant_not_in_scope"));
+        assert_eq!(code(&p, "contoso.onmicrosoft.com", "Set-MailUser", json!({})), Some("cmdlet_not_allowed"));
+    }
+
+    #[test]
+    fn parameter_constraints_are_sets_of_globs() {
+        let p = principal(Role::Operator, "*", "*", &["Identity=user*", "Office=HQ|Branch", "ResultSize=1|5|10"]);
+        assert_eq!(code(&p, "c", "Set-Mailbox", json!({"Identity": "user001", "Office": "hq"})), None);
+        assert_eq!(code(&p, "c", "Set-Mailbox", json!({"Identity": "admin"})), Some("parameter_constraint"));
+        assert_eq!(code(&p, "c", "Set-Mailbox", json!({"identity": ["user1", "boss"]})), Some("parameter_constraint"));
+        assert_eq!(code(&p, "c", "Set-Mailbox", json!({"Identity": ["user1", "user2"]})), None);
+        assert_eq!(code(&p, "c", "Set-Mailbox", json!({"Ident": "boss"})), Some("parameter_constraint"), "prefix");
+        assert_eq!(code(&p, "c", "Set-Mailbox", json!({"Office": {"x": 1}})), Some("parameter_constraint"));
+        assert_eq!(code(&p, "c", "Get-Mailbox", json!({"ResultSize": 5})), None);
+        assert_eq!(code(&p, "c", "Get-Mailbox", json!({"ResultSize": 500})), Some("parameter_constraint"));
+        assert_eq!(code(&p, "c", "Get-Mailbox", json!({"Filter": "x"})), None, "unconstrained parameter");
+        assert!(Constraint::parse("Identity").is_err());
+        assert!(Constraint::parse("Identity=a||b").is_err());
+        assert!(Constraint::parse("Bad Name=a").is_err());
+        assert_eq!(Constraint::parse("-Office=HQ").unwrap().to_string(), "Office=HQ");
+    }
+
+    #[test]
+    fn ownership() {
+        let p = principal(Role::Operator, "*", "*", &[]);
+        assert!(p.may_see(Some("t")) && !p.may_see(Some("u")) && !p.may_see(None));
+        assert!(Principal::unauthenticated_admin().may_see(None));
+        assert_eq!(Role::parse("Read-Only").unwrap(), Role::ReadOnly);
+        assert!(Role::parse("root").is_err());
+    }
+}
