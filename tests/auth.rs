@@ -455,9 +455,15 @@ async fn broker(config: &Config, sim: &Simulator, store_url: &str, seen: &Record
     })
     .unwrap();
     let store = Store::connect(store_url).await.unwrap();
-    Broker::start(Arc::new(directory), store, Arc::new(Metrics::new(false)), config.scheduler.clone(), "test-node".into())
-        .await
-        .unwrap()
+    Broker::start(
+        Arc::new(directory),
+        store,
+        Arc::new(Metrics::new(false)),
+        config.scheduler.clone(),
+        "test-node".into(),
+    )
+    .await
+    .unwrap()
 }
 
 fn operator() -> Principal {

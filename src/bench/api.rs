@@ -134,5 +134,9 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
     report("axum hello-world (same client)", &hello);
     let in_process = broker_path(&args, "inproc", "kind = \"simulator\"", "").await?;
     report("psbroker, in-process simulator", &in_process);
+    let wire_profile = "kind = \"wsman\"\nallow_plain_http = true\n\
+                        connection_uri = \"http://{simulator}/powershell-liveid?DelegatedOrg={tenant}\"";
+    let wire = broker_path(&args, "wire", wire_profile, "").await?;
+    report("psbroker, WS-Man/PSRP to the simulator", &wire);
     Ok(())
 }
