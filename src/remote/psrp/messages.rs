@@ -82,83 +82,55 @@ impl SessionCapability {
     }
 }
 
-/// RunspacePoolState (2.2.3.4).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RunspacePoolState {
-    BeforeOpen,
-    Opening,
-    Opened,
-    Closed,
-    Closing,
-    Broken,
-    NegotiationSent,
-    NegotiationSucceeded,
-    Connecting,
-    Disconnected,
-    Unknown(i32),
-}
-
-impl RunspacePoolState {
-    const ALL: [RunspacePoolState; 10] = [
-        Self::BeforeOpen,
-        Self::Opening,
-        Self::Opened,
-        Self::Closed,
-        Self::Closing,
-        Self::Broken,
-        Self::NegotiationSent,
-        Self::NegotiationSucceeded,
-        Self::Connecting,
-        Self::Disconnected,
-    ];
-
-    pub fn as_i32(self) -> i32 {
-        match self {
-            Self::Unknown(v) => v,
-            known => Self::ALL.iter().position(|s| *s == known).unwrap_or(0) as i32,
+/// A protocol enum numbered 0.. in declaration order, keeping values it does not know.
+macro_rules! numbered_state {
+    ($(#[$doc:meta])* $name:ident { $($variant:ident),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $name {
+            $($variant,)+
+            Unknown(i32),
         }
-    }
 
-    pub fn from_i32(v: i32) -> Self {
-        usize::try_from(v).ok().and_then(|i| Self::ALL.get(i)).copied().unwrap_or(Self::Unknown(v))
-    }
+        impl $name {
+            const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_i32(self) -> i32 {
+                match self {
+                    Self::Unknown(v) => v,
+                    known => Self::ALL.iter().position(|s| *s == known).unwrap_or(0) as i32,
+                }
+            }
+
+            pub fn from_i32(v: i32) -> Self {
+                usize::try_from(v).ok().and_then(|i| Self::ALL.get(i)).copied().unwrap_or(Self::Unknown(v))
+            }
+        }
+    };
 }
 
-/// PSInvocationState (2.2.3.5), the state in PIPELINE_STATE.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PipelineState {
-    NotStarted,
-    Running,
-    Stopping,
-    Stopped,
-    Completed,
-    Failed,
-    Disconnected,
-    Unknown(i32),
-}
+numbered_state!(
+    /// RunspacePoolState (2.2.3.4).
+    RunspacePoolState {
+        BeforeOpen,
+        Opening,
+        Opened,
+        Closed,
+        Closing,
+        Broken,
+        NegotiationSent,
+        NegotiationSucceeded,
+        Connecting,
+        Disconnected,
+    }
+);
+
+numbered_state!(
+    /// PSInvocationState (2.2.3.5), the state in PIPELINE_STATE.
+    PipelineState { NotStarted, Running, Stopping, Stopped, Completed, Failed, Disconnected }
+);
 
 impl PipelineState {
-    const ALL: [PipelineState; 7] = [
-        Self::NotStarted,
-        Self::Running,
-        Self::Stopping,
-        Self::Stopped,
-        Self::Completed,
-        Self::Failed,
-        Self::Disconnected,
-    ];
-
-    pub fn as_i32(self) -> i32 {
-        match self {
-            Self::Unknown(v) => v,
-            known => Self::ALL.iter().position(|s| *s == known).unwrap_or(0) as i32,
-        }
-    }
-
-    pub fn from_i32(v: i32) -> Self {
-        usize::try_from(v).ok().and_then(|i| Self::ALL.get(i)).copied().unwrap_or(Self::Unknown(v))
-    }
-
     /// Completed, Failed or Stopped: no more messages follow for the pipeline.
     pub fn is_terminal(self) -> bool {
         matches!(self, Self::Completed | Self::Failed | Self::Stopped)
