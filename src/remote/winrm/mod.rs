@@ -15,6 +15,8 @@ mod transport;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod wire_tests;
 
 use std::time::Duration;
 
