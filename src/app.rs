@@ -60,9 +60,7 @@ impl Application {
             ProfileKind::Simulator => {
                 Ok(simulator.as_ref().expect("simulator built for simulator profiles").connector())
             }
-            ProfileKind::Wsman => {
-                winrm_connector(profile, &shell_name).map_err(|e| anyhow::anyhow!("profile '{name}': {}", e.message))
-            }
+            ProfileKind::Wsman => winrm_connector(profile, &shell_name).with_context(|| format!("profile '{name}'")),
         })?;
         let store =
             Store::connect(&config.store.url).await.with_context(|| format!("opening store {}", config.store.url))?;
@@ -180,10 +178,7 @@ async fn start_simulator_wire(sim: &Simulator, config: &Config) -> anyhow::Resul
     Ok((addr, token))
 }
 
-fn winrm_connector(
-    profile: &ProfileConfig,
-    shell_name: &str,
-) -> Result<Arc<dyn Connector>, crate::remote::RemoteError> {
+fn winrm_connector(profile: &ProfileConfig, shell_name: &str) -> anyhow::Result<Arc<dyn Connector>> {
     let options = WinrmOptions {
         allow_redirection: profile.allow_redirection,
         allow_plain_http: profile.allow_plain_http,
@@ -193,7 +188,7 @@ fn winrm_connector(
         shell_name: shell_name.to_string(),
         accept_invalid_certs: profile.accept_invalid_certs,
     };
-    Ok(Arc::new(WinrmConnector::new(options)?))
+    Ok(Arc::new(WinrmConnector::new(options).map_err(|e| anyhow::anyhow!(e.message))?))
 }
 
 /// A stable identity for this daemon, kept next to its database (`node-id`), so the shells it

@@ -10,8 +10,6 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// `PSBROKER_*` variables that the command line reads itself (lower-cased, without the prefix).
-
 /// The demo configuration compiled into the binary: `psbroker serve` works with no files at all.
 pub const EMBEDDED_DEMO: &str = include_str!("../config/psbroker.toml");
 
@@ -471,6 +469,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API returns its own error type
     fn environment_overrides_sections_and_ignores_other_variables() {
         figment::Jail::expect_with(|jail| {
             jail.set_env("PSBROKER_SERVER__LISTEN", "127.0.0.1:9999");
