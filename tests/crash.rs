@@ -4,12 +4,13 @@
 //! it outlives the daemon (a child process running the real binary) and can testify: which
 //! shells were left open, which commands ran, and how often.
 
+mod common;
+
+use common::daemon::Daemon;
 use psbroker::config::SimulatorConfig;
 use psbroker::sim::{SimAccount, Simulator};
 use serde_json::{json, Value as Json};
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const UPN: &str = "a0@partner.onmicrosoft.com";
@@ -17,44 +18,6 @@ const TENANTS: u32 = 4;
 
 fn tenant(i: u32) -> String {
     format!("t{i:03}.onmicrosoft.com")
-}
-
-struct Daemon {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Daemon {
-    /// A failing test must not leave a daemon behind.
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `psbroker serve` and waits for the line that says where it listens.
-fn start(config: &std::path::Path) -> Daemon {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_psbroker"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .env("PSBROKER_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("psbroker starts");
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut seen = Vec::new();
-    let addr = loop {
-        let Some(line) = lines.next() else { panic!("daemon exited before listening:\n{}", seen.join("\n")) };
-        let line = line.unwrap();
-        seen.push(line.clone());
-        if let Some(rest) = line.split("address=").nth(1).filter(|_| line.contains("psbroker listening")) {
-            break rest.split_whitespace().next().unwrap().trim_matches(|c: char| !c.is_ascii_graphic()).to_string();
-        }
-    };
-    // Keep draining the log so the daemon never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    Daemon { child, url: format!("http://{addr}") }
 }
 
 async fn get(client: &reqwest::Client, url: String) -> Json {
@@ -94,7 +57,7 @@ async fn sigkill_mid_batch_loses_nothing_repeats_no_write_and_leaves_no_orphan_s
     let config = dir.path().join("psbroker.toml");
     std::fs::write(&config, text).unwrap();
 
-    let daemon = start(&config);
+    let daemon = Daemon::start(&config, "info");
     // The daemon is secure by default: it wrote an admin token next to its database.
     let token = std::fs::read_to_string(dir.path().join("api-token")).expect("bootstrap token");
     let client = psbroker::cli_token::bearer_client(token.trim()).unwrap();
@@ -134,7 +97,7 @@ async fn sigkill_mid_batch_loses_nothing_repeats_no_write_and_leaves_no_orphan_s
     let orphans: HashSet<String> = shells(&sim).into_iter().filter(|s| *s != foreign).collect();
     assert!(!orphans.is_empty(), "the killed daemon left shells open at the service");
 
-    let daemon = start(&config);
+    let daemon = Daemon::start(&config, "info");
     // Orphans were deleted before anything new was opened; the foreign shell survived.
     let now = shells(&sim);
     assert!(
@@ -181,10 +144,6 @@ async fn sigkill_mid_batch_loses_nothing_repeats_no_write_and_leaves_no_orphan_s
     assert!(interrupted <= 3, "at most one write per session was in flight: {interrupted}");
 
     // Graceful stop closes what it opened; the foreign shell is still there.
-    let mut daemon = daemon;
-    let pid = daemon.child.id();
-    Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
-    let status = daemon.child.wait().unwrap();
-    assert!(status.success(), "SIGTERM exits 0");
+    assert!(daemon.terminate(), "SIGTERM exits 0");
     assert_eq!(shells(&sim), HashSet::from([foreign]));
 }

@@ -1,6 +1,8 @@
 //! Test harness: the real daemon on 127.0.0.1:0 with its store in a temp dir, driven over HTTP.
 #![allow(dead_code)]
 
+pub mod daemon;
+
 use psbroker::app::{Application, Running};
 use psbroker::config::Config;
 use psbroker::sim::Simulator;
