@@ -1,9 +1,12 @@
 # Build: docker build -t psbroker .
-# Run:   docker run -p 127.0.0.1:8080:8080 -e PSBROKER_SERVER__LISTEN=0.0.0.0:8080 \
-#          -e PSBROKER_SERVER__ALLOW_INSECURE_NON_LOOPBACK=true psbroker
-# Inside the container the daemon must listen on 0.0.0.0, which it refuses without the override
-# (no TLS yet); publish the port on the host's loopback only, or behind a TLS proxy. The admin
-# token is in the container: docker exec <id> cat /var/lib/psbroker/data/api-token
+# Run with TLS (certificate and key mounted read-only):
+#   docker run -p 8443:8443 -v /etc/psbroker/tls:/tls:ro -e PSBROKER_SERVER__LISTEN=0.0.0.0:8443 \
+#     -e PSBROKER_SERVER__TLS__CERT_FILE=/tls/cert.pem -e PSBROKER_SERVER__TLS__KEY_FILE=/tls/key.pem psbroker
+# or without TLS, published on the host's loopback only (or behind a TLS proxy):
+#   docker run -p 127.0.0.1:8080:8080 -e PSBROKER_SERVER__LISTEN=0.0.0.0:8080 \
+#     -e PSBROKER_SERVER__ALLOW_INSECURE_NON_LOOPBACK=true psbroker
+# Inside the container the daemon must listen on 0.0.0.0, which it refuses without TLS or the
+# override. The admin token is in the container: docker exec <id> cat /var/lib/psbroker/data/api-token
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./

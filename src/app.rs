@@ -5,7 +5,7 @@
 use crate::api::{self, ApiState};
 use crate::broker::directory::Directory;
 use crate::broker::Broker;
-use crate::config::{Config, ProfileConfig, ProfileKind};
+use crate::config::{Config, ProfileConfig, ProfileKind, TlsConfig};
 use crate::metrics::Metrics;
 use crate::remote::winrm::{WinrmConnector, WinrmOptions};
 use crate::remote::Connector;
@@ -13,6 +13,7 @@ use crate::sim::wire::WireOptions;
 use crate::sim::Simulator;
 use crate::store::Store;
 use anyhow::Context;
+use axum_server::tls_rustls::RustlsConfig;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,6 +32,8 @@ pub struct Application {
     /// Where the simulator speaks WS-Management, when it does; stopped after the broker.
     simulator_wire: Option<(SocketAddr, CancellationToken)>,
     state: ApiState,
+    /// HTTPS when `[server.tls]` is configured: the live rustls configuration and its files.
+    tls: Option<(RustlsConfig, TlsConfig)>,
 }
 
 /// Placeholder in a connection URI for the embedded simulator's wire address.
@@ -74,6 +77,10 @@ impl Application {
         let metrics = Arc::new(Metrics::new(config.metrics.tenant_labels));
         let broker =
             Arc::new(Broker::start(Arc::new(directory), store, metrics, config.scheduler.clone(), node).await?);
+        let tls = match &config.server.tls {
+            Some(files) => Some((crate::tls::load(files).await?, files.clone())),
+            None => None,
+        };
         let listener = TcpListener::bind(&config.server.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.server.listen))?;
@@ -85,11 +92,17 @@ impl Application {
             auth,
             metrics_open: listener.local_addr()?.ip().is_loopback(),
         };
-        Ok(Application { listener, broker, simulator, simulator_wire, state })
+        Ok(Application { listener, broker, simulator, simulator_wire, state, tls })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().expect("bound listener has an address")
+    }
+
+    /// The API's base URL (`https://` when TLS is configured).
+    pub fn base_url(&self) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.local_addr())
     }
 
     pub fn broker(&self) -> Arc<Broker> {
@@ -121,11 +134,29 @@ impl Application {
             }
             let _ = stop_http.send(());
         });
-        axum::serve(self.listener, router)
-            .with_graceful_shutdown(async move {
-                let _ = http_stopped.await;
-            })
-            .await?;
+        match self.tls {
+            None => {
+                axum::serve(self.listener, router)
+                    .with_graceful_shutdown(async move {
+                        let _ = http_stopped.await;
+                    })
+                    .await?
+            }
+            Some((live, files)) => {
+                crate::tls::reload_on_sighup(live.clone(), files);
+                let handle = axum_server::Handle::new();
+                let stopper = handle.clone();
+                tokio::spawn(async move {
+                    let _ = http_stopped.await;
+                    // The broker has drained already: connections still open only wait for answers.
+                    stopper.graceful_shutdown(Some(Duration::from_secs(5)));
+                });
+                axum_server::from_tcp_rustls(self.listener.into_std()?, live)
+                    .handle(handle)
+                    .serve(router.into_make_service())
+                    .await?
+            }
+        }
         drain.await?;
         tracing::info!("stopped");
         Ok(())
@@ -133,17 +164,19 @@ impl Application {
 
     /// Runs in the background (for tests and the benchmark); stop it with [`Running::stop`].
     pub fn spawn(self) -> Running {
-        let (addr, broker, simulator) = (self.local_addr(), self.broker(), self.simulator());
+        let (addr, base_url, broker, simulator) = (self.local_addr(), self.base_url(), self.broker(), self.simulator());
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(self.run_until(async move {
             let _ = rx.await;
         }));
-        Running { addr, broker, simulator, stop: Some(tx), task }
+        Running { addr, base_url, broker, simulator, stop: Some(tx), task }
     }
 }
 
 pub struct Running {
     pub addr: SocketAddr,
+    /// `http://addr` or `https://addr`.
+    pub base_url: String,
     pub broker: Arc<Broker>,
     pub simulator: Option<Simulator>,
     stop: Option<oneshot::Sender<()>>,
@@ -152,7 +185,7 @@ pub struct Running {
 
 impl Running {
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
+        format!("{}{}", self.base_url, path)
     }
 
     pub async fn stop(mut self) -> anyhow::Result<()> {

@@ -104,7 +104,7 @@ pub async fn run(cmd: TokenCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// How `invoke`, `batch` and `status` authenticate: the `PSBROKER_TOKEN` environment variable
+/// How `invoke`, `batch` and `status` reach the daemon and authenticate: the `PSBROKER_TOKEN` environment variable
 /// if set, else the token file (default: `api-token` in the data directory of the configured
 /// store, `./data/api-token` for the demo — where the daemon writes its bootstrap token).
 #[derive(Args, Clone, Default)]
@@ -112,6 +112,10 @@ pub struct AuthArgs {
     /// File holding the API token (default: <data dir>/api-token).
     #[arg(long, env = "PSBROKER_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+    /// PEM file of the CA (or self-signed certificate) to trust for an `https://` daemon URL,
+    /// besides the system's roots.
+    #[arg(long, env = "PSBROKER_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
 }
 
 impl AuthArgs {
@@ -131,20 +135,34 @@ impl AuthArgs {
         Ok(text.trim().to_string())
     }
 
-    /// An HTTP client that sends the token on every request.
+    /// An HTTP client that sends the token on every request and trusts `--ca-cert` if given.
     pub fn client(&self) -> anyhow::Result<reqwest::Client> {
-        bearer_client(&self.token()?)
+        let mut builder = bearer_client_builder(&self.token()?)?;
+        if let Some(path) = &self.ca_cert {
+            let pem = std::fs::read(path).with_context(|| format!("cannot read the CA file {}", path.display()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .with_context(|| format!("{} holds no PEM certificate", path.display()))?;
+            anyhow::ensure!(!certs.is_empty(), "{} holds no PEM certificate", path.display());
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        Ok(builder.build()?)
     }
 }
 
 /// An HTTP client that sends `Authorization: Bearer <token>` on every request.
 pub fn bearer_client(token: &str) -> anyhow::Result<reqwest::Client> {
+    Ok(bearer_client_builder(token)?.build()?)
+}
+
+fn bearer_client_builder(token: &str) -> anyhow::Result<reqwest::ClientBuilder> {
     let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.trim()))
         .context("the API token has characters a header cannot carry")?;
     value.set_sensitive(true);
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert(reqwest::header::AUTHORIZATION, value);
-    Ok(reqwest::Client::builder().default_headers(headers).build()?)
+    Ok(reqwest::Client::builder().default_headers(headers))
 }
 
 fn default_token_file() -> PathBuf {
@@ -164,11 +182,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("api-token");
         std::fs::write(&file, "psb_abc\n").unwrap();
-        let args = AuthArgs { token_file: Some(file) };
+        let args = AuthArgs { token_file: Some(file), ca_cert: None };
         if std::env::var("PSBROKER_TOKEN").is_err() {
             assert_eq!(args.token().unwrap(), "psb_abc");
         }
-        let missing = AuthArgs { token_file: Some(dir.path().join("nope")) };
+        let missing = AuthArgs { token_file: Some(dir.path().join("nope")), ca_cert: None };
         if std::env::var("PSBROKER_TOKEN").is_err() {
             assert!(missing.token().unwrap_err().to_string().contains("PSBROKER_TOKEN"));
         }

@@ -44,9 +44,23 @@ pub struct ServerConfig {
     pub max_wait_seconds: u64,
     pub max_body_bytes: usize,
     pub max_batch_items: usize,
-    /// Listening on a non-loopback address sends API tokens in clear text (TLS is a later
-    /// release): refused unless this is set, e.g. behind a TLS-terminating proxy.
+    /// Serve HTTPS with this certificate and key (rustls). Required for a non-loopback listener
+    /// unless `allow_insecure_non_loopback` is set.
+    pub tls: Option<TlsConfig>,
+    /// Listening on a non-loopback address without `tls` sends API tokens in clear text:
+    /// refused unless this is set, e.g. behind a TLS-terminating proxy.
     pub allow_insecure_non_loopback: bool,
+}
+
+/// PEM files for the API listener. Both are read at start (a missing or unreadable file stops
+/// the daemon with its path) and again on SIGHUP, so certificates rotate without a restart.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The certificate chain, leaf first.
+    pub cert_file: std::path::PathBuf,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: std::path::PathBuf,
 }
 
 impl Default for ServerConfig {
@@ -56,6 +70,7 @@ impl Default for ServerConfig {
             max_wait_seconds: 30,
             max_body_bytes: 32 << 20,
             max_batch_items: 100_000,
+            tls: None,
             allow_insecure_non_loopback: false,
         }
     }
@@ -347,11 +362,11 @@ impl Config {
                 "auth.enabled = false is allowed only on a loopback address, and server.listen is {listen}"
             ));
         }
-        if !listen.ip().is_loopback() && !self.server.allow_insecure_non_loopback {
+        if !listen.ip().is_loopback() && self.server.tls.is_none() && !self.server.allow_insecure_non_loopback {
             return bad(format!(
                 "refusing to listen on {listen} without TLS: API tokens would cross the network in clear text. \
-                 TLS is not built in yet (a later release). Listen on 127.0.0.1, or put a TLS-terminating proxy in \
-                 front and set [server] allow_insecure_non_loopback = true \
+                 Configure [server.tls] cert_file and key_file (PEM), listen on 127.0.0.1, or put a \
+                 TLS-terminating proxy in front and set [server] allow_insecure_non_loopback = true \
                  (PSBROKER_SERVER__ALLOW_INSECURE_NON_LOOPBACK=true)"
             ));
         }
@@ -482,10 +497,14 @@ mod tests {
     }
 
     #[test]
-    fn non_loopback_needs_an_explicit_override_and_auth() {
+    fn non_loopback_needs_tls_or_an_explicit_override_and_auth() {
         let open = EMBEDDED_DEMO.replacen("listen = \"127.0.0.1:8080\"", "listen = \"0.0.0.0:8080\"", 1);
         let err = Config::from_toml(&open).unwrap_err().to_string();
         assert!(err.contains("without TLS") && err.contains("allow_insecure_non_loopback"), "{err}");
+        assert!(err.contains("[server.tls]"), "the message names the TLS settings: {err}");
+        let with_tls = format!("{open}\n[server.tls]\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\n");
+        let tls = Config::from_toml(&with_tls).expect("TLS makes a non-loopback listener acceptable");
+        assert_eq!(tls.server.tls.unwrap().key_file, std::path::PathBuf::from("k.pem"));
         let allowed = open.replacen("[server]\n", "[server]\nallow_insecure_non_loopback = true\n", 1);
         assert!(Config::from_toml(&allowed).is_ok());
         let no_auth = format!("{allowed}\n[auth]\nenabled = false\n");

@@ -16,3 +16,4 @@ pub mod metrics;
 pub mod remote;
 pub mod sim;
 pub mod store;
+pub mod tls;

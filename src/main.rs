@@ -24,7 +24,7 @@ async fn run() -> anyhow::Result<()> {
         Command::Serve { config, listen } => {
             let config = cli::load_config(config.as_deref(), listen)?;
             let app = Application::build(config).await?;
-            tracing::info!(address = %app.local_addr(), "psbroker listening; try: psbroker invoke --tenant contoso.onmicrosoft.com Get-Mailbox -p ResultSize=5");
+            tracing::info!(address = %app.local_addr(), url = %app.base_url(), "psbroker listening; try: psbroker invoke --tenant contoso.onmicrosoft.com Get-Mailbox -p ResultSize=5");
             app.run_until(shutdown_signal()).await
         }
         Command::Sim { config, listen } => {

@@ -25,13 +25,13 @@ impl Daemon {
             .expect("psbroker starts");
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
         let log = Arc::new(Mutex::new(Vec::new()));
-        let addr = loop {
+        let url = loop {
             let Some(line) = lines.next() else {
                 panic!("daemon exited before listening:\n{}", log.lock().unwrap().join("\n"))
             };
             let line = line.unwrap();
             log.lock().unwrap().push(line.clone());
-            if let Some(rest) = line.split("address=").nth(1).filter(|_| line.contains("psbroker listening")) {
+            if let Some(rest) = line.split(" url=").nth(1).filter(|_| line.contains("psbroker listening")) {
                 break rest.split_whitespace().next().unwrap().to_string();
             }
         };
@@ -42,7 +42,7 @@ impl Daemon {
                 sink.lock().unwrap().push(line);
             }
         });
-        Daemon { child, url: format!("http://{addr}"), log }
+        Daemon { child, url, log }
     }
 
     /// Stops it with SIGTERM (a graceful drain) and returns whether it exited 0.
