@@ -322,10 +322,10 @@ async fn a_password_is_never_stored_logged_or_answered() {
 
     let store = Store::connect(&format!("sqlite://{}", app.dir.path().join("psbroker.db").display())).await.unwrap();
     let stored = store.get(id.parse().unwrap()).await.unwrap().unwrap();
-    assert_eq!(stored.parameters["Password"], "***");
-    assert_eq!(stored.parameters["pass"], "***", "abbreviations are secret too");
-    assert_eq!(stored.parameters["Name"], "jdoe");
-    assert!(stored.redacted);
+    assert_eq!(stored.accepted.parameters["Password"], "***");
+    assert_eq!(stored.accepted.parameters["pass"], "***", "abbreviations are secret too");
+    assert_eq!(stored.accepted.parameters["Name"], "jdoe");
+    assert!(stored.accepted.redacted);
     let dir = app.stop().await;
     for entry in std::fs::read_dir(dir.path()).unwrap() {
         let bytes = std::fs::read(entry.unwrap().path()).unwrap();
@@ -495,7 +495,7 @@ async fn the_secret_reaches_the_remote_side_but_is_not_resumed_after_a_restart()
     let one = b.submit(&new_mail_user(0), &operator()).await.unwrap();
     let r = b.wait_for(one.id, Duration::from_secs(10)).await.unwrap().unwrap();
     assert_eq!(r.status, Status::Succeeded, "{r:?}");
-    assert_eq!(r.parameters["Password"], "***");
+    assert_eq!(r.accepted.parameters["Password"], "***");
     let sent = seen.0.lock().unwrap().iter().find(|c| c.invocation_id == one.id).unwrap().clone();
     assert!(sent.parameters.iter().any(|(n, v)| n == "Password" && *v == PsValue::String(PASSWORD.into())));
 

@@ -130,7 +130,7 @@ const PAGE: i64 = 500;
 
 async fn next_page(store: &Store, id: Uuid, after: i64) -> Result<Option<(Bytes, i64)>, crate::store::StoreError> {
     let records = store.batch_page(id, after, PAGE).await?;
-    let Some(last) = records.last().map(|r| r.seq) else { return Ok(None) };
+    let Some(last) = records.last().map(|r| r.accepted.seq) else { return Ok(None) };
     let mut chunk = Vec::new();
     for r in records {
         serde_json::to_writer(&mut chunk, &InvocationView::from(r)).expect("views serialize");

@@ -30,11 +30,11 @@ pub async fn create(State(state): State<ApiState>, caller: Caller, body: Body) -
     if record.status.is_final() {
         return Ok((StatusCode::OK, Json(InvocationView::from(record))).into_response());
     }
-    let location = format!("/v1/invocations/{}", record.id);
+    let location = format!("/v1/invocations/{}", record.accepted.id);
     Ok((
         StatusCode::ACCEPTED,
         [(header::LOCATION, location)],
-        Json(json!({"id": record.id, "status": record.status, "replayed": submitted.replayed})),
+        Json(json!({"id": record.accepted.id, "status": record.status, "replayed": submitted.replayed})),
     )
         .into_response())
 }

@@ -64,27 +64,28 @@ pub(crate) fn rfc3339(ms: i64) -> String {
 impl From<InvocationRecord> for InvocationView {
     fn from(r: InvocationRecord) -> Self {
         let secs = |a: Option<i64>, b: Option<i64>| a.zip(b).map(|(a, b)| (b - a) as f64 / 1000.0);
+        let s = r.accepted;
         InvocationView {
-            id: r.id,
+            id: s.id,
             status: r.status,
-            tenant: r.tenant,
-            cmdlet: r.cmdlet,
-            priority: r.priority,
-            batch_id: r.batch_id,
-            idempotency_key: r.idempotency_key,
+            tenant: s.tenant,
+            cmdlet: s.cmdlet,
+            priority: s.priority,
+            batch_id: s.batch_id,
+            idempotency_key: s.idempotency_key,
             output: r.output,
             errors: r.errors,
             warnings: r.warnings,
             error: r.error_code.map(|code| ErrorView { code, message: r.error_message.unwrap_or_default() }),
             attempts: r.attempts,
-            admin: r.admin_used.or(r.admin),
+            admin: r.admin_used.or(s.admin),
             session_id: r.session_id,
             owner: r.owner,
             timing: Timing {
-                created_at: rfc3339(r.created_at),
+                created_at: rfc3339(s.created_at),
                 started_at: r.started_at.map(rfc3339),
                 finished_at: r.finished_at.map(rfc3339),
-                queue_seconds: secs(Some(r.created_at), r.started_at),
+                queue_seconds: secs(Some(s.created_at), r.started_at),
                 run_seconds: secs(r.started_at, r.finished_at),
             },
         }

@@ -15,7 +15,8 @@ use crate::config::SchedulerConfig;
 use crate::metrics::Metrics;
 use crate::remote::PsValue;
 use crate::store::{
-    now_ms, AuditEntry, Inserted, InvocationRecord, NewInvocation, OpenShell, Outcome, Status, Store, StoreError,
+    now_ms, Accepted, AuditEntry, Inserted, InvocationRecord, NewInvocation, OpenShell, Outcome, Status, Store,
+    StoreError,
 };
 use directory::Directory;
 use request::{InvocationRequest, RequestError, ValidRequest};
@@ -244,10 +245,10 @@ impl Broker {
         let valid = req.validate(&self.shared.directory, self.shared.tuning.default_timeout_seconds)?;
         let new = self.new_invocation(req, &valid, None, 0, caller);
         match self.shared.store.insert_invocation(&new).await? {
-            Inserted::Existing(r) => Ok(Submitted { id: r.id, replayed: true }),
+            Inserted::Existing(r) => Ok(Submitted { id: r.accepted.id, replayed: true }),
             Inserted::New => {
                 self.enqueue(vec![self.job(&new, valid)]);
-                Ok(Submitted { id: new.id, replayed: false })
+                Ok(Submitted { id: new.accepted.id, replayed: false })
             }
         }
     }
@@ -284,8 +285,12 @@ impl Broker {
             .collect();
         let inserted = self.shared.store.insert_batch(batch, &caller.name, &news).await?;
         let inserted: std::collections::HashSet<Uuid> = inserted.into_iter().collect();
-        let jobs =
-            news.iter().zip(valid).filter(|(n, _)| inserted.contains(&n.id)).map(|(n, v)| self.job(n, v)).collect();
+        let jobs = news
+            .iter()
+            .zip(valid)
+            .filter(|(n, _)| inserted.contains(&n.accepted.id))
+            .map(|(n, v)| self.job(n, v))
+            .collect();
         self.enqueue(jobs);
         Ok((batch, items.len()))
     }
@@ -456,36 +461,38 @@ impl Broker {
         let salt = self.shared.store.salt();
         let (stored, redacted) = secrets::redact(&req.parameters);
         NewInvocation {
-            id: Uuid::now_v7(),
-            batch_id: batch,
-            seq,
-            idempotency_key: req.idempotency_key.clone(),
             request_hash: req.content_hash(salt),
-            tenant: self.shared.directory.tenants[v.tenant].domain.clone(),
-            admin: v.admin.map(|a| self.shared.directory.admins[a].name.clone()),
-            cmdlet: v.cmdlet.clone(),
             param_names: stored.keys().cloned().collect(),
             params_hash: secrets::values_hash(salt, &stored),
-            parameters: serde_json::Value::Object(stored),
-            redacted,
             owner: caller.name.clone(),
-            priority: v.priority.as_str().to_string(),
-            idempotent: v.idempotent,
-            created_at: now,
-            deadline_at: now + (v.timeout_seconds as i64) * 1000,
+            accepted: Accepted {
+                id: Uuid::now_v7(),
+                batch_id: batch,
+                seq,
+                idempotency_key: req.idempotency_key.clone(),
+                tenant: self.shared.directory.tenants[v.tenant].domain.clone(),
+                admin: v.admin.map(|a| self.shared.directory.admins[a].name.clone()),
+                cmdlet: v.cmdlet.clone(),
+                parameters: serde_json::Value::Object(stored),
+                redacted,
+                priority: v.priority.as_str().to_string(),
+                idempotent: v.idempotent,
+                created_at: now,
+                deadline_at: now + (v.timeout_seconds as i64) * 1000,
+            },
         }
     }
 
     fn job(&self, new: &NewInvocation, v: ValidRequest) -> Job {
         let now = Instant::now();
         Job {
-            id: new.id,
+            id: new.accepted.id,
             tenant: v.tenant,
             admin: v.admin,
             priority: v.priority,
             spec: Arc::new(JobSpec { cmdlet: v.cmdlet, parameters: v.parameters }),
             idempotent: v.idempotent,
-            batch: new.batch_id,
+            batch: new.accepted.batch_id,
             enqueued_at: now,
             deadline: now + Duration::from_secs(v.timeout_seconds),
             attempts: 0,
@@ -500,16 +507,17 @@ impl Broker {
     async fn recover(&self) -> Result<(), StoreError> {
         let dir = &self.shared.directory;
         let mut jobs = Vec::new();
-        for r in self.shared.store.unfinished().await? {
+        for rec in self.shared.store.unfinished().await? {
+            let r = &rec.accepted;
             let fail = |code: &str, msg: String| (code.to_string(), msg);
             let verdict = match (dir.tenant(&r.tenant), r.admin.as_deref().map(|a| dir.admin(a))) {
                 (None, _) => Err(fail("unknown_tenant", format!("tenant '{}' is no longer configured", r.tenant))),
                 (_, Some(None)) => Err(fail("unknown_admin", "the pinned admin is no longer configured".into())),
-                _ if r.status == Status::Running && !r.idempotent => Err(fail(
+                _ if rec.status == Status::Running && !r.idempotent => Err(fail(
                     "interrupted",
                     format!(
                         "the daemon stopped while attempt {} was running; not repeated because the command is not idempotent",
-                        r.attempts
+                        rec.attempts
                     ),
                 )),
                 _ if r.redacted => Err(fail(
@@ -535,13 +543,13 @@ impl Broker {
                 batch: r.batch_id,
                 enqueued_at: Instant::now(),
                 deadline: Instant::now() + Duration::from_millis((r.deadline_at - now_ms()).max(0) as u64),
-                attempts: r.attempts as u32,
+                attempts: rec.attempts as u32,
                 not_before: None,
             };
             match verdict {
                 Err((code, msg)) => self.shared.finish(&job, Outcome::failed(&code, msg)).await,
                 Ok(_) => {
-                    if r.status == Status::Running {
+                    if rec.status == Status::Running {
                         self.shared.store.mark_queued(r.id).await?;
                     }
                     jobs.push(job);

@@ -64,15 +64,13 @@ impl Status {
     }
 }
 
-/// An accepted invocation, as stored before the API acknowledges it.
-#[derive(Debug, Clone)]
-pub struct NewInvocation {
+/// What was accepted, exactly as stored: the part the insert and the read view share.
+#[derive(Debug, Clone, Serialize)]
+pub struct Accepted {
     pub id: Uuid,
     pub batch_id: Option<Uuid>,
     pub seq: i64,
     pub idempotency_key: Option<String>,
-    /// Hash of the request's content, to tell a replay from a different request with the same key.
-    pub request_hash: String,
     pub tenant: String,
     pub admin: Option<String>,
     pub cmdlet: String,
@@ -82,31 +80,32 @@ pub struct NewInvocation {
     pub idempotent: bool,
     pub created_at: i64,
     pub deadline_at: i64,
+    /// Some secret value was redacted: the invocation cannot be resumed after a restart.
+    pub redacted: bool,
+}
+
+/// An accepted invocation, as stored before the API acknowledges it.
+#[derive(Debug, Clone)]
+pub struct NewInvocation {
+    pub accepted: Accepted,
+    /// Hash of the request's content, to tell a replay from a different request with the same key.
+    pub request_hash: String,
     /// The name of the token that submitted it; idempotency keys are unique per owner.
     pub owner: String,
     /// Parameter names and the salted hash of their (redacted) values, for the audit.
     pub param_names: Vec<String>,
     pub params_hash: String,
-    /// Some secret value was redacted: the invocation cannot be resumed after a restart.
-    pub redacted: bool,
 }
 
+/// A stored invocation and how far it got.
 #[derive(Debug, Clone, Serialize)]
 pub struct InvocationRecord {
-    pub id: Uuid,
-    pub batch_id: Option<Uuid>,
-    pub seq: i64,
-    pub idempotency_key: Option<String>,
-    pub tenant: String,
-    pub admin: Option<String>,
-    pub cmdlet: String,
-    pub parameters: Json,
-    pub priority: String,
-    pub idempotent: bool,
+    #[serde(flatten)]
+    pub accepted: Accepted,
+    /// `None` only for rows written before tokens existed.
+    pub owner: Option<String>,
     pub status: Status,
     pub attempts: i64,
-    pub created_at: i64,
-    pub deadline_at: i64,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
     pub session_id: Option<String>,
@@ -116,8 +115,6 @@ pub struct InvocationRecord {
     pub warnings: Json,
     pub error_code: Option<String>,
     pub error_message: Option<String>,
-    pub owner: Option<String>,
-    pub redacted: bool,
 }
 
 /// How an invocation ended.
@@ -241,7 +238,7 @@ impl Store {
         // One statement in autocommit: the writer is the scarce resource, so no BEGIN/COMMIT.
         let mut conn = self.writer.acquire().await?;
         let inserted = insert_rows(&mut conn, std::slice::from_ref(new)).await?;
-        if inserted.contains(&new.id) {
+        if inserted.contains(&new.accepted.id) {
             return Ok(Inserted::New);
         }
         self.replay_in(&mut conn, new).await.map(|r| Inserted::Existing(Box::new(r)))
@@ -269,7 +266,7 @@ impl Store {
         }
         if inserted.len() < items.len() {
             // Replayed keys must carry the same request; a different one is the caller's mistake.
-            for item in items.iter().filter(|i| !inserted.contains(&i.id)) {
+            for item in items.iter().filter(|i| !inserted.contains(&i.accepted.id)) {
                 self.replay_in(&mut tx, item).await?;
             }
         }
@@ -282,7 +279,7 @@ impl Store {
         conn: &mut sqlx::SqliteConnection,
         new: &NewInvocation,
     ) -> Result<InvocationRecord, StoreError> {
-        let key = new.idempotency_key.clone().unwrap_or_default();
+        let key = new.accepted.idempotency_key.clone().unwrap_or_default();
         let row = sqlx::query(&format!(
             "SELECT {COLUMNS}, request_hash FROM invocations WHERE idempotency_key = ? AND owner = ?"
         ))
@@ -487,26 +484,27 @@ async fn insert_rows(tx: &mut sqlx::SqliteConnection, items: &[NewInvocation]) -
         "INSERT INTO invocations (id, batch_id, seq, idempotency_key, request_hash, tenant, admin, cmdlet, parameters, \
          priority, idempotent, status, attempts, created_at, deadline_at, owner, param_names, params_hash, redacted) ",
     );
-    qb.push_values(items, |mut b, i| {
-        b.push_bind(i.id.to_string())
-            .push_bind(i.batch_id.map(|b| b.to_string()))
-            .push_bind(i.seq)
-            .push_bind(&i.idempotency_key)
-            .push_bind(&i.request_hash)
-            .push_bind(&i.tenant)
-            .push_bind(&i.admin)
-            .push_bind(&i.cmdlet)
-            .push_bind(i.parameters.to_string())
-            .push_bind(&i.priority)
-            .push_bind(i.idempotent)
+    qb.push_values(items, |mut b, new| {
+        let s = &new.accepted;
+        b.push_bind(s.id.to_string())
+            .push_bind(s.batch_id.map(|b| b.to_string()))
+            .push_bind(s.seq)
+            .push_bind(&s.idempotency_key)
+            .push_bind(&new.request_hash)
+            .push_bind(&s.tenant)
+            .push_bind(&s.admin)
+            .push_bind(&s.cmdlet)
+            .push_bind(s.parameters.to_string())
+            .push_bind(&s.priority)
+            .push_bind(s.idempotent)
             .push_bind("queued")
             .push_bind(0i64)
-            .push_bind(i.created_at)
-            .push_bind(i.deadline_at)
-            .push_bind(&i.owner)
-            .push_bind(Json::from(i.param_names.clone()).to_string())
-            .push_bind(&i.params_hash)
-            .push_bind(i.redacted);
+            .push_bind(s.created_at)
+            .push_bind(s.deadline_at)
+            .push_bind(&new.owner)
+            .push_bind(Json::from(new.param_names.clone()).to_string())
+            .push_bind(&new.params_hash)
+            .push_bind(s.redacted);
     });
     qb.push(" ON CONFLICT DO NOTHING RETURNING id");
     let rows = qb.build().fetch_all(&mut *tx).await?;
@@ -529,7 +527,7 @@ fn uuid_col(row: &sqlx::sqlite::SqliteRow, name: &str) -> Result<Option<Uuid>, s
 }
 
 fn record(row: &sqlx::sqlite::SqliteRow) -> Result<InvocationRecord, StoreError> {
-    Ok(InvocationRecord {
+    let accepted = Accepted {
         id: uuid_col(row, "id")?.ok_or_else(|| sqlx::Error::ColumnNotFound("id".into()))?,
         batch_id: uuid_col(row, "batch_id")?,
         seq: row.try_get("seq")?,
@@ -540,10 +538,15 @@ fn record(row: &sqlx::sqlite::SqliteRow) -> Result<InvocationRecord, StoreError>
         parameters: json_col(row, "parameters")?,
         priority: row.try_get("priority")?,
         idempotent: row.try_get("idempotent")?,
-        status: Status::parse(row.try_get::<&str, _>("status")?),
-        attempts: row.try_get("attempts")?,
         created_at: row.try_get("created_at")?,
         deadline_at: row.try_get("deadline_at")?,
+        redacted: row.try_get("redacted")?,
+    };
+    Ok(InvocationRecord {
+        accepted,
+        owner: row.try_get("owner")?,
+        status: Status::parse(row.try_get::<&str, _>("status")?),
+        attempts: row.try_get("attempts")?,
         started_at: row.try_get("started_at")?,
         finished_at: row.try_get("finished_at")?,
         session_id: row.try_get("session_id")?,
@@ -553,8 +556,6 @@ fn record(row: &sqlx::sqlite::SqliteRow) -> Result<InvocationRecord, StoreError>
         warnings: json_col(row, "warnings")?,
         error_code: row.try_get("error_code")?,
         error_message: row.try_get("error_message")?,
-        owner: row.try_get("owner")?,
-        redacted: row.try_get("redacted")?,
     })
 }
 
@@ -565,24 +566,35 @@ mod tests {
 
     fn item(key: Option<&str>, cmdlet: &str) -> NewInvocation {
         NewInvocation {
-            id: Uuid::new_v4(),
-            batch_id: None,
-            seq: 0,
-            idempotency_key: key.map(str::to_string),
+            accepted: Accepted {
+                id: Uuid::new_v4(),
+                batch_id: None,
+                seq: 0,
+                idempotency_key: key.map(str::to_string),
+                tenant: "contoso.onmicrosoft.com".into(),
+                admin: None,
+                cmdlet: cmdlet.into(),
+                parameters: json!({"ResultSize": 5}),
+                priority: "batch".into(),
+                idempotent: true,
+                created_at: now_ms(),
+                deadline_at: now_ms() + 60_000,
+                redacted: false,
+            },
             request_hash: format!("hash-{cmdlet}"),
-            tenant: "contoso.onmicrosoft.com".into(),
-            admin: None,
-            cmdlet: cmdlet.into(),
-            parameters: json!({"ResultSize": 5}),
-            priority: "batch".into(),
-            idempotent: true,
-            created_at: now_ms(),
-            deadline_at: now_ms() + 60_000,
             owner: "tester".into(),
             param_names: vec!["ResultSize".into()],
             params_hash: "h".into(),
-            redacted: false,
         }
+    }
+
+    /// `item` with another id (and, if given, a place in a batch).
+    fn renumbered(mut new: NewInvocation, batch: Option<(Uuid, i64)>) -> NewInvocation {
+        new.accepted.id = Uuid::new_v4();
+        if let Some((id, seq)) = batch {
+            (new.accepted.batch_id, new.accepted.seq) = (Some(id), seq);
+        }
+        new
     }
 
     #[tokio::test]
@@ -590,16 +602,16 @@ mod tests {
         let store = Store::connect("sqlite::memory:").await.unwrap();
         let first = item(Some("k1"), "Get-Mailbox");
         assert!(matches!(store.insert_invocation(&first).await.unwrap(), Inserted::New));
-        let replay = NewInvocation { id: Uuid::new_v4(), ..first.clone() };
+        let replay = renumbered(first.clone(), None);
         match store.insert_invocation(&replay).await.unwrap() {
-            Inserted::Existing(r) => assert_eq!(r.id, first.id),
+            Inserted::Existing(r) => assert_eq!(r.accepted.id, first.accepted.id),
             other => panic!("expected replay, got {other:?}"),
         }
-        let different = NewInvocation { id: Uuid::new_v4(), ..item(Some("k1"), "Set-Mailbox") };
+        let different = item(Some("k1"), "Set-Mailbox");
         assert!(matches!(store.insert_invocation(&different).await, Err(StoreError::IdempotencyConflict(_))));
 
-        assert!(store.mark_running(first.id, 1, "s1", "alice").await.unwrap());
-        assert!(!store.mark_running(first.id, 1, "s1", "alice").await.unwrap(), "claim is exclusive");
+        assert!(store.mark_running(first.accepted.id, 1, "s1", "alice").await.unwrap());
+        assert!(!store.mark_running(first.accepted.id, 1, "s1", "alice").await.unwrap(), "claim is exclusive");
         let outcome = Outcome {
             status: Status::Succeeded,
             output: json!([{"Name": "a"}]),
@@ -608,9 +620,9 @@ mod tests {
             error_code: None,
             error_message: None,
         };
-        assert!(store.finish(first.id, &outcome).await.unwrap());
-        assert!(!store.finish(first.id, &Outcome::failed("x", "y")).await.unwrap(), "final stays final");
-        let r = store.get(first.id).await.unwrap().unwrap();
+        assert!(store.finish(first.accepted.id, &outcome).await.unwrap());
+        assert!(!store.finish(first.accepted.id, &Outcome::failed("x", "y")).await.unwrap(), "final stays final");
+        let r = store.get(first.accepted.id).await.unwrap().unwrap();
         assert_eq!(r.status, Status::Succeeded);
         assert_eq!(r.output[0]["Name"], "a");
         assert_eq!(r.attempts, 1);
@@ -620,17 +632,16 @@ mod tests {
     async fn batches_count_page_and_cancel() {
         let store = Store::connect("sqlite::memory:").await.unwrap();
         let batch = Uuid::new_v4();
-        let items: Vec<_> =
-            (0..1200).map(|i| NewInvocation { batch_id: Some(batch), seq: i, ..item(None, "Get-User") }).collect();
+        let items: Vec<_> = (0..1200).map(|i| renumbered(item(None, "Get-User"), Some((batch, i)))).collect();
         assert_eq!(store.insert_batch(batch, "tester", &items).await.unwrap().len(), 1200);
-        assert!(store.mark_running(items[0].id, 1, "s", "a").await.unwrap());
-        let ids: Vec<Uuid> = items.iter().map(|i| i.id).collect();
+        assert!(store.mark_running(items[0].accepted.id, 1, "s", "a").await.unwrap());
+        let ids: Vec<Uuid> = items.iter().map(|i| i.accepted.id).collect();
         assert_eq!(store.cancel_batch(batch, &ids).await.unwrap(), 1199, "the running one is not cancelled");
-        assert!(!store.mark_running(items[1].id, 1, "s", "a").await.unwrap(), "cancelled cannot start");
+        assert!(!store.mark_running(items[1].accepted.id, 1, "s", "a").await.unwrap(), "cancelled cannot start");
         let c = store.batch_counts(batch).await.unwrap().unwrap();
         assert_eq!((c.total, c.running, c.cancelled), (1200, 1, 1199));
         let page = store.batch_page(batch, 10, 5).await.unwrap();
-        assert_eq!(page.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![11, 12, 13, 14, 15]);
+        assert_eq!(page.iter().map(|r| r.accepted.seq).collect::<Vec<_>>(), vec![11, 12, 13, 14, 15]);
         assert_eq!(store.unfinished().await.unwrap().len(), 1);
     }
 }
