@@ -113,6 +113,26 @@ async fn v1_needs_a_valid_unrevoked_token_and_health_stays_open() {
     app.stop().await;
 }
 
+/// Found by the schemathesis run (tests/openapi.rs), which learned the bootstrap token's name
+/// from `GET /v1/tokens` and revoked it mid-run: a token cannot revoke itself; another admin
+/// token can.
+#[tokio::test]
+async fn a_token_cannot_revoke_itself() {
+    let app = start(&config_text(1, 1, 5, 1, "")).await;
+    let (s, b) = send(app.client.delete(app.url("/v1/tokens/bootstrap"))).await;
+    assert_eq!((s, code(&b)), (409, Some("revoking_own_token")), "{b}");
+    assert_eq!(app.get("/v1/tokens").await.0, 200, "the bootstrap token still works");
+
+    let other = token(&app, "second-admin", "admin", "*", "*", &[]).await;
+    let (s, b) = send(client(&other).delete(app.url("/v1/tokens/second-admin"))).await;
+    assert_eq!((s, code(&b)), (409, Some("revoking_own_token")), "{b}");
+    let (s, b) = send(client(&other).delete(app.url("/v1/tokens/bootstrap"))).await;
+    assert_eq!((s, b["revoked"].as_bool()), (200, Some(true)), "{b}");
+    let (s, b) = app.get("/v1/tokens").await;
+    assert_eq!((s, code(&b)), (401, Some("unauthenticated")), "{b}");
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn each_rule_refuses_with_its_own_code_and_nothing_runs() {
     let text = config_text(1, 3, 5, 1, "");

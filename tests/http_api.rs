@@ -137,6 +137,57 @@ async fn each_mistake_gets_its_own_code() {
     app.stop().await;
 }
 
+/// Found by the schemathesis run (tests/openapi.rs): what the OpenAPI document promises, the
+/// server now does.
+#[tokio::test]
+async fn bodies_need_a_json_type_timeouts_may_be_whole_floats_and_keys_count_characters() {
+    let app = TestApp::start(&config_text(1, 1, 5, 1, "")).await;
+    let item = json!({"tenant": tenant(0), "cmdlet": "Get-Mailbox", "parameters": {"ResultSize": 1}});
+    // No JSON content type (a browser's cross-origin "simple request", curl -d): 415, nothing runs.
+    for content_type in ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"] {
+        for path in ["/v1/invocations", "/v1/batches", "/v1/tokens"] {
+            let body = if path == "/v1/batches" { json!({"items": [item]}) } else { item.clone() };
+            let (s, b) = app.post_raw(path, content_type, body.to_string()).await;
+            assert_eq!((s, b["error"]["code"].as_str()), (415, Some("unsupported_media_type")), "{path} {b}");
+        }
+    }
+    let r = app.client.post(app.url("/v1/invocations")).body(item.to_string()).send().await.unwrap();
+    assert_eq!(r.status(), 415, "no content type at all");
+    assert!(app.sim().stats().executions.is_empty(), "nothing ran");
+    let (s, b) = app.post_raw("/v1/invocations", "application/json; charset=utf-8", item.to_string()).await;
+    assert_eq!((s, b["status"].as_str()), (200, Some("succeeded")), "{b}");
+    let (s, b) = app.post_raw("/v1/invocations", "application/vnd.psbroker+json", item.to_string()).await;
+    assert_eq!((s, b["status"].as_str()), (200, Some("succeeded")), "{b}");
+
+    // JSON Schema's integer 30.0 is the whole number 30.
+    let (s, b) =
+        app.post("/v1/invocations", json!({"tenant": tenant(0), "cmdlet": "Get-User", "timeout_seconds": 30.0})).await;
+    assert_eq!((s, b["status"].as_str()), (200, Some("succeeded")), "{b}");
+    let (s, b) =
+        app.post("/v1/invocations", json!({"tenant": tenant(0), "cmdlet": "Get-User", "timeout_seconds": 30.5})).await;
+    assert_eq!((s, b["error"]["code"].as_str()), (400, Some("invalid_request")), "{b}");
+    let items = json!({"items": [{"tenant": tenant(0), "cmdlet": "Get-User", "timeout_seconds": 60.0}]});
+    assert_eq!(app.post("/v1/batches", items).await.0, 202);
+
+    // An idempotency key is at most 200 characters, not bytes.
+    let key = "ü".repeat(200);
+    let (s, b) =
+        app.post("/v1/invocations", json!({"tenant": tenant(0), "cmdlet": "Get-User", "idempotency_key": key})).await;
+    assert_eq!((s, b["status"].as_str()), (200, Some("succeeded")), "{b}");
+    let key = "ü".repeat(201);
+    let (s, b) =
+        app.post("/v1/invocations", json!({"tenant": tenant(0), "cmdlet": "Get-User", "idempotency_key": key})).await;
+    assert_eq!((s, b["error"]["code"].as_str()), (422, Some("invalid_idempotency_key")), "{b}");
+
+    // Another method on a known path: 405 with the envelope and Allow.
+    let r = app.client.put(app.url("/v1/pools")).send().await.unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(r.headers()["allow"], "GET,HEAD");
+    let b: Json = r.json().await.unwrap();
+    assert_eq!(b["error"]["code"], "method_not_allowed", "{b}");
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn an_idempotency_key_prevents_a_second_execution() {
     let app = TestApp::start(&config_text(1, 1, 5, 1, "")).await;

@@ -1,18 +1,19 @@
 //! Interop: pypsrp (an independent Python PSRP client) against the wire simulator.
 //!
 //! Needs `python3` with the `venv` module (Debian: `python3-venv`) and access to PyPI the first
-//! time: the test creates a virtualenv under `<target>/pyenv` and installs pypsrp 0.9.1 into it,
-//! then reuses it. Set `PSBROKER_PYTHON` to use another interpreter for creating the venv, and
-//! `PSBROKER_PYENV` to keep the venv elsewhere.
+//! time: the test creates a virtualenv `<target>/pyenv/pypsrp` and installs pypsrp 0.9.1 into it,
+//! then reuses it (see `common::pyenv`; `PSBROKER_PYTHON` picks another interpreter,
+//! `PSBROKER_PYENV` another place for the venvs).
 //! Missing or broken Python is a test failure, never a skip.
+
+mod common;
 
 use psbroker::config::SimulatorConfig;
 use psbroker::remote::PsValue;
 use psbroker::sim::wire::{self, WireOptions};
 use psbroker::sim::{SimAccount, Simulator};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::Duration;
 
 const PYPSRP: &str = "pypsrp==0.9.1";
@@ -20,66 +21,6 @@ const TENANT: &str = "contoso.onmicrosoft.com";
 const ALICE: &str = "alice@partner.onmicrosoft.com";
 const BOB: &str = "bob@partner.onmicrosoft.com";
 const USER_QUOTA_TEXT: &str = "The WS-Management service cannot process the request. The maximum number of concurrent shells for this user has been exceeded. Close existing shells or raise the quota for this user.";
-
-fn venv_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("PSBROKER_PYENV") {
-        return PathBuf::from(dir);
-    }
-    // CARGO_TARGET_TMPDIR is <target>/tmp.
-    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    tmp.parent().unwrap_or(tmp).join("pyenv")
-}
-
-fn venv_python(venv: &Path) -> PathBuf {
-    if cfg!(windows) {
-        venv.join("Scripts").join("python.exe")
-    } else {
-        venv.join("bin").join("python")
-    }
-}
-
-fn run(cmd: &mut Command, what: &str) -> std::process::Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: cannot start {cmd:?}: {e}"));
-    if !out.status.success() {
-        panic!(
-            "{what} failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    out
-}
-
-fn has_pypsrp(python: &Path) -> bool {
-    python.exists()
-        && Command::new(python)
-            .args(["-c", "import importlib.metadata as m, pypsrp.powershell; assert m.version('pypsrp') == '0.9.1'"])
-            .output()
-            .is_ok_and(|o| o.status.success())
-}
-
-/// The venv's python with pypsrp installed, creating or repairing the venv as needed.
-fn python_with_pypsrp() -> PathBuf {
-    let venv = venv_dir();
-    let python = venv_python(&venv);
-    if has_pypsrp(&python) {
-        return python;
-    }
-    let base = std::env::var("PSBROKER_PYTHON").unwrap_or_else(|_| "python3".to_string());
-    if !python.exists() {
-        run(
-            Command::new(&base).args(["-m", "venv"]).arg(&venv),
-            "creating the Python virtualenv (needs python3 with the venv module, e.g. Debian's python3-venv)",
-        );
-    }
-    run(
-        Command::new(&python).args(["-m", "pip", "install", "--disable-pip-version-check", "--quiet", PYPSRP]),
-        "pip install pypsrp",
-    );
-    assert!(has_pypsrp(&python), "pypsrp is still not importable from {}", python.display());
-    python
-}
 
 fn simulator() -> Simulator {
     let cfg = SimulatorConfig {
@@ -99,7 +40,8 @@ fn simulator() -> Simulator {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pypsrp_drives_the_wire_simulator() {
-    let python = tokio::task::spawn_blocking(python_with_pypsrp).await.expect("venv setup task");
+    let python =
+        tokio::task::spawn_blocking(|| common::pyenv::venv("pypsrp", &[PYPSRP]).python).await.expect("venv setup task");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/pypsrp_client.py");
 
     let sim = simulator();

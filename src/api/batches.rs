@@ -3,7 +3,7 @@
 
 use super::auth::Caller;
 use super::error::{body_error, ApiError};
-use super::{parse_id, read_body, ApiState, InvocationView};
+use super::{body_kind, parse_id, read_body, ApiState, BodyKind, InvocationView};
 use crate::broker::request::InvocationRequest;
 use crate::store::{BatchCounts, Store};
 use axum::body::{Body, Bytes};
@@ -21,19 +21,21 @@ struct BatchBody {
     items: Vec<InvocationRequest>,
 }
 
-fn parse_items(headers: &HeaderMap, bytes: &Bytes) -> Result<Vec<InvocationRequest>, ApiError> {
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    if content_type.contains("ndjson") || content_type.contains("jsonlines") || content_type.contains("jsonl") {
-        let text = std::str::from_utf8(bytes)
-            .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", "the body is not UTF-8"))?;
-        text.lines()
-            .enumerate()
-            .filter(|(_, l)| !l.trim().is_empty())
-            .map(|(i, l)| serde_json::from_str(l).map_err(|e| body_error(e, Some(i + 1))))
-            .collect()
-    } else {
-        let body: BatchBody = serde_json::from_slice(bytes).map_err(|e| body_error(e, None))?;
-        Ok(body.items)
+fn parse_items(kind: BodyKind, bytes: &Bytes) -> Result<Vec<InvocationRequest>, ApiError> {
+    match kind {
+        BodyKind::Ndjson => {
+            let text = std::str::from_utf8(bytes)
+                .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", "the body is not UTF-8"))?;
+            text.lines()
+                .enumerate()
+                .filter(|(_, l)| !l.trim().is_empty())
+                .map(|(i, l)| serde_json::from_str(l).map_err(|e| body_error(e, Some(i + 1))))
+                .collect()
+        }
+        BodyKind::Json => {
+            let body: BatchBody = serde_json::from_slice(bytes).map_err(|e| body_error(e, None))?;
+            Ok(body.items)
+        }
     }
 }
 
@@ -43,8 +45,9 @@ pub async fn create(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let kind = body_kind(&headers, true)?;
     let bytes = read_body(body, state.max_body_bytes).await?;
-    let items = parse_items(&headers, &bytes)?;
+    let items = parse_items(kind, &bytes)?;
     if items.is_empty() {
         return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "empty_batch", "a batch needs at least one item"));
     }

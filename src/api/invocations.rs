@@ -2,17 +2,23 @@
 
 use super::auth::Caller;
 use super::error::{body_error, ApiError};
-use super::{parse_id, read_body, ApiState, InvocationView};
+use super::{body_kind, parse_id, read_body, ApiState, InvocationView};
 use crate::broker::request::InvocationRequest;
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 use std::time::Duration;
 
-pub async fn create(State(state): State<ApiState>, caller: Caller, body: Body) -> Result<Response, ApiError> {
+pub async fn create(
+    State(state): State<ApiState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    body_kind(&headers, false)?;
     let bytes = read_body(body, state.max_body_bytes).await?;
     let req: InvocationRequest = serde_json::from_slice(&bytes).map_err(|e| body_error(e, None))?;
     let submitted = state.broker.submit(&req, &caller).await?;

@@ -14,16 +14,43 @@ use crate::auth::Authenticator;
 use crate::broker::Broker;
 use axum::body::{Body, Bytes};
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::StatusCode;
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, MethodRouter};
 use axum::Router;
 use error::ApiError;
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use view::InvocationView;
+
+/// The OpenAPI 3.1 document of this API, served at `GET /openapi.json`. Hand-written; the test
+/// `openapi_document_and_router_agree` (tests/openapi.rs) fails when a route is missing from
+/// either side, and the schemathesis test checks every answer against it.
+pub const OPENAPI_DOCUMENT: &str = include_str!("openapi.json");
+
+/// Every route the router serves, as `(method, path)` in the document's spelling: [`router`] is
+/// built from this list (and [`handler`]), and the test that keeps the document honest compares
+/// it with the document's operations.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("POST", "/v1/invocations"),
+    ("GET", "/v1/invocations/{id}"),
+    ("POST", "/v1/batches"),
+    ("GET", "/v1/batches/{id}"),
+    ("DELETE", "/v1/batches/{id}"),
+    ("GET", "/v1/batches/{id}/results"),
+    ("GET", "/v1/sessions"),
+    ("GET", "/v1/pools"),
+    ("GET", "/v1/audit"),
+    ("POST", "/v1/tokens"),
+    ("GET", "/v1/tokens"),
+    ("DELETE", "/v1/tokens/{name}"),
+    ("GET", "/metrics"),
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/openapi.json"),
+];
 
 #[derive(Clone)]
 pub struct ApiState {
@@ -36,30 +63,65 @@ pub struct ApiState {
     pub metrics_open: bool,
 }
 
-/// Everything under `/v1` needs a token; `/healthz` and `/readyz` never do; `/metrics` does
-/// unless the daemon listens on loopback only.
+/// Everything under `/v1` needs a token; `/healthz`, `/readyz` and `/openapi.json` never do;
+/// `/metrics` does unless the daemon listens on loopback only. The routes are exactly
+/// [`ROUTES`], so the list the OpenAPI test checks is the router itself.
 pub fn router(state: ApiState) -> Router {
     let require_token = || middleware::from_fn_with_state(state.clone(), auth::require_token);
-    let metrics = Router::new().route("/metrics", get(ops::metrics));
+    let (mut v1, mut metrics, mut open) = (Router::new(), Router::new(), Router::new());
+    let mut paths: Vec<&str> = ROUTES.iter().map(|&(_, p)| p).collect();
+    paths.dedup();
+    for path in paths {
+        let methods = ROUTES.iter().filter(|&&(_, p)| p == path).map(|&(m, _)| handler(m, path));
+        let endpoint = methods.reduce(MethodRouter::merge).expect("a listed path").fallback(method_not_allowed);
+        let part = match path {
+            "/metrics" => &mut metrics,
+            p if p.starts_with("/v1/") => &mut v1,
+            _ => &mut open,
+        };
+        *part = std::mem::take(part).route(path, endpoint);
+    }
     let metrics = if state.metrics_open { metrics } else { metrics.route_layer(require_token()) };
-    Router::new()
-        .route("/v1/invocations", post(invocations::create))
-        .route("/v1/invocations/{id}", get(invocations::get_one))
-        .route("/v1/batches", post(batches::create))
-        .route("/v1/batches/{id}", get(batches::get_one).delete(batches::cancel))
-        .route("/v1/batches/{id}/results", get(batches::results))
-        .route("/v1/sessions", get(ops::sessions))
-        .route("/v1/pools", get(ops::pools))
-        .route("/v1/audit", get(audit::list))
-        .route("/v1/tokens", post(tokens::create).get(tokens::list))
-        .route("/v1/tokens/{name}", delete(tokens::revoke))
-        .route_layer(require_token())
+    v1.route_layer(require_token())
         .merge(metrics)
-        .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz))
+        .merge(open)
         .fallback(|| async { ApiError::not_found("route") })
         .layer(middleware::from_fn_with_state(state.clone(), count_requests))
         .with_state(state)
+}
+
+/// The handler of one entry of [`ROUTES`].
+fn handler(method: &str, path: &str) -> MethodRouter<ApiState> {
+    match (method, path) {
+        ("POST", "/v1/invocations") => post(invocations::create),
+        ("GET", "/v1/invocations/{id}") => get(invocations::get_one),
+        ("POST", "/v1/batches") => post(batches::create),
+        ("GET", "/v1/batches/{id}") => get(batches::get_one),
+        ("DELETE", "/v1/batches/{id}") => delete(batches::cancel),
+        ("GET", "/v1/batches/{id}/results") => get(batches::results),
+        ("GET", "/v1/sessions") => get(ops::sessions),
+        ("GET", "/v1/pools") => get(ops::pools),
+        ("GET", "/v1/audit") => get(audit::list),
+        ("POST", "/v1/tokens") => post(tokens::create),
+        ("GET", "/v1/tokens") => get(tokens::list),
+        ("DELETE", "/v1/tokens/{name}") => delete(tokens::revoke),
+        ("GET", "/metrics") => get(ops::metrics),
+        ("GET", "/healthz") => get(ops::healthz),
+        ("GET", "/readyz") => get(ops::readyz),
+        ("GET", "/openapi.json") => get(ops::openapi),
+        _ => panic!("ROUTES lists {method} {path} but no handler serves it"),
+    }
+}
+
+/// A known path asked with another method: 405 with the envelope (axum adds `Allow`).
+async fn method_not_allowed(path: Option<MatchedPath>) -> ApiError {
+    let path = path.as_ref().map(MatchedPath::as_str).unwrap_or("");
+    let methods: Vec<&str> = ROUTES.iter().filter(|&&(_, p)| p == path).map(|&(m, _)| m).collect();
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{path} answers {} only", methods.join(", ")),
+    )
 }
 
 /// Counts requests by matched route (never the raw path: ids would explode the label set).
@@ -80,6 +142,37 @@ pub(crate) async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiErro
             format!("the body is larger than {limit} bytes"),
         )
     })
+}
+
+/// What a request body is, by its `Content-Type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BodyKind {
+    Json,
+    /// One JSON value per line (`application/x-ndjson`, `application/jsonl`, ...).
+    Ndjson,
+}
+
+/// Reads `Content-Type`: JSON is `application/json` or `application/*+json` (parameters such as
+/// `charset` allowed); NDJSON, where the route takes it, any type naming `ndjson` or `jsonl`.
+/// Anything else, or no type at all, is 415 `unsupported_media_type`: a browser sends such
+/// bodies cross-origin without asking first (a CORS "simple request"), so accepting them as
+/// JSON would let any web page submit work to a daemon whose authentication is switched off.
+pub(crate) fn body_kind(headers: &HeaderMap, ndjson_ok: bool) -> Result<BodyKind, ApiError> {
+    let value = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let essence = value.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    if essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json")) {
+        return Ok(BodyKind::Json);
+    }
+    if ndjson_ok && (essence.contains("ndjson") || essence.contains("jsonl")) {
+        return Ok(BodyKind::Ndjson);
+    }
+    let expected = if ndjson_ok { "application/json or application/x-ndjson" } else { "application/json" };
+    let given = if value.is_empty() { "no Content-Type".to_string() } else { format!("Content-Type '{value}'") };
+    Err(ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        format!("{given}: send {expected}"),
+    ))
 }
 
 pub(crate) fn parse_id(text: &str, what: &str) -> Result<uuid::Uuid, ApiError> {

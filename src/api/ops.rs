@@ -1,4 +1,4 @@
-//! Operations endpoints: sessions, pools, health, readiness, metrics.
+//! Operations endpoints: sessions, pools, health, readiness, metrics, the OpenAPI document.
 
 use super::auth::Caller;
 use super::error::ApiError;
@@ -43,6 +43,11 @@ pub async fn readyz(State(state): State<ApiState>) -> Result<Response, ApiError>
         .await
         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.to_string()))?;
     Ok(Json(json!({"status": "ready"})).into_response())
+}
+
+/// The OpenAPI document ([`super::OPENAPI_DOCUMENT`]), as it is: no token needed.
+pub async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], super::OPENAPI_DOCUMENT).into_response()
 }
 
 pub async fn metrics(State(state): State<ApiState>) -> Response {

@@ -1,13 +1,14 @@
 //! Token management over the API (admin tokens only): create (the token is in this answer and
-//! nowhere else, ever), list, revoke. `psbroker token …` does the same on the store directly.
+//! nowhere else, ever), list, revoke (any token but the caller's own). `psbroker token …` does
+//! the same on the store directly.
 
 use super::auth::Caller;
 use super::error::{body_error, ApiError};
-use super::{read_body, ApiState};
+use super::{body_kind, read_body, ApiState};
 use crate::auth::token::{self, TokenSpec};
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
@@ -34,8 +35,14 @@ fn everything() -> String {
     "*".into()
 }
 
-pub async fn create(State(state): State<ApiState>, caller: Caller, body: Body) -> Result<Response, ApiError> {
+pub async fn create(
+    State(state): State<ApiState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     caller.require_admin("creating tokens")?;
+    body_kind(&headers, false)?;
     let bytes = read_body(body, 64 << 10).await?;
     let b: CreateBody = serde_json::from_slice(&bytes).map_err(|e| body_error(e, None))?;
     let spec = TokenSpec::parse(&b.name, &b.role, &b.tenants, &b.cmdlets, &b.constraints)
@@ -62,6 +69,15 @@ pub async fn revoke(
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     caller.require_admin("revoking tokens")?;
+    // A token revoking itself locks its holder out mid-work (for the bootstrap token: out of
+    // the API altogether). Another admin token, or `psbroker token revoke`, can do it.
+    if name == caller.name {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "revoking_own_token",
+            format!("token '{name}' is the one making this request and cannot revoke itself; use another admin token or 'psbroker token revoke'"),
+        ));
+    }
     if !state.broker.store().revoke_token(&name).await? {
         return Err(ApiError::not_found("active token"));
     }

@@ -24,13 +24,28 @@ pub struct InvocationRequest {
     /// Only for single invocations: wait for the result (default true).
     #[serde(default)]
     pub wait: Option<bool>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_number")]
     pub timeout_seconds: Option<u64>,
     #[serde(default)]
     pub idempotency_key: Option<String>,
     /// Declares the command safe to run twice. Defaults to true for read verbs (Get, Test, ...).
     #[serde(default)]
     pub idempotent: Option<bool>,
+}
+
+/// JSON has one number type, so `30.0` is the whole number 30 (JSON Schema's `integer` agrees):
+/// a whole-valued float is taken as that integer (saturating), while a fraction or a negative
+/// number is a shape error like any other wrong type.
+fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    use serde::de::Error;
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else { return Ok(None) };
+    if let Some(u) = n.as_u64() {
+        return Ok(Some(u));
+    }
+    match n.as_f64() {
+        Some(f) if f >= 0.0 && f.fract() == 0.0 => Ok(Some(f as u64)),
+        _ => Err(D::Error::custom(format!("invalid value: {n}, expected a whole number of seconds"))),
+    }
 }
 
 /// A request that passed every check, resolved against the directory.
@@ -110,6 +125,12 @@ fn valid_parameter_name(name: &str) -> bool {
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
+/// 1 to 200 characters (not bytes: the document says characters, as JSON Schema counts them),
+/// none of them a control character.
+fn valid_idempotency_key(key: &str) -> bool {
+    (1..=200).contains(&key.chars().count()) && !key.chars().any(char::is_control)
+}
+
 fn check_value(name: &str, value: &Json, depth: usize) -> Result<(), RequestError> {
     if depth > MAX_VALUE_DEPTH {
         return Err(RequestError::InvalidParameterValue(format!(
@@ -160,10 +181,8 @@ impl InvocationRequest {
         if timeout_seconds == 0 || timeout_seconds > MAX_TIMEOUT_SECONDS {
             return Err(RequestError::InvalidTimeout { max: MAX_TIMEOUT_SECONDS });
         }
-        if let Some(key) = &self.idempotency_key {
-            if key.is_empty() || key.len() > 200 || key.chars().any(|c| c.is_control()) {
-                return Err(RequestError::InvalidIdempotencyKey);
-            }
+        if self.idempotency_key.as_deref().is_some_and(|k| !valid_idempotency_key(k)) {
+            return Err(RequestError::InvalidIdempotencyKey);
         }
         Ok(ValidRequest {
             tenant,
@@ -229,6 +248,34 @@ mod tests {
         assert!(is_read_verb("Get-Mailbox"));
         assert!(is_read_verb("test-mapiconnectivity"));
         assert!(!is_read_verb("Set-Mailbox"));
+    }
+
+    #[test]
+    fn idempotency_keys_count_characters_not_bytes() {
+        assert!(valid_idempotency_key(&"é".repeat(200)), "200 characters, 400 bytes");
+        assert!(!valid_idempotency_key(&"é".repeat(201)));
+        assert!(!valid_idempotency_key(""));
+        assert!(!valid_idempotency_key("a\u{85}b"), "C1 control");
+        assert!(valid_idempotency_key("order-42 ✓"));
+    }
+
+    #[test]
+    fn timeouts_are_whole_numbers_in_any_json_spelling() {
+        let parse = |timeout: &str| {
+            serde_json::from_str::<InvocationRequest>(&format!(
+                r#"{{"tenant":"t","cmdlet":"Get-X","timeout_seconds":{timeout}}}"#
+            ))
+            .map(|r| r.timeout_seconds)
+        };
+        assert_eq!(parse("30").unwrap(), Some(30));
+        assert_eq!(parse("30.0").unwrap(), Some(30));
+        assert_eq!(parse("3e2").unwrap(), Some(300));
+        assert_eq!(parse("null").unwrap(), None);
+        assert_eq!(parse("1e300").unwrap(), Some(u64::MAX), "too large for u64: refused later as invalid_timeout");
+        for bad in ["30.5", "-1", "-1.0", "\"30\"", "true"] {
+            let e = parse(bad).unwrap_err();
+            assert_eq!(e.classify(), serde_json::error::Category::Data, "{bad}: {e}");
+        }
     }
 
     #[test]

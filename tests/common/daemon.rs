@@ -15,9 +15,16 @@ impl Daemon {
     /// Starts `psbroker serve --config CONFIG` with `PSBROKER_LOG=level` and waits for the line
     /// that says where it listens.
     pub fn start(config: &std::path::Path, level: &str) -> Daemon {
+        Self::start_with_env(config, level, &[])
+    }
+
+    /// Like [`Daemon::start`], with extra environment variables (e.g. `PSBROKER_SERVER__LISTEN`
+    /// to override one key of the configuration).
+    pub fn start_with_env(config: &std::path::Path, level: &str, env: &[(&str, &str)]) -> Daemon {
         let mut child = Command::new(env!("CARGO_BIN_EXE_psbroker"))
             .args(["serve", "--config"])
             .arg(config)
+            .envs(env.iter().copied())
             .env("PSBROKER_LOG", level)
             .env("NO_COLOR", "1")
             .stderr(Stdio::piped())

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod pyenv;
 
 use psbroker::app::{Application, Running};
 use psbroker::config::Config;
