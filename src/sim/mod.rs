@@ -10,6 +10,7 @@
 mod clock;
 mod cmdlets;
 mod connector;
+mod faults;
 pub mod wire;
 mod world;
 
@@ -17,8 +18,9 @@ mod world;
 mod tests;
 
 pub use connector::{SimConnector, SimSession};
+pub use faults::{CreateFault, FaultKind, RequestFault};
 
-use crate::config::{Config, CredentialRef, SimulatorConfig};
+use crate::config::{Config, CredentialRef, FaultConfig, SimulatorConfig};
 use crate::remote::{classify, classify_error_record, CommandOutput, ErrorRecord, FaultClass, PsValue, RemoteError};
 use clock::SimClock;
 use cmdlets::Outcome;
@@ -125,8 +127,8 @@ impl From<SimFault> for RemoteError {
     fn from(fault: SimFault) -> RemoteError {
         let class = fault.class();
         match fault.record {
-            Some(record) => RemoteError { class, message: record.message.clone(), record: Some(record) },
-            None => RemoteError { class, message: fault.message, record: None },
+            Some(record) => RemoteError::from_record(class, record),
+            None => RemoteError::new(class, fault.message),
         }
     }
 }
@@ -148,6 +150,13 @@ pub struct SimStats {
     pub shells_expired: u64,
     /// Commands that executed (binding failures and rejected commands are not counted).
     pub commands_run: u64,
+    /// Injected faults by kind (kinds never injected are absent).
+    pub injected: BTreeMap<FaultKind, u64>,
+    /// Pipeline id → the injected faults that hit requests naming it (CommandId).
+    pub pipeline_faults: HashMap<Uuid, Vec<FaultKind>>,
+    /// Pipelines a request of which found its shell gone without an injected fault (it expired
+    /// or was deleted).
+    pub pipeline_shell_gone: HashSet<Uuid>,
 }
 
 /// One live shell, as [`Simulator::list_shells`] shows it.
@@ -225,6 +234,14 @@ fn credential_matches(account: &Account, credential: SimCredential<'_>) -> bool 
             t.trim().strip_prefix("sim-token:").is_some_and(|u| key(u) == key(&account.upn))
         }
     }
+}
+
+fn text_budget_throttled(wait_seconds: u64) -> String {
+    format!(
+        "[AuthZRequestId={}][FailureCategory=AuthZ-AuthorizationException] Fail to create runspace because you have \
+         exceeded your budget to create runspace. Please wait for {wait_seconds} seconds.",
+        Uuid::new_v4()
+    )
 }
 
 fn text_max_commands() -> String {
@@ -322,6 +339,8 @@ struct Inner {
     open_latency_us: AtomicU64,
     command_latency_us: AtomicU64,
     close_latency_us: AtomicU64,
+    /// Fault dice and tally; locked after `state` when both are needed.
+    faults: Mutex<faults::Injector>,
 }
 
 /// The simulated service. Cheap to clone; all clones share one state.
@@ -398,6 +417,7 @@ impl Simulator {
                 open_latency_us: AtomicU64::new(cfg.open_latency_ms.saturating_mul(1000)),
                 command_latency_us: AtomicU64::new(cfg.command_latency_ms.saturating_mul(1000)),
                 close_latency_us: AtomicU64::new(cfg.close_latency_ms.saturating_mul(1000)),
+                faults: Mutex::new(faults::Injector::new(cfg.faults.clone())),
             }),
         }
     }
@@ -444,9 +464,52 @@ impl Simulator {
         Arc::new(SimConnector::new(self.clone()))
     }
 
+    fn injector(&self) -> MutexGuard<'_, faults::Injector> {
+        self.inner.faults.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Replaces the fault rates at run time (the random sequence restarts from the new seed;
+    /// counts are kept).
+    pub fn set_faults(&self, config: FaultConfig) {
+        self.injector().configure(config);
+    }
+
+    pub fn faults(&self) -> FaultConfig {
+        self.injector().config().clone()
+    }
+
+    /// The fault (if any) for one request with this WS-Management action; counted.
+    pub(crate) fn roll_request_fault(&self, action: &str) -> Option<RequestFault> {
+        self.injector().request(action)
+    }
+
+    /// Whether the shell named by a request with this action expires now; counted.
+    pub(crate) fn roll_shell_expiry(&self, action: &str) -> bool {
+        self.injector().shell_expiry(action)
+    }
+
+    pub(crate) fn note_pipeline_fault(&self, pid: Uuid, kind: FaultKind) {
+        self.injector().note_pipeline(pid, kind);
+    }
+
+    pub(crate) fn note_shell_gone(&self, pid: Uuid) {
+        self.injector().note_shell_gone(pid);
+    }
+
+    /// Forgets a shell before its lifetime (an injected early expiry). False if it was gone.
+    pub(crate) fn expire_shell(&self, shell_id: &str) -> bool {
+        let mut st = self.lock();
+        let gone = st.shells.remove(&shell_id.trim().to_ascii_uppercase()).is_some();
+        if gone {
+            st.shells_expired += 1;
+        }
+        gone
+    }
+
     pub fn stats(&self) -> SimStats {
         let mut st = self.lock();
         st.reap();
+        let injector = self.injector();
         SimStats {
             open_by_user: st.open_by_user(),
             open_by_tenant: st.open_by_tenant(),
@@ -457,6 +520,9 @@ impl Simulator {
             shells_closed: st.shells_closed,
             shells_expired: st.shells_expired,
             commands_run: st.commands_run,
+            injected: injector.counts(),
+            pipeline_faults: injector.by_pipeline(),
+            pipeline_shell_gone: injector.shell_gone(),
         }
     }
 
@@ -603,6 +669,17 @@ impl Simulator {
         let owner = owner.upn.clone();
         if st.disabled.contains(&tenant_key) {
             return Err(SimFault::service(500, None, text_remote_powershell_disabled()));
+        }
+        // Injected refusals: as if someone else held shells, or the budget were spent.
+        match self.injector().create() {
+            Some(CreateFault::UserQuota) => {
+                return Err(SimFault::service(500, Some(WSMAN_QUOTA_LIMIT), text_shell_quota("user")))
+            }
+            Some(CreateFault::TenantQuota) => return Err(SimFault::service(500, None, text_shell_quota("tenant"))),
+            Some(CreateFault::Throttle { wait_seconds }) => {
+                return Err(SimFault::service(500, None, text_budget_throttled(wait_seconds)))
+            }
+            None => {}
         }
         let by_user = st.shells.values().filter(|s| s.owner_key == upn_key).count() as u32;
         if by_user >= st.user_cap {
