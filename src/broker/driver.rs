@@ -148,7 +148,7 @@ impl Driver {
             Event::Opened { session, result: Err(e) } => {
                 tracing::warn!(session, class = %e.class, message = %e.message, "session open failed");
                 self.shared.metrics.remote_faults.with_label_values(&[e.class.code()]).inc();
-                self.sched.open_failed(session, e.class, &e.message, now);
+                self.sched.open_failed(session, e.class, &e.message, e.retry_after, now);
             }
             Event::CommandDone { session, report } => {
                 if let Some(job) = report.requeue {
