@@ -42,5 +42,6 @@ async fn run() -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Bulk(args)) => psbroker::bench::bulk(args).await,
         Command::Bench(BenchCommand::Api(args)) => psbroker::bench::api::run(args).await,
         Command::Bench(BenchCommand::Codec(args)) => psbroker::bench::codec::run(args),
+        Command::Bench(BenchCommand::Chaos(args)) => psbroker::bench::chaos::chaos(args).await,
     }
 }

@@ -148,6 +148,10 @@ pub struct SimStats {
     pub shells_opened: u64,
     pub shells_closed: u64,
     pub shells_expired: u64,
+    /// Shells that ended (expired, or were forgotten early) without a single request reaching
+    /// them after their creation: created for a client that never learned of them, i.e.
+    /// leaked. A client that got the Create's answer at least opens the pool or deletes it.
+    pub shells_never_used: u64,
     /// Commands that executed (binding failures and rejected commands are not counted).
     pub commands_run: u64,
     /// Injected faults by kind (kinds never injected are absent).
@@ -269,6 +273,8 @@ struct Tenant {
 
 #[derive(Debug)]
 struct Shell {
+    /// A request other than its Create reached it.
+    used: bool,
     owner: String,
     owner_key: String,
     tenant: String,
@@ -298,6 +304,7 @@ struct State {
     shells_opened: u64,
     shells_closed: u64,
     shells_expired: u64,
+    shells_never_used: u64,
     commands_run: u64,
 }
 
@@ -307,8 +314,14 @@ impl State {
         let now = self.clock.now();
         let lifetime = self.lifetime_secs;
         let before = self.shells.len();
-        self.shells.retain(|_, s| now - s.created < lifetime);
+        let mut never_used = 0;
+        self.shells.retain(|_, s| {
+            let alive = now - s.created < lifetime;
+            never_used += u64::from(!alive && !s.used);
+            alive
+        });
         self.shells_expired += (before - self.shells.len()) as u64;
+        self.shells_never_used += never_used;
     }
 
     fn open_by_user(&self) -> BTreeMap<String, u32> {
@@ -407,6 +420,7 @@ impl Simulator {
             shells_opened: 0,
             shells_closed: 0,
             shells_expired: 0,
+            shells_never_used: 0,
             commands_run: 0,
         };
         let speedup = if cfg.time_speedup.is_finite() && cfg.time_speedup > 0.0 { cfg.time_speedup } else { 1.0 };
@@ -499,11 +513,17 @@ impl Simulator {
     /// Forgets a shell before its lifetime (an injected early expiry). False if it was gone.
     pub(crate) fn expire_shell(&self, shell_id: &str) -> bool {
         let mut st = self.lock();
-        let gone = st.shells.remove(&shell_id.trim().to_ascii_uppercase()).is_some();
-        if gone {
-            st.shells_expired += 1;
+        let Some(shell) = st.shells.remove(&shell_id.trim().to_ascii_uppercase()) else { return false };
+        st.shells_expired += 1;
+        st.shells_never_used += u64::from(!shell.used);
+        true
+    }
+
+    /// A request reached the shell (the wire server calls this for every request naming it).
+    pub(crate) fn mark_used(&self, shell_id: &str) {
+        if let Some(shell) = self.lock().shells.get_mut(&shell_id.trim().to_ascii_uppercase()) {
+            shell.used = true;
         }
-        gone
     }
 
     pub fn stats(&self) -> SimStats {
@@ -519,6 +539,7 @@ impl Simulator {
             shells_opened: st.shells_opened,
             shells_closed: st.shells_closed,
             shells_expired: st.shells_expired,
+            shells_never_used: st.shells_never_used,
             commands_run: st.commands_run,
             injected: injector.counts(),
             pipeline_faults: injector.by_pipeline(),
@@ -698,6 +719,7 @@ impl Simulator {
         st.shells.insert(
             shell_id.clone(),
             Shell {
+                used: false,
                 owner: owner.clone(),
                 owner_key: upn_key,
                 tenant: domain.clone(),
@@ -731,6 +753,7 @@ impl Simulator {
         let Some(shell) = st.shells.get_mut(&id) else {
             return Err(State::shell_not_found(shell_id));
         };
+        shell.used = true;
         if shell.commands >= st.max_commands {
             return Err(SimFault::service(500, None, text_max_commands()));
         }

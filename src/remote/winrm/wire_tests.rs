@@ -401,6 +401,7 @@ async fn create_faults_never_leave_a_shell_behind() {
     let stats = sim.stats();
     assert!(stats.shells_opened >= 2, "the lost and late answers were to Creates that did create");
     assert_eq!(stats.shells_opened, stats.shells_closed);
+    assert_eq!(stats.shells_never_used, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -413,4 +414,6 @@ async fn without_the_affinity_probe_a_lost_create_answer_leaks_the_shell() {
     assert_eq!(err.class, FaultClass::ConnectionLost);
     // The clean-up Delete had no affinity cookie: it landed on "another server".
     assert_eq!(sim.list_shells(ALICE).len(), 1, "this is why the connector pins affinity first");
+    sim.set_shell_lifetime(Duration::ZERO);
+    assert_eq!(sim.stats().shells_never_used, 1, "the service saw it leak");
 }

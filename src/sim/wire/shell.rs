@@ -316,6 +316,7 @@ impl Wire {
             Ok(entry) => entry,
             Err(reply) => return reply,
         };
+        self.sim.mark_used(&entry.meta.id);
         if self.sim.roll_shell_expiry(req.action.name()) {
             // Injected: the server forgot the shell before its lifetime.
             self.sim.expire_shell(&entry.meta.id);
