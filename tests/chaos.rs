@@ -6,9 +6,13 @@
 //! The simulator testifies: how often each command executed, which faults hit which pipeline,
 //! how many shells each admin and tenant ever held, and which shells are left.
 
+mod common;
+
+use common::{tenant, TestApp};
 use psbroker::bench::chaos::{self, ChaosArgs};
-use psbroker::sim::FaultKind;
-use serde_json::Value as Json;
+use psbroker::config::{FaultConfig, SimulatorConfig};
+use psbroker::sim::{FaultKind, SimAccount, Simulator};
+use serde_json::{json, Value as Json};
 use std::collections::HashMap;
 use uuid::Uuid;
 
@@ -83,4 +87,35 @@ async fn ten_thousand_invocations_under_five_percent_faults_lose_nothing_and_rep
     // them again).
     assert_eq!(stats.shells_never_used, 0, "shells leaked by Creates whose answer was lost");
     assert!(stats.shells_expired > 0, "shells died under the broker");
+}
+
+/// A shell whose Delete never gets through stays on the broker's list of open shells, so the next
+/// start deletes it instead of leaving it to eat the admin's quota for the rest of its hour.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shell_whose_delete_keeps_failing_is_deleted_by_the_next_start() {
+    const UPN: &str = "a0@partner.onmicrosoft.com";
+    let cfg = SimulatorConfig { open_latency_ms: 0, command_latency_ms: 0, close_latency_ms: 0, ..Default::default() };
+    let account = SimAccount { upn: UPN.into(), password: "pw0".into(), tenants: vec!["*".into()] };
+    // The service outlives the daemon, as in production.
+    let sim = Simulator::new(&cfg, vec![account], vec![tenant(0)]);
+    let (addr, _server) = psbroker::sim::wire::spawn(sim.clone(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[profiles.default]\nkind = \"wsman\"\nallow_plain_http = true\n\
+         connection_uri = \"http://{addr}/powershell-liveid?DelegatedOrg={{tenant}}\"\n\
+         [[admins]]\nname = \"a0\"\nupn = \"{UPN}\"\ncredential = \"literal:pw0\"\n[[tenants]]\ndomain = \"{}\"\n",
+        tenant(0)
+    );
+    let app = TestApp::start(&text).await;
+    let (_, r) = app.invoke(&tenant(0), "Get-Mailbox", json!({"ResultSize": 1})).await;
+    assert_eq!(r["status"], "succeeded", "{r}");
+    // Every Delete is lost before it reaches the server: the connector's retries fail too.
+    sim.set_faults(FaultConfig { drop_before: 1.0, actions: vec!["Delete".into()], ..Default::default() });
+    let dir = app.stop().await;
+    assert_eq!(sim.list_shells(UPN).len(), 1, "the shell outlived the stop");
+    assert!(sim.stats().injected[&FaultKind::DropBefore] >= 4, "the Delete was tried again");
+
+    sim.set_faults(FaultConfig::default());
+    let app = TestApp::start_in(&text, dir).await;
+    assert!(sim.list_shells(UPN).is_empty(), "the next start deleted it");
+    app.stop().await;
 }
