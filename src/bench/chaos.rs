@@ -52,8 +52,8 @@ pub fn tenant(i: u32) -> String {
 }
 
 /// The faults: `rate` of requests split over the request-level kinds and early expiry; each
-/// Create refused for quota (user, tenant) or budget with `rate` each. Spikes reach 2 s, past
-/// the 0.5 s request timeout (a Receive's is 1.5 s), so some are timeouts and some only late.
+/// Create refused for quota (user, tenant) or budget with `rate` each. Spikes reach 3 s, past
+/// the 1 s request timeout (a Receive's is 2 s), so some are timeouts and some only late.
 pub fn faults(rate: f64, seed: u64) -> FaultConfig {
     FaultConfig {
         seed,
@@ -64,7 +64,7 @@ pub fn faults(rate: f64, seed: u64) -> FaultConfig {
         retry_after_seconds: 1,
         latency_spike: rate * 0.12,
         latency_spike_min_ms: 0,
-        latency_spike_ms: 2000,
+        latency_spike_ms: 3000,
         shell_expiry: rate * 0.12,
         user_quota: rate,
         tenant_quota: rate,
@@ -83,7 +83,7 @@ pub fn config(args: &ChaosArgs, store_url: &str) -> Config {
          [scheduler]\nmax_attempts = 10\nquota_cooldown_seconds = 1\nretry_backoff_initial_ms = 50\nretry_backoff_max_ms = 1000\n\
          [profiles.default]\nkind = \"wsman\"\nallow_plain_http = true\n\
          connection_uri = \"http://{{simulator}}/powershell-liveid?DelegatedOrg={{tenant}}\"\n\
-         operation_timeout_seconds = 1\nrequest_timeout_seconds = 0.5\nopen_timeout_seconds = 10\ncommand_timeout_seconds = 10\n\
+         operation_timeout_seconds = 1\nrequest_timeout_seconds = 1.0\nopen_timeout_seconds = 10\ncommand_timeout_seconds = 10\n\
          session_max_age_seconds = {}\nmax_age_jitter_percent = 20\n\
          [simulator]\nopen_latency_ms = 0\ncommand_latency_ms = 0\nclose_latency_ms = 0\nmailboxes_per_tenant = 10\n\
          shell_lifetime_seconds = {}\n",
