@@ -10,7 +10,7 @@ use crate::config::FaultConfig;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -116,13 +116,12 @@ pub(crate) struct Injector {
     rng: StdRng,
     counts: BTreeMap<FaultKind, u64>,
     by_pipeline: HashMap<Uuid, Vec<FaultKind>>,
-    shell_gone: HashSet<Uuid>,
 }
 
 impl Injector {
     pub fn new(config: FaultConfig) -> Self {
         let rng = StdRng::seed_from_u64(config.seed);
-        Self { config, rng, counts: BTreeMap::new(), by_pipeline: HashMap::new(), shell_gone: HashSet::new() }
+        Self { config, rng, counts: BTreeMap::new(), by_pipeline: HashMap::new() }
     }
 
     /// New rates (and a new sequence from the new seed); what was counted stays.
@@ -216,21 +215,12 @@ impl Injector {
         self.by_pipeline.entry(pid).or_default().push(kind);
     }
 
-    /// Remembers that a request for this pipeline found its shell gone (not injected).
-    pub fn note_shell_gone(&mut self, pid: Uuid) {
-        self.shell_gone.insert(pid);
-    }
-
     pub fn counts(&self) -> BTreeMap<FaultKind, u64> {
         self.counts.clone()
     }
 
     pub fn by_pipeline(&self) -> HashMap<Uuid, Vec<FaultKind>> {
         self.by_pipeline.clone()
-    }
-
-    pub fn shell_gone(&self) -> HashSet<Uuid> {
-        self.shell_gone.clone()
     }
 }
 

@@ -158,9 +158,6 @@ pub struct SimStats {
     pub injected: BTreeMap<FaultKind, u64>,
     /// Pipeline id → the injected faults that hit requests naming it (CommandId).
     pub pipeline_faults: HashMap<Uuid, Vec<FaultKind>>,
-    /// Pipelines a request of which found its shell gone without an injected fault (it expired
-    /// or was deleted).
-    pub pipeline_shell_gone: HashSet<Uuid>,
 }
 
 /// One live shell, as [`Simulator::list_shells`] shows it.
@@ -506,10 +503,6 @@ impl Simulator {
         self.injector().note_pipeline(pid, kind);
     }
 
-    pub(crate) fn note_shell_gone(&self, pid: Uuid) {
-        self.injector().note_shell_gone(pid);
-    }
-
     /// Forgets a shell before its lifetime (an injected early expiry). False if it was gone.
     pub(crate) fn expire_shell(&self, shell_id: &str) -> bool {
         let mut st = self.lock();
@@ -543,7 +536,6 @@ impl Simulator {
             commands_run: st.commands_run,
             injected: injector.counts(),
             pipeline_faults: injector.by_pipeline(),
-            pipeline_shell_gone: injector.shell_gone(),
         }
     }
 

@@ -33,18 +33,15 @@ const WSMAN_RESOURCE_NOT_FOUND: u32 = 2_150_858_811;
 pub(super) struct Reply {
     pub status: u16,
     pub body: String,
-    /// The answer is "shell not found".
-    shell_gone: bool,
 }
 
 impl Reply {
     fn ok(body: String) -> Self {
-        Self { status: 200, body, shell_gone: false }
+        Self { status: 200, body }
     }
 
     pub(super) fn fault(status: u16, relates_to: Option<&str>, fault: WsmanFault) -> Self {
-        let shell_gone = fault.code == Some(WSMAN_SHELL_NOT_FOUND);
-        Self { status, body: server::fault_response(relates_to, &fault), shell_gone }
+        Self { status, body: server::fault_response(relates_to, &fault) }
     }
 }
 
@@ -287,14 +284,7 @@ impl Wire {
             Action::Enumerate => self.enumerate(caller, &req),
             Action::Pull => self.pull(caller, &req),
             Action::Delete | Action::Command | Action::Send | Action::Receive | Action::Signal => {
-                // The pipeline a request names (CommandId = the client's pipeline id), so that a
-                // shell lost under a command is on record for it.
-                let pid = req.command_id().and_then(|c| Uuid::parse_str(c.trim()).ok());
-                let reply = self.shell_request(caller, req).await;
-                if let (true, Some(pid)) = (reply.shell_gone, pid) {
-                    self.sim.note_shell_gone(pid);
-                }
-                reply
+                self.shell_request(caller, req).await
             }
             Action::Other(uri) => Reply::fault(
                 500,
@@ -324,9 +314,7 @@ impl Wire {
             if let Some(pid) = req.command_id().and_then(|c| Uuid::parse_str(c.trim()).ok()) {
                 self.sim.note_pipeline_fault(pid, FaultKind::ShellExpiry);
             }
-            let mut reply = self.not_found(caller, &rel, &entry.meta.id);
-            reply.shell_gone = false;
-            return reply;
+            return self.not_found(caller, &rel, &entry.meta.id);
         }
         *lock(&entry.last_activity) = Instant::now();
         match req.body.clone() {
@@ -658,10 +646,9 @@ impl Wire {
             return Reply::ok(server::receive_response(rel, &streams, None));
         };
 
-        // The service may have killed the shell under the running command.
-        if !self.alive(entry) {
-            return self.not_found(caller, rel, &entry.meta.id);
-        }
+        // A shell that reaches its lifetime while a command's output waits still delivers it:
+        // its end shows at the next Command. (A shell killed under a running command is the
+        // injected early expiry.)
         let mut guard = entry.state.lock().await;
         let state = &mut *guard;
         let Some(pipeline) = state.pipelines.get_mut(&cid) else {
@@ -703,7 +690,10 @@ impl Wire {
         let now = self.sim.now();
         let owner_key = caller.owner_key();
         let mut shells = lock(&self.shells);
-        shells.retain(|id, e| e.meta.owner_key != owner_key || live.iter().any(|s| &s.shell_id == id));
+        // An expired shell is forgotten here, unless a command's output still waits in it (or
+        // a request is working on it): that is delivered first.
+        let settled = |e: &ShellEntry| e.state.try_lock().is_ok_and(|s| s.pipelines.is_empty());
+        shells.retain(|id, e| e.meta.owner_key != owner_key || live.iter().any(|s| &s.shell_id == id) || !settled(e));
         live.iter()
             .map(|s| {
                 let run_time = Duration::from_secs_f64((now - s.created).max(0.0));
