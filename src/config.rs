@@ -626,6 +626,14 @@ mod tests {
     }
 
     #[test]
+    fn the_commented_fault_example_in_the_demo_is_valid() {
+        let start = EMBEDDED_DEMO.find("# [simulator.faults]").expect("the demo shows the fault keys");
+        let block: Vec<&str> = EMBEDDED_DEMO[start..].lines().map(|l| l.strip_prefix("# ").unwrap_or(l)).collect();
+        let c = Config::from_toml(&format!("{}\n{}\n", &EMBEDDED_DEMO[..start], block.join("\n"))).unwrap();
+        assert_eq!((c.simulator.faults.drop_after, c.simulator.faults.actions.len()), (0.009, 1));
+    }
+
+    #[test]
     fn credential_refs_parse_and_resolve() {
         assert_eq!(CredentialRef::parse("env:X").unwrap(), CredentialRef::Env("X".into()));
         assert!(CredentialRef::parse("hunter2").is_err());

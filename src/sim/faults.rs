@@ -116,12 +116,15 @@ pub(crate) struct Injector {
     rng: StdRng,
     counts: BTreeMap<FaultKind, u64>,
     by_pipeline: HashMap<Uuid, Vec<FaultKind>>,
+    /// Requests and Creates the dice were asked about (with or without a fault).
+    requests: u64,
+    creates: u64,
 }
 
 impl Injector {
     pub fn new(config: FaultConfig) -> Self {
         let rng = StdRng::seed_from_u64(config.seed);
-        Self { config, rng, counts: BTreeMap::new(), by_pipeline: HashMap::new() }
+        Self { config, rng, counts: BTreeMap::new(), by_pipeline: HashMap::new(), requests: 0, creates: 0 }
     }
 
     /// New rates (and a new sequence from the new seed); what was counted stays.
@@ -144,6 +147,7 @@ impl Injector {
 
     /// At most one request-level fault for a request with this WS-Management action.
     pub fn request(&mut self, action: &str) -> Option<RequestFault> {
+        self.requests += 1;
         let c = &self.config;
         let rates = [c.drop_before, c.drop_after, c.http_500, c.http_503, c.latency_spike];
         if rates.iter().all(|&r| r <= 0.0) || !self.applies(action) {
@@ -187,6 +191,7 @@ impl Injector {
 
     /// At most one refusal of a shell creation.
     pub fn create(&mut self) -> Option<CreateFault> {
+        self.creates += 1;
         let c = &self.config;
         let rates = [c.user_quota, c.tenant_quota, c.throttle];
         if rates.iter().all(|&r| r <= 0.0) || !self.applies("Create") {
@@ -219,6 +224,11 @@ impl Injector {
         self.counts.clone()
     }
 
+    /// How many requests, and how many shell creations, could have been faulted.
+    pub fn seen(&self) -> (u64, u64) {
+        (self.requests, self.creates)
+    }
+
     pub fn by_pipeline(&self) -> HashMap<Uuid, Vec<FaultKind>> {
         self.by_pipeline.clone()
     }
@@ -243,6 +253,7 @@ mod tests {
             assert_eq!(i.create(), None);
         }
         assert!(i.counts().is_empty());
+        assert_eq!(i.seen(), (1000, 1000));
     }
 
     #[test]

@@ -158,6 +158,10 @@ pub struct SimStats {
     pub injected: BTreeMap<FaultKind, u64>,
     /// Pipeline id → the injected faults that hit requests naming it (CommandId).
     pub pipeline_faults: HashMap<Uuid, Vec<FaultKind>>,
+    /// Authenticated, well-formed WS-Management requests the wire server handled.
+    pub requests: u64,
+    /// Shell creations that passed the service's own checks (credentials, permission, policy).
+    pub creates: u64,
 }
 
 /// One live shell, as [`Simulator::list_shells`] shows it.
@@ -536,6 +540,8 @@ impl Simulator {
             commands_run: st.commands_run,
             injected: injector.counts(),
             pipeline_faults: injector.by_pipeline(),
+            requests: injector.seen().0,
+            creates: injector.seen().1,
         }
     }
 
