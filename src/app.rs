@@ -215,11 +215,12 @@ fn winrm_connector(profile: &ProfileConfig, shell_name: &str) -> anyhow::Result<
     let options = WinrmOptions {
         allow_redirection: profile.allow_redirection,
         allow_plain_http: profile.allow_plain_http,
-        request_timeout: Duration::from_secs(profile.operation_timeout_seconds + 40),
+        request_timeout: profile.request_timeout(),
         operation_timeout: Duration::from_secs(profile.operation_timeout_seconds),
         max_envelope_size: profile.max_envelope_size,
         shell_name: shell_name.to_string(),
         accept_invalid_certs: profile.accept_invalid_certs,
+        ..WinrmOptions::default()
     };
     Ok(Arc::new(WinrmConnector::new(options).map_err(|e| anyhow::anyhow!(e.message))?))
 }

@@ -133,6 +133,9 @@ pub enum BenchCommand {
     Api(crate::bench::api::ApiArgs),
     /// CLIXML decode throughput for a 10,000-mailbox Get-Mailbox answer.
     Codec(crate::bench::codec::CodecArgs),
+    /// A 10,000-invocation batch with 5 % of remote requests hit by injected faults: outcomes,
+    /// retries, writes run twice (must be 0), caps held, throughput.
+    Chaos(crate::bench::chaos::ChaosArgs),
 }
 
 pub fn parse_params(params: &[String], strings: &[String]) -> anyhow::Result<Map<String, Json>> {

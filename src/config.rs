@@ -181,6 +181,9 @@ pub struct ProfileConfig {
     pub max_envelope_size: u32,
     /// wsman: how long the service may hold a Receive before answering "nothing yet".
     pub operation_timeout_seconds: u64,
+    /// wsman: the time limit of one HTTP request (a Receive gets the operation timeout on top).
+    /// Unset: operation timeout + 40 s.
+    pub request_timeout_seconds: Option<f64>,
 }
 
 impl Default for ProfileConfig {
@@ -200,6 +203,7 @@ impl Default for ProfileConfig {
             accept_invalid_certs: false,
             max_envelope_size: 153_600,
             operation_timeout_seconds: 20,
+            request_timeout_seconds: None,
         }
     }
 }
@@ -207,6 +211,13 @@ impl Default for ProfileConfig {
 impl ProfileConfig {
     pub fn max_age(&self) -> Duration {
         Duration::from_secs_f64(self.session_max_age_seconds)
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        match self.request_timeout_seconds {
+            Some(s) => Duration::from_secs_f64(s),
+            None => Duration::from_secs(self.operation_timeout_seconds + 40),
+        }
     }
 }
 
@@ -278,6 +289,104 @@ pub struct SimulatorConfig {
     pub listen: Option<String>,
     /// Answer a client's first request with HTTP 302 (tests -AllowRedirection handling).
     pub redirect_first: bool,
+    /// Injected faults (all off by default); see docs/chaos.md.
+    pub faults: FaultConfig,
+}
+
+/// Faults the simulator injects, each with its probability (0 to 1). Request-level kinds apply
+/// to every WS-Management request on the wire (at most one per request), shell expiry to every
+/// request naming a shell, the Create kinds to every shell creation. Decisions come from one
+/// random sequence started from `seed`. docs/chaos.md says where each is injected and what the
+/// broker does about it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FaultConfig {
+    pub seed: u64,
+    /// Only requests with these WS-Management actions (Create, Command, Receive, Send, Signal,
+    /// Delete, Enumerate, Pull) get request-level faults and shell expiry; empty: all.
+    pub actions: Vec<String>,
+    /// The connection is closed before the request is processed.
+    pub drop_before: f64,
+    /// The request is processed, then the connection is closed: the answer is lost.
+    pub drop_after: f64,
+    /// HTTP 500 with a bare body; the request was processed or not (half each).
+    pub http_500: f64,
+    /// HTTP 503 with `Retry-After` and a bare body, as a load balancer sends: not processed.
+    pub http_503: f64,
+    pub retry_after_seconds: u64,
+    /// The answer comes late: processed, then held `latency_spike_min_ms` to `latency_spike_ms`
+    /// (uniformly).
+    pub latency_spike: f64,
+    pub latency_spike_min_ms: u64,
+    pub latency_spike_ms: u64,
+    /// The server forgets the shell before its lifetime: this request gets shell-not-found.
+    pub shell_expiry: f64,
+    /// Create refused with the per-user quota fault although the user is under the cap.
+    pub user_quota: f64,
+    /// Create refused with the per-tenant quota fault although the tenant is under the cap.
+    pub tenant_quota: f64,
+    /// Create refused by Exchange's budget throttling ("Please wait for N seconds").
+    pub throttle: f64,
+    pub throttle_wait_seconds: u64,
+}
+
+impl Default for FaultConfig {
+    fn default() -> Self {
+        Self {
+            seed: 0,
+            actions: vec![],
+            drop_before: 0.0,
+            drop_after: 0.0,
+            http_500: 0.0,
+            http_503: 0.0,
+            retry_after_seconds: 1,
+            latency_spike: 0.0,
+            latency_spike_min_ms: 0,
+            latency_spike_ms: 2000,
+            shell_expiry: 0.0,
+            user_quota: 0.0,
+            tenant_quota: 0.0,
+            throttle: 0.0,
+            throttle_wait_seconds: 2,
+        }
+    }
+}
+
+impl FaultConfig {
+    /// The probabilities, by name (for validation and reports).
+    pub fn rates(&self) -> [(&'static str, f64); 9] {
+        [
+            ("drop_before", self.drop_before),
+            ("drop_after", self.drop_after),
+            ("http_500", self.http_500),
+            ("http_503", self.http_503),
+            ("latency_spike", self.latency_spike),
+            ("shell_expiry", self.shell_expiry),
+            ("user_quota", self.user_quota),
+            ("tenant_quota", self.tenant_quota),
+            ("throttle", self.throttle),
+        ]
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        for (name, rate) in self.rates() {
+            if !(0.0..=1.0).contains(&rate) {
+                return Err(format!("simulator.faults.{name} = {rate} is not a probability (0 to 1)"));
+            }
+        }
+        let per_request = self.drop_before + self.drop_after + self.http_500 + self.http_503 + self.latency_spike;
+        if per_request > 1.0 {
+            return Err(format!("simulator.faults: the request-level rates add up to {per_request} (more than 1)"));
+        }
+        if self.user_quota + self.tenant_quota + self.throttle > 1.0 {
+            return Err("simulator.faults: the Create rates add up to more than 1".into());
+        }
+        const ACTIONS: [&str; 8] = ["Create", "Command", "Receive", "Send", "Signal", "Delete", "Enumerate", "Pull"];
+        if let Some(a) = self.actions.iter().find(|a| !ACTIONS.iter().any(|k| k.eq_ignore_ascii_case(a))) {
+            return Err(format!("simulator.faults.actions: unknown action '{a}' (one of {})", ACTIONS.join(", ")));
+        }
+        Ok(())
+    }
 }
 
 impl Default for SimulatorConfig {
@@ -300,6 +409,7 @@ impl Default for SimulatorConfig {
             tenants: vec![],
             listen: None,
             redirect_first: false,
+            faults: FaultConfig::default(),
         }
     }
 }
@@ -424,6 +534,14 @@ impl Config {
         if self.simulator.time_speedup <= 0.0 {
             return bad("simulator.time_speedup must be positive".into());
         }
+        if let Err(e) = self.simulator.faults.validate() {
+            return bad(e);
+        }
+        for (name, p) in &self.profiles {
+            if p.request_timeout_seconds.is_some_and(|s| !(s.is_finite() && s > 0.0)) {
+                return bad(format!("profile '{name}': request_timeout_seconds must be positive"));
+            }
+        }
         Ok(())
     }
 }
@@ -512,6 +630,26 @@ mod tests {
         let local_no_auth = format!("{EMBEDDED_DEMO}\n[auth]\nenabled = false\n");
         assert!(!Config::from_toml(&local_no_auth).unwrap().auth.enabled);
         assert!(Config::demo().auth.enabled, "secure by default");
+    }
+
+    #[test]
+    fn fault_rates_are_probabilities_and_actions_are_known() {
+        let with = |faults: &str| Config::from_toml(&format!("{EMBEDDED_DEMO}\n[simulator.faults]\n{faults}\n"));
+        let ok = with("seed = 7\ndrop_after = 0.01\nthrottle = 0.5\nactions = [\"Receive\", \"create\"]").unwrap();
+        assert_eq!((ok.simulator.faults.seed, ok.simulator.faults.drop_after), (7, 0.01));
+        assert!(with("http_503 = 1.5").unwrap_err().to_string().contains("http_503"));
+        assert!(with("drop_before = 0.6\ndrop_after = 0.6").unwrap_err().to_string().contains("add up"));
+        assert!(with("actions = [\"Reboot\"]").unwrap_err().to_string().contains("Reboot"));
+        assert!(with("colour = 0.1").is_err(), "unknown keys are refused");
+        assert_eq!(Config::demo().simulator.faults, FaultConfig::default(), "no faults unless asked for");
+    }
+
+    #[test]
+    fn the_commented_fault_example_in_the_demo_is_valid() {
+        let start = EMBEDDED_DEMO.find("# [simulator.faults]").expect("the demo shows the fault keys");
+        let block: Vec<&str> = EMBEDDED_DEMO[start..].lines().map(|l| l.strip_prefix("# ").unwrap_or(l)).collect();
+        let c = Config::from_toml(&format!("{}\n{}\n", &EMBEDDED_DEMO[..start], block.join("\n"))).unwrap();
+        assert_eq!((c.simulator.faults.drop_after, c.simulator.faults.actions.len()), (0.009, 1));
     }
 
     #[test]

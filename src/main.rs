@@ -16,11 +16,15 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // A benchmark prints figures; the daemon inside it logs only errors unless PSBROKER_LOG says
+    // otherwise (bench chaos makes it warn about a thousand faults injected on purpose).
+    let default_filter = if matches!(cli.command, Command::Bench(_)) { "error" } else { "info" };
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_env("PSBROKER_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(EnvFilter::try_from_env("PSBROKER_LOG").unwrap_or_else(|_| EnvFilter::new(default_filter)))
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
+    match cli.command {
         Command::Serve { config, listen } => {
             let config = cli::load_config(config.as_deref(), listen)?;
             let app = Application::build(config).await?;
@@ -42,5 +46,6 @@ async fn run() -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Bulk(args)) => psbroker::bench::bulk(args).await,
         Command::Bench(BenchCommand::Api(args)) => psbroker::bench::api::run(args).await,
         Command::Bench(BenchCommand::Codec(args)) => psbroker::bench::codec::run(args),
+        Command::Bench(BenchCommand::Chaos(args)) => psbroker::bench::chaos::chaos(args).await,
     }
 }

@@ -118,6 +118,12 @@ impl Metrics {
         for c in m.collectors() {
             m.registry.register(c).expect("metric names are unique");
         }
+        // Every fault class is a series from the start (at 0), so dashboards and alerts see
+        // the whole closed set, not only the classes that happened.
+        for class in crate::remote::FaultClass::ALL {
+            m.remote_faults.with_label_values(&[class.code()]);
+            m.retries.with_label_values(&[class.code()]);
+        }
         m
     }
 
@@ -162,5 +168,10 @@ mod tests {
         let text = m.render();
         assert!(text.contains("# HELP psbroker_invocations_total"));
         assert!(text.contains("psbroker_sessions{state=\"idle\"} 2"));
+        for class in crate::remote::FaultClass::ALL {
+            let series = format!("psbroker_invocation_retries_total{{class=\"{}\"}} 0", class.code());
+            assert!(text.contains(&series), "{series}");
+            assert!(text.contains(&format!("psbroker_remote_faults_total{{class=\"{}\"}} 0", class.code())));
+        }
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod bulk;
+pub mod chaos;
 pub mod codec;
 
 use std::time::Duration;

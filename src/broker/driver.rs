@@ -26,7 +26,11 @@ pub enum Event {
         session: SessionId,
         report: RunReport,
     },
-    Closed(SessionId),
+    /// A close finished; `deleted`: the server confirmed the shell is gone.
+    Closed {
+        session: SessionId,
+        deleted: bool,
+    },
     Snapshot(oneshot::Sender<Snapshot>),
     Sessions(oneshot::Sender<Vec<SessionInfo>>),
     Shutdown {
@@ -148,7 +152,7 @@ impl Driver {
             Event::Opened { session, result: Err(e) } => {
                 tracing::warn!(session, class = %e.class, message = %e.message, "session open failed");
                 self.shared.metrics.remote_faults.with_label_values(&[e.class.code()]).inc();
-                self.sched.open_failed(session, e.class, &e.message, now);
+                self.sched.open_failed(session, e.class, &e.message, e.retry_after, now);
             }
             Event::CommandDone { session, report } => {
                 if let Some(job) = report.requeue {
@@ -178,8 +182,14 @@ impl Driver {
                     self.close(session, "broken");
                 }
             }
-            Event::Closed(session) => {
-                self.drop_live(session);
+            Event::Closed { session, deleted } => {
+                if deleted {
+                    self.drop_live(session);
+                } else if let Some(live) = self.live.remove(&session) {
+                    // The shell may still be alive: it stays on the list of open shells, so the
+                    // next start deletes it (its lifetime ends it otherwise).
+                    tracing::warn!(session, shell = %live.remote_id, "could not delete a shell; it stays remembered");
+                }
                 self.sched.closed(session);
             }
             Event::Snapshot(reply) => {
@@ -255,18 +265,26 @@ impl Driver {
     fn close(&mut self, session: SessionId, reason: &str) {
         self.shared.metrics.reconnects.with_label_values(&[reason]).inc();
         let Some(live) = self.live.get(&session) else {
-            let _ = self.tx.send(Event::Closed(session));
+            let _ = self.tx.send(Event::Closed { session, deleted: true });
             return;
         };
         let (remote, tx) = (live.remote.clone(), self.tx.clone());
         tokio::spawn(async move {
-            // Best effort: if the server cannot be told, its own timeout ends the shell.
-            match tokio::time::timeout(Duration::from_secs(30), remote.close()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::debug!(session, error = %e, "closing session failed"),
-                Err(_) => tracing::warn!(session, "closing session timed out"),
-            }
-            let _ = tx.send(Event::Closed(session));
+            // The connector repeats a Delete that may not have arrived; if the server still
+            // cannot be told, the shell is remembered for the next start, and its own lifetime
+            // ends it meanwhile.
+            let deleted = match tokio::time::timeout(Duration::from_secs(30), remote.close()).await {
+                Ok(Ok(())) => true,
+                Ok(Err(e)) => {
+                    tracing::debug!(session, error = %e, "closing session failed");
+                    false
+                }
+                Err(_) => {
+                    tracing::warn!(session, "closing session timed out");
+                    false
+                }
+            };
+            let _ = tx.send(Event::Closed { session, deleted });
         });
     }
 

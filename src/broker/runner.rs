@@ -114,16 +114,11 @@ fn succeeded_or_cmdlet_error(output: CommandOutput) -> Outcome {
 async fn on_failure(shared: &Shared, mut job: Job, attempt: u32, e: RemoteError, ran_for: Duration) -> RunReport {
     let max_attempts = shared.tuning.max_attempts;
     let after = session_after(e.class);
-    let retry = match e.class.policy() {
-        RetryPolicy::Fail => false,
-        // The server lost the shell before the command started: always safe to run elsewhere.
-        RetryPolicy::ReopenAndRetry if e.class == FaultClass::SessionExpired => true,
-        // Mid-command transport failure (or unexpected quota/logon trouble on a live shell): the
-        // outcome is unknown, so only idempotent commands are repeated.
-        _ => job.idempotent,
-    };
+    let retry = may_run_again(e.class, job.idempotent);
     if retry && attempt < max_attempts {
         job.attempts = attempt;
+        // The service said when to come back (503 Retry-After, budget throttling).
+        job.not_before = e.retry_after.map(|d| Instant::now() + d.min(MAX_RETRY_AFTER));
         shared.metrics.retries.with_label_values(&[e.class.code()]).inc();
         if let Err(err) = shared.store.mark_queued(job.id).await {
             tracing::error!(invocation = %job.id, error = %err, "cannot requeue invocation");
@@ -138,13 +133,32 @@ async fn on_failure(shared: &Shared, mut job: Job, attempt: u32, e: RemoteError,
     RunReport { after, ran_for: Some(ran_for), requeue: None }
 }
 
+/// The longest a retry waits for the service's own "come back in N seconds".
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+
+/// Whether an invocation whose attempt failed with `class` may run again. The rule: a command
+/// that is not idempotent runs again only when the failure proves it never started; anything
+/// else that can be retried is retried (within `max_attempts`).
+fn may_run_again(class: FaultClass, idempotent: bool) -> bool {
+    match class.policy() {
+        RetryPolicy::Fail => false,
+        _ if class.proves_not_started() => true,
+        // The outcome is unknown (connection lost, timeout, bare server error, shell lost under
+        // the command), or a live shell said something unexpected (quota, logon): only a
+        // command that is safe to run twice is repeated.
+        _ => idempotent,
+    }
+}
+
 /// What a failure says about the session that ran the command.
 fn session_after(class: FaultClass) -> AfterCommand {
     match class {
         // The command ran (or PowerShell refused it): the session is fine.
         FaultClass::UnknownCmdlet | FaultClass::InvalidParameter | FaultClass::CmdletError => AfterCommand::Keep,
+        // The request never reached the shell (503, throttled): the shell is as it was.
+        FaultClass::ServiceUnavailable | FaultClass::Throttled => AfterCommand::Keep,
         // The server no longer has the shell: nothing to close.
-        FaultClass::SessionExpired => AfterCommand::Gone,
+        FaultClass::SessionExpired | FaultClass::SessionLost => AfterCommand::Gone,
         // Anything else leaves the session in an unknown state.
         _ => AfterCommand::Close,
     }
@@ -160,5 +174,52 @@ fn failure_message(e: &RemoteError, retryable: bool, attempt: u32) -> String {
         )
     } else {
         e.message.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use FaultClass::*;
+
+    /// The retry table: which failures repeat a read, which a write, and what becomes of the
+    /// session.
+    #[test]
+    fn a_write_runs_again_only_when_the_failure_proves_it_never_started() {
+        let table = [
+            // class, read retried, write retried, session
+            (SessionExpired, true, true, AfterCommand::Gone),
+            (ServiceUnavailable, true, true, AfterCommand::Keep),
+            (Throttled, true, true, AfterCommand::Keep),
+            (SessionLost, true, false, AfterCommand::Gone),
+            (ConnectionLost, true, false, AfterCommand::Close),
+            (Timeout, true, false, AfterCommand::Close),
+            (ServerError, true, false, AfterCommand::Close),
+            (LogonFailed, true, false, AfterCommand::Close),
+            (UserShellQuotaExceeded, true, false, AfterCommand::Close),
+            (IdentityServiceUnreachable, true, false, AfterCommand::Close),
+            (Protocol, false, false, AfterCommand::Close),
+            (TenantRemotePowerShellDisabled, false, false, AfterCommand::Close),
+            (UnknownCmdlet, false, false, AfterCommand::Keep),
+            (InvalidParameter, false, false, AfterCommand::Keep),
+            (CmdletError, false, false, AfterCommand::Keep),
+        ];
+        for (class, read, write, session) in table {
+            assert_eq!(may_run_again(class, true), read, "read after {class}");
+            assert_eq!(may_run_again(class, false), write, "write after {class}");
+            assert_eq!(session_after(class), session, "session after {class}");
+        }
+        // Every class is decided, and no class lets a write repeat with an unknown outcome.
+        for class in FaultClass::ALL {
+            assert!(!(class.outcome_unknown() && may_run_again(class, false)), "{class}");
+        }
+    }
+
+    #[test]
+    fn a_failed_write_says_whether_it_may_have_run() {
+        let lost = RemoteError::new(ConnectionLost, "Receive: connection closed");
+        assert!(failure_message(&lost, false, 1).contains("may or may not have taken effect"));
+        let gone = RemoteError::new(SessionExpired, "shell not found");
+        assert_eq!(failure_message(&gone, true, 5), "shell not found (gave up after 5 attempts)");
     }
 }

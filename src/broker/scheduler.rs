@@ -15,6 +15,9 @@ use uuid::Uuid;
 
 pub type SessionId = u64;
 
+/// The longest the scheduler believes a service's "come back in N seconds".
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Priority {
@@ -369,8 +372,17 @@ impl Scheduler {
         }
     }
 
-    /// An open failed: release the slot and apply the failure class's policy.
-    pub fn open_failed(&mut self, id: SessionId, class: FaultClass, message: &str, now: Instant) {
+    /// An open failed: release the slot and apply the failure class's policy. `retry_after` is
+    /// the service's own "come back in N seconds" (503 Retry-After, budget throttling): the
+    /// admin is not used again before it.
+    pub fn open_failed(
+        &mut self,
+        id: SessionId,
+        class: FaultClass,
+        message: &str,
+        retry_after: Option<Duration>,
+        now: Instant,
+    ) {
         let Some(s) = self.remove_session(id) else { return };
         let (a, t) = (s.admin, s.tenant);
         let block = |cooldown: Duration| Block { until: now + cooldown, class, message: message.to_string() };
@@ -395,9 +407,12 @@ impl Scheduler {
                 self.pair_blocked.insert((a, t), auth_block);
             }
             _ => {
-                // Transient (identity service down, connection lost): back off this admin.
+                // Transient (identity service down, connection lost, 503, throttled): back off
+                // this admin, at least as long as the service asked.
                 self.admin_failures[a] += 1;
-                self.admin_retry_at[a] = Some(now + self.backoff(self.admin_failures[a]));
+                let asked = retry_after.unwrap_or_default().min(MAX_RETRY_AFTER);
+                let wait = self.backoff(self.admin_failures[a]).max(asked);
+                self.admin_retry_at[a] = Some(now + wait);
             }
         }
         for (_, lane) in self.lanes.range_mut((t, None)..=(t, Some(usize::MAX))) {

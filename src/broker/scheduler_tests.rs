@@ -35,6 +35,10 @@ struct Harness {
     cmd_cost: Duration,
     close_cost: Duration,
     open_fault: OpenFault,
+    /// The "come back in" hint every injected open failure carries.
+    open_retry_after: Option<Duration>,
+    /// When each open started, and for which admin.
+    open_log: Vec<(Instant, AdminIdx)>,
     sessions: HashMap<SessionId, (AdminIdx, TenantIdx)>,
     executed: HashMap<Uuid, u32>,
     started_at: HashMap<Uuid, Instant>,
@@ -86,6 +90,8 @@ impl Harness {
             cmd_cost: 20 * MS,
             close_cost: 10 * MS,
             open_fault: Box::new(|_, _, _| None),
+            open_retry_after: None,
+            open_log: Vec::new(),
             sessions: HashMap::new(),
             executed: HashMap::new(),
             started_at: HashMap::new(),
@@ -130,6 +136,7 @@ impl Harness {
             match action {
                 Action::Open { session, admin, tenant } => {
                     self.opens += 1;
+                    self.open_log.push((self.h.now, admin));
                     self.sessions.insert(session, (admin, tenant));
                     match (self.open_fault)(admin, tenant, &self.h) {
                         Some(class) => self.after(self.open_cost, Ev::OpenFailed(session, class)),
@@ -159,7 +166,7 @@ impl Harness {
         let now = self.h.now;
         match ev {
             Ev::Opened(s) => self.sched.open_succeeded(s, now),
-            Ev::OpenFailed(s, class) => self.sched.open_failed(s, class, "injected", now),
+            Ev::OpenFailed(s, class) => self.sched.open_failed(s, class, "injected", self.open_retry_after, now),
             Ev::CmdDone(s, job) => {
                 *self.executed.entry(job.id).or_default() += 1;
                 self.finished_at.insert(job.id, now);
@@ -314,6 +321,21 @@ fn identity_outage_backs_off_then_succeeds() {
     h.run_for(Duration::from_secs(20));
     assert_eq!(h.executed.get(&id), Some(&1));
     assert!(h.opens < 15, "backoff should limit open attempts, made {}", h.opens);
+}
+
+#[test]
+fn a_throttled_admin_is_not_tried_again_before_the_service_said() {
+    // Budget throttling on admin 0's first open: "Please wait for 10 seconds". Backoff alone
+    // would try again after 100 ms.
+    let mut h = Harness::new(topology(&[3], 1, 20, |_, _| true));
+    h.open_retry_after = Some(Duration::from_secs(10));
+    h.open_fault = Box::new(|_, _, h0| (h0.now == h0.start).then_some(FaultClass::Throttled));
+    let id = h.submit(0, Priority::Batch);
+    h.run_for(Duration::from_secs(30));
+    assert_eq!(h.executed.get(&id), Some(&1));
+    let (first, second) = (h.open_log[0].0, h.open_log[1].0);
+    assert!(second - first >= Duration::from_secs(10), "retried after {:?}", second - first);
+    assert!(h.failed.is_empty());
 }
 
 #[test]

@@ -5,6 +5,7 @@
 
 use serde::Serialize;
 use std::fmt;
+use std::time::Duration;
 
 /// Why a remote operation failed. Closed on purpose: callers branch on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -38,6 +39,18 @@ pub enum FaultClass {
     Timeout,
     /// The remote answered with something this client does not understand.
     Protocol,
+    /// HTTP 503 (a load balancer or front end with no server to give the request to): the request
+    /// was not processed. Usually comes with `Retry-After`.
+    ServiceUnavailable,
+    /// HTTP 500/502/504 without a SOAP fault (a web server's or gateway's error page): the server
+    /// failed somewhere while handling the request, so whether a running command ran is unknown.
+    ServerError,
+    /// Exchange's budget throttling ("you have exceeded your budget to create runspace. Please
+    /// wait for N seconds", or HTTP 429): refused, not processed; wait as told.
+    Throttled,
+    /// The shell vanished while a command was in flight (shell not found after the command was
+    /// accepted): the command may or may not have run.
+    SessionLost,
 }
 
 /// What the broker does with a failure.
@@ -47,14 +60,15 @@ pub enum RetryPolicy {
     RetryElsewhere,
     /// The service is saturated or unreachable for now: back off, then retry. Never fails the job.
     RetryLater,
-    /// The session is gone but the command never started: open a fresh session and retry.
+    /// The session is gone (or unusable): open a fresh one and retry — always when the command
+    /// never started, only idempotent commands when the outcome is unknown.
     ReopenAndRetry,
     /// Retrying cannot help: the invocation fails with the class's stable code.
     Fail,
 }
 
 impl FaultClass {
-    pub const ALL: [FaultClass; 14] = [
+    pub const ALL: [FaultClass; 18] = [
         FaultClass::LogonFailed,
         FaultClass::TenantPermissionDenied,
         FaultClass::TenantRemotePowerShellDisabled,
@@ -69,6 +83,10 @@ impl FaultClass {
         FaultClass::CmdletError,
         FaultClass::Timeout,
         FaultClass::Protocol,
+        FaultClass::ServiceUnavailable,
+        FaultClass::ServerError,
+        FaultClass::Throttled,
+        FaultClass::SessionLost,
     ];
 
     /// The stable code callers see in `error.code` (also the metrics label).
@@ -88,6 +106,10 @@ impl FaultClass {
             FaultClass::CmdletError => "cmdlet_error",
             FaultClass::Timeout => "remote_timeout",
             FaultClass::Protocol => "protocol_error",
+            FaultClass::ServiceUnavailable => "service_unavailable",
+            FaultClass::ServerError => "server_error",
+            FaultClass::Throttled => "throttled",
+            FaultClass::SessionLost => "session_lost",
         }
     }
 
@@ -98,11 +120,16 @@ impl FaultClass {
             }
             FaultClass::UserShellQuotaExceeded
             | FaultClass::TenantShellQuotaExceeded
-            | FaultClass::IdentityServiceUnreachable => RetryPolicy::RetryLater,
+            | FaultClass::IdentityServiceUnreachable
+            | FaultClass::ServiceUnavailable
+            | FaultClass::Throttled => RetryPolicy::RetryLater,
             FaultClass::SessionExpired => RetryPolicy::ReopenAndRetry,
-            // A lost connection or a timeout mid-command leaves the outcome unknown: the broker
-            // retries only idempotent commands (it decides that, not the taxonomy).
-            FaultClass::ConnectionLost | FaultClass::Timeout => RetryPolicy::ReopenAndRetry,
+            // A lost connection, a timeout, a bare server error or a shell lost mid-command leave
+            // the outcome unknown: the broker retries only idempotent commands (it decides that,
+            // from `outcome_unknown`, not the taxonomy).
+            FaultClass::ConnectionLost | FaultClass::Timeout | FaultClass::ServerError | FaultClass::SessionLost => {
+                RetryPolicy::ReopenAndRetry
+            }
             FaultClass::TenantRemotePowerShellDisabled
             | FaultClass::UnknownCmdlet
             | FaultClass::InvalidParameter
@@ -113,7 +140,19 @@ impl FaultClass {
 
     /// True when the failure says nothing about whether a running command took effect.
     pub fn outcome_unknown(self) -> bool {
-        matches!(self, FaultClass::ConnectionLost | FaultClass::Timeout)
+        matches!(
+            self,
+            FaultClass::ConnectionLost | FaultClass::Timeout | FaultClass::ServerError | FaultClass::SessionLost
+        )
+    }
+
+    /// True when a failed `invoke` of this class proves the command never started, so even a
+    /// write may run again. Connectors guarantee it: they report these classes from `invoke`
+    /// only for a refusal of the request that would have started the command (a shell that
+    /// was gone before it, a 503 that never reached a server, a throttled request); once the
+    /// command may have started, a lost shell is [`FaultClass::SessionLost`].
+    pub fn proves_not_started(self) -> bool {
+        matches!(self, FaultClass::SessionExpired | FaultClass::ServiceUnavailable | FaultClass::Throttled)
     }
 }
 
@@ -141,12 +180,38 @@ pub struct RemoteError {
     pub message: String,
     /// The terminating error record, when the failure came from PowerShell itself.
     pub record: Option<ErrorRecord>,
+    /// How long the service asked the client to wait (HTTP `Retry-After`, or Exchange's
+    /// "Please wait for N seconds").
+    pub retry_after: Option<Duration>,
 }
 
 impl RemoteError {
     pub fn new(class: FaultClass, message: impl Into<String>) -> Self {
-        Self { class, message: message.into(), record: None }
+        let message = message.into();
+        let retry_after = if class == FaultClass::Throttled { wait_hint(&message) } else { None };
+        Self { class, message, record: None, retry_after }
     }
+
+    /// The failure of a pipeline that ended with a terminating error record.
+    pub fn from_record(class: FaultClass, record: ErrorRecord) -> Self {
+        Self { class, message: record.message.clone(), record: Some(record), retry_after: None }
+    }
+
+    pub fn with_retry_after(mut self, retry_after: Option<Duration>) -> Self {
+        if retry_after.is_some() {
+            self.retry_after = retry_after;
+        }
+        self
+    }
+}
+
+/// The wait Exchange's budget throttling asks for: "… Please wait for 44 seconds."
+pub fn wait_hint(message: &str) -> Option<Duration> {
+    let lower = message.to_ascii_lowercase();
+    let rest = &lower[lower.find("please wait for ")? + "please wait for ".len()..];
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    let secs: u64 = digits.parse().ok()?;
+    rest[digits.len()..].trim_start().starts_with("second").then(|| Duration::from_secs(secs))
 }
 
 /// WSManFault code for "maximum number of concurrent shells for this user has been exceeded".
@@ -161,6 +226,13 @@ pub const WSMAN_OPERATION_TIMEOUT: u32 = 2_150_858_793;
 pub fn classify(http_status: Option<u16>, wsman_code: Option<u32>, message: &str) -> FaultClass {
     let text = message.to_ascii_lowercase();
     let has = |needle: &str| text.contains(needle);
+    // Refusals in front of (or at the door of) the service: nothing was processed.
+    if http_status == Some(503) {
+        return FaultClass::ServiceUnavailable;
+    }
+    if http_status == Some(429) || has("exceeded your budget to create runspace") {
+        return FaultClass::Throttled;
+    }
     if has("maximum number of concurrent shells for this tenant") {
         return FaultClass::TenantShellQuotaExceeded;
     }
@@ -194,6 +266,16 @@ pub fn classify(http_status: Option<u16>, wsman_code: Option<u32>, message: &str
     FaultClass::Protocol
 }
 
+/// Classifies an HTTP error whose body is not a SOAP fault: a load balancer's, gateway's or web
+/// server's page rather than WinRM's answer. A 503 was never processed; a bare 500/502/504 says
+/// the server failed somewhere while handling the request, so what it did is unknown.
+pub fn classify_bare_http(http_status: u16, body: &str) -> FaultClass {
+    match classify(Some(http_status), None, body) {
+        FaultClass::Protocol if matches!(http_status, 500 | 502 | 504) => FaultClass::ServerError,
+        class => class,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,6 +290,7 @@ mod tests {
             ("Failed to connect live id servers. Make sure proxy is enabled or machine has network connection to live id servers.", FaultClass::IdentityServiceUnreachable),
             ("Logon failed for the user 'kenmyer@litwareinc.com'. Please create a new PSCredential object, making sure that you have used the correct user name and password.", FaultClass::LogonFailed),
             ("Fail to create a runspace because you have exceeded the maximum number of connections allowed : 3 for the policy party : MaxConcurrency", FaultClass::UserShellQuotaExceeded),
+            ("[AuthZRequestId=4cdfc096][FailureCategory=AuthZ-AuthorizationException] Fail to create runspace because you have exceeded your budget to create runspace. Please wait for 2 seconds.", FaultClass::Throttled),
         ];
         for (text, class) in cases {
             assert_eq!(classify(Some(500), None, text), class, "{text}");
@@ -220,6 +303,48 @@ mod tests {
         assert_eq!(classify(Some(500), Some(WSMAN_SHELL_NOT_FOUND), "x"), FaultClass::SessionExpired);
         assert_eq!(classify(Some(401), None, ""), FaultClass::LogonFailed);
         assert_eq!(classify(Some(500), None, "something odd"), FaultClass::Protocol);
+    }
+
+    #[test]
+    fn bare_http_errors_say_whether_anything_was_processed() {
+        assert_eq!(classify_bare_http(503, "Service Unavailable"), FaultClass::ServiceUnavailable);
+        assert_eq!(classify_bare_http(503, ""), FaultClass::ServiceUnavailable);
+        assert_eq!(classify_bare_http(429, "Too Many Requests"), FaultClass::Throttled);
+        for status in [500, 502, 504] {
+            assert_eq!(classify_bare_http(status, "<html>Internal Server Error</html>"), FaultClass::ServerError);
+        }
+        // A text the service uses still wins over the status.
+        assert_eq!(classify_bare_http(500, "Logon failed for the user 'x'"), FaultClass::LogonFailed);
+        assert_eq!(classify_bare_http(400, "Bad Request"), FaultClass::Protocol);
+        // With a SOAP fault the server answered: an unknown fault text is a protocol error.
+        assert_eq!(classify(Some(500), None, "something odd"), FaultClass::Protocol);
+    }
+
+    #[test]
+    fn budget_throttling_carries_its_wait() {
+        let text = "Fail to create a runspace because you have exceeded your budget to create runspace. Please wait for 44 seconds.";
+        let e = RemoteError::new(classify(Some(500), None, text), text);
+        assert_eq!((e.class, e.retry_after), (FaultClass::Throttled, Some(Duration::from_secs(44))));
+        assert_eq!(wait_hint("please wait for 1 second."), Some(Duration::from_secs(1)));
+        assert_eq!(wait_hint("Please wait for a while"), None);
+        assert_eq!(wait_hint("Please wait for 5 minutes"), None);
+        assert_eq!(RemoteError::new(FaultClass::ConnectionLost, text).retry_after, None);
+    }
+
+    /// The two properties the broker's retry rule is built on, for every class.
+    #[test]
+    fn every_class_knows_whether_a_command_may_have_run() {
+        use FaultClass::*;
+        for class in FaultClass::ALL {
+            let unknown = matches!(class, ConnectionLost | Timeout | ServerError | SessionLost);
+            let not_started = matches!(class, SessionExpired | ServiceUnavailable | Throttled);
+            assert_eq!(class.outcome_unknown(), unknown, "{class}");
+            assert_eq!(class.proves_not_started(), not_started, "{class}");
+            assert!(!(unknown && not_started), "{class}");
+            if unknown || not_started {
+                assert_ne!(class.policy(), RetryPolicy::Fail, "{class} must be retryable");
+            }
+        }
     }
 
     #[test]

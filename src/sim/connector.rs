@@ -40,6 +40,8 @@ impl Connector for SimConnector {
             &target.tenant,
             &target.configuration_name,
         )?;
+        // In process the answer cannot be lost: the client knows the shell.
+        self.sim.mark_used(&shell_id);
         Ok(Box::new(SimSession { sim: self.sim.clone(), shell_id }))
     }
 }

@@ -10,6 +10,7 @@
 mod clock;
 mod cmdlets;
 mod connector;
+mod faults;
 pub mod wire;
 mod world;
 
@@ -17,8 +18,9 @@ mod world;
 mod tests;
 
 pub use connector::{SimConnector, SimSession};
+pub use faults::{CreateFault, FaultKind, RequestFault};
 
-use crate::config::{Config, CredentialRef, SimulatorConfig};
+use crate::config::{Config, CredentialRef, FaultConfig, SimulatorConfig};
 use crate::remote::{classify, classify_error_record, CommandOutput, ErrorRecord, FaultClass, PsValue, RemoteError};
 use clock::SimClock;
 use cmdlets::Outcome;
@@ -125,8 +127,8 @@ impl From<SimFault> for RemoteError {
     fn from(fault: SimFault) -> RemoteError {
         let class = fault.class();
         match fault.record {
-            Some(record) => RemoteError { class, message: record.message.clone(), record: Some(record) },
-            None => RemoteError { class, message: fault.message, record: None },
+            Some(record) => RemoteError::from_record(class, record),
+            None => RemoteError::new(class, fault.message),
         }
     }
 }
@@ -146,8 +148,20 @@ pub struct SimStats {
     pub shells_opened: u64,
     pub shells_closed: u64,
     pub shells_expired: u64,
+    /// Shells that ended (expired, or were forgotten early) without a single request reaching
+    /// them after their creation: created for a client that never learned of them, i.e.
+    /// leaked. A client that got the Create's answer at least opens the pool or deletes it.
+    pub shells_never_used: u64,
     /// Commands that executed (binding failures and rejected commands are not counted).
     pub commands_run: u64,
+    /// Injected faults by kind (kinds never injected are absent).
+    pub injected: BTreeMap<FaultKind, u64>,
+    /// Pipeline id → the injected faults that hit requests naming it (CommandId).
+    pub pipeline_faults: HashMap<Uuid, Vec<FaultKind>>,
+    /// Authenticated, well-formed WS-Management requests the wire server handled.
+    pub requests: u64,
+    /// Shell creations that passed the service's own checks (credentials, permission, policy).
+    pub creates: u64,
 }
 
 /// One live shell, as [`Simulator::list_shells`] shows it.
@@ -227,6 +241,14 @@ fn credential_matches(account: &Account, credential: SimCredential<'_>) -> bool 
     }
 }
 
+fn text_budget_throttled(wait_seconds: u64) -> String {
+    format!(
+        "[AuthZRequestId={}][FailureCategory=AuthZ-AuthorizationException] Fail to create runspace because you have \
+         exceeded your budget to create runspace. Please wait for {wait_seconds} seconds.",
+        Uuid::new_v4()
+    )
+}
+
 fn text_max_commands() -> String {
     "The WS-Management service cannot process the request because the maximum number of commands for this shell has \
      been exceeded. Create a new shell and try again."
@@ -252,6 +274,8 @@ struct Tenant {
 
 #[derive(Debug)]
 struct Shell {
+    /// A request other than its Create reached it.
+    used: bool,
     owner: String,
     owner_key: String,
     tenant: String,
@@ -281,6 +305,7 @@ struct State {
     shells_opened: u64,
     shells_closed: u64,
     shells_expired: u64,
+    shells_never_used: u64,
     commands_run: u64,
 }
 
@@ -290,8 +315,14 @@ impl State {
         let now = self.clock.now();
         let lifetime = self.lifetime_secs;
         let before = self.shells.len();
-        self.shells.retain(|_, s| now - s.created < lifetime);
+        let mut never_used = 0;
+        self.shells.retain(|_, s| {
+            let alive = now - s.created < lifetime;
+            never_used += u64::from(!alive && !s.used);
+            alive
+        });
         self.shells_expired += (before - self.shells.len()) as u64;
+        self.shells_never_used += never_used;
     }
 
     fn open_by_user(&self) -> BTreeMap<String, u32> {
@@ -322,6 +353,8 @@ struct Inner {
     open_latency_us: AtomicU64,
     command_latency_us: AtomicU64,
     close_latency_us: AtomicU64,
+    /// Fault dice and tally; locked after `state` when both are needed.
+    faults: Mutex<faults::Injector>,
 }
 
 /// The simulated service. Cheap to clone; all clones share one state.
@@ -388,6 +421,7 @@ impl Simulator {
             shells_opened: 0,
             shells_closed: 0,
             shells_expired: 0,
+            shells_never_used: 0,
             commands_run: 0,
         };
         let speedup = if cfg.time_speedup.is_finite() && cfg.time_speedup > 0.0 { cfg.time_speedup } else { 1.0 };
@@ -398,6 +432,7 @@ impl Simulator {
                 open_latency_us: AtomicU64::new(cfg.open_latency_ms.saturating_mul(1000)),
                 command_latency_us: AtomicU64::new(cfg.command_latency_ms.saturating_mul(1000)),
                 close_latency_us: AtomicU64::new(cfg.close_latency_ms.saturating_mul(1000)),
+                faults: Mutex::new(faults::Injector::new(cfg.faults.clone())),
             }),
         }
     }
@@ -444,9 +479,54 @@ impl Simulator {
         Arc::new(SimConnector::new(self.clone()))
     }
 
+    fn injector(&self) -> MutexGuard<'_, faults::Injector> {
+        self.inner.faults.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Replaces the fault rates at run time (the random sequence restarts from the new seed;
+    /// counts are kept).
+    pub fn set_faults(&self, config: FaultConfig) {
+        self.injector().configure(config);
+    }
+
+    pub fn faults(&self) -> FaultConfig {
+        self.injector().config().clone()
+    }
+
+    /// The fault (if any) for one request with this WS-Management action; counted.
+    pub(crate) fn roll_request_fault(&self, action: &str) -> Option<RequestFault> {
+        self.injector().request(action)
+    }
+
+    /// Whether the shell named by a request with this action expires now; counted.
+    pub(crate) fn roll_shell_expiry(&self, action: &str) -> bool {
+        self.injector().shell_expiry(action)
+    }
+
+    pub(crate) fn note_pipeline_fault(&self, pid: Uuid, kind: FaultKind) {
+        self.injector().note_pipeline(pid, kind);
+    }
+
+    /// Forgets a shell before its lifetime (an injected early expiry). False if it was gone.
+    pub(crate) fn expire_shell(&self, shell_id: &str) -> bool {
+        let mut st = self.lock();
+        let Some(shell) = st.shells.remove(&shell_id.trim().to_ascii_uppercase()) else { return false };
+        st.shells_expired += 1;
+        st.shells_never_used += u64::from(!shell.used);
+        true
+    }
+
+    /// A request reached the shell (the wire server calls this for every request naming it).
+    pub(crate) fn mark_used(&self, shell_id: &str) {
+        if let Some(shell) = self.lock().shells.get_mut(&shell_id.trim().to_ascii_uppercase()) {
+            shell.used = true;
+        }
+    }
+
     pub fn stats(&self) -> SimStats {
         let mut st = self.lock();
         st.reap();
+        let injector = self.injector();
         SimStats {
             open_by_user: st.open_by_user(),
             open_by_tenant: st.open_by_tenant(),
@@ -456,7 +536,12 @@ impl Simulator {
             shells_opened: st.shells_opened,
             shells_closed: st.shells_closed,
             shells_expired: st.shells_expired,
+            shells_never_used: st.shells_never_used,
             commands_run: st.commands_run,
+            injected: injector.counts(),
+            pipeline_faults: injector.by_pipeline(),
+            requests: injector.seen().0,
+            creates: injector.seen().1,
         }
     }
 
@@ -604,6 +689,17 @@ impl Simulator {
         if st.disabled.contains(&tenant_key) {
             return Err(SimFault::service(500, None, text_remote_powershell_disabled()));
         }
+        // Injected refusals: as if someone else held shells, or the budget were spent.
+        match self.injector().create() {
+            Some(CreateFault::UserQuota) => {
+                return Err(SimFault::service(500, Some(WSMAN_QUOTA_LIMIT), text_shell_quota("user")))
+            }
+            Some(CreateFault::TenantQuota) => return Err(SimFault::service(500, None, text_shell_quota("tenant"))),
+            Some(CreateFault::Throttle { wait_seconds }) => {
+                return Err(SimFault::service(500, None, text_budget_throttled(wait_seconds)))
+            }
+            None => {}
+        }
         let by_user = st.shells.values().filter(|s| s.owner_key == upn_key).count() as u32;
         if by_user >= st.user_cap {
             return Err(SimFault::service(500, Some(WSMAN_QUOTA_LIMIT), text_shell_quota("user")));
@@ -621,6 +717,7 @@ impl Simulator {
         st.shells.insert(
             shell_id.clone(),
             Shell {
+                used: false,
                 owner: owner.clone(),
                 owner_key: upn_key,
                 tenant: domain.clone(),
@@ -654,6 +751,7 @@ impl Simulator {
         let Some(shell) = st.shells.get_mut(&id) else {
             return Err(State::shell_not_found(shell_id));
         };
+        shell.used = true;
         if shell.commands >= st.max_commands {
             return Err(SimFault::service(500, None, text_max_commands()));
         }

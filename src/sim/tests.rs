@@ -835,3 +835,35 @@ fn simulator_is_send_sync_and_clones_share_state() {
     assert_eq!(sim.stats().open_by_user[ALICE], 1);
     assert!(Simulator::cmdlets().contains(&"Get-Mailbox"));
 }
+
+#[test]
+fn injected_create_refusals_reach_the_in_process_connector_too() {
+    let cfg = SimulatorConfig {
+        faults: crate::config::FaultConfig { throttle: 1.0, throttle_wait_seconds: 3, ..Default::default() },
+        ..base_cfg()
+    };
+    let sim = Simulator::new(&cfg, accounts(), vec![CONTOSO.into()]);
+    let err = sim.open_shell(ALICE, "pa", CONTOSO, "Microsoft.Exchange").unwrap_err();
+    assert!(err.message.contains("exceeded your budget to create runspace. Please wait for 3 seconds"));
+    let remote = RemoteError::from(err);
+    assert_eq!((remote.class, remote.retry_after), (FaultClass::Throttled, Some(Duration::from_secs(3))));
+    sim.set_faults(crate::config::FaultConfig { user_quota: 1.0, ..Default::default() });
+    let err = sim.open_shell(ALICE, "pa", CONTOSO, "Microsoft.Exchange").unwrap_err();
+    assert_eq!((err.class(), err.wsman_code), (FaultClass::UserShellQuotaExceeded, Some(WSMAN_QUOTA_LIMIT)));
+    sim.set_faults(crate::config::FaultConfig { tenant_quota: 1.0, ..Default::default() });
+    assert_eq!(
+        sim.open_shell(ALICE, "pa", CONTOSO, "Microsoft.Exchange").unwrap_err().class(),
+        FaultClass::TenantShellQuotaExceeded
+    );
+    // A wrong password is still a logon failure: faults come after the service's own checks.
+    assert_eq!(
+        sim.open_shell(ALICE, "nope", CONTOSO, "Microsoft.Exchange").unwrap_err().class(),
+        FaultClass::LogonFailed
+    );
+    sim.set_faults(Default::default());
+    sim.open_shell(ALICE, "pa", CONTOSO, "Microsoft.Exchange").unwrap();
+    let stats = sim.stats();
+    assert_eq!(stats.shells_opened, 1);
+    let counts: Vec<_> = stats.injected.iter().map(|(k, n)| (k.as_str(), *n)).collect();
+    assert_eq!(counts, [("user_quota", 1), ("tenant_quota", 1), ("throttle", 1)]);
+}

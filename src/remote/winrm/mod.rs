@@ -45,8 +45,8 @@ pub struct WinrmOptions {
     pub allow_redirection: bool,
     /// Accept `http://` endpoints (loopback tests only: credentials travel in the clear).
     pub allow_plain_http: bool,
-    /// The time limit of one HTTP request. A Receive gets at least the operation timeout plus
-    /// ten seconds, since the server may hold it that long.
+    /// The time limit of one HTTP request. A Receive gets the operation timeout on top, since
+    /// the server may hold it that long before answering.
     pub request_timeout: Duration,
     /// wsman:OperationTimeout: how long the server may hold a Receive open.
     pub operation_timeout: Duration,
@@ -56,6 +56,10 @@ pub struct WinrmOptions {
     pub shell_name: String,
     /// Skip TLS certificate verification (lab endpoints with self-signed certificates).
     pub accept_invalid_certs: bool,
+    /// Before each Create, pin the conversation to one server of the farm with a cheap request
+    /// (Enumerate), so that a Create whose answer is lost can still be cleaned up: the
+    /// load balancer's affinity cookie is what makes the shell reachable.
+    pub affinity_probe: bool,
 }
 
 impl Default for WinrmOptions {
@@ -68,6 +72,7 @@ impl Default for WinrmOptions {
             max_envelope_size: RequestContext::DEFAULT_MAX_ENVELOPE_SIZE,
             shell_name: "psbroker".into(),
             accept_invalid_certs: false,
+            affinity_probe: true,
         }
     }
 }
@@ -145,7 +150,7 @@ impl WinrmConnector {
 
     /// Opens a session and returns it with its concrete type.
     pub async fn open_session(&self, target: &SessionTarget) -> Result<WinrmSession, RemoteError> {
-        session::open(self.channel(target)?, &self.options.shell_name).await
+        session::open(self.channel(target)?, &self.options.shell_name, self.options.affinity_probe).await
     }
 
     /// Lists the admin's shells at the target's endpoint (all configurations, any client).

@@ -4,12 +4,22 @@
 //! the pool until RUNSPACEPOOL_STATE says Opened. Invoke: Command (Arguments = the first
 //! CREATE_PIPELINE fragments, the rest by Send on `stdin`), Receive with the CommandId until the
 //! PIPELINE_STATE and CommandState Done, then Signal terminate. Close: Delete.
+//!
+//! Faults, step by step (docs/chaos.md has the whole table): a request refused with 503 never
+//! reached a server, so Receive, Send, Signal and Delete are simply repeated; Delete is
+//! idempotent (a shell already gone is "not found") and is also repeated after a lost answer.
+//! Command is never repeated here: the broker decides, from the class, whether the invocation
+//! may run again. Once a Command may have been processed, every failure is reported with a class
+//! that says the outcome is unknown (a shell that vanished is then `SessionLost`, not
+//! `SessionExpired`). A Create whose answer was lost may have created the shell under the id we
+//! proposed: it is deleted before the open fails, on the server the conversation is pinned to.
 
 // RemoteError is the connector seam's error type; these helpers return it as is.
 #![allow(clippy::result_large_err)]
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use uuid::Uuid;
@@ -29,6 +39,16 @@ const ENVELOPE_MARGIN: usize = 128;
 const STDOUT: &str = "stdout";
 /// The stream PSRP input (extra fragments) goes to.
 const STDIN: &str = "stdin";
+/// How often a request refused with 503 (it never reached a server) is repeated.
+const UNAVAILABLE_RETRIES: u32 = 8;
+/// The longest wait for a `Retry-After` before repeating a request.
+const MAX_UNAVAILABLE_WAIT: Duration = Duration::from_secs(10);
+/// Attempts at deleting a shell when the answer is lost or the server is unavailable.
+const DELETE_ATTEMPTS: u32 = 4;
+/// First wait between Delete attempts (doubles each time).
+const DELETE_BACKOFF: Duration = Duration::from_millis(100);
+/// Shells per Enumerate page of the affinity probe: a user has a handful, so one page holds them.
+const PROBE_BATCH: u32 = 100;
 
 fn protocol(message: impl Into<String>) -> RemoteError {
     RemoteError::new(FaultClass::Protocol, message)
@@ -111,10 +131,99 @@ fn pool_failure(state: RunspacePoolState, error: Option<ErrorRecord>) -> RemoteE
         Some(record) => {
             let text = format!("{}\n{}", record.message, record.fully_qualified_error_id);
             let class = classify(None, None, &text);
-            RemoteError { class, message: record.message.clone(), record: Some(record) }
+            RemoteError::from_record(class, record)
         }
         None => protocol(format!("the runspace pool went to state {state:?} while opening")),
     }
+}
+
+/// A failure once the command may have started (its Command was sent): whatever the class, the
+/// outcome is unknown now, and the class must say so, because the broker repeats a write only
+/// on a class that proves the command never started. A shell not found is `SessionLost`.
+fn after_start(e: CallError) -> RemoteError {
+    if e.is_shell_not_found() {
+        let e = e.into_remote();
+        return RemoteError::new(
+            FaultClass::SessionLost,
+            format!("the shell disappeared while the command was running: {}", e.message),
+        );
+    }
+    let e = e.into_remote();
+    if e.class.proves_not_started() {
+        let message = format!("{} (after the command was sent, so its outcome is unknown)", e.message);
+        return RemoteError::new(FaultClass::ConnectionLost, message);
+    }
+    e
+}
+
+/// Repeats a request while the service answers 503: such a request never reached a server, so
+/// repeating it is safe whatever it does. Gives up with the last 503 after a few tries.
+async fn patiently<T, F: std::future::Future<Output = Result<T, CallError>>>(
+    mut request: impl FnMut() -> F,
+) -> Result<T, CallError> {
+    let mut tries = 0;
+    loop {
+        match request().await {
+            Err(e) if tries < UNAVAILABLE_RETRIES => match e.unavailable() {
+                Some(wait) => {
+                    tries += 1;
+                    tokio::time::sleep(wait.min(MAX_UNAVAILABLE_WAIT)).await;
+                }
+                None => return Err(e),
+            },
+            other => return other,
+        }
+    }
+}
+
+/// Deletes a shell by id. Deleting is idempotent (a shell already gone answers "not found",
+/// which counts as deleted), so a Delete whose answer was lost, that timed out, or that the
+/// service refused with 503 is repeated a few times before giving up.
+async fn delete_shell(channel: &Channel, shell_id: &str) -> Result<(), RemoteError> {
+    let mut attempt = 1;
+    loop {
+        let result = channel
+            .call(
+                "Delete",
+                channel.request_timeout(),
+                |ctx| envelope::delete(ctx, shell_id),
+                response::parse_empty_response,
+            )
+            .await;
+        let e = match result {
+            Ok(_) => return Ok(()),
+            Err(e) if e.is_shell_not_found() => return Ok(()),
+            Err(e) => e,
+        };
+        let wait = match e.unavailable() {
+            Some(wait) => wait.min(MAX_UNAVAILABLE_WAIT),
+            None if e.class().outcome_unknown() => DELETE_BACKOFF * 2u32.pow(attempt - 1),
+            None => return Err(e.into_remote()),
+        };
+        if attempt >= DELETE_ATTEMPTS {
+            return Err(e.into_remote());
+        }
+        tracing::debug!(shell = shell_id, attempt, "deleting a shell failed; trying again");
+        tokio::time::sleep(wait).await;
+        attempt += 1;
+    }
+}
+
+/// Makes the load balancer pin this conversation to one server before anything is created on
+/// it: the Create then carries the affinity cookie, so if its answer is lost the shell it may
+/// have created can still be reached (and deleted) under the id we proposed. Without the cookie
+/// a lost Create answer leaks a shell on a server the client cannot address until it expires.
+async fn pin_affinity(channel: &Channel) -> Result<(), RemoteError> {
+    channel
+        .call(
+            "Enumerate",
+            channel.request_timeout(),
+            |ctx| envelope::enumerate_shells(ctx, PROBE_BATCH),
+            response::parse_enumerate_response,
+        )
+        .await
+        .map(drop)
+        .map_err(CallError::into_remote)
 }
 
 /// A live shell: everything later requests need, shared with the clean-up guard.
@@ -136,26 +245,28 @@ impl Shell {
 
     async fn receive(&self, command_id: Option<&str>) -> Result<ReceiveResponse, CallError> {
         let timeout = self.channel.timeout_for_receive();
-        self.channel
-            .call(
+        patiently(|| {
+            self.channel.call(
                 "Receive",
                 timeout,
                 |ctx| envelope::receive(ctx, &self.shell_id, command_id),
                 response::parse_receive_response,
             )
-            .await
+        })
+        .await
     }
 
     async fn send(&self, command_id: Option<&str>, data: &[u8]) -> Result<(), CallError> {
-        self.channel
-            .call(
+        patiently(|| {
+            self.channel.call(
                 "Send",
                 self.channel.request_timeout(),
                 |ctx| envelope::send(ctx, &self.shell_id, command_id, STDIN, data),
                 response::parse_empty_response,
             )
-            .await
-            .map(drop)
+        })
+        .await
+        .map(drop)
     }
 
     fn send_room(&self, ctx: &RequestContext, command_id: Option<&str>) -> usize {
@@ -168,20 +279,7 @@ impl Shell {
         if self.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        let result = self
-            .channel
-            .call(
-                "Delete",
-                self.channel.request_timeout(),
-                |ctx| envelope::delete(ctx, &self.shell_id),
-                response::parse_empty_response,
-            )
-            .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(e) if e.is_shell_not_found() => Ok(()),
-            Err(e) => Err(e.into_remote()),
-        }
+        delete_shell(&self.channel, &self.shell_id).await
     }
 
     /// Receives on the pool until it is Opened.
@@ -235,25 +333,23 @@ impl Shell {
         for payload in &rest {
             if let Err(e) = self.send(Some(&command_id), payload).await {
                 self.terminate(&command_id).await;
-                return Err(e.into_remote());
+                // Conservative: only the last fragment can start the pipeline, but which Send
+                // failed is not worth a class of its own; the outcome is reported unknown.
+                return Err(after_start(e));
             }
         }
 
         let outcome = self.collect(pid, &command_id).await;
         match &outcome {
-            // The transport failed: the signal would most likely fail the same way, slowly.
-            Err(e) if matches!(e.class, FaultClass::ConnectionLost | FaultClass::Timeout) => {}
+            // The transport failed or the shell is gone: the signal would fail the same way.
+            Err(e) if e.class.outcome_unknown() => {}
             _ => self.terminate(&command_id).await,
         }
         let (output, state, error) = outcome?;
         match state {
             PipelineState::Completed => Ok(output),
             PipelineState::Failed => Err(match error {
-                Some(record) => RemoteError {
-                    class: classify_error_record(&record),
-                    message: record.message.clone(),
-                    record: Some(record),
-                },
+                Some(record) => RemoteError::from_record(classify_error_record(&record), record),
                 None => RemoteError::new(FaultClass::CmdletError, format!("{} failed", command.cmdlet)),
             }),
             PipelineState::Stopped => {
@@ -278,7 +374,7 @@ impl Shell {
                 // The pipeline already ended; the server just has no CommandState to add.
                 Err(e) if e.is_operation_timeout() && last.is_some() => break,
                 Err(e) if e.is_operation_timeout() => continue,
-                Err(e) => return Err(e.into_remote()),
+                Err(e) => return Err(after_start(e)),
             };
             drain(&mut defrag, &received, |message, parsed| {
                 if message.pid != pid && !message.pid.is_nil() {
@@ -305,17 +401,18 @@ impl Shell {
         }
     }
 
-    /// Signal terminate for a finished command (best effort, as pypsrp does).
+    /// Signal terminate for a finished command (best effort, as pypsrp does: the command's
+    /// result stands whatever happens to the signal).
     async fn terminate(&self, command_id: &str) {
-        let result = self
-            .channel
-            .call(
+        let result = patiently(|| {
+            self.channel.call(
                 "Signal",
                 self.channel.request_timeout(),
                 |ctx| envelope::signal(ctx, &self.shell_id, command_id, SIGNAL_TERMINATE),
                 response::parse_empty_response,
             )
-            .await;
+        })
+        .await;
         if let Err(e) = result {
             tracing::debug!(error = %e.into_remote(), "signal terminate failed");
         }
@@ -338,9 +435,10 @@ fn delete_in_background(shell: &Arc<Shell>) {
     }
 }
 
-/// Opens a shell: Create, extra pool fragments if any, Receive until Opened. On failure after the
-/// Create the shell is deleted (best effort) so it does not hold quota.
-pub(crate) async fn open(channel: Channel, name: &str) -> Result<WinrmSession, RemoteError> {
+/// Opens a shell: (affinity probe,) Create, extra pool fragments if any, Receive until Opened. On
+/// failure after the Create, or when the Create's answer was lost, the shell is deleted before
+/// the error is returned, so a failed open does not hold quota.
+pub(crate) async fn open(channel: Channel, name: &str, probe_affinity: bool) -> Result<WinrmSession, RemoteError> {
     let rpid = Uuid::new_v4();
     let ctx = channel.context();
     let (_, skeleton) = envelope::create_named_shell(&ctx, rpid, Some(name), b"", None);
@@ -351,6 +449,9 @@ pub(crate) async fn open(channel: Channel, name: &str) -> Result<WinrmSession, R
         [(1, messages::client_session_capability(rpid).encode()), (2, messages::init_runspace_pool(rpid).encode())];
     let (creation_xml, rest) = pack(&pool_messages, first_room, rest_room)?;
 
+    if probe_affinity && channel.cookies().is_empty() {
+        pin_affinity(&channel).await?;
+    }
     let created = channel
         .call(
             "Create",
@@ -358,8 +459,21 @@ pub(crate) async fn open(channel: Channel, name: &str) -> Result<WinrmSession, R
             |ctx| envelope::create_named_shell(ctx, rpid, Some(name), &creation_xml, None),
             response::parse_create_response,
         )
-        .await
-        .map_err(CallError::into_remote)?;
+        .await;
+    let created = match created {
+        Ok(created) => created,
+        Err(e) => {
+            let e = e.into_remote();
+            if e.class.outcome_unknown() {
+                // The server may have created the shell and lost the answer: WinRM keeps the
+                // ShellId a PSRP client proposes (the RunspacePool id), so it can be deleted.
+                if let Err(d) = delete_shell(&channel, &upper(rpid)).await {
+                    tracing::warn!(error = %d, "a Create whose answer was lost may have left a shell behind");
+                }
+            }
+            return Err(e);
+        }
+    };
     let shell = Arc::new(Shell {
         channel,
         rpid,
@@ -367,13 +481,22 @@ pub(crate) async fn open(channel: Channel, name: &str) -> Result<WinrmSession, R
         next_object_id: AtomicU64::new(3),
         closed: AtomicBool::new(false),
     });
-    // Armed until the pool is open: an error below, or the caller giving up on this future,
-    // deletes the shell.
+    // Armed until the pool is open: the caller giving up on this future deletes the shell in
+    // the background. An error deletes it here, before the open reports failure.
     let guard = OpenGuard(Some(Arc::clone(&shell)));
-    for payload in &rest {
-        shell.send(None, payload).await.map_err(CallError::into_remote)?;
+    let opened = async {
+        for payload in &rest {
+            shell.send(None, payload).await.map_err(CallError::into_remote)?;
+        }
+        shell.wait_opened().await
+    };
+    if let Err(e) = opened.await {
+        if let Err(d) = shell.delete().await {
+            tracing::debug!(error = %d, "deleting a shell whose pool did not open failed");
+        }
+        guard.disarm();
+        return Err(e);
     }
-    shell.wait_opened().await?;
     guard.disarm();
     Ok(WinrmSession { shell })
 }

@@ -238,7 +238,8 @@ fn handle(fake: &mut Fake, headers: &HeaderMap, body: &str, address: &str) -> Re
     fake.log.push(format!("{:?}{detail}", req.action));
     fake.to.push(req.to.clone().unwrap_or_default());
     let shell_id = req.selector_shell_id.clone().unwrap_or_default();
-    if fake.behaviour.require_cookie && req.action != Action::Create {
+    // The affinity cookie pins a shell; enumerating the user's shells needs none.
+    if fake.behaviour.require_cookie && !matches!(req.action, Action::Create | Action::Enumerate | Action::Pull) {
         let want = format!("MS-WSMAN={shell_id}");
         if !cookie.is_some_and(|c| c.split("; ").any(|p| p == want)) {
             return fault(&mid, &WsmanFault::shell_not_found(&shell_id, None));
@@ -569,8 +570,9 @@ async fn cookies_are_sent_back() {
     a.close().await.unwrap();
     b.close().await.unwrap();
     let fake = server.fake();
-    // The first request of each session had no cookie; every later one had its own session's.
-    assert_eq!(fake.cookies.iter().filter(|c| c.is_none()).count(), 2);
+    // Each session's affinity probe and Create had no cookie (this fake sets it on Create);
+    // every later request had its own session's.
+    assert_eq!(fake.cookies.iter().filter(|c| c.is_none()).count(), 4);
     assert!(
         fake.cookies.iter().flatten().all(|c| c.starts_with("MS-WSMAN=") && !c.contains(';')),
         "{:?}",

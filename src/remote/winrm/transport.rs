@@ -10,11 +10,12 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, COOKIE, LOCATION, SET_COOKIE};
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE, COOKIE, LOCATION, RETRY_AFTER, SET_COOKIE};
 use reqwest::{StatusCode, Url};
 use secrecy::{ExposeSecret, SecretString};
 use uuid::Uuid;
 
+use crate::remote::fault::classify_bare_http;
 use crate::remote::fault::WSMAN_SHELL_NOT_FOUND;
 use crate::remote::wsman::{self, RequestContext, WsmanError, WsmanFault};
 use crate::remote::{classify, FaultClass, RemoteError};
@@ -28,11 +29,33 @@ const BODY_QUOTE_CHARS: usize = 400;
 /// timeout and shell-not-found apart) or anything else, already classified.
 #[derive(Debug)]
 pub(crate) enum CallError {
-    Fault { status: u16, fault: WsmanFault },
+    Fault { status: u16, fault: WsmanFault, retry_after: Option<Duration> },
     Other(RemoteError),
 }
 
+/// How long to wait before repeating a request the service refused with 503 and no
+/// `Retry-After`.
+const UNAVAILABLE_WAIT: Duration = Duration::from_secs(1);
+
 impl CallError {
+    /// `Some(wait)` when the request never reached a server (HTTP 503), so repeating it is safe
+    /// whatever it was; `wait` is the server's `Retry-After`, or a second.
+    pub(crate) fn unavailable(&self) -> Option<Duration> {
+        let (class, retry_after) = match self {
+            CallError::Fault { status, fault, retry_after } => (fault.class(*status), *retry_after),
+            CallError::Other(e) => (e.class, e.retry_after),
+        };
+        (class == FaultClass::ServiceUnavailable).then(|| retry_after.unwrap_or(UNAVAILABLE_WAIT))
+    }
+
+    /// The failure's class, without giving the error up.
+    pub(crate) fn class(&self) -> FaultClass {
+        match self {
+            CallError::Fault { status, fault, .. } => fault.class(*status),
+            CallError::Other(e) => e.class,
+        }
+    }
+
     pub(crate) fn is_operation_timeout(&self) -> bool {
         matches!(self, CallError::Fault { fault, .. } if fault.is_operation_timeout())
     }
@@ -43,7 +66,9 @@ impl CallError {
 
     pub(crate) fn into_remote(self) -> RemoteError {
         match self {
-            CallError::Fault { status, fault } => RemoteError::new(fault.class(status), fault.to_string()),
+            CallError::Fault { status, fault, retry_after } => {
+                RemoteError::new(fault.class(status), fault.to_string()).with_retry_after(retry_after)
+            }
             CallError::Other(e) => e,
         }
     }
@@ -234,11 +259,10 @@ impl Channel {
         self.lock().url.clone()
     }
 
-    /// The HTTP timeout of a request; a Receive may legitimately take the whole OperationTimeout,
-    /// so it gets that plus a margin whatever the configured request timeout.
+    /// The HTTP timeout of a Receive: the server may legitimately hold it for the whole
+    /// OperationTimeout, then it has the time of any request to answer.
     pub(crate) fn timeout_for_receive(&self) -> Duration {
-        let op = self.lock().ctx.operation_timeout;
-        self.request_timeout.max(op + Duration::from_secs(10))
+        self.lock().ctx.operation_timeout + self.request_timeout
     }
 
     pub(crate) fn request_timeout(&self) -> Duration {
@@ -289,8 +313,9 @@ impl Channel {
                 st.url = next;
                 continue;
             }
+            let retry_after = retry_after(response.headers());
             let text = response.text().await.map_err(|e| transport_error(what, e))?;
-            return self.answer(what, status, &text, message_id, &parse);
+            return self.answer(what, status, retry_after, &text, message_id, &parse);
         }
         Err(protocol(format!("{what}: more than {MAX_REDIRECTS} redirects")).into())
     }
@@ -311,6 +336,7 @@ impl Channel {
         &self,
         what: &str,
         status: StatusCode,
+        retry_after: Option<Duration>,
         text: &str,
         message_id: Uuid,
         parse: &impl Fn(&str, Uuid) -> Result<T, WsmanError>,
@@ -329,19 +355,27 @@ impl Channel {
         }
         if status.is_success() {
             return parse(text, message_id).map_err(|e| match e {
-                WsmanError::Fault(fault) => CallError::Fault { status: code, fault: *fault },
+                WsmanError::Fault(fault) => CallError::Fault { status: code, fault: *fault, retry_after },
                 other => protocol(format!("{what}: unusable answer: {other}")).into(),
             });
         }
         match WsmanFault::parse(text) {
-            Ok(fault) => Err(CallError::Fault { status: code, fault }),
+            Ok(fault) => Err(CallError::Fault { status: code, fault, retry_after }),
             Err(_) => {
+                // Not WinRM's answer: a load balancer, gateway or web server spoke.
                 let detail = quote(text);
-                let class = classify(Some(code), None, &detail);
-                Err(RemoteError::new(class, format!("{what}: HTTP {code}: {detail}")).into())
+                let class = classify_bare_http(code, &detail);
+                let message = format!("{what}: HTTP {code}: {detail}");
+                Err(RemoteError::new(class, message).with_retry_after(retry_after).into())
             }
         }
     }
+}
+
+/// `Retry-After` in its delay-seconds form (the HTTP-date form is ignored).
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?;
+    value.trim().parse::<u64>().ok().map(Duration::from_secs)
 }
 
 /// The start of a body, whitespace collapsed, for an error message.

@@ -201,3 +201,219 @@ async fn orphans_are_listed_by_name_and_only_ours_are_reaped() {
     theirs.close().await.unwrap();
     assert!(sim.list_shells(ALICE).is_empty());
 }
+
+// ---- injected faults, step by step -----------------------------------------------------------
+//
+// Each case injects one fault kind with certainty on one WS-Management action, through the
+// simulator's runtime fault settings, and checks the class the connector reports and what the
+// service really did. The broker's retry rule rests on these: a class that `proves_not_started`
+// only when the command did not run, an outcome-unknown class whenever it may have.
+
+use crate::config::FaultConfig;
+use crate::sim::FaultKind;
+
+fn only(action: &str, set: impl FnOnce(&mut FaultConfig)) -> FaultConfig {
+    // Spikes always longer than any request timeout below (a Receive's is 1.3 s).
+    let mut f = FaultConfig {
+        actions: vec![action.into()],
+        latency_spike_min_ms: 1500,
+        latency_spike_ms: 1500,
+        ..FaultConfig::default()
+    };
+    set(&mut f);
+    f
+}
+
+fn set_mailbox() -> Command {
+    Command {
+        invocation_id: Uuid::new_v4(),
+        cmdlet: "Set-Mailbox".into(),
+        parameters: vec![
+            ("Identity".into(), PsValue::String("user001".into())),
+            ("Office".into(), PsValue::String("7".into())),
+        ],
+    }
+}
+
+/// Short request timeout, so a latency spike is a timeout.
+fn impatient() -> WinrmOptions {
+    WinrmOptions { request_timeout: Duration::from_millis(300), operation_timeout: Duration::from_secs(1), ..options() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_faults_say_whether_the_command_may_have_run() {
+    let sim = simulator(3);
+    let addr = serve(&sim, false).await;
+    let c = WinrmConnector::new(impatient()).unwrap();
+    // (fault on the Command, expected class, did the write run)
+    let cases: [(FaultConfig, FaultClass, Option<u32>); 5] = [
+        (only("Command", |f| f.http_503 = 1.0), FaultClass::ServiceUnavailable, None),
+        (only("Command", |f| f.shell_expiry = 1.0), FaultClass::SessionExpired, None),
+        (only("Command", |f| f.drop_before = 1.0), FaultClass::ConnectionLost, None),
+        (only("Command", |f| f.drop_after = 1.0), FaultClass::ConnectionLost, Some(1)),
+        (only("Command", |f| f.latency_spike = 1.0), FaultClass::Timeout, Some(1)),
+    ];
+    for (faults, class, runs) in cases {
+        sim.set_faults(FaultConfig::default());
+        let session = c.open(&target(addr, "pa")).await.unwrap();
+        sim.set_faults(faults.clone());
+        let write = set_mailbox();
+        let err = session.invoke(&write).await.unwrap_err();
+        assert_eq!(err.class, class, "{faults:?}: {}", err.message);
+        assert_eq!(sim.stats().executions.get(&write.invocation_id).copied(), runs, "{faults:?}");
+        // Only a refusal that proves the command never started lets a write run again.
+        assert_eq!(err.class.proves_not_started(), runs.is_none() && class != FaultClass::ConnectionLost);
+        assert_eq!(err.class.outcome_unknown(), !err.class.proves_not_started());
+        if class == FaultClass::ServiceUnavailable {
+            assert_eq!(err.retry_after, Some(Duration::from_secs(1)), "Retry-After is passed on");
+        }
+        sim.set_faults(FaultConfig::default());
+        session.close().await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(1600)).await; // the last spike's answer
+    assert!(sim.list_shells(ALICE).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receive_faults_after_the_command_ran_hide_its_outcome() {
+    let sim = simulator(3);
+    let addr = serve(&sim, false).await;
+    let c = WinrmConnector::new(impatient()).unwrap();
+    let cases: [(FaultConfig, FaultClass); 5] = [
+        (only("Receive", |f| f.drop_before = 1.0), FaultClass::ConnectionLost),
+        (only("Receive", |f| f.drop_after = 1.0), FaultClass::ConnectionLost),
+        (only("Receive", |f| f.http_500 = 1.0), FaultClass::ServerError),
+        (only("Receive", |f| f.latency_spike = 1.0), FaultClass::Timeout),
+        // The shell vanished under the running command: not `session_expired`, which would
+        // let the broker run the write again.
+        (only("Receive", |f| f.shell_expiry = 1.0), FaultClass::SessionLost),
+    ];
+    for (faults, class) in cases {
+        sim.set_faults(FaultConfig::default());
+        let session = c.open(&target(addr, "pa")).await.unwrap();
+        sim.set_faults(faults.clone());
+        let write = set_mailbox();
+        let err = session.invoke(&write).await.unwrap_err();
+        assert_eq!(err.class, class, "{faults:?}: {}", err.message);
+        assert!(err.class.outcome_unknown() && !err.class.proves_not_started(), "{class}");
+        assert_eq!(sim.stats().executions.get(&write.invocation_id), Some(&1), "it ran, on Command");
+        let recorded = &sim.stats().pipeline_faults[&write.invocation_id];
+        assert_eq!(recorded.len(), 1, "{recorded:?}");
+        sim.set_faults(FaultConfig::default());
+        session.close().await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    assert!(sim.list_shells(ALICE).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_503_never_reached_a_server_so_receive_signal_and_delete_are_repeated() {
+    let sim = simulator(3);
+    let addr = serve(&sim, false).await;
+    let c = WinrmConnector::new(impatient()).unwrap();
+    for action in ["Receive", "Signal", "Delete"] {
+        let session = c.open(&target(addr, "pa")).await.unwrap();
+        sim.set_faults(only(action, |f| f.http_503 = 1.0));
+        let lift = {
+            let sim = sim.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(700)).await;
+                sim.set_faults(FaultConfig::default());
+            })
+        };
+        let write = set_mailbox();
+        session.invoke(&write).await.unwrap();
+        session.close().await.unwrap();
+        lift.await.unwrap();
+        assert_eq!(sim.stats().executions.get(&write.invocation_id), Some(&1), "{action}");
+        assert!(sim.list_shells(ALICE).is_empty(), "{action}");
+    }
+    assert!(sim.stats().injected[&FaultKind::Http503] >= 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signal_and_delete_faults_never_fail_a_command_and_a_lost_delete_answer_is_retried() {
+    let sim = simulator(3);
+    let addr = serve(&sim, false).await;
+    let c = WinrmConnector::new(impatient()).unwrap();
+    let session = c.open(&target(addr, "pa")).await.unwrap();
+    sim.set_faults(only("Signal", |f| f.drop_after = 1.0));
+    let out = session.invoke(&get_mailbox(vec![("ResultSize".into(), PsValue::Int32(2))])).await.unwrap();
+    assert_eq!(out.objects.len(), 2, "the result stands whatever happens to the Signal");
+    // The Delete is processed, its answer lost, every time: the retry finds the shell gone,
+    // which counts as deleted... until the answers keep getting lost: then close reports it.
+    sim.set_faults(only("Delete", |f| f.drop_after = 1.0));
+    let err = session.close().await.unwrap_err();
+    assert_eq!(err.class, FaultClass::ConnectionLost);
+    assert!(sim.list_shells(ALICE).is_empty(), "the first Delete did its work");
+    assert_eq!(sim.stats().injected[&FaultKind::DropAfter], 1 + 4, "one Signal, four Delete attempts");
+    // Lost once, then answered: the retry's "not found" is success.
+    sim.set_faults(FaultConfig::default());
+    let session = c.open(&target(addr, "pa")).await.unwrap();
+    sim.set_faults(only("Delete", |f| f.drop_before = 1.0));
+    let lift = {
+        let sim = sim.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            sim.set_faults(FaultConfig::default());
+        })
+    };
+    session.close().await.unwrap();
+    lift.await.unwrap();
+    assert!(sim.list_shells(ALICE).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_faults_never_leave_a_shell_behind() {
+    let sim = simulator(3);
+    let addr = serve(&sim, false).await;
+    let c = WinrmConnector::new(impatient()).unwrap();
+    let t = target(addr, "pa");
+    let cases: [(FaultConfig, FaultClass, Option<Duration>); 9] = [
+        (only("Create", |f| f.http_503 = 1.0), FaultClass::ServiceUnavailable, Some(Duration::from_secs(1))),
+        (only("Create", |f| f.drop_before = 1.0), FaultClass::ConnectionLost, None),
+        (only("Create", |f| f.drop_after = 1.0), FaultClass::ConnectionLost, None),
+        (only("Create", |f| f.http_500 = 1.0), FaultClass::ServerError, None),
+        (only("Create", |f| f.latency_spike = 1.0), FaultClass::Timeout, None),
+        (only("Create", |f| f.user_quota = 1.0), FaultClass::UserShellQuotaExceeded, None),
+        (only("Create", |f| f.tenant_quota = 1.0), FaultClass::TenantShellQuotaExceeded, None),
+        (
+            only("Create", |f| {
+                f.throttle = 1.0;
+                f.throttle_wait_seconds = 9;
+            }),
+            FaultClass::Throttled,
+            Some(Duration::from_secs(9)),
+        ),
+        // The affinity probe itself.
+        (only("Enumerate", |f| f.drop_after = 1.0), FaultClass::ConnectionLost, None),
+    ];
+    for (faults, class, retry_after) in cases {
+        sim.set_faults(faults.clone());
+        let err = c.open_session(&t).await.unwrap_err();
+        sim.set_faults(FaultConfig::default());
+        assert_eq!((err.class, err.retry_after), (class, retry_after), "{faults:?}: {}", err.message);
+        // A spiked Create finishes on the server after the client gave up; the clean-up
+        // Delete found it there already.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(sim.list_shells(ALICE).is_empty(), "{faults:?} left a shell");
+    }
+    let stats = sim.stats();
+    assert!(stats.shells_opened >= 2, "the lost and late answers were to Creates that did create");
+    assert_eq!(stats.shells_opened, stats.shells_closed);
+    assert_eq!(stats.shells_never_used, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_affinity_probe_a_lost_create_answer_leaks_the_shell() {
+    let sim = simulator(3);
+    let addr = serve(&sim, false).await;
+    let c = WinrmConnector::new(WinrmOptions { affinity_probe: false, ..impatient() }).unwrap();
+    sim.set_faults(only("Create", |f| f.drop_after = 1.0));
+    let err = c.open_session(&target(addr, "pa")).await.unwrap_err();
+    assert_eq!(err.class, FaultClass::ConnectionLost);
+    // The clean-up Delete had no affinity cookie: it landed on "another server".
+    assert_eq!(sim.list_shells(ALICE).len(), 1, "this is why the connector pins affinity first");
+    sim.set_shell_lifetime(Duration::ZERO);
+    assert_eq!(sim.stats().shells_never_used, 1, "the service saw it leak");
+}

@@ -46,6 +46,21 @@ impl Action {
         }
     }
 
+    /// The action's short name (`Create`, `Receive`, ...; the URI for any other action).
+    pub fn name(&self) -> &str {
+        match self {
+            Action::Create => "Create",
+            Action::Delete => "Delete",
+            Action::Command => "Command",
+            Action::Send => "Send",
+            Action::Receive => "Receive",
+            Action::Signal => "Signal",
+            Action::Enumerate => "Enumerate",
+            Action::Pull => "Pull",
+            Action::Other(uri) => uri,
+        }
+    }
+
     pub fn uri(&self) -> &str {
         match self {
             Action::Create => action::CREATE,
@@ -129,6 +144,17 @@ impl Request {
     /// The value of an option by name (case-insensitive, as WinRM treats them).
     pub fn option(&self, name: &str) -> Option<&str> {
         self.options.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    /// The CommandId a Command, Send, Receive or Signal names, if any.
+    pub fn command_id(&self) -> Option<&str> {
+        match &self.body {
+            RequestBody::Command { command_id, .. }
+            | RequestBody::Send { command_id, .. }
+            | RequestBody::Receive { command_id }
+            | RequestBody::Signal { command_id, .. } => command_id.as_deref(),
+            _ => None,
+        }
     }
 }
 

@@ -1,8 +1,10 @@
 //! The HTTP face of the wire server: paths, Basic authentication, the affinity cookie, the
 //! optional first-request redirect; the SOAP work is [`super::shell::Wire`]'s.
 
+use super::sever::Peer;
 use super::shell::{Caller, Reply, Wire};
 use crate::remote::wsman::{server, WsmanError, WsmanFault, CONTENT_TYPE};
+use crate::sim::RequestFault;
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
@@ -10,8 +12,8 @@ use axum::response::Response;
 use axum::Router;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-use std::net::SocketAddr;
 use std::sync::Arc;
+use uuid::Uuid;
 
 /// The name of the load balancer's affinity cookie.
 pub(super) const AFFINITY_COOKIE: &str = "MS-WSMAN";
@@ -81,9 +83,29 @@ fn query_value<'a>(query: &'a [(String, String)], name: &str) -> Option<&'a str>
     query.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).filter(|v| !v.trim().is_empty())
 }
 
+/// A load balancer's or web server's error page: no SOAP, maybe `Retry-After`.
+fn bare(status: StatusCode, html: &str, retry_after_seconds: Option<u64>) -> Response {
+    let mut r =
+        Response::new(Body::from(format!("<html><head><title>{status}</title></head><body>{html}</body></html>")));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html"));
+    if let Some(secs) = retry_after_seconds {
+        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    r
+}
+
+fn server_error() -> Response {
+    bare(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "The page cannot be displayed because an internal server error has occurred.",
+        None,
+    )
+}
+
 async fn handle(
     State(wire): State<Arc<Wire>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -110,7 +132,7 @@ async fn handle(
         bearer,
         tenant: query_value(&query, "DelegatedOrg").or_else(|| query_value(&query, "tenant")).map(str::to_string),
         cookie: cookie.clone().unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()),
-        client_ip: peer.ip().to_string(),
+        client_ip: peer.addr.ip().to_string(),
         machine: host.split(':').next().unwrap_or("localhost").to_string(),
         address: format!("http://{host}{}", uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")),
     };
@@ -129,13 +151,42 @@ async fn handle(
         return r;
     }
 
-    let reply = match std::str::from_utf8(&body) {
-        Err(_) => malformed(&caller, "the request body is not UTF-8"),
+    let request = match std::str::from_utf8(&body) {
+        Err(_) => Err(malformed(&caller, "the request body is not UTF-8")),
         Ok(text) => match server::parse_request(text.trim_start_matches('\u{feff}')) {
-            Ok(request) => wire.handle(&caller, request).await,
-            Err(WsmanError::Xml(e)) => malformed(&caller, &format!("the request is not well-formed XML: {e}")),
-            Err(e) => Reply::fault(500, None, bad_request(&caller, &format!("the request is not valid: {e}"))),
+            Ok(request) => Ok(request),
+            Err(WsmanError::Xml(e)) => Err(malformed(&caller, &format!("the request is not well-formed XML: {e}"))),
+            Err(e) => Err(Reply::fault(500, None, bad_request(&caller, &format!("the request is not valid: {e}")))),
         },
+    };
+    let reply = match request {
+        Err(reply) => reply,
+        Ok(request) => {
+            let sim = wire.sim();
+            let fault = sim.roll_request_fault(request.action.name());
+            if let (Some(f), Some(pid)) = (fault, request.command_id().and_then(|c| Uuid::parse_str(c.trim()).ok())) {
+                sim.note_pipeline_fault(pid, f.kind());
+            }
+            // Faults in front of the service: the request is not processed.
+            match fault {
+                Some(RequestFault::DropBefore) => return severed(&peer),
+                Some(RequestFault::Http503 { retry_after_seconds }) => {
+                    let text = "No server is available to handle this request.";
+                    return bare(StatusCode::SERVICE_UNAVAILABLE, text, Some(retry_after_seconds));
+                }
+                Some(RequestFault::Http500 { processed: false }) => return server_error(),
+                _ => {}
+            }
+            let reply = wire.handle(&caller, request).await;
+            // Faults after the work was done: the answer is lost, replaced or late.
+            match fault {
+                Some(RequestFault::DropAfter) => return severed(&peer),
+                Some(RequestFault::Http500 { processed: true }) => return server_error(),
+                Some(RequestFault::LatencySpike(delay)) => tokio::time::sleep(delay).await,
+                _ => {}
+            }
+            reply
+        }
     };
     let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response =
@@ -146,6 +197,12 @@ async fn handle(
         }
     }
     response
+}
+
+/// Closes the client's connection without an answer.
+fn severed(peer: &Peer) -> Response {
+    peer.cut();
+    Response::new(Body::empty())
 }
 
 fn bad_request(caller: &Caller, text: &str) -> WsmanFault {

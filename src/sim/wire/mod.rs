@@ -26,15 +26,20 @@
 //!   MaxEnvelopeSize and spread over as many Receives as needed), Command (CREATE_PIPELINE in
 //!   rsp:Arguments, further fragments via Send), Send, Signal, Delete, Enumerate and Pull of the
 //!   user's shells (with the Name each was created with). Anything else is a fault.
-//! - A pipeline executes on its first Receive: the simulator's command latency, then
-//!   [`Simulator::run`] with the PSRP pipeline id, then PIPELINE_OUTPUT per object, WARNING
-//!   records, ERROR_RECORDs, and PIPELINE_STATE Completed (or Failed with the terminating error).
-//!   Shell-level failures (shell gone, too many commands) are WS-Management faults.
+//! - Receive returns a pipeline's output: PIPELINE_OUTPUT per object, WARNING records,
+//!   ERROR_RECORDs, and PIPELINE_STATE Completed (or Failed with the terminating error).
 //! - A Receive with nothing to say waits for the smaller of its OperationTimeout and
 //!   [`WireOptions::idle_receive_wait`] (1 s by default), then answers with the benign
 //!   operation-timeout fault (2150858793, `w:TimedOut`).
 //! - Latencies are the simulator's (open on Create, command on execution, close on Delete), in
 //!   simulated time divided by the speedup, exactly as the in-process connector sleeps them.
+//! - A pipeline executes as soon as its CREATE_PIPELINE is complete (on Command, or on the Send
+//!   that completes it), as in WinRM: the simulator's command latency, then [`Simulator::run`];
+//!   a shell-level failure (shell gone, too many commands) is the Command's fault.
+//! - Injected faults ([`crate::config::FaultConfig`], [`Simulator::set_faults`]): per request,
+//!   the connection may be closed before processing or after it (the answer lost), answered
+//!   with a bare HTTP 500 (processed or not) or 503 with `Retry-After` (not processed), or
+//!   answered late; a request naming a shell may find it expired early. docs/chaos.md.
 //! - Not simulated: key exchange (PUBLIC_KEY is ignored, so SecureString arguments cannot be
 //!   sent), host calls, pipeline input, Disconnect/Reconnect/Connect.
 //!
@@ -42,6 +47,7 @@
 //! server. Malformed XML is HTTP 400 with a fault naming the problem.
 
 mod http;
+mod sever;
 mod shell;
 
 #[cfg(test)]
@@ -85,8 +91,8 @@ impl Default for WireOptions {
 pub async fn serve(sim: Simulator, listener: TcpListener, options: WireOptions) -> std::io::Result<()> {
     let shutdown = options.shutdown.clone();
     let wire = Arc::new(shell::Wire::new(sim, options));
-    let app = http::router(wire).into_make_service_with_connect_info::<SocketAddr>();
-    let server = axum::serve(listener, app);
+    let app = http::router(wire).into_make_service_with_connect_info::<sever::Peer>();
+    let server = axum::serve(sever::SeverableListener(listener), app);
     match shutdown {
         Some(token) => server.with_graceful_shutdown(token.cancelled_owned()).await,
         None => server.await,

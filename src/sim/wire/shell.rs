@@ -13,7 +13,7 @@ use crate::remote::wsman::{
 };
 use crate::remote::PsValue;
 use crate::sim::connector::pause;
-use crate::sim::{SimCredential, SimFault, Simulator};
+use crate::sim::{FaultKind, SimCredential, SimFault, Simulator};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -254,6 +254,10 @@ impl Wire {
         Self { sim, options, shells: Mutex::new(HashMap::new()), enumerations: Mutex::new(HashMap::new()) }
     }
 
+    pub(super) fn sim(&self) -> &Simulator {
+        &self.sim
+    }
+
     pub(super) fn redirect_first(&self) -> bool {
         self.options.redirect_first
     }
@@ -280,34 +284,7 @@ impl Wire {
             Action::Enumerate => self.enumerate(caller, &req),
             Action::Pull => self.pull(caller, &req),
             Action::Delete | Action::Command | Action::Send | Action::Receive | Action::Signal => {
-                let entry = match self.shell_for(caller, &req) {
-                    Ok(entry) => entry,
-                    Err(reply) => return reply,
-                };
-                *lock(&entry.last_activity) = Instant::now();
-                match req.body.clone() {
-                    RequestBody::Delete => self.delete(caller, &entry, &rel).await,
-                    RequestBody::Command { command_id, arguments } => {
-                        self.command(caller, &entry, &rel, command_id, arguments).await
-                    }
-                    RequestBody::Send { command_id, data, .. } => {
-                        self.send(caller, &entry, &rel, command_id, &data).await
-                    }
-                    RequestBody::Receive { command_id } => {
-                        self.receive(caller, &entry, &req, command_id, max_envelope).await
-                    }
-                    RequestBody::Signal { command_id, .. } => {
-                        if let Some(cid) = command_id {
-                            entry.state.lock().await.pipelines.remove(&cid.trim().to_ascii_uppercase());
-                        }
-                        Reply::ok(server::signal_response(&rel))
-                    }
-                    _ => Reply::fault(
-                        500,
-                        Some(&rel),
-                        sender_fault(&caller.machine, "InvalidMessage", "the body does not fit the action".into()),
-                    ),
-                }
+                self.shell_request(caller, req).await
             }
             Action::Other(uri) => Reply::fault(
                 500,
@@ -317,6 +294,46 @@ impl Wire {
                     "ActionNotSupported",
                     format!("The WS-Management service does not support the action {uri} on this endpoint."),
                 ),
+            ),
+        }
+    }
+
+    /// Delete, Command, Send, Receive or Signal: a request for one of the caller's shells.
+    async fn shell_request(&self, caller: &Caller, req: Request) -> Reply {
+        let rel = req.message_id.clone();
+        let max_envelope = req.max_envelope_size.map_or(DEFAULT_MAX_ENVELOPE, |m| m as usize);
+        let entry = match self.shell_for(caller, &req) {
+            Ok(entry) => entry,
+            Err(reply) => return reply,
+        };
+        self.sim.mark_used(&entry.meta.id);
+        if self.sim.roll_shell_expiry(req.action.name()) {
+            // Injected: the server forgot the shell before its lifetime.
+            self.sim.expire_shell(&entry.meta.id);
+            lock(&self.shells).remove(&entry.meta.id);
+            if let Some(pid) = req.command_id().and_then(|c| Uuid::parse_str(c.trim()).ok()) {
+                self.sim.note_pipeline_fault(pid, FaultKind::ShellExpiry);
+            }
+            return self.not_found(caller, &rel, &entry.meta.id);
+        }
+        *lock(&entry.last_activity) = Instant::now();
+        match req.body.clone() {
+            RequestBody::Delete => self.delete(caller, &entry, &rel).await,
+            RequestBody::Command { command_id, arguments } => {
+                self.command(caller, &entry, &rel, command_id, arguments).await
+            }
+            RequestBody::Send { command_id, data, .. } => self.send(caller, &entry, &rel, command_id, &data).await,
+            RequestBody::Receive { command_id } => self.receive(caller, &entry, &req, command_id, max_envelope).await,
+            RequestBody::Signal { command_id, .. } => {
+                if let Some(cid) = command_id {
+                    entry.state.lock().await.pipelines.remove(&cid.trim().to_ascii_uppercase());
+                }
+                Reply::ok(server::signal_response(&rel))
+            }
+            _ => Reply::fault(
+                500,
+                Some(&rel),
+                sender_fault(&caller.machine, "InvalidMessage", "the body does not fit the action".into()),
             ),
         }
     }
@@ -488,8 +505,54 @@ impl Wire {
                 return Reply::fault(500, Some(rel), sender_fault(&caller.machine, "InvalidParameter", text));
             }
         }
+        if let Err(f) = self.execute(entry, &mut state, &mut pipeline).await {
+            return Reply::fault(f.http_status, Some(rel), sim_fault(&f, &caller.machine));
+        }
         state.pipelines.insert(command_id.clone(), pipeline);
         Reply::ok(server::command_response(rel, &command_id))
+    }
+
+    /// Runs a pipeline as soon as its CREATE_PIPELINE is complete, as WinRM starts a command on
+    /// Command (not on the first Receive): the command latency, then the simulator. Output waits
+    /// for Receives. A shell-level failure (shell gone, too many commands) is the fault of the
+    /// request that completed the pipeline: the command did not start.
+    async fn execute(
+        &self,
+        entry: &ShellEntry,
+        state: &mut ShellState,
+        pipeline: &mut Pipeline,
+    ) -> Result<(), SimFault> {
+        let (Some(pid), Some(create), false) = (pipeline.pid, pipeline.create.clone(), pipeline.executed) else {
+            return Ok(());
+        };
+        pause(&self.sim, self.sim.latency().1).await;
+        let rpid = entry.meta.rpid;
+        let next = &mut state.next_object_id;
+        match self.sim.run(&entry.meta.id, pid, &create.command, &create.parameters) {
+            Ok(output) => {
+                for obj in &output.objects {
+                    pipeline.out.push(next, &pm::pipeline_output(rpid, pid, obj));
+                }
+                for text in &output.warnings {
+                    pipeline.out.push(next, &pm::warning_record(rpid, pid, text));
+                }
+                for record in &output.errors {
+                    pipeline.out.push(next, &pm::error_record(rpid, pid, record));
+                }
+                pipeline.out.push(next, &pm::pipeline_state(rpid, pid, PipelineState::Completed, None));
+            }
+            Err(SimFault { record: Some(record), .. }) => {
+                pipeline.out.push(next, &pm::pipeline_state(rpid, pid, PipelineState::Failed, Some(&record)));
+            }
+            Err(f) => {
+                if f.wsman_code == Some(WSMAN_SHELL_NOT_FOUND) {
+                    lock(&self.shells).remove(&entry.meta.id);
+                }
+                return Err(f);
+            }
+        }
+        pipeline.executed = true;
+        Ok(())
     }
 
     async fn send(
@@ -506,10 +569,22 @@ impl Wire {
         let mut guard = entry.state.lock().await;
         let state = &mut *guard;
         let result = match command_id {
-            Some(cid) => match state.pipelines.get_mut(&cid.trim().to_ascii_uppercase()) {
-                Some(p) => p.feed(data),
-                None => Err(format!("no command with CommandId {cid} in this shell")),
-            },
+            Some(cid) => {
+                let cid = cid.trim().to_ascii_uppercase();
+                match state.pipelines.remove(&cid) {
+                    Some(mut p) => {
+                        let fed = p.feed(data);
+                        if fed.is_ok() {
+                            if let Err(f) = self.execute(entry, state, &mut p).await {
+                                return Reply::fault(f.http_status, Some(rel), sim_fault(&f, &caller.machine));
+                            }
+                        }
+                        state.pipelines.insert(cid, p);
+                        fed
+                    }
+                    None => Err(format!("no command with CommandId {cid} in this shell")),
+                }
+            }
             None => pool_input(state, entry.meta.rpid, data),
         };
         match result {
@@ -571,6 +646,9 @@ impl Wire {
             return Reply::ok(server::receive_response(rel, &streams, None));
         };
 
+        // A shell that reaches its lifetime while a command's output waits still delivers it:
+        // its end shows at the next Command. (A shell killed under a running command is the
+        // injected early expiry.)
         let mut guard = entry.state.lock().await;
         let state = &mut *guard;
         let Some(pipeline) = state.pipelines.get_mut(&cid) else {
@@ -578,39 +656,9 @@ impl Wire {
             return Reply::fault(500, Some(rel), sender_fault(&caller.machine, "InvalidSelectors", text));
         };
         if !pipeline.executed {
-            let (Some(pid), Some(create)) = (pipeline.pid, pipeline.create.clone()) else {
-                // The CREATE_PIPELINE is still incomplete: nothing to say yet.
-                drop(guard);
-                return self.nothing_to_say(caller, req).await;
-            };
-            pause(&self.sim, self.sim.latency().1).await;
-            let rpid = entry.meta.rpid;
-            let next = &mut state.next_object_id;
-            match self.sim.run(&entry.meta.id, pid, &create.command, &create.parameters) {
-                Ok(output) => {
-                    for obj in &output.objects {
-                        pipeline.out.push(next, &pm::pipeline_output(rpid, pid, obj));
-                    }
-                    for text in &output.warnings {
-                        pipeline.out.push(next, &pm::warning_record(rpid, pid, text));
-                    }
-                    for record in &output.errors {
-                        pipeline.out.push(next, &pm::error_record(rpid, pid, record));
-                    }
-                    pipeline.out.push(next, &pm::pipeline_state(rpid, pid, PipelineState::Completed, None));
-                }
-                Err(SimFault { record: Some(record), .. }) => {
-                    pipeline.out.push(next, &pm::pipeline_state(rpid, pid, PipelineState::Failed, Some(&record)));
-                }
-                Err(f) => {
-                    state.pipelines.remove(&cid);
-                    if f.wsman_code == Some(WSMAN_SHELL_NOT_FOUND) {
-                        lock(&self.shells).remove(&entry.meta.id);
-                    }
-                    return Reply::fault(f.http_status, Some(rel), sim_fault(&f, &caller.machine));
-                }
-            }
-            pipeline.executed = true;
+            // The CREATE_PIPELINE is still incomplete: nothing to say yet.
+            drop(guard);
+            return self.nothing_to_say(caller, req).await;
         }
         let fragments = pipeline.out.drain(budget, per_stream);
         let done = pipeline.out.is_empty();
@@ -642,7 +690,10 @@ impl Wire {
         let now = self.sim.now();
         let owner_key = caller.owner_key();
         let mut shells = lock(&self.shells);
-        shells.retain(|id, e| e.meta.owner_key != owner_key || live.iter().any(|s| &s.shell_id == id));
+        // An expired shell is forgotten here, unless a command's output still waits in it (or
+        // a request is working on it): that is delivered first.
+        let settled = |e: &ShellEntry| e.state.try_lock().is_ok_and(|s| s.pipelines.is_empty());
+        shells.retain(|id, e| e.meta.owner_key != owner_key || live.iter().any(|s| &s.shell_id == id) || !settled(e));
         live.iter()
             .map(|s| {
                 let run_time = Duration::from_secs_f64((now - s.created).max(0.0));

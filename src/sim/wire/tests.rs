@@ -9,7 +9,7 @@ use crate::remote::psrp::{Defragmenter, Fragmenter, Message};
 use crate::remote::wsman::fault::USER_QUOTA_TEXT;
 use crate::remote::wsman::{envelope, response, RequestContext, StreamData, WsmanFault, CONTENT_TYPE};
 use crate::remote::{FaultClass, PsValue};
-use crate::sim::{sim_token, SimAccount};
+use crate::sim::{sim_token, FaultKind, SimAccount};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use uuid::Uuid;
@@ -391,12 +391,31 @@ async fn a_deleted_shell_is_not_found() {
         assert_eq!(fault.class(500), FaultClass::SessionExpired);
     }
 
-    // A shell the service expired: the fault comes from the simulator on execution.
+    // A shell the service expired: the next Command finds it gone, and nothing runs.
     let (shell, rpid, _) = c.open(None).await;
-    let (pid, _) = c.command(&shell, rpid, "Get-Mailbox", &[], 32 * 1024).await;
     sim.set_shell_lifetime(Duration::ZERO);
-    let (_, body) = envelope::receive(&c.ctx, &shell, Some(&crate::remote::wsman::upper(pid)));
-    let reply = c.post(body).await;
+    let (pid, reply) = c.command(&shell, rpid, "Get-Mailbox", &[], 32 * 1024).await;
+    assert_eq!(reply.fault().code, Some(WSMAN_SHELL_NOT_FOUND), "{}", reply.body);
+    assert_eq!(sim.stats().executions.get(&pid), None);
+}
+
+#[tokio::test]
+async fn output_waiting_in_a_shell_that_reaches_its_lifetime_is_still_delivered() {
+    let sim = sim_with(cfg());
+    let addr = start(&sim, quick()).await;
+    let mut c = Client::new(addr, ALICE, "pa");
+    let (shell, rpid, _) = c.open(None).await;
+    let (pid, reply) = c.command(&shell, rpid, "Get-Mailbox", &[], 32 * 1024).await;
+    assert_eq!(reply.status, 200);
+    sim.set_shell_lifetime(Duration::ZERO);
+    // Another client of the same user lists shells meanwhile (which forgets expired ones).
+    let mut other = Client::new(addr, ALICE, "pa");
+    other.enumerate(10).await;
+    let (messages, _) = c.receive_all(&shell, rpid, pid).await;
+    assert_eq!(final_state(&messages).0, PipelineState::Completed);
+    assert_eq!(outputs(&messages).len(), 30);
+    // The shell is over: the next Command finds it gone.
+    let (_, reply) = c.command(&shell, rpid, "Get-Mailbox", &[], 32 * 1024).await;
     assert_eq!(reply.fault().code, Some(WSMAN_SHELL_NOT_FOUND), "{}", reply.body);
 }
 
@@ -407,11 +426,11 @@ async fn too_many_commands_is_a_shell_fault() {
     let mut c = Client::new(addr, ALICE, "pa");
     let (shell, rpid, _) = c.open(None).await;
     c.run(&shell, rpid, "Get-Mailbox", &[]).await;
-    let (pid, _) = c.command(&shell, rpid, "Get-Mailbox", &[], 32 * 1024).await;
-    let (_, body) = envelope::receive(&c.ctx, &shell, Some(&crate::remote::wsman::upper(pid)));
-    let reply = c.post(body).await;
+    // The command starts on Command, as in WinRM, so the Command itself is refused.
+    let (pid, reply) = c.command(&shell, rpid, "Get-Mailbox", &[], 32 * 1024).await;
     assert_eq!(reply.status, 500);
     assert!(reply.fault().message.contains("maximum number of commands"), "{}", reply.body);
+    assert_eq!(sim.stats().executions.get(&pid), None, "it did not run");
 }
 
 #[tokio::test]
@@ -598,4 +617,110 @@ async fn run_standalone_serves_until_shutdown() {
 
     let err = run_standalone(&config, "not an address", quick()).await.unwrap_err();
     assert!(err.to_string().contains("cannot listen on not an address"), "{err}");
+}
+
+// ---- injected faults -----------------------------------------------------------------------
+
+fn faults(set: impl FnOnce(&mut crate::config::FaultConfig)) -> crate::config::FaultConfig {
+    let mut f = crate::config::FaultConfig::default();
+    set(&mut f);
+    f
+}
+
+/// Posts a request and reports whether any answer came back at all.
+async fn answered(c: &mut Client, body: String) -> Result<Reply, reqwest::Error> {
+    let url = c.url.clone();
+    let resp = c
+        .http
+        .post(url)
+        .basic_auth(&c.user, Some(&c.password))
+        .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)
+        .header(reqwest::header::COOKIE, format!("MS-WSMAN={}", c.cookie.clone().unwrap_or_default()))
+        .body(body)
+        .send()
+        .await?;
+    let (status, headers) = (resp.status().as_u16(), resp.headers().clone());
+    Ok(Reply { status, headers, body: resp.text().await? })
+}
+
+#[tokio::test]
+async fn dropped_connections_give_no_answer_before_or_after_the_work() {
+    let sim = sim_with(cfg());
+    let addr = start(&sim, quick()).await;
+    let mut c = Client::new(addr, ALICE, "pa");
+    let (shell, rpid, _) = c.open(None).await;
+
+    sim.set_faults(faults(|f| f.drop_before = 1.0));
+    let pid = Uuid::new_v4();
+    let msg = pm::create_pipeline(rpid, pid, "Set-Mailbox", &[("Identity".into(), PsValue::String("user001".into()))]);
+    let fragment = Fragmenter::new(32 * 1024).unwrap().fragment_encoded(&msg.encode()).remove(0);
+    let (_, body) = envelope::command(&c.ctx, &shell, pid, &fragment);
+    let err = answered(&mut c, body.clone()).await.err().expect("no answer");
+    assert!(!err.is_timeout() && !err.is_status(), "{err}");
+    assert_eq!(sim.stats().executions.get(&pid), None, "dropped before the work");
+
+    sim.set_faults(faults(|f| f.drop_after = 1.0));
+    assert!(answered(&mut c, body).await.is_err(), "no answer");
+    assert_eq!(sim.stats().executions.get(&pid), Some(&1), "dropped after the work: it ran");
+    let stats = sim.stats();
+    assert_eq!((stats.injected[&FaultKind::DropBefore], stats.injected[&FaultKind::DropAfter]), (1, 1));
+    assert_eq!(stats.pipeline_faults[&pid], [FaultKind::DropBefore, FaultKind::DropAfter]);
+}
+
+#[tokio::test]
+async fn load_balancer_and_web_server_errors_are_bare_and_503_says_when_to_come_back() {
+    let sim = sim_with(cfg());
+    let addr = start(&sim, quick()).await;
+    let mut c = Client::new(addr, ALICE, "pa");
+    sim.set_faults(faults(|f| {
+        f.http_503 = 1.0;
+        f.retry_after_seconds = 7;
+    }));
+    let (_, reply) = c.create(Uuid::new_v4(), None).await;
+    assert_eq!(reply.status, 503);
+    assert_eq!(reply.headers.get(reqwest::header::RETRY_AFTER).unwrap(), "7");
+    assert!(WsmanFault::parse(&reply.body).is_err(), "no SOAP: {}", reply.body);
+    assert_eq!(sim.stats().shells_opened, 0, "not processed");
+    assert!(reply.headers.get(reqwest::header::SET_COOKIE).is_none(), "no affinity from a refusal");
+
+    sim.set_faults(faults(|f| f.http_500 = 1.0));
+    for _ in 0..20 {
+        let (_, reply) = c.create(Uuid::new_v4(), None).await;
+        assert_eq!(reply.status, 500);
+        assert!(WsmanFault::parse(&reply.body).is_err(), "no SOAP: {}", reply.body);
+    }
+    let opened = sim.stats().shells_opened;
+    assert!((1..20).contains(&opened), "some 500s were processed, some not: {opened}");
+    assert_eq!(sim.stats().injected[&FaultKind::Http500], 20);
+}
+
+#[tokio::test]
+async fn spikes_delay_the_answer_and_early_expiry_forgets_the_shell() {
+    let sim = sim_with(cfg());
+    let addr = start(&sim, quick()).await;
+    let mut c = Client::new(addr, ALICE, "pa");
+    let (shell, rpid, _) = c.open(None).await;
+    sim.set_faults(faults(|f| {
+        f.latency_spike = 1.0;
+        f.latency_spike_min_ms = 300;
+        f.latency_spike_ms = 300;
+        f.actions = vec!["Command".into()];
+    }));
+    let started = std::time::Instant::now();
+    let (pid, reply) = c.command(&shell, rpid, "Get-Mailbox", &[], 32 * 1024).await;
+    assert_eq!(reply.status, 200);
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(sim.stats().executions.get(&pid), Some(&1));
+
+    sim.set_faults(faults(|f| {
+        f.shell_expiry = 1.0;
+        f.actions = vec!["Receive".into()];
+    }));
+    let (_, body) = envelope::receive(&c.ctx, &shell, Some(&crate::remote::wsman::upper(pid)));
+    let reply = c.post(body).await;
+    assert_eq!(reply.fault().code, Some(WSMAN_SHELL_NOT_FOUND), "{}", reply.body);
+    assert!(sim.list_shells(ALICE).is_empty(), "the service forgot it");
+    let stats = sim.stats();
+    assert_eq!(stats.injected[&FaultKind::ShellExpiry], 1);
+    assert_eq!(stats.pipeline_faults[&pid], [FaultKind::LatencySpike, FaultKind::ShellExpiry]);
 }
