@@ -220,6 +220,10 @@ fn winrm_connector(profile: &ProfileConfig, shell_name: &str) -> anyhow::Result<
         max_envelope_size: profile.max_envelope_size,
         shell_name: shell_name.to_string(),
         accept_invalid_certs: profile.accept_invalid_certs,
+        extra_roots: match &profile.ca_file {
+            Some(path) => crate::tls::read_roots(path)?,
+            None => Vec::new(),
+        },
         ..WinrmOptions::default()
     };
     Ok(Arc::new(WinrmConnector::new(options).map_err(|e| anyhow::anyhow!(e.message))?))

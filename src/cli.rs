@@ -35,6 +35,13 @@ pub enum Command {
         /// Address to serve on, e.g. 127.0.0.1:5985.
         #[arg(long, default_value = "127.0.0.1:5985")]
         listen: String,
+        /// Serve HTTPS with this certificate chain (PEM; needs --tls-key), as PowerShell
+        /// expects for Basic authentication.
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The private key of --tls-cert (PEM).
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
     /// Run one cmdlet through a running daemon and print the result as JSON.
     Invoke(InvokeArgs),

@@ -139,12 +139,8 @@ impl AuthArgs {
     pub fn client(&self) -> anyhow::Result<reqwest::Client> {
         let mut builder = bearer_client_builder(&self.token()?)?;
         if let Some(path) = &self.ca_cert {
-            let pem = std::fs::read(path).with_context(|| format!("cannot read the CA file {}", path.display()))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .with_context(|| format!("{} holds no PEM certificate", path.display()))?;
-            anyhow::ensure!(!certs.is_empty(), "{} holds no PEM certificate", path.display());
-            for cert in certs {
-                builder = builder.add_root_certificate(cert);
+            for root in crate::tls::read_roots(path)? {
+                builder = builder.add_root_certificate(root);
             }
         }
         Ok(builder.build()?)

@@ -177,6 +177,9 @@ pub struct ProfileConfig {
     pub allow_plain_http: bool,
     /// wsman: accept any TLS certificate (lab endpoints only).
     pub accept_invalid_certs: bool,
+    /// wsman: a PEM file of CA certificates to trust besides the system's (an on-premises
+    /// Exchange signed by an internal CA).
+    pub ca_file: Option<std::path::PathBuf>,
     /// wsman: the largest SOAP envelope the service accepts (153600 classic, 512000 newer).
     pub max_envelope_size: u32,
     /// wsman: how long the service may hold a Receive before answering "nothing yet".
@@ -201,6 +204,7 @@ impl Default for ProfileConfig {
             allow_redirection: false,
             allow_plain_http: false,
             accept_invalid_certs: false,
+            ca_file: None,
             max_envelope_size: 153_600,
             operation_timeout_seconds: 20,
             request_timeout_seconds: None,

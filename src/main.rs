@@ -31,10 +31,18 @@ async fn run() -> anyhow::Result<()> {
             tracing::info!(address = %app.local_addr(), url = %app.base_url(), "psbroker listening; try: psbroker invoke --tenant contoso.onmicrosoft.com Get-Mailbox -p ResultSize=5");
             app.run_until(shutdown_signal()).await
         }
-        Command::Sim { config, listen } => {
+        Command::Sim { config, listen, tls_cert, tls_key } => {
             let config = cli::load_config(config.as_deref(), None)?;
+            let tls = match tls_cert.zip(tls_key) {
+                Some((cert_file, key_file)) => {
+                    let files = psbroker::config::TlsConfig { cert_file, key_file };
+                    Some(psbroker::tls::load(&files).await?.get_inner())
+                }
+                None => None,
+            };
             let options = psbroker::sim::wire::WireOptions {
                 redirect_first: config.simulator.redirect_first,
+                tls,
                 ..Default::default()
             };
             psbroker::sim::wire::run_standalone(&config, &listen, options).await

@@ -1,5 +1,5 @@
-//! HTTPS for the API listener: PEM files loaded with rustls (ring), reloaded on SIGHUP so a
-//! certificate can be renewed without dropping queued work.
+//! TLS: HTTPS for the API listener (PEM files loaded with rustls/ring, reloaded on SIGHUP so a
+//! certificate can be renewed without dropping queued work), and extra roots for clients.
 
 use crate::config::TlsConfig;
 use anyhow::Context;
@@ -43,6 +43,15 @@ pub fn reload_on_sighup(live: RustlsConfig, tls: TlsConfig) {
     });
     #[cfg(not(unix))]
     let _ = (live, tls);
+}
+
+/// The certificates of a PEM bundle, to trust as roots (a private CA, a self-signed daemon).
+pub fn read_roots(path: &std::path::Path) -> anyhow::Result<Vec<reqwest::Certificate>> {
+    let pem = std::fs::read(path).with_context(|| format!("cannot read the CA file {}", path.display()))?;
+    let roots = reqwest::Certificate::from_pem_bundle(&pem)
+        .with_context(|| format!("{} is not a PEM certificate bundle", path.display()))?;
+    anyhow::ensure!(!roots.is_empty(), "{} holds no PEM certificate", path.display());
+    Ok(roots)
 }
 
 /// rustls needs one process-wide crypto provider; reqwest already links ring, so it is ring.

@@ -60,6 +60,8 @@ pub struct WinrmOptions {
     /// (Enumerate), so that a Create whose answer is lost can still be cleaned up: the
     /// load balancer's affinity cookie is what makes the shell reachable.
     pub affinity_probe: bool,
+    /// Roots trusted besides the built-in ones: the internal CA of an on-premises Exchange.
+    pub extra_roots: Vec<reqwest::Certificate>,
 }
 
 impl Default for WinrmOptions {
@@ -73,6 +75,7 @@ impl Default for WinrmOptions {
             shell_name: "psbroker".into(),
             accept_invalid_certs: false,
             affinity_probe: true,
+            extra_roots: Vec::new(),
         }
     }
 }
@@ -114,7 +117,9 @@ impl WinrmConnector {
         if options.max_envelope_size < 1024 {
             return Err(invalid("max_envelope_size below 1024 bytes"));
         }
-        let http = reqwest::Client::builder()
+        let roots = options.extra_roots.iter().cloned();
+        let http = roots
+            .fold(reqwest::Client::builder(), |b, root| b.add_root_certificate(root))
             .use_rustls_tls()
             .redirect(reqwest::redirect::Policy::none())
             .danger_accept_invalid_certs(options.accept_invalid_certs)

@@ -123,12 +123,13 @@ pub(crate) fn basic_auth(upn: &str, credential: &SecretString) -> Result<HeaderV
 }
 
 /// Maps a transport failure: a timeout is [`FaultClass::Timeout`]; a request that could not be
-/// built is a protocol error; anything else (refused, reset, TLS, body cut short) lost the
-/// connection.
+/// built, or an endpoint whose TLS certificate is not trusted, is a protocol error (retrying
+/// cannot help; the message says which); anything else (refused, reset, body cut short) lost
+/// the connection.
 pub(crate) fn transport_error(what: &str, e: reqwest::Error) -> RemoteError {
     let class = if e.is_timeout() {
         FaultClass::Timeout
-    } else if e.is_builder() {
+    } else if e.is_builder() || tls_refused(&e) {
         FaultClass::Protocol
     } else {
         FaultClass::ConnectionLost
@@ -141,6 +142,23 @@ pub(crate) fn transport_error(what: &str, e: reqwest::Error) -> RemoteError {
         source = s.source();
     }
     RemoteError::new(class, message)
+}
+
+/// True when the TLS handshake failed on the endpoint's certificate (untrusted CA, wrong name,
+/// expired): a configuration problem (`ca_file`), not a network one.
+fn tls_refused(e: &reqwest::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if matches!(s.downcast_ref::<rustls::Error>(), Some(rustls::Error::InvalidCertificate(_))) {
+            return true;
+        }
+        // io::Error hides its payload from source() (and may wrap another io::Error).
+        source = match s.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+            Some(payload) => Some(payload as &dyn std::error::Error),
+            None => s.source(),
+        };
+    }
+    false
 }
 
 /// The cookies of one conversation, per host (Exchange's load balancer pins a session to a server

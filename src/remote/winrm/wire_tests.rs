@@ -417,3 +417,42 @@ async fn without_the_affinity_probe_a_lost_create_answer_leaks_the_shell() {
     sim.set_shell_lifetime(Duration::ZERO);
     assert_eq!(sim.stats().shells_never_used, 1, "the service saw it leak");
 }
+
+/// The simulator on HTTPS with a self-signed certificate for 127.0.0.1; returns its address and
+/// the certificate as a root to trust.
+async fn serve_https(sim: &Simulator) -> (SocketAddr, reqwest::Certificate) {
+    let dir = tempfile::tempdir().unwrap();
+    let rcgen::CertifiedKey { cert, key_pair } =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let files = crate::config::TlsConfig { cert_file: dir.path().join("c.pem"), key_file: dir.path().join("k.pem") };
+    std::fs::write(&files.cert_file, cert.pem()).unwrap();
+    std::fs::write(&files.key_file, key_pair.serialize_pem()).unwrap();
+    let tls = crate::tls::load(&files).await.unwrap().get_inner();
+    let options = WireOptions { tls: Some(tls), ..WireOptions::default() };
+    let (addr, _task) = wire::spawn_with(sim.clone(), "127.0.0.1:0".parse().unwrap(), options).await.unwrap();
+    (addr, reqwest::Certificate::from_pem(cert.pem().as_bytes()).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_endpoints_are_verified_against_the_extra_roots() {
+    let sim = simulator(3);
+    let (addr, root) = serve_https(&sim).await;
+    let mut t = target(addr, "pa");
+    t.connection_uri = t.connection_uri.replacen("http://", "https://", 1);
+    let strict = WinrmOptions { allow_plain_http: false, ..options() };
+
+    // An internal CA the connector was not told about: refused as configuration, not retried
+    // as a network blip, and the message says it is the certificate.
+    let untrusting = WinrmConnector::new(strict.clone()).unwrap();
+    let err = untrusting.open(&t).await.err().expect("an unknown certificate must be refused");
+    assert_eq!(err.class, FaultClass::Protocol, "{err}");
+    assert!(err.message.to_ascii_lowercase().contains("certificate"), "{err}");
+    assert!(sim.list_shells(ALICE).is_empty());
+
+    let trusting = WinrmConnector::new(WinrmOptions { extra_roots: vec![root], ..strict }).unwrap();
+    let session = trusting.open(&t).await.unwrap();
+    let out = session.invoke(&get_mailbox(vec![("ResultSize".into(), PsValue::Int32(3))])).await.unwrap();
+    assert_eq!(out.objects.len(), 3);
+    session.close().await.unwrap();
+    assert!(sim.list_shells(ALICE).is_empty());
+}

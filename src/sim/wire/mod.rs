@@ -49,6 +49,7 @@
 mod http;
 mod sever;
 mod shell;
+mod tls;
 
 #[cfg(test)]
 mod tests;
@@ -78,24 +79,39 @@ pub struct WireOptions {
     /// The longest a Receive with nothing to say waits before the operation-timeout fault (it
     /// also never waits longer than the request's OperationTimeout).
     pub idle_receive_wait: Duration,
+    /// Serve HTTPS with this configuration (see [`crate::tls::load`]); plain HTTP without.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Default for WireOptions {
     fn default() -> Self {
-        Self { redirect_first: false, shutdown: None, default_tenant: None, idle_receive_wait: Duration::from_secs(1) }
+        Self {
+            redirect_first: false,
+            shutdown: None,
+            default_tenant: None,
+            idle_receive_wait: Duration::from_secs(1),
+            tls: None,
+        }
     }
 }
 
 /// Serves the WS-Management endpoint for `sim` on `listener` until `options.shutdown` is
 /// cancelled (or forever without one).
 pub async fn serve(sim: Simulator, listener: TcpListener, options: WireOptions) -> std::io::Result<()> {
-    let shutdown = options.shutdown.clone();
-    let wire = Arc::new(shell::Wire::new(sim, options));
-    let app = http::router(wire).into_make_service_with_connect_info::<sever::Peer>();
-    let server = axum::serve(sever::SeverableListener(listener), app);
-    match shutdown {
-        Some(token) => server.with_graceful_shutdown(token.cancelled_owned()).await,
-        None => server.await,
+    let shutdown = options.shutdown.clone().unwrap_or_default();
+    let stopped = shutdown.cancelled_owned();
+    let tls = options.tls.clone();
+    let app = http::router(Arc::new(shell::Wire::new(sim, options)));
+    let listener = sever::SeverableListener(listener);
+    match tls {
+        None => {
+            let app = app.into_make_service_with_connect_info::<sever::Peer>();
+            axum::serve(listener, app).with_graceful_shutdown(stopped).await
+        }
+        Some(config) => {
+            let app = app.into_make_service_with_connect_info::<sever::Peer>();
+            axum::serve(tls::TlsListener::new(listener, config), app).with_graceful_shutdown(stopped).await
+        }
     }
 }
 
@@ -130,9 +146,10 @@ pub async fn run_standalone(config: &Config, listen: &str, mut options: WireOpti
             on_ctrl_c.cancel();
         }
     });
+    let scheme = if options.tls.is_some() { "https" } else { "http" };
     tracing::info!(
         %addr,
-        "simulated remote PowerShell endpoint at http://{addr}/powershell-liveid?DelegatedOrg=<tenant> (Basic auth)"
+        "simulated remote PowerShell endpoint at {scheme}://{addr}/powershell-liveid?DelegatedOrg=<tenant> (Basic auth)"
     );
     serve(sim, listener, options).await?;
     Ok(())

@@ -93,8 +93,15 @@ impl Peer {
     }
 }
 
+impl Peer {
+    /// The peer at `addr` on `stream`, holding the switch that cuts it.
+    pub fn of(addr: SocketAddr, stream: &Severable) -> Self {
+        Peer { addr, cut: stream.cut.clone() }
+    }
+}
+
 impl Connected<IncomingStream<'_, SeverableListener>> for Peer {
     fn connect_info(stream: IncomingStream<'_, SeverableListener>) -> Self {
-        Peer { addr: *stream.remote_addr(), cut: stream.io().cut.clone() }
+        Peer::of(*stream.remote_addr(), stream.io())
     }
 }
