@@ -64,6 +64,11 @@ impl FaultKind {
             FaultKind::Throttle => "throttle",
         }
     }
+
+    /// A refusal of a Create (drawn per Create), as opposed to a fault of any request.
+    pub fn refuses_create(self) -> bool {
+        matches!(self, FaultKind::UserQuota | FaultKind::TenantQuota | FaultKind::Throttle)
+    }
 }
 
 /// A fault on one HTTP request.
