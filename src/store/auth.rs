@@ -83,17 +83,48 @@ pub(super) async fn load_salt(writer: &SqlitePool) -> Result<Arc<str>, StoreErro
     Ok(salt.into())
 }
 
-/// Appends the audit record of an invocation that just ended (inside `finish`'s transaction).
-pub(super) async fn audit_finished(tx: &mut sqlx::SqliteConnection, id: Uuid) -> Result<(), StoreError> {
-    sqlx::query(
+/// Appends the audit records of invocations that just ended (inside their result's transaction).
+pub(super) async fn audit_finished(tx: &mut sqlx::SqliteConnection, ids: &[Uuid]) -> Result<(), StoreError> {
+    let mut qb = QueryBuilder::new(
         "INSERT INTO audit (at, token, tenant, cmdlet, param_names, params_hash, status, code, duration_ms, \
          session_id, admin, invocation_id, batch_id) \
          SELECT finished_at, owner, tenant, cmdlet, COALESCE(param_names, '[]'), COALESCE(params_hash, ''), status, \
-         error_code, finished_at - started_at, session_id, admin_used, id, batch_id FROM invocations WHERE id = ?",
-    )
-    .bind(id.to_string())
-    .execute(&mut *tx)
-    .await?;
+         error_code, finished_at - started_at, session_id, admin_used, id, batch_id FROM invocations WHERE id IN (",
+    );
+    let mut list = qb.separated(", ");
+    for id in ids {
+        list.push_bind(id.to_string());
+    }
+    list.push_unseparated(")");
+    qb.build().execute(&mut *tx).await?;
+    Ok(())
+}
+
+/// Appends audit records (one multi-row statement).
+pub(super) async fn insert_audit<'a>(
+    conn: &mut sqlx::SqliteConnection,
+    entries: impl IntoIterator<Item = &'a AuditEntry>,
+) -> Result<(), StoreError> {
+    let mut qb = QueryBuilder::new(
+        "INSERT INTO audit (at, token, tenant, cmdlet, param_names, params_hash, status, code, duration_ms, \
+         session_id, admin, invocation_id, batch_id) ",
+    );
+    qb.push_values(entries, |mut b, e| {
+        b.push_bind(e.at)
+            .push_bind(e.token.clone())
+            .push_bind(e.tenant.clone())
+            .push_bind(e.cmdlet.clone())
+            .push_bind(Json::from(e.param_names.clone()).to_string())
+            .push_bind(e.params_hash.clone())
+            .push_bind(e.status.clone())
+            .push_bind(e.code.clone())
+            .push_bind(e.duration_ms)
+            .push_bind(e.session_id.clone())
+            .push_bind(e.admin.clone())
+            .push_bind(e.invocation_id.map(|u| u.to_string()))
+            .push_bind(e.batch_id.map(|u| u.to_string()));
+    });
+    qb.build().execute(&mut *conn).await?;
     Ok(())
 }
 
@@ -204,26 +235,7 @@ impl Store {
     /// Appends one audit record (a request refused by authorization; ended invocations are
     /// audited by [`Store::finish`]).
     pub async fn audit(&self, e: &AuditEntry) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO audit (at, token, tenant, cmdlet, param_names, params_hash, status, code, duration_ms, \
-             session_id, admin, invocation_id, batch_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(e.at)
-        .bind(&e.token)
-        .bind(&e.tenant)
-        .bind(&e.cmdlet)
-        .bind(Json::from(e.param_names.clone()).to_string())
-        .bind(&e.params_hash)
-        .bind(&e.status)
-        .bind(&e.code)
-        .bind(e.duration_ms)
-        .bind(&e.session_id)
-        .bind(&e.admin)
-        .bind(e.invocation_id.map(|u| u.to_string()))
-        .bind(e.batch_id.map(|u| u.to_string()))
-        .execute(&self.writer)
-        .await?;
-        Ok(())
+        self.group.write(super::group::Op::Audit(Box::new(e.clone()))).await.map(|_| ())
     }
 
     /// One page of the audit, newest first.

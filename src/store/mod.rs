@@ -5,6 +5,7 @@
 //! `queued` to `running` is a conditional update, so a cancelled invocation can never start.
 
 mod auth;
+mod group;
 
 pub use auth::{AuditEntry, AuditQuery, AuditRecord, TokenRow};
 
@@ -29,6 +30,8 @@ pub enum StoreError {
     Io(#[from] std::io::Error),
     #[error("{0} already exists")]
     Conflict(String),
+    #[error("the store's writer task has stopped")]
+    WriterStopped,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -188,9 +191,13 @@ const COLUMNS: &str = "id, batch_id, seq, idempotency_key, tenant, admin, cmdlet
 /// SQLite allows one writer at a time. Writes go through a single connection, so concurrent
 /// writers queue in-process instead of sleeping in SQLite's busy handler (which costs whole
 /// milliseconds per collision); reads use a pool of their own and never block the writer (WAL).
+///
+/// The writes of the invocation path (insert, claim, result, audit) go through [`group`], which
+/// commits concurrent ones together.
 #[derive(Clone)]
 pub struct Store {
     writer: SqlitePool,
+    group: group::GroupWriter,
     reads: SqlitePool,
     /// Random per database; salts the hashes of parameter values (audit, idempotency).
     salt: Arc<str>,
@@ -221,7 +228,8 @@ impl Store {
             SqlitePoolOptions::new().max_connections(4).connect_with(options.read_only(true)).await?
         };
         let salt = auth::load_salt(&writer).await?;
-        Ok(Store { writer, reads, salt })
+        let group = group::GroupWriter::spawn(writer.clone());
+        Ok(Store { writer, group, reads, salt })
     }
 
     /// The database's random salt for hashes of parameter values.
@@ -235,13 +243,10 @@ impl Store {
     }
 
     pub async fn insert_invocation(&self, new: &NewInvocation) -> Result<Inserted, StoreError> {
-        // One statement in autocommit: the writer is the scarce resource, so no BEGIN/COMMIT.
-        let mut conn = self.writer.acquire().await?;
-        let inserted = insert_rows(&mut conn, std::slice::from_ref(new)).await?;
-        if inserted.contains(&new.accepted.id) {
-            return Ok(Inserted::New);
+        match self.group.write(group::Op::Insert(Box::new(new.clone()))).await? {
+            group::Done::Inserted(inserted) => Ok(inserted),
+            other => unreachable!("an insert answered {other:?}"),
         }
-        self.replay_in(&mut conn, new).await.map(|r| Inserted::Existing(Box::new(r)))
     }
 
     /// Stores a batch and its items in one transaction. Returns the ids that were new (items
@@ -267,31 +272,11 @@ impl Store {
         if inserted.len() < items.len() {
             // Replayed keys must carry the same request; a different one is the caller's mistake.
             for item in items.iter().filter(|i| !inserted.contains(&i.accepted.id)) {
-                self.replay_in(&mut tx, item).await?;
+                replay_in(&mut tx, item).await?;
             }
         }
         tx.commit().await?;
         Ok(inserted)
-    }
-
-    async fn replay_in(
-        &self,
-        conn: &mut sqlx::SqliteConnection,
-        new: &NewInvocation,
-    ) -> Result<InvocationRecord, StoreError> {
-        let key = new.accepted.idempotency_key.clone().unwrap_or_default();
-        let row = sqlx::query(&format!(
-            "SELECT {COLUMNS}, request_hash FROM invocations WHERE idempotency_key = ? AND owner = ?"
-        ))
-        .bind(&key)
-        .bind(&new.owner)
-        .fetch_one(&mut *conn)
-        .await?;
-        let hash: String = row.try_get("request_hash")?;
-        if hash != new.request_hash {
-            return Err(StoreError::IdempotencyConflict(key));
-        }
-        record(&row)
     }
 
     pub async fn get(&self, id: Uuid) -> Result<Option<InvocationRecord>, StoreError> {
@@ -304,18 +289,14 @@ impl Store {
 
     /// Claims a queued invocation for a session. False if it is no longer queued (cancelled).
     pub async fn mark_running(&self, id: Uuid, attempt: u32, session: &str, admin: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "UPDATE invocations SET status = 'running', attempts = ?, started_at = ?, session_id = ?, admin_used = ? \
-             WHERE id = ? AND status = 'queued'",
-        )
-        .bind(attempt as i64)
-        .bind(now_ms())
-        .bind(session)
-        .bind(admin)
-        .bind(id.to_string())
-        .execute(&self.writer)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        let claim = group::Op::Claim {
+            id,
+            attempt: attempt as i64,
+            at: now_ms(),
+            session: session.to_string(),
+            admin: admin.to_string(),
+        };
+        self.group.write(claim).await.map(group::Done::changed)
     }
 
     /// Puts a running invocation back in the queue (its attempt did not start, or may be repeated).
@@ -330,27 +311,8 @@ impl Store {
     /// Records the end of an invocation that is not already final, and appends its audit record
     /// in the same transaction (so an ended invocation always has one, and only one).
     pub async fn finish(&self, id: Uuid, outcome: &Outcome) -> Result<bool, StoreError> {
-        let mut tx = self.writer.begin().await?;
-        let done = sqlx::query(
-            "UPDATE invocations SET status = ?, finished_at = ?, output = ?, errors = ?, warnings = ?, error_code = ?, error_message = ? \
-             WHERE id = ? AND status IN ('queued', 'running')",
-        )
-        .bind(outcome.status.as_str())
-        .bind(now_ms())
-        .bind(outcome.output.to_string())
-        .bind(outcome.errors.to_string())
-        .bind(outcome.warnings.to_string())
-        .bind(&outcome.error_code)
-        .bind(&outcome.error_message)
-        .bind(id.to_string())
-        .execute(&mut *tx)
-        .await?;
-        let ended = done.rows_affected() == 1;
-        if ended {
-            auth::audit_finished(&mut tx, id).await?;
-        }
-        tx.commit().await?;
-        Ok(ended)
+        let finish = group::Finish::new(id, now_ms(), outcome);
+        self.group.write(group::Op::Finish(Box::new(finish))).await.map(group::Done::changed)
     }
 
     pub async fn batch_counts(&self, batch: Uuid) -> Result<Option<BatchCounts>, StoreError> {
@@ -479,7 +441,27 @@ impl Store {
     }
 }
 
-async fn insert_rows(tx: &mut sqlx::SqliteConnection, items: &[NewInvocation]) -> Result<Vec<Uuid>, StoreError> {
+/// The stored invocation an idempotency key points to, if `new` is the same request.
+async fn replay_in(conn: &mut sqlx::SqliteConnection, new: &NewInvocation) -> Result<InvocationRecord, StoreError> {
+    let key = new.accepted.idempotency_key.clone().unwrap_or_default();
+    let row = sqlx::query(&format!(
+        "SELECT {COLUMNS}, request_hash FROM invocations WHERE idempotency_key = ? AND owner = ?"
+    ))
+    .bind(&key)
+    .bind(&new.owner)
+    .fetch_one(&mut *conn)
+    .await?;
+    let hash: String = row.try_get("request_hash")?;
+    if hash != new.request_hash {
+        return Err(StoreError::IdempotencyConflict(key));
+    }
+    record(&row)
+}
+
+async fn insert_rows<'a>(
+    tx: &mut sqlx::SqliteConnection,
+    items: impl IntoIterator<Item = &'a NewInvocation>,
+) -> Result<Vec<Uuid>, StoreError> {
     let mut qb = QueryBuilder::new(
         "INSERT INTO invocations (id, batch_id, seq, idempotency_key, request_hash, tenant, admin, cmdlet, parameters, \
          priority, idempotent, status, attempts, created_at, deadline_at, owner, param_names, params_hash, redacted) ",
@@ -560,11 +542,11 @@ fn record(row: &sqlx::sqlite::SqliteRow) -> Result<InvocationRecord, StoreError>
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use serde_json::json;
 
-    fn item(key: Option<&str>, cmdlet: &str) -> NewInvocation {
+    pub(crate) fn item(key: Option<&str>, cmdlet: &str) -> NewInvocation {
         NewInvocation {
             accepted: Accepted {
                 id: Uuid::new_v4(),

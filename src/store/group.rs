@@ -1,0 +1,481 @@
+//! Group commit: the hot writes of the invocation path (inserts, claims, results, audit
+//! appends) go to one task, which takes whatever is queued at that moment and commits it as ONE
+//! transaction, with one multi-row statement per kind of write, then answers each caller with
+//! its own result. SQLite has a single writer, and the cost per write is mostly per statement
+//! and per commit, not per row.
+//!
+//! Semantics are those of the one-statement-per-call path it replaces:
+//! - a caller is answered only after its write is committed (a claim is durable before the
+//!   command it guards runs);
+//! - the writes of one group were all pending at once (no caller had its answer), so any order
+//!   among them is a valid serialization; the group applies inserts, then claims, then results,
+//!   then audit records. Two claims (or two results) of the same id in one group: the first
+//!   queued is tried, the later ones lose — exactly what running them one after the other does,
+//!   because nothing in a group turns a claimed or final row back into a claimable or open one;
+//! - no timer: the task waits for the first request, takes what else is queued right now, and
+//!   commits. Groups form by themselves while the previous commit runs;
+//! - if a group fails, it is rolled back and each of its writes is retried alone, so an error
+//!   reaches only the callers it belongs to.
+//!
+//! Other writes (batches, cancellation, tokens, sessions) use the writer pool directly; the
+//! task holds the single writer connection only while it commits a group.
+
+use super::{auth, insert_rows, replay_in, AuditEntry, Inserted, NewInvocation, Outcome, StoreError};
+use sqlx::{QueryBuilder, Row, SqliteConnection, SqlitePool};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+/// The most writes committed in one group (keeps statements well under SQLite's bound
+/// parameter limit: an insert row binds 19 values).
+const MAX_GROUP: usize = 256;
+
+/// One write of the invocation path, with its values already rendered.
+pub(super) enum Op {
+    Insert(Box<NewInvocation>),
+    Claim { id: Uuid, attempt: i64, at: i64, session: String, admin: String },
+    Finish(Box<Finish>),
+    Audit(Box<AuditEntry>),
+}
+
+pub(super) struct Finish {
+    pub id: Uuid,
+    pub at: i64,
+    pub status: &'static str,
+    pub output: String,
+    pub errors: String,
+    pub warnings: String,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+}
+
+impl Finish {
+    pub fn new(id: Uuid, at: i64, outcome: &Outcome) -> Finish {
+        Finish {
+            id,
+            at,
+            status: outcome.status.as_str(),
+            output: outcome.output.to_string(),
+            errors: outcome.errors.to_string(),
+            warnings: outcome.warnings.to_string(),
+            error_code: outcome.error_code.clone(),
+            error_message: outcome.error_message.clone(),
+        }
+    }
+}
+
+/// What one write did.
+#[derive(Debug)]
+pub(super) enum Done {
+    Inserted(Inserted),
+    /// The claim won / the result ended the invocation.
+    Changed(bool),
+    Appended,
+}
+
+impl Done {
+    pub fn changed(self) -> bool {
+        matches!(self, Done::Changed(true))
+    }
+}
+
+type Answer = Result<Done, StoreError>;
+
+struct Request {
+    op: Op,
+    reply: oneshot::Sender<Answer>,
+}
+
+/// The handle [`super::Store`] holds; the task stops when the last handle is dropped.
+#[derive(Clone)]
+pub(super) struct GroupWriter {
+    queue: mpsc::UnboundedSender<Request>,
+    /// Groups committed so far (one transaction, or one autocommit statement, each); the tests
+    /// read it to see that concurrent writes were committed together.
+    #[cfg_attr(not(test), allow(dead_code))]
+    groups: Arc<AtomicU64>,
+}
+
+impl GroupWriter {
+    pub fn spawn(pool: SqlitePool) -> GroupWriter {
+        let (queue, requests) = mpsc::unbounded_channel();
+        let groups = Arc::new(AtomicU64::new(0));
+        tokio::spawn(run(pool, requests, groups.clone()));
+        GroupWriter { queue, groups }
+    }
+
+    #[cfg(test)]
+    pub fn groups(&self) -> u64 {
+        self.groups.load(Ordering::Relaxed)
+    }
+
+    /// Queues one write and waits until the group holding it is committed.
+    pub async fn write(&self, op: Op) -> Answer {
+        let (reply, answer) = oneshot::channel();
+        self.queue.send(Request { op, reply }).map_err(|_| StoreError::WriterStopped)?;
+        answer.await.map_err(|_| StoreError::WriterStopped)?
+    }
+}
+
+async fn run(pool: SqlitePool, mut requests: mpsc::UnboundedReceiver<Request>, groups: Arc<AtomicU64>) {
+    let mut group: Vec<Request> = Vec::new();
+    while let Some(first) = requests.recv().await {
+        group.push(first);
+        while group.len() < MAX_GROUP {
+            match requests.try_recv() {
+                Ok(r) => group.push(r),
+                Err(_) => break,
+            }
+        }
+        // A caller that stopped waiting (its request was dropped) gets nothing written: the same
+        // as dropping a statement's future before it was sent.
+        group.retain(|r| !r.reply.is_closed());
+        if group.is_empty() {
+            continue;
+        }
+        let (ops, replies): (Vec<Op>, Vec<_>) = group.drain(..).map(|r| (r.op, r.reply)).unzip();
+        let answers = match commit(&pool, &ops).await {
+            Ok(answers) => answers,
+            Err(e) if ops.len() == 1 => vec![Err(e)],
+            Err(e) => {
+                tracing::warn!(writes = ops.len(), error = %e, "group commit failed; committing its writes one by one");
+                let mut answers = Vec::with_capacity(ops.len());
+                for op in &ops {
+                    answers.push(match commit(&pool, std::slice::from_ref(op)).await {
+                        Ok(mut one) => one.pop().expect("one answer per write"),
+                        Err(e) => Err(e),
+                    });
+                }
+                answers
+            }
+        };
+        groups.fetch_add(1, Ordering::Relaxed);
+        for (reply, answer) in replies.into_iter().zip(answers) {
+            let _ = reply.send(answer);
+        }
+    }
+}
+
+/// Applies `ops` and commits them together: all are written, or none.
+async fn commit(pool: &SqlitePool, ops: &[Op]) -> Result<Vec<Answer>, StoreError> {
+    // One statement alone needs no BEGIN/COMMIT (autocommit is atomic); a result needs its audit
+    // record in the same transaction.
+    let single_statement = matches!(ops, [Op::Claim { .. }] | [Op::Audit(_)] | [Op::Insert(_)]);
+    if single_statement {
+        let mut conn = pool.acquire().await?;
+        return apply(&mut conn, ops).await;
+    }
+    let mut tx = pool.begin().await?;
+    match apply(&mut tx, ops).await {
+        Ok(answers) => {
+            tx.commit().await?;
+            Ok(answers)
+        }
+        Err(e) => {
+            let _ = tx.rollback().await;
+            Err(e)
+        }
+    }
+}
+
+/// Runs the writes of a group; `Err` means the group must not be committed. A caller's own
+/// refusal (an idempotency key reused for another request) is its answer, not the group's error.
+async fn apply(conn: &mut SqliteConnection, ops: &[Op]) -> Result<Vec<Answer>, StoreError> {
+    let mut answers: Vec<Option<Answer>> = (0..ops.len()).map(|_| None).collect();
+
+    let inserts: Vec<(usize, &NewInvocation)> = ops
+        .iter()
+        .enumerate()
+        .filter_map(|(i, op)| match op {
+            Op::Insert(new) => Some((i, &**new)),
+            _ => None,
+        })
+        .collect();
+    if !inserts.is_empty() {
+        let stored: HashSet<Uuid> = insert_rows(conn, inserts.iter().map(|(_, n)| *n)).await?.into_iter().collect();
+        for (i, new) in inserts {
+            answers[i] = Some(if stored.contains(&new.accepted.id) {
+                Ok(Done::Inserted(Inserted::New))
+            } else {
+                match replay_in(conn, new).await {
+                    Ok(record) => Ok(Done::Inserted(Inserted::Existing(Box::new(record)))),
+                    Err(e @ StoreError::IdempotencyConflict(_)) => Err(e),
+                    Err(e) => return Err(e),
+                }
+            });
+        }
+    }
+
+    // Claims: one UPDATE … FROM (VALUES …) for the first claim of each id.
+    let claims = first_of_each_id(ops, |op| match op {
+        Op::Claim { id, .. } => Some(*id),
+        _ => None,
+    });
+    if !claims.candidates.is_empty() {
+        let mut qb = QueryBuilder::new(
+            "UPDATE invocations SET status = 'running', attempts = v.column2, started_at = v.column3, \
+             session_id = v.column4, admin_used = v.column5 FROM (",
+        );
+        values(&mut qb, &claims.candidates, |b, op| {
+            if let Op::Claim { id, attempt, at, session, admin } = op {
+                b.push_bind(id.to_string())
+                    .push_bind(*attempt)
+                    .push_bind(*at)
+                    .push_bind(session.clone())
+                    .push_bind(admin.clone());
+            }
+        });
+        qb.push(") AS v WHERE invocations.id = v.column1 AND invocations.status = 'queued' RETURNING id");
+        let won = returned_ids(qb.build().fetch_all(&mut *conn).await?)?;
+        claims.answer(&mut answers, &won);
+    }
+
+    // Results: one UPDATE for the first result of each id, then one audit INSERT for those that
+    // ended (an ended invocation has exactly one audit record, in the same transaction).
+    let finishes = first_of_each_id(ops, |op| match op {
+        Op::Finish(f) => Some(f.id),
+        _ => None,
+    });
+    if !finishes.candidates.is_empty() {
+        let mut qb = QueryBuilder::new(
+            "UPDATE invocations SET status = v.column2, finished_at = v.column3, output = v.column4, \
+             errors = v.column5, warnings = v.column6, error_code = v.column7, error_message = v.column8 FROM (",
+        );
+        values(&mut qb, &finishes.candidates, |b, op| {
+            if let Op::Finish(f) = op {
+                b.push_bind(f.id.to_string())
+                    .push_bind(f.status)
+                    .push_bind(f.at)
+                    .push_bind(f.output.clone())
+                    .push_bind(f.errors.clone())
+                    .push_bind(f.warnings.clone())
+                    .push_bind(f.error_code.clone())
+                    .push_bind(f.error_message.clone());
+            }
+        });
+        qb.push(") AS v WHERE invocations.id = v.column1 AND invocations.status IN ('queued', 'running') RETURNING id");
+        let ended = returned_ids(qb.build().fetch_all(&mut *conn).await?)?;
+        if !ended.is_empty() {
+            let ids: Vec<Uuid> = ended.iter().copied().collect();
+            auth::audit_finished(conn, &ids).await?;
+        }
+        finishes.answer(&mut answers, &ended);
+    }
+
+    let audits: Vec<(usize, &AuditEntry)> = ops
+        .iter()
+        .enumerate()
+        .filter_map(|(i, op)| match op {
+            Op::Audit(e) => Some((i, &**e)),
+            _ => None,
+        })
+        .collect();
+    if !audits.is_empty() {
+        auth::insert_audit(conn, audits.iter().map(|(_, e)| *e)).await?;
+        for (i, _) in audits {
+            answers[i] = Some(Ok(Done::Appended));
+        }
+    }
+
+    Ok(answers.into_iter().map(|a| a.expect("every write is answered")).collect())
+}
+
+/// The writes of one kind in a group: those tried (first of their id) and the later duplicates,
+/// which lose whatever the first did (a claimed or final row cannot be claimed or ended again).
+struct Candidates<'a> {
+    candidates: Vec<(usize, &'a Op)>,
+    duplicates: Vec<usize>,
+    ids: Vec<Uuid>,
+}
+
+impl Candidates<'_> {
+    fn answer(&self, answers: &mut [Option<Answer>], changed: &HashSet<Uuid>) {
+        for ((i, _), id) in self.candidates.iter().zip(&self.ids) {
+            answers[*i] = Some(Ok(Done::Changed(changed.contains(id))));
+        }
+        for i in &self.duplicates {
+            answers[*i] = Some(Ok(Done::Changed(false)));
+        }
+    }
+}
+
+fn first_of_each_id(ops: &[Op], id_of: impl Fn(&Op) -> Option<Uuid>) -> Candidates<'_> {
+    let mut seen = HashSet::new();
+    let mut c = Candidates { candidates: Vec::new(), duplicates: Vec::new(), ids: Vec::new() };
+    for (i, op) in ops.iter().enumerate() {
+        if let Some(id) = id_of(op) {
+            if seen.insert(id) {
+                c.candidates.push((i, op));
+                c.ids.push(id);
+            } else {
+                c.duplicates.push(i);
+            }
+        }
+    }
+    c
+}
+
+/// `VALUES (…), (…)` of the candidates (columns `column1`, `column2`, … in SQLite).
+fn values<'q>(
+    qb: &mut QueryBuilder<'q, sqlx::Sqlite>,
+    rows: &[(usize, &Op)],
+    mut push: impl FnMut(&mut sqlx::query_builder::Separated<'_, 'q, sqlx::Sqlite, &'static str>, &Op),
+) {
+    qb.push("VALUES ");
+    for (n, (_, op)) in rows.iter().enumerate() {
+        if n > 0 {
+            qb.push(", ");
+        }
+        qb.push("(");
+        let mut row = qb.separated(", ");
+        push(&mut row, op);
+        qb.push(")");
+    }
+}
+
+fn returned_ids(rows: Vec<sqlx::sqlite::SqliteRow>) -> Result<HashSet<Uuid>, StoreError> {
+    rows.iter()
+        .map(|r| {
+            let id: &str = r.try_get("id")?;
+            Ok(Uuid::parse_str(id).map_err(|e| sqlx::Error::Decode(Box::new(e)))?)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::item;
+    use super::super::{Status, Store};
+    use super::*;
+    use futures::future::join_all;
+
+    async fn audit_rows(store: &Store) -> i64 {
+        sqlx::query("SELECT COUNT(*) AS n FROM audit").fetch_one(&store.writer).await.unwrap().get("n")
+    }
+
+    fn entry(cmdlet: &str) -> AuditEntry {
+        AuditEntry {
+            at: 1,
+            token: Some("t".into()),
+            tenant: "t.example".into(),
+            cmdlet: cmdlet.into(),
+            param_names: vec![],
+            params_hash: "h".into(),
+            status: "refused".into(),
+            code: Some("cmdlet_denied".into()),
+            duration_ms: None,
+            session_id: None,
+            admin: None,
+            invocation_id: None,
+            batch_id: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_claims_of_one_id_in_one_group_exactly_one_wins() {
+        let store = Store::connect("sqlite::memory:").await.unwrap();
+        let new = item(None, "Set-Mailbox");
+        store.insert_invocation(&new).await.unwrap();
+        let id = new.accepted.id;
+        let before = store.group.groups();
+        let sessions: Vec<String> = (0..20).map(|i| format!("s{i}")).collect();
+        let claims = join_all(sessions.iter().map(|s| store.mark_running(id, 1, s, "admin"))).await;
+        assert_eq!(store.group.groups() - before, 1, "the twenty claims were committed as one group");
+        let won: Vec<usize> = claims.iter().enumerate().filter(|(_, c)| *c.as_ref().unwrap()).map(|(i, _)| i).collect();
+        assert_eq!(won, vec![0], "exactly one claim wins: the first queued");
+        let r = store.get(id).await.unwrap().unwrap();
+        assert_eq!((r.status, r.session_id.as_deref(), r.attempts), (Status::Running, Some("s0"), 1));
+    }
+
+    #[tokio::test]
+    async fn one_group_mixes_inserts_claims_results_and_audits() {
+        let store = Store::connect("sqlite::memory:").await.unwrap();
+        let items: Vec<_> = (0..4).map(|_| item(None, "Get-User")).collect();
+        for new in &items[..3] {
+            store.insert_invocation(new).await.unwrap();
+        }
+        let [a, b, c, d] = [0, 1, 2, 3].map(|i| items[i].accepted.id);
+        assert!(store.mark_running(a, 1, "s", "x").await.unwrap());
+        let ok = Outcome::failed("x", "y");
+        let keyed = item(Some("k"), "Get-Group");
+        let replay = item(Some("k"), "Get-Group");
+        let conflict = item(Some("k"), "Remove-Group");
+        let (late, secret) = (Outcome::failed("late", "loses"), entry("Get-Secret"));
+        let before = (store.group.groups(), audit_rows(&store).await);
+        let (d_new, keyed_new, replayed, conflicted, fin_a, fin_a_again, claim_a, claim_b, claim_c, fin_c, audited) = tokio::join!(
+            store.insert_invocation(&items[3]),
+            store.insert_invocation(&keyed),
+            store.insert_invocation(&replay),
+            store.insert_invocation(&conflict),
+            store.finish(a, &ok),
+            store.finish(a, &late),
+            store.mark_running(a, 2, "s", "x"),
+            store.mark_running(b, 1, "s", "x"),
+            store.mark_running(c, 1, "s", "x"),
+            store.finish(c, &ok),
+            store.audit(&secret),
+        );
+        assert_eq!(store.group.groups() - before.0, 1, "everything was one group");
+        assert!(matches!(d_new.unwrap(), Inserted::New));
+        assert!(matches!(keyed_new.unwrap(), Inserted::New));
+        match replayed.unwrap() {
+            Inserted::Existing(r) => assert_eq!(r.accepted.id, keyed.accepted.id, "a replay within the group"),
+            other => panic!("expected a replay, got {other:?}"),
+        }
+        assert!(matches!(conflicted, Err(StoreError::IdempotencyConflict(_))), "a refusal is that caller's alone");
+        assert!(fin_a.unwrap(), "the running one ends");
+        assert!(!fin_a_again.unwrap(), "final stays final, within a group too");
+        assert!(!claim_a.unwrap(), "a running one cannot be claimed");
+        assert!(claim_b.unwrap() && claim_c.unwrap());
+        assert!(fin_c.unwrap(), "claimed then ended in the same group");
+        audited.unwrap();
+        assert_eq!(audit_rows(&store).await - before.1, 3, "one record per ended invocation, plus the appended one");
+        let status = |id| {
+            let store = store.clone();
+            async move { store.get(id).await.unwrap().unwrap().status }
+        };
+        assert_eq!(
+            [status(a).await, status(b).await, status(c).await, status(d).await],
+            [Status::Failed, Status::Running, Status::Failed, Status::Queued]
+        );
+        let a_row = store.get(a).await.unwrap().unwrap();
+        assert_eq!(a_row.error_code.as_deref(), Some("x"), "the first result is the one kept");
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_fails_alone_and_does_not_poison_the_next_group() {
+        let store = Store::connect("sqlite::memory:").await.unwrap();
+        sqlx::query(
+            "CREATE TEMP TRIGGER poison BEFORE INSERT ON audit WHEN NEW.cmdlet = 'Poison' \
+             BEGIN SELECT RAISE(ABORT, 'poisoned audit record'); END",
+        )
+        .execute(&store.writer)
+        .await
+        .unwrap();
+        let items: Vec<_> = (0..3).map(|_| item(None, "Get-User")).collect();
+        for new in &items {
+            store.insert_invocation(new).await.unwrap();
+        }
+        let [a, b, c] = [0, 1, 2].map(|i| items[i].accepted.id);
+        let (poison, fine, failed) = (entry("Poison"), entry("Get-Fine"), Outcome::failed("x", "y"));
+        let (poisoned, fine_done, claim_a, fin_b) = tokio::join!(
+            store.audit(&poison),
+            store.audit(&fine),
+            store.mark_running(a, 1, "s", "x"),
+            store.finish(b, &failed),
+        );
+        let err = poisoned.unwrap_err().to_string();
+        assert!(err.contains("poisoned audit record"), "{err}");
+        fine_done.unwrap();
+        assert!(claim_a.unwrap() && fin_b.unwrap(), "the others in the group were committed");
+        assert_eq!(audit_rows(&store).await, 2, "the fine record and b's, each once");
+        // The next group works as usual.
+        let (claim_c, again) = tokio::join!(store.mark_running(c, 1, "s", "x"), store.audit(&fine));
+        assert!(claim_c.unwrap());
+        again.unwrap();
+        assert_eq!(audit_rows(&store).await, 3);
+        assert_eq!(store.get(a).await.unwrap().unwrap().status, Status::Running);
+    }
+}
