@@ -14,17 +14,6 @@ pub struct PyEnv {
     pub python: PathBuf,
 }
 
-impl PyEnv {
-    /// A console script the venv's packages installed (e.g. `schemathesis`).
-    pub fn bin(&self, name: &str) -> PathBuf {
-        if cfg!(windows) {
-            self.dir.join("Scripts").join(format!("{name}.exe"))
-        } else {
-            self.dir.join("bin").join(name)
-        }
-    }
-}
-
 fn venvs_root() -> PathBuf {
     if let Some(dir) = std::env::var_os("PSBROKER_PYENV") {
         return PathBuf::from(dir);
