@@ -1,8 +1,8 @@
 //! `POST /v1/invocations` and `GET /v1/invocations/{id}`.
 
 use super::auth::Caller;
-use super::error::{body_error, ApiError};
-use super::{body_kind, parse_id, read_body, ApiState, InvocationView};
+use super::error::ApiError;
+use super::{parse_id, read_json, ApiState, InvocationView};
 use crate::broker::request::InvocationRequest;
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -18,9 +18,7 @@ pub async fn create(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    body_kind(&headers, false)?;
-    let bytes = read_body(body, state.max_body_bytes).await?;
-    let req: InvocationRequest = serde_json::from_slice(&bytes).map_err(|e| body_error(e, None))?;
+    let req: InvocationRequest = read_json(&headers, body, state.max_body_bytes).await?;
     let submitted = state.broker.submit(&req, &caller).await?;
     let wait = if req.wait.unwrap_or(true) {
         let timeout = req.timeout_seconds.map(Duration::from_secs).unwrap_or(state.max_wait);

@@ -175,6 +175,18 @@ pub(crate) fn body_kind(headers: &HeaderMap, ndjson_ok: bool) -> Result<BodyKind
     ))
 }
 
+/// A JSON request body: the Content-Type checked (415), the size limited (413), the shape
+/// parsed (400/422 with the envelope).
+pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<T, ApiError> {
+    body_kind(headers, false)?;
+    let bytes = read_body(body, limit).await?;
+    serde_json::from_slice(&bytes).map_err(|e| error::body_error(e, None))
+}
+
 pub(crate) fn parse_id(text: &str, what: &str) -> Result<uuid::Uuid, ApiError> {
     uuid::Uuid::parse_str(text).map_err(|_| ApiError::not_found(what))
 }

@@ -3,8 +3,8 @@
 //! the same on the store directly.
 
 use super::auth::Caller;
-use super::error::{body_error, ApiError};
-use super::{body_kind, read_body, ApiState};
+use super::error::ApiError;
+use super::{read_json, ApiState};
 use crate::auth::token::{self, TokenSpec};
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -42,9 +42,7 @@ pub async fn create(
     body: Body,
 ) -> Result<Response, ApiError> {
     caller.require_admin("creating tokens")?;
-    body_kind(&headers, false)?;
-    let bytes = read_body(body, 64 << 10).await?;
-    let b: CreateBody = serde_json::from_slice(&bytes).map_err(|e| body_error(e, None))?;
+    let b: CreateBody = read_json(&headers, body, 64 << 10).await?;
     let spec = TokenSpec::parse(&b.name, &b.role, &b.tenants, &b.cmdlets, &b.constraints)
         .map_err(|m| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_token_spec", m))?;
     let secret = token::issue(state.broker.store(), &spec).await?;

@@ -43,6 +43,28 @@ pub struct AuditEntry {
     pub batch_id: Option<Uuid>,
 }
 
+#[cfg(test)]
+impl AuditEntry {
+    /// A refusal of `cmdlet` by `token` at `at`, for the store's tests.
+    pub(crate) fn refused_for_test(at: i64, token: &str, cmdlet: &str) -> AuditEntry {
+        AuditEntry {
+            at,
+            token: Some(token.into()),
+            tenant: "t.example".into(),
+            cmdlet: cmdlet.into(),
+            param_names: vec!["Identity".into()],
+            params_hash: "h".into(),
+            status: "refused".into(),
+            code: Some("cmdlet_denied".into()),
+            duration_ms: None,
+            session_id: None,
+            admin: None,
+            invocation_id: None,
+            batch_id: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct AuditRecord {
     pub id: i64,
@@ -305,24 +327,8 @@ mod tests {
     async fn audit_pages_newest_first_with_filters() {
         let store = Store::connect("sqlite::memory:").await.unwrap();
         for i in 0..5 {
-            store
-                .audit(&AuditEntry {
-                    at: 1000 + i,
-                    token: Some(if i % 2 == 0 { "a" } else { "b" }.into()),
-                    tenant: "t.example".into(),
-                    cmdlet: "Get-User".into(),
-                    param_names: vec!["Identity".into()],
-                    params_hash: "h".into(),
-                    status: "refused".into(),
-                    code: Some("cmdlet_denied".into()),
-                    duration_ms: None,
-                    session_id: None,
-                    admin: None,
-                    invocation_id: None,
-                    batch_id: None,
-                })
-                .await
-                .unwrap();
+            let token = if i % 2 == 0 { "a" } else { "b" };
+            store.audit(&AuditEntry::refused_for_test(1000 + i, token, "Get-User")).await.unwrap();
         }
         let all = store.audit_page(&AuditQuery { limit: 10, ..Default::default() }).await.unwrap();
         assert_eq!(all.iter().map(|r| r.entry.at).collect::<Vec<_>>(), vec![1004, 1003, 1002, 1001, 1000]);

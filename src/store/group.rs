@@ -356,21 +356,7 @@ mod tests {
     }
 
     fn entry(cmdlet: &str) -> AuditEntry {
-        AuditEntry {
-            at: 1,
-            token: Some("t".into()),
-            tenant: "t.example".into(),
-            cmdlet: cmdlet.into(),
-            param_names: vec![],
-            params_hash: "h".into(),
-            status: "refused".into(),
-            code: Some("cmdlet_denied".into()),
-            duration_ms: None,
-            session_id: None,
-            admin: None,
-            invocation_id: None,
-            batch_id: None,
-        }
+        AuditEntry::refused_for_test(1, "t", cmdlet)
     }
 
     #[tokio::test]
