@@ -6,6 +6,7 @@
 
 pub mod directory;
 mod driver;
+pub mod failure;
 pub mod request;
 mod runner;
 pub mod scheduler;

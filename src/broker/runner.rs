@@ -3,7 +3,8 @@
 
 use super::scheduler::{AfterCommand, Job};
 use super::Shared;
-use crate::remote::{Command, CommandOutput, FaultClass, RemoteError, RemoteSession, RetryPolicy};
+use super::failure::{may_run_again, session_after};
+use crate::remote::{Command, CommandOutput, FaultClass, RemoteError, RemoteSession};
 use crate::store::{Outcome, Status};
 use serde_json::Value as Json;
 use std::sync::Arc;
@@ -136,34 +137,6 @@ async fn on_failure(shared: &Shared, mut job: Job, attempt: u32, e: RemoteError,
 /// The longest a retry waits for the service's own "come back in N seconds".
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 
-/// Whether an invocation whose attempt failed with `class` may run again. The rule: a command
-/// that is not idempotent runs again only when the failure proves it never started; anything
-/// else that can be retried is retried (within `max_attempts`).
-fn may_run_again(class: FaultClass, idempotent: bool) -> bool {
-    match class.policy() {
-        RetryPolicy::Fail => false,
-        _ if class.proves_not_started() => true,
-        // The outcome is unknown (connection lost, timeout, bare server error, shell lost under
-        // the command), or a live shell said something unexpected (quota, logon): only a
-        // command that is safe to run twice is repeated.
-        _ => idempotent,
-    }
-}
-
-/// What a failure says about the session that ran the command.
-fn session_after(class: FaultClass) -> AfterCommand {
-    match class {
-        // The command ran (or PowerShell refused it): the session is fine.
-        FaultClass::UnknownCmdlet | FaultClass::InvalidParameter | FaultClass::CmdletError => AfterCommand::Keep,
-        // The request never reached the shell (503, throttled): the shell is as it was.
-        FaultClass::ServiceUnavailable | FaultClass::Throttled => AfterCommand::Keep,
-        // The server no longer has the shell: nothing to close.
-        FaultClass::SessionExpired | FaultClass::SessionLost => AfterCommand::Gone,
-        // Anything else leaves the session in an unknown state.
-        _ => AfterCommand::Close,
-    }
-}
-
 fn failure_message(e: &RemoteError, retryable: bool, attempt: u32) -> String {
     if retryable {
         format!("{} (gave up after {attempt} attempts)", e.message)
@@ -181,39 +154,6 @@ fn failure_message(e: &RemoteError, retryable: bool, attempt: u32) -> String {
 mod tests {
     use super::*;
     use FaultClass::*;
-
-    /// The retry table: which failures repeat a read, which a write, and what becomes of the
-    /// session.
-    #[test]
-    fn a_write_runs_again_only_when_the_failure_proves_it_never_started() {
-        let table = [
-            // class, read retried, write retried, session
-            (SessionExpired, true, true, AfterCommand::Gone),
-            (ServiceUnavailable, true, true, AfterCommand::Keep),
-            (Throttled, true, true, AfterCommand::Keep),
-            (SessionLost, true, false, AfterCommand::Gone),
-            (ConnectionLost, true, false, AfterCommand::Close),
-            (Timeout, true, false, AfterCommand::Close),
-            (ServerError, true, false, AfterCommand::Close),
-            (LogonFailed, true, false, AfterCommand::Close),
-            (UserShellQuotaExceeded, true, false, AfterCommand::Close),
-            (IdentityServiceUnreachable, true, false, AfterCommand::Close),
-            (Protocol, false, false, AfterCommand::Close),
-            (TenantRemotePowerShellDisabled, false, false, AfterCommand::Close),
-            (UnknownCmdlet, false, false, AfterCommand::Keep),
-            (InvalidParameter, false, false, AfterCommand::Keep),
-            (CmdletError, false, false, AfterCommand::Keep),
-        ];
-        for (class, read, write, session) in table {
-            assert_eq!(may_run_again(class, true), read, "read after {class}");
-            assert_eq!(may_run_again(class, false), write, "write after {class}");
-            assert_eq!(session_after(class), session, "session after {class}");
-        }
-        // Every class is decided, and no class lets a write repeat with an unknown outcome.
-        for class in FaultClass::ALL {
-            assert!(!(class.outcome_unknown() && may_run_again(class, false)), "{class}");
-        }
-    }
 
     #[test]
     fn a_failed_write_says_whether_it_may_have_run() {

@@ -6,7 +6,8 @@
 //! even briefly") checkable by unit tests with virtual time. docs/scheduler.md explains the policy.
 
 use super::directory::{AdminIdx, TenantIdx};
-use crate::remote::{FaultClass, PsValue, RetryPolicy};
+use super::failure::{after_open_failure, PoolEffect};
+use crate::remote::{FaultClass, PsValue};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -387,28 +388,22 @@ impl Scheduler {
         let (a, t) = (s.admin, s.tenant);
         let block = |cooldown: Duration| Block { until: now + cooldown, class, message: message.to_string() };
         let auth_block = block(self.tuning.auth_failure_cooldown);
-        match class {
-            // Someone outside the broker holds shells: believe the service and lower the cap to
-            // what we hold now, for a cool-down. The work waits; it does not fail.
-            FaultClass::UserShellQuotaExceeded => {
+        match after_open_failure(class) {
+            // Believe the service and lower the cap to what we hold now, for a cool-down.
+            PoolEffect::LowerAdminCap => {
                 self.admin_lowered[a] =
                     Some(Lowered { cap: self.admin_open[a], until: now + self.tuning.quota_cooldown });
             }
-            FaultClass::TenantShellQuotaExceeded => {
+            PoolEffect::LowerTenantCap => {
                 self.tenant_lowered[t] =
                     Some(Lowered { cap: self.tenant_open[t], until: now + self.tuning.quota_cooldown });
             }
-            FaultClass::TenantRemotePowerShellDisabled => self.tenant_blocked[t] = Some(auth_block),
-            // Bad password or MFA demanded: this admin is useless everywhere for a while.
-            FaultClass::LogonFailed | FaultClass::MfaRequired => self.admin_blocked[a] = Some(auth_block),
-            // No permission here, or an answer no retry can change (e.g. an unknown
-            // configuration name): this admin is left alone for this tenant.
-            _ if class == FaultClass::TenantPermissionDenied || class.policy() == RetryPolicy::Fail => {
+            PoolEffect::BlockTenant => self.tenant_blocked[t] = Some(auth_block),
+            PoolEffect::BlockAdmin => self.admin_blocked[a] = Some(auth_block),
+            PoolEffect::BlockPair => {
                 self.pair_blocked.insert((a, t), auth_block);
             }
-            _ => {
-                // Transient (identity service down, connection lost, 503, throttled): back off
-                // this admin, at least as long as the service asked.
+            PoolEffect::BackOff => {
                 self.admin_failures[a] += 1;
                 let asked = retry_after.unwrap_or_default().min(MAX_RETRY_AFTER);
                 let wait = self.backoff(self.admin_failures[a]).max(asked);

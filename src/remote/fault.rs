@@ -1,7 +1,9 @@
-//! The closed taxonomy of remote failures, their stable API codes and what the broker does next.
+//! The closed taxonomy of remote failures and their stable API codes: what happened, never what
+//! to do about it (that is `broker::failure`, one table for every connector).
 //!
-//! Every connector (in-process simulator now, WS-Management later) funnels the service's answer
-//! through [`classify`], so a given server text or WSManFault code always means the same thing.
+//! The WinRM connector and the simulator funnel the service's answer through [`classify`], so a
+//! given server text or WSManFault code always means the same thing; the Exchange Online REST
+//! connector and the identity module map their HTTP and OAuth errors onto the same classes.
 
 use serde::Serialize;
 use std::fmt;
@@ -51,24 +53,25 @@ pub enum FaultClass {
     /// The shell vanished while a command was in flight (shell not found after the command was
     /// accepted): the command may or may not have run.
     SessionLost,
-}
-
-/// What the broker does with a failure.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RetryPolicy {
-    /// Another admin may succeed where this one failed: exclude this admin for the tenant, retry.
-    RetryElsewhere,
-    /// The service is saturated or unreachable for now: back off, then retry. Never fails the job.
-    RetryLater,
-    /// The session is gone (or unusable): open a fresh one and retry — always when the command
-    /// never started, only idempotent commands when the outcome is unknown.
-    ReopenAndRetry,
-    /// Retrying cannot help: the invocation fails with the class's stable code.
-    Fail,
+    /// The identity's refresh token expired or was revoked (`invalid_grant`, AADSTS700082):
+    /// someone must sign in again (`psbroker login`).
+    ReauthRequired,
+    /// The application is not consented (or not known) in this tenant (AADSTS65001,
+    /// AADSTS700016): this tenant only.
+    ConsentRequired,
+    /// The identity provider refused the client's own credentials (a bad secret, a bad or
+    /// unknown certificate assertion: `invalid_client`, AADSTS7000215, AADSTS700027).
+    InvalidClient,
+    /// The account is locked out or disabled.
+    AccountLocked,
+    /// Kerberos: the client's and the KDC's (or the server's) clocks are too far apart.
+    ClockSkew,
+    /// Kerberos: the service principal (SPN) or the client principal is unknown to the KDC.
+    PrincipalUnknown,
 }
 
 impl FaultClass {
-    pub const ALL: [FaultClass; 18] = [
+    pub const ALL: [FaultClass; 24] = [
         FaultClass::LogonFailed,
         FaultClass::TenantPermissionDenied,
         FaultClass::TenantRemotePowerShellDisabled,
@@ -87,6 +90,12 @@ impl FaultClass {
         FaultClass::ServerError,
         FaultClass::Throttled,
         FaultClass::SessionLost,
+        FaultClass::ReauthRequired,
+        FaultClass::ConsentRequired,
+        FaultClass::InvalidClient,
+        FaultClass::AccountLocked,
+        FaultClass::ClockSkew,
+        FaultClass::PrincipalUnknown,
     ];
 
     /// The stable code callers see in `error.code` (also the metrics label).
@@ -110,31 +119,12 @@ impl FaultClass {
             FaultClass::ServerError => "server_error",
             FaultClass::Throttled => "throttled",
             FaultClass::SessionLost => "session_lost",
-        }
-    }
-
-    pub fn policy(self) -> RetryPolicy {
-        match self {
-            FaultClass::LogonFailed | FaultClass::TenantPermissionDenied | FaultClass::MfaRequired => {
-                RetryPolicy::RetryElsewhere
-            }
-            FaultClass::UserShellQuotaExceeded
-            | FaultClass::TenantShellQuotaExceeded
-            | FaultClass::IdentityServiceUnreachable
-            | FaultClass::ServiceUnavailable
-            | FaultClass::Throttled => RetryPolicy::RetryLater,
-            FaultClass::SessionExpired => RetryPolicy::ReopenAndRetry,
-            // A lost connection, a timeout, a bare server error or a shell lost mid-command leave
-            // the outcome unknown: the broker retries only idempotent commands (it decides that,
-            // from `outcome_unknown`, not the taxonomy).
-            FaultClass::ConnectionLost | FaultClass::Timeout | FaultClass::ServerError | FaultClass::SessionLost => {
-                RetryPolicy::ReopenAndRetry
-            }
-            FaultClass::TenantRemotePowerShellDisabled
-            | FaultClass::UnknownCmdlet
-            | FaultClass::InvalidParameter
-            | FaultClass::CmdletError
-            | FaultClass::Protocol => RetryPolicy::Fail,
+            FaultClass::ReauthRequired => "reauth_required",
+            FaultClass::ConsentRequired => "consent_required",
+            FaultClass::InvalidClient => "invalid_client",
+            FaultClass::AccountLocked => "account_locked",
+            FaultClass::ClockSkew => "clock_skew",
+            FaultClass::PrincipalUnknown => "principal_unknown",
         }
     }
 
@@ -341,9 +331,6 @@ mod tests {
             assert_eq!(class.outcome_unknown(), unknown, "{class}");
             assert_eq!(class.proves_not_started(), not_started, "{class}");
             assert!(!(unknown && not_started), "{class}");
-            if unknown || not_started {
-                assert_ne!(class.policy(), RetryPolicy::Fail, "{class} must be retryable");
-            }
         }
     }
 

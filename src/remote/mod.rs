@@ -14,7 +14,7 @@ mod xml_ref;
 use async_trait::async_trait;
 use secrecy::SecretString;
 
-pub use fault::{classify, classify_error_record, ErrorRecord, FaultClass, RemoteError, RetryPolicy};
+pub use fault::{classify, classify_error_record, ErrorRecord, FaultClass, RemoteError};
 pub use value::{PsObject, PsValue};
 
 /// Everything needed to open one session: who, for which tenant, where.
