@@ -31,6 +31,10 @@ pub struct Metrics {
     pub tenant_sessions: IntGaugeVec,
     pub http_requests: IntCounterVec,
     pub ready: IntGauge,
+    /// OAuth token requests to the identity provider (REST connector, bearer-in-Basic), by grant
+    /// (`client_credentials`, `refresh_token`, `device_code`) and outcome (`issued`, or the
+    /// failure's code: `reauth_required`, `mfa_required`, ...). Cache hits are not requests.
+    pub token_requests: IntCounterVec,
 }
 
 impl Metrics {
@@ -113,6 +117,14 @@ impl Metrics {
             )
             .unwrap(),
             ready: IntGauge::new("psbroker_ready", "1 while the daemon accepts work").unwrap(),
+            token_requests: IntCounterVec::new(
+                Opts::new(
+                    "psbroker_token_requests_total",
+                    "Requests to the identity provider for access tokens, by grant and outcome (issued, or the failure code)",
+                ),
+                &["grant", "outcome"],
+            )
+            .unwrap(),
             registry,
         };
         for c in m.collectors() {
@@ -145,6 +157,7 @@ impl Metrics {
             Box::new(self.tenant_sessions.clone()),
             Box::new(self.http_requests.clone()),
             Box::new(self.ready.clone()),
+            Box::new(self.token_requests.clone()),
         ]
     }
 
