@@ -245,6 +245,7 @@ async fn calibrate(sim: &Simulator) -> anyhow::Result<(Duration, Duration)> {
         tenant: tenant_name(0),
         connection_uri: String::new(),
         configuration_name: "Microsoft.Exchange".into(),
+        tokens: None,
     };
     let t = Instant::now();
     let session = connector.open(&target).await?;
@@ -300,6 +301,7 @@ async fn naive_worker(admin: u32, work: Arc<Mutex<Vec<u32>>>, connector: Arc<dyn
             tenant: tenant_name(t),
             connection_uri: String::new(),
             configuration_name: "Microsoft.Exchange".into(),
+            tokens: None,
         };
         let session = connector.open(&target).await?;
         let command = Command { invocation_id: uuid::Uuid::new_v4(), cmdlet: "Get-Mailbox".into(), parameters: vec![] };

@@ -112,6 +112,7 @@ impl Directory {
             tenant: t.domain.clone(),
             connection_uri: t.profile.config.connection_uri.replace("{tenant}", &t.domain),
             configuration_name: t.profile.config.configuration_name.clone(),
+            tokens: None,
         }
     }
 }

@@ -30,14 +30,27 @@ pub enum RetryPolicy {
 pub fn policy(class: FaultClass) -> RetryPolicy {
     use FaultClass::*;
     match class {
-        LogonFailed | TenantPermissionDenied | MfaRequired | ReauthRequired | InvalidClient | ConsentRequired
-        | AccountLocked | ClockSkew => RetryPolicy::RetryElsewhere,
-        UserShellQuotaExceeded | TenantShellQuotaExceeded | IdentityServiceUnreachable | ServiceUnavailable
+        LogonFailed
+        | TenantPermissionDenied
+        | MfaRequired
+        | ReauthRequired
+        | InvalidClient
+        | ConsentRequired
+        | AccountLocked
+        | ClockSkew => RetryPolicy::RetryElsewhere,
+        UserShellQuotaExceeded
+        | TenantShellQuotaExceeded
+        | IdentityServiceUnreachable
+        | ServiceUnavailable
         | Throttled => RetryPolicy::RetryLater,
         // A lost connection, a timeout, a bare server error or a shell lost mid-command leave the
         // outcome unknown: only idempotent commands are retried (see `may_run_again`).
         SessionExpired | ConnectionLost | Timeout | ServerError | SessionLost => RetryPolicy::ReopenAndRetry,
-        TenantRemotePowerShellDisabled | UnknownCmdlet | InvalidParameter | CmdletError | Protocol
+        TenantRemotePowerShellDisabled
+        | UnknownCmdlet
+        | InvalidParameter
+        | CmdletError
+        | Protocol
         | PrincipalUnknown => RetryPolicy::Fail,
     }
 }
@@ -98,7 +111,9 @@ pub fn after_open_failure(class: FaultClass) -> PoolEffect {
         UserShellQuotaExceeded => PoolEffect::LowerAdminCap,
         TenantShellQuotaExceeded => PoolEffect::LowerTenantCap,
         TenantRemotePowerShellDisabled => PoolEffect::BlockTenant,
-        LogonFailed | MfaRequired | ReauthRequired | InvalidClient | AccountLocked | ClockSkew => PoolEffect::BlockAdmin,
+        LogonFailed | MfaRequired | ReauthRequired | InvalidClient | AccountLocked | ClockSkew => {
+            PoolEffect::BlockAdmin
+        }
         TenantPermissionDenied | ConsentRequired => PoolEffect::BlockPair,
         _ if policy(class) == RetryPolicy::Fail => PoolEffect::BlockPair,
         _ => PoolEffect::BackOff,

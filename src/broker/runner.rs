@@ -1,9 +1,9 @@
 //! Runs one invocation on one session and decides, from the outcome, what becomes of the
 //! invocation (final, or back in the queue) and of the session (keep, gone, close).
 
+use super::failure::{may_run_again, session_after};
 use super::scheduler::{AfterCommand, Job};
 use super::Shared;
-use super::failure::{may_run_again, session_after};
 use crate::remote::{Command, CommandOutput, FaultClass, RemoteError, RemoteSession};
 use crate::store::{Outcome, Status};
 use serde_json::Value as Json;

@@ -18,7 +18,7 @@ pub use fault::{classify, classify_error_record, ErrorRecord, FaultClass, Remote
 pub use value::{PsObject, PsValue};
 
 /// Everything needed to open one session: who, for which tenant, where.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SessionTarget {
     pub admin_upn: String,
     pub credential: SecretString,
@@ -26,6 +26,22 @@ pub struct SessionTarget {
     /// The connection URI with `{tenant}` already substituted.
     pub connection_uri: String,
     pub configuration_name: String,
+    /// The admin's OAuth identity, for endpoints that take bearer tokens (Exchange Online REST,
+    /// WinRM's bearer-in-Basic). `None`: the admin signs in with `credential`.
+    pub tokens: Option<std::sync::Arc<dyn crate::identity::TokenSource>>,
+}
+
+impl std::fmt::Debug for SessionTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionTarget")
+            .field("admin_upn", &self.admin_upn)
+            .field("credential", &self.credential)
+            .field("tenant", &self.tenant)
+            .field("connection_uri", &self.connection_uri)
+            .field("configuration_name", &self.configuration_name)
+            .field("tokens", &self.tokens.as_ref().map(|_| "TokenSource"))
+            .finish()
+    }
 }
 
 /// One cmdlet with named, typed parameters. Never script text.

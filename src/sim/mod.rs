@@ -11,6 +11,7 @@ mod clock;
 mod cmdlets;
 mod connector;
 mod faults;
+pub mod tokens;
 pub mod wire;
 mod world;
 

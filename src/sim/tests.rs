@@ -757,6 +757,7 @@ fn target(upn: &str, password: &str, tenant: &str) -> SessionTarget {
         tenant: tenant.into(),
         connection_uri: format!("https://ps.outlook.com/powershell-liveid?DelegatedOrg={tenant}"),
         configuration_name: "Microsoft.Exchange".into(),
+        tokens: None,
     }
 }
 

@@ -392,6 +392,7 @@ impl Server {
             tenant: "contoso.onmicrosoft.com".into(),
             connection_uri: self.url(path),
             configuration_name: "Microsoft.Exchange".into(),
+            tokens: None,
         }
     }
 
@@ -630,6 +631,7 @@ async fn connection_refused_is_connection_lost() {
         tenant: "t".into(),
         connection_uri: format!("http://{addr}/wsman"),
         configuration_name: "Microsoft.Exchange".into(),
+        tokens: None,
     };
     let err = connector(options()).open_session(&target).await.unwrap_err();
     assert_eq!(err.class, FaultClass::ConnectionLost, "{}", err.message);

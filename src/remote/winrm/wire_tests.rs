@@ -44,6 +44,7 @@ fn target(addr: SocketAddr, secret: &str) -> SessionTarget {
         tenant: TENANT.into(),
         connection_uri: format!("http://{addr}/powershell-liveid?DelegatedOrg={TENANT}"),
         configuration_name: "Microsoft.Exchange".into(),
+        tokens: None,
     }
 }
 
