@@ -12,6 +12,7 @@ pub mod broker;
 pub mod cli;
 pub mod cli_token;
 pub mod config;
+pub mod data_dir;
 pub mod identity;
 pub mod metrics;
 pub mod remote;

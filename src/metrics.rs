@@ -30,6 +30,11 @@ pub struct Metrics {
     pub effective_cap: IntGaugeVec,
     pub tenant_sessions: IntGaugeVec,
     pub http_requests: IntCounterVec,
+    /// Open connections to the API listener (at most `server.max_connections`).
+    pub http_connections: IntGauge,
+    /// Connections the server ended itself, by reason (header_timeout, idle_timeout,
+    /// write_timeout, evicted, refused, tls_handshake, shutdown).
+    pub http_connections_closed: IntCounterVec,
     pub ready: IntGauge,
     /// OAuth token requests to the identity provider (REST connector, bearer-in-Basic), by grant
     /// (`client_credentials`, `refresh_token`, `device_code`) and outcome (`issued`, or the
@@ -116,6 +121,16 @@ impl Metrics {
                 &["route", "status"],
             )
             .unwrap(),
+            http_connections: IntGauge::new("psbroker_http_connections", "Open connections to the API listener")
+                .unwrap(),
+            http_connections_closed: IntCounterVec::new(
+                Opts::new(
+                    "psbroker_http_connections_closed_total",
+                    "API connections the server ended itself (timeouts, room for newer ones, refusals at the limit, shutdown), by reason",
+                ),
+                &["reason"],
+            )
+            .unwrap(),
             ready: IntGauge::new("psbroker_ready", "1 while the daemon accepts work").unwrap(),
             token_requests: IntCounterVec::new(
                 Opts::new(
@@ -156,6 +171,8 @@ impl Metrics {
             Box::new(self.effective_cap.clone()),
             Box::new(self.tenant_sessions.clone()),
             Box::new(self.http_requests.clone()),
+            Box::new(self.http_connections.clone()),
+            Box::new(self.http_connections_closed.clone()),
             Box::new(self.ready.clone()),
             Box::new(self.token_requests.clone()),
         ]
