@@ -595,3 +595,77 @@ async fn hostile_names_are_refused_and_hostile_values_travel_as_data() {
     assert_eq!(get["output"].as_array().unwrap().len(), 1, "user002 was never removed: {get}");
     app.stop().await;
 }
+
+/// Issue 8, finding 4: what a cmdlet does decides, not only its verb.
+#[tokio::test]
+async fn roles_reach_only_what_their_cmdlets_do_and_host_level_cmdlets_reach_no_one() {
+    let app = start(&config_text(1, 1, 5, 1, "")).await;
+    let reader = token(&app, "reader", "read-only", &tenant(0), "*", &[]).await;
+    let purge = json!({"Identity": "user001", "SearchQuery": "x", "DeleteContent": true, "Force": true});
+    let (s, b) = invoke_as(&app, &reader, &tenant(0), "Search-Mailbox", purge.clone()).await;
+    assert_eq!((s, code(&b)), (403, Some("role_forbids_cmdlet")), "{b}");
+    for host in ["Get-Content", "Get-ChildItem", "Test-NetConnection"] {
+        let (s, b) = invoke_as(&app, &reader, &tenant(0), host, json!({"Path": "C:\\"})).await;
+        assert_eq!((s, code(&b)), (403, Some("cmdlet_denied")), "{host}: {b}");
+    }
+    let operator = token(&app, "operator", "operator", "*", "*", &[]).await;
+    for host in ["Set-Variable", "Set-Alias", "Stop-Process", "Stop-Computer", "Set-ItemProperty"] {
+        let (s, b) = invoke_as(&app, &operator, &tenant(0), host, json!({"Name": "PSDefaultParameterValues"})).await;
+        assert_eq!((s, code(&b)), (403, Some("cmdlet_denied")), "{host}: {b}");
+    }
+    for host in [
+        "Register-ScheduledJob",
+        "Start-ThreadJob",
+        "Export-Clixml",
+        "Tee-Object",
+        "Start-Transcript",
+        "New-CimSession",
+    ] {
+        let (s, b) = app.invoke(&tenant(0), host, json!({"Name": "x"})).await;
+        assert_eq!((s, code(&b)), (403, Some("cmdlet_denied")), "{host} even for the admin: {b}");
+    }
+    assert!(app.sim().stats().executions.is_empty(), "nothing reached the tenant");
+
+    // The admin may purge, but the purge is never taken for a read that may run twice.
+    let body = json!({"tenant": tenant(0), "cmdlet": "Search-Mailbox", "parameters": purge, "wait": false});
+    let (s, purged) = app.post("/v1/invocations", body).await;
+    assert!(s == 200 || s == 202, "{purged}");
+    let body =
+        json!({"tenant": tenant(0), "cmdlet": "Search-Mailbox", "parameters": {"SearchQuery": "x"}, "wait": false});
+    let (_, searched) = app.post("/v1/invocations", body).await;
+    let store = Store::connect(&format!("sqlite://{}", app.dir.path().join("psbroker.db").display())).await.unwrap();
+    let idempotent = |v: &Json| {
+        let id = v["id"].as_str().unwrap().parse().unwrap();
+        let store = store.clone();
+        async move { store.get(id).await.unwrap().unwrap().accepted.idempotent }
+    };
+    assert!(!idempotent(&purged).await, "Search-Mailbox -DeleteContent is destructive, not a read");
+    assert!(idempotent(&searched).await, "a plain search is a read");
+    app.stop().await;
+}
+
+/// Issue 8, finding 8: the spellings PowerShell binds to a secret parameter, and values that
+/// say they are secret, are never stored.
+#[tokio::test]
+async fn every_spelling_of_a_secret_is_redacted() {
+    let app = start(&config_text(1, 1, 5, 1, "")).await;
+    let store = Store::connect(&format!("sqlite://{}", app.dir.path().join("psbroker.db").display())).await.unwrap();
+    for params in [
+        json!({"Name": "a", "Pa": PASSWORD}),
+        json!({"Name": "b", "Pwd": PASSWORD}),
+        json!({"Name": "c", "Passw0rd": PASSWORD}),
+        json!({"Name": "d", "SecureString": PASSWORD}),
+        json!({"Name": "e", "PSCredential": {"UserName": "u", "Password": PASSWORD}}),
+        json!({"Name": "f", "RemoteAccount": {"@type": "System.Management.Automation.PSCredential", "u": PASSWORD}}),
+        json!({"Name": "g", "Settings": {"UserName": "u", "Pass": PASSWORD}}),
+    ] {
+        let body = json!({"tenant": tenant(0), "cmdlet": "New-MailUser", "parameters": params, "wait": false});
+        let (s, r) = app.post("/v1/invocations", body).await;
+        assert!(s == 200 || s == 202, "{r}");
+        let stored = store.get(r["id"].as_str().unwrap().parse().unwrap()).await.unwrap().unwrap();
+        let text = stored.accepted.parameters.to_string();
+        assert!(!text.contains(PASSWORD) && text.contains("***"), "{params}: stored {text}");
+        assert!(stored.accepted.redacted);
+    }
+    app.stop().await;
+}

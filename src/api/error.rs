@@ -14,8 +14,8 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub details: Option<serde_json::Value>,
-    /// Seconds for `Retry-After` (429; a 503 always says 5).
-    pub retry_after: Option<u64>,
+    /// Seconds for `Retry-After` (429; a 503 says 5). Small, so the error stays small.
+    pub retry_after: Option<std::num::NonZeroU16>,
 }
 
 impl ApiError {
@@ -25,6 +25,13 @@ impl ApiError {
 
     pub fn not_found(what: &str) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", format!("{what} not found"))
+    }
+
+    /// Says `Retry-After: seconds` (at least 1).
+    pub fn retry_after(mut self, seconds: u64) -> Self {
+        let clamped = seconds.clamp(1, u64::from(u16::MAX)) as u16;
+        self.retry_after = std::num::NonZeroU16::new(clamped);
+        self
     }
 
     pub fn internal(e: impl std::fmt::Display) -> Self {
@@ -41,7 +48,7 @@ impl IntoResponse for ApiError {
         }
         let mut resp = (self.status, Json(body)).into_response();
         if let Some(seconds) = self.retry_after {
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds.get()));
         } else if self.status == StatusCode::SERVICE_UNAVAILABLE {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         }

@@ -33,7 +33,7 @@ impl HostPolicy {
     /// Whether a request with this `Host` (or HTTP/2 `:authority`) is answered.
     pub fn allows(&self, host: &str) -> bool {
         let Some((name, port)) = split(host) else { return false };
-        let local = self.local.iter().any(|n| *n == name) && port.is_none_or(|p| p == self.port);
+        let local = self.local.contains(&name) && port.is_none_or(|p| p == self.port);
         local || self.configured.iter().any(|(n, p)| *n == name && (p.is_none() || *p == port))
     }
 }

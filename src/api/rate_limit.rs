@@ -66,13 +66,12 @@ impl IntakeLimits {
 
 fn limited(token: &str, what: &str, wait: Duration) -> ApiError {
     let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-    let mut e = ApiError::new(
+    ApiError::new(
         StatusCode::TOO_MANY_REQUESTS,
         "rate_limited",
         format!("token '{token}' is over its rate of {what}; try again in {seconds} s"),
-    );
-    e.retry_after = Some(seconds.max(1));
-    e
+    )
+    .retry_after(seconds)
 }
 
 #[cfg(test)]
@@ -92,7 +91,7 @@ mod tests {
         }
         let e = limits.admit_request("a").unwrap_err();
         assert_eq!((e.status.as_u16(), e.code), (429, "rate_limited"));
-        assert!(e.retry_after.is_some_and(|s| (1..=2).contains(&s)), "{:?}", e.retry_after);
+        assert!(e.retry_after.is_some_and(|s| (1..=2).contains(&s.get())), "{:?}", e.retry_after);
         limits.admit_request("b").expect("another token is not affected");
         limits.admit_items("a", 10).unwrap();
         assert_eq!(limits.admit_items("a", 1).unwrap_err().code, "rate_limited");
