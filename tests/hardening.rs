@@ -131,13 +131,15 @@ async fn hostile_bodies_cost_a_small_multiple_of_the_body_limit() {
         ),
     ];
     for (what, body, status, code) in hostile {
-        assert!(body.len() <= limit, "{what}: inside the body limit");
+        let body_len = body.len();
+        assert!(body_len <= limit, "{what}: inside the body limit");
         let before = peak_rss(pid);
         let r = post("/v1/invocations", body).await.unwrap();
         assert_eq!(r.status().as_u16(), status, "{what}");
         let b: Json = r.json().await.unwrap();
         assert_eq!(b["error"]["code"], code, "{what}: {b}");
         let grew = peak_rss(pid).saturating_sub(before);
+        println!("{what}: {} KiB body, peak RSS +{} KiB", body_len >> 10, grew >> 10);
         assert!(grew <= 4 * limit as u64, "{what}: peak RSS grew by {} MiB for a {} MiB body", grew >> 20, limit >> 20);
     }
     // A batch may be larger (server.max_body_bytes, 32 MiB): its values are bounded all together.
@@ -155,6 +157,7 @@ async fn hostile_bodies_cost_a_small_multiple_of_the_body_limit() {
     assert_eq!(r.status(), 413);
     assert_eq!(r.json::<Json>().await.unwrap()["error"]["code"], "too_many_values");
     let grew = peak_rss(pid).saturating_sub(before);
+    println!("batch of 16 million elements: 32 MiB body, peak RSS +{} KiB", grew >> 10);
     assert!(grew <= 3 * batch_limit as u64, "batch: peak RSS grew by {} MiB for a 32 MiB body", grew >> 20);
     assert!(daemon.terminate(), "still healthy: a clean stop");
 }

@@ -78,14 +78,18 @@ fn limited(token: &str, what: &str, wait: Duration) -> ApiError {
 mod tests {
     use super::*;
 
+    fn limits(per_second: u32, request_burst: u32, item_burst: u32) -> IntakeLimits {
+        IntakeLimits::new(&RateLimitConfig {
+            requests_per_second: per_second,
+            request_burst,
+            items_per_second: per_second,
+            item_burst,
+        })
+    }
+
     #[test]
     fn each_token_has_its_own_buckets() {
-        let limits = IntakeLimits::new(&RateLimitConfig {
-            requests_per_second: 1,
-            request_burst: 3,
-            items_per_second: 1,
-            item_burst: 10,
-        });
+        let limits = limits(1, 3, 10);
         for _ in 0..3 {
             limits.admit_request("a").unwrap();
         }
@@ -100,12 +104,7 @@ mod tests {
 
     #[test]
     fn zero_per_second_turns_a_bucket_off() {
-        let limits = IntakeLimits::new(&RateLimitConfig {
-            requests_per_second: 0,
-            request_burst: 0,
-            items_per_second: 0,
-            item_burst: 0,
-        });
+        let limits = limits(0, 0, 0);
         for _ in 0..1000 {
             limits.admit_request("a").unwrap();
             limits.admit_items("a", 1_000_000).unwrap();
