@@ -226,6 +226,9 @@ impl Driver {
                     };
                     let label = if result.is_ok() { "ok" } else { "failed" };
                     metrics.session_opens.with_label_values(&[&admin_name, label]).inc();
+                    if let Err(e) = &result {
+                        metrics.session_open_failures.with_label_values(&[&admin_name, e.class.code()]).inc();
+                    }
                     if result.is_ok() {
                         metrics
                             .session_open_seconds
