@@ -6,8 +6,10 @@
 
 mod auth;
 mod group;
+mod views;
 
 pub use auth::{AuditEntry, AuditQuery, AuditRecord, TokenRow};
+pub use views::{BatchSummary, FailureGroup, FailureMessage, FailureQuery, TenantCount};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
