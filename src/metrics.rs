@@ -12,6 +12,9 @@ use prometheus::{
 /// Buckets that fit PowerShell work: from 50 ms to 10 minutes.
 const SECONDS_BUCKETS: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0];
 
+/// The OAuth grants the identity module asks tokens with: the `grant` label's closed set.
+pub const TOKEN_GRANTS: [&str; 3] = ["client_credentials", "refresh_token", "device_code"];
+
 pub struct Metrics {
     registry: Registry,
     pub tenant_labels: bool,
@@ -185,6 +188,10 @@ impl Metrics {
             m.remote_faults.with_label_values(&[class.code()]);
             m.retries.with_label_values(&[class.code()]);
         }
+        // Likewise the token grants (a daemon without OAuth admins shows zeros, not "no data").
+        for grant in TOKEN_GRANTS {
+            m.token_requests.with_label_values(&[grant, "issued"]);
+        }
         m
     }
 
@@ -259,5 +266,22 @@ mod tests {
             assert!(text.contains(&series), "{series}");
             assert!(text.contains(&format!("psbroker_remote_faults_total{{class=\"{}\"}} 0", class.code())));
         }
+        for grant in TOKEN_GRANTS {
+            assert!(text.contains(&format!("psbroker_token_requests_total{{grant=\"{grant}\",outcome=\"issued\"}} 0")));
+        }
+    }
+
+    #[test]
+    fn admins_start_with_their_identity_failure_series_at_zero() {
+        let m = Metrics::new(false);
+        m.init_admins(["alice"]);
+        let text = m.render();
+        for class in ["logon_failed", "account_locked", "mfa_required"] {
+            let series = format!("psbroker_session_open_failures_total{{admin=\"alice\",class=\"{class}\"}} 0");
+            assert!(text.contains(&series), "{series}");
+        }
+        let not_seeded = "psbroker_session_open_failures_total{admin=\"alice\",class=\"unknown_cmdlet\"}";
+        assert!(!text.contains(not_seeded), "only classes that block an admin are seeded");
+        assert!(text.contains("psbroker_session_opens_total{admin=\"alice\",result=\"failed\"} 0"));
     }
 }
