@@ -59,8 +59,9 @@ pub enum Command {
     /// 1 otherwise. For container health checks and probes where no HTTP client is installed.
     Health {
         /// The daemon's base URL (default: this host's loopback on the configured
-        /// `server.listen` port, HTTPS when `[server.tls]` is set).
-        #[arg(long, env = "PSBROKER_URL")]
+        /// `server.listen` port, HTTPS when `[server.tls]` is set). Not read from PSBROKER_URL,
+        /// which may point the other commands at a load balancer rather than this process.
+        #[arg(long)]
         url: Option<String>,
         #[arg(long, env = "PSBROKER_CONFIG")]
         config: Option<PathBuf>,

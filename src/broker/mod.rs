@@ -30,7 +30,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, Mutex};
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-pub use driver::Event;
+pub use driver::{Event, CLOSE_TIMEOUT};
 
 /// State shared by the handle, the driver and the command runners.
 pub struct Shared {
