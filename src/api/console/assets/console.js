@@ -40,6 +40,7 @@ const state = {
   view: 'pools',
   paused: false,
   busy: false,
+  again: false,
   timer: null,
   batches: { limit: 50, open: null, items: [], itemsNext: null, itemsLimit: 100 },
   audit: { filters: {}, entries: [], next: null, paged: false },
@@ -276,7 +277,7 @@ async function loadBatchDetail() {
   const chosen = select.value;
   const codes = failures.codes.map((g) => g.code);
   if (chosen && !codes.includes(chosen)) codes.push(chosen);
-  select.replaceChildren(el('option', { value: '', text: 'any' }), codes.map((c) => el('option', { value: c, text: c })));
+  select.replaceChildren(el('option', { value: '', text: 'any' }), ...codes.map((c) => el('option', { value: c, text: c })));
   select.value = chosen;
   await loadItems(false);
 }
@@ -296,7 +297,8 @@ async function loadItems(more) {
   fillTable(
     $('items-table'),
     [
-      { label: 'Item', cell: (i) => `#${i.seq}`, cls: 'num' },
+      // Counted from 1, as the lines of the submitted file.
+      { label: 'Item', cell: (i) => el('span', { title: `position ${i.seq} in the batch (from 0)`, text: `#${i.seq + 1}` }), cls: 'num' },
       { label: 'Tenant', cell: (i) => i.tenant },
       { label: 'Cmdlet', cell: (i) => el('span', { class: 'mono', text: i.cmdlet }) },
       { label: 'Status', cell: (i) => badge(i.status) },
@@ -414,7 +416,12 @@ function showError(message) {
 }
 
 async function refresh() {
-  if (!state.token || state.busy) return;
+  if (!state.token) return;
+  if (state.busy) {
+    // One load at a time; a request made meanwhile (a filter changed) runs right after it.
+    state.again = true;
+    return;
+  }
   state.busy = true;
   try {
     await LOADERS[state.view]();
@@ -428,6 +435,10 @@ async function refresh() {
     showError(e.message);
   } finally {
     state.busy = false;
+    if (state.again) {
+      state.again = false;
+      refresh();
+    }
   }
 }
 
@@ -536,6 +547,7 @@ function signOut(message) {
   clearInterval(state.timer);
   state.token = null;
   state.me = null;
+  state.view = 'pools';
   clearData();
   showError('');
   $('whoami').replaceChildren();
