@@ -30,6 +30,24 @@ async fn scoped_token(app: &TestApp) -> String {
     body["token"].as_str().unwrap().to_string()
 }
 
+/// The scoped token's own batch on its tenant: one read that succeeds, one that fails in the
+/// cmdlet (no such mailbox). Returns its id once it is done.
+async fn scoped_batch(app: &TestApp, scoped: &reqwest::Client) -> String {
+    let r = scoped
+        .post(app.url("/v1/batches"))
+        .json(&json!({"items": [
+            {"tenant": tenant(1), "cmdlet": "Get-Mailbox", "parameters": {}},
+            {"tenant": tenant(1), "cmdlet": "Get-Mailbox", "parameters": {"Identity": "nobody-here"}},
+        ]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let id = r.json::<Json>().await.unwrap()["id"].as_str().unwrap().to_string();
+    app.wait_batch(&id, Duration::from_secs(30)).await;
+    id
+}
+
 async fn get(client: &reqwest::Client, url: String) -> (u16, Json) {
     let r = client.get(url).send().await.unwrap();
     let status = r.status().as_u16();
@@ -80,26 +98,14 @@ async fn console_reads_respect_ownership_and_scopes() {
     let scoped = psbroker::cli_token::bearer_client(&scoped_token(&app).await).unwrap();
     let (t1, t2) = (tenant(1), tenant(2));
 
-    // The admin's batch on two tenants with unknown cmdlets; the scoped token's on its tenant
-    // with one item that fails in the cmdlet (no such mailbox).
+    // The admin's batch on two tenants with unknown cmdlets, and the scoped token's.
     let mut items: Vec<Json> = (0..6)
         .map(|i| json!({"tenant": if i % 2 == 0 { &t1 } else { &t2 }, "cmdlet": "Get-Mailbox", "parameters": {}}))
         .collect();
     items.extend((0..3).map(|_| json!({"tenant": t2, "cmdlet": "Get-Nonexistent", "parameters": {}})));
     let admin_batch = app.submit_batch(items).await;
-    let r = scoped
-        .post(app.url("/v1/batches"))
-        .json(&json!({"items": [
-            {"tenant": t1, "cmdlet": "Get-Mailbox", "parameters": {}},
-            {"tenant": t1, "cmdlet": "Get-Mailbox", "parameters": {"Identity": "nobody-here"}},
-        ]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
-    let scoped_batch = r.json::<Json>().await.unwrap()["id"].as_str().unwrap().to_string();
+    let scoped_batch = scoped_batch(&app, &scoped).await;
     app.wait_batch(&admin_batch, Duration::from_secs(30)).await;
-    app.wait_batch(&scoped_batch, Duration::from_secs(30)).await;
 
     // Batches: the admin sees both, newest first, with counts; the scoped token its own.
     let (status, all) = app.get("/v1/batches").await;
@@ -224,19 +230,7 @@ async fn console_in_a_real_browser() {
     // Commands take 1 s so a batch runs long enough to be watched.
     let app = TestApp::start(&config_text(2, 4, 50, 1000, "")).await;
     let scoped = scoped_token(&app).await;
-    let scoped_client = psbroker::cli_token::bearer_client(&scoped).unwrap();
-    let r = scoped_client
-        .post(app.url("/v1/batches"))
-        .json(&json!({"items": [
-            {"tenant": tenant(1), "cmdlet": "Get-Mailbox", "parameters": {}},
-            {"tenant": tenant(1), "cmdlet": "Get-Mailbox", "parameters": {"Identity": "nobody-here"}},
-        ]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
-    let scoped_batch = r.json::<Json>().await.unwrap()["id"].as_str().unwrap().to_string();
-    app.wait_batch(&scoped_batch, Duration::from_secs(30)).await;
+    let scoped_batch = scoped_batch(&app, &psbroker::cli_token::bearer_client(&scoped).unwrap()).await;
 
     let shots = target_dir().join("console-screenshots");
     std::fs::create_dir_all(&shots).unwrap();

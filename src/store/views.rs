@@ -125,15 +125,7 @@ impl Store {
             batches.iter().enumerate().map(|(i, b)| (b.counts.id.to_string(), i)).collect();
         for row in qb.build().fetch_all(&self.reads).await? {
             let Some(&i) = index.get(row.try_get::<&str, _>("batch_id")?) else { continue };
-            let n: i64 = row.try_get("n")?;
-            let c = &mut batches[i].counts;
-            match Status::parse(row.try_get::<&str, _>("status")?) {
-                Status::Queued => c.queued = n,
-                Status::Running => c.running = n,
-                Status::Succeeded => c.succeeded = n,
-                Status::Failed => c.failed = n,
-                Status::Cancelled => c.cancelled = n,
-            }
+            batches[i].counts.set(Status::parse(row.try_get::<&str, _>("status")?), row.try_get("n")?);
         }
         Ok(batches)
     }

@@ -55,6 +55,16 @@ try {
   });
   page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
   const shot = (name) => page.screenshot({ path: path.join(env.SHOTS, `console-${name}.png`) });
+  // Signs in with `secret` (typed, then Enter); every sign-in starts on Pools. Returns the tenants
+  // listed there once at least `tenants` are.
+  const signIn = async (secret, tenants) => {
+    await page.getByLabel('API token').fill(secret);
+    await page.keyboard.press('Enter');
+    await page.locator('#app').waitFor({ state: 'visible' });
+    check(await page.getByRole('tab', { name: /Pools/ }).getAttribute('aria-selected') === 'true', 'a sign-in starts on Pools');
+    await within(5000, 'the pools', () => page.locator('#tenants-table tbody tr').count().then((n) => n >= tenants));
+    return page.locator('#tenants-table tbody tr td:first-child').allTextContents();
+  };
 
   // ---- The page and its headers.
   const first = await page.goto(`${base}/console`);
@@ -64,19 +74,13 @@ try {
   check(headers['x-content-type-options'] === 'nosniff', 'no X-Content-Type-Options: nosniff');
 
   // ---- A wrong token is refused; the admin token signs in (with the keyboard alone).
-  const token = page.getByLabel('API token');
-  check(await token.evaluate((e) => e === document.activeElement), 'the token field has the focus at first');
+  check(await page.getByLabel('API token').evaluate((e) => e === document.activeElement), 'the token field has the focus at first');
   refusalExpected = true;
   await page.keyboard.type('psb_not-a-real-token');
   await page.keyboard.press('Enter');
   await within(5000, 'the refusal', () => page.locator('#login-error').textContent().then((t) => t.includes('not valid')));
   refusalExpected = false;
-  await token.fill(env.ADMIN_TOKEN);
-  await page.keyboard.press('Enter');
-  await page.locator('#app').waitFor({ state: 'visible' });
-  check(await page.getByRole('tab', { name: /Pools/ }).getAttribute('aria-selected') === 'true', 'Pools is the first view');
-  await within(5000, 'the pools', () => page.locator('#tenants-table tbody tr').count().then((n) => n >= 4));
-  const adminTenants = await page.locator('#tenants-table tbody tr td:first-child').allTextContents();
+  const adminTenants = await signIn(env.ADMIN_TOKEN, 4);
   observed.admin_tenants = adminTenants;
   check(adminTenants.includes(env.OTHER_TENANT) && adminTenants.includes(env.SCOPED_TENANT), `the admin sees every tenant: ${adminTenants}`);
 
@@ -177,12 +181,7 @@ try {
   // ---- Sign out, sign in with the scoped token: its tenants only, its batches only.
   await page.getByRole('button', { name: 'Sign out' }).click();
   check(await page.evaluate(() => sessionStorage.length) === 0, 'signing out forgets the token');
-  await page.getByLabel('API token').fill(env.SCOPED_TOKEN);
-  await page.keyboard.press('Enter');
-  await page.locator('#app').waitFor({ state: 'visible' });
-  check(await page.getByRole('tab', { name: /Pools/ }).getAttribute('aria-selected') === 'true', 'a new sign-in starts on Pools');
-  await within(5000, 'the scoped pools', () => page.locator('#tenants-table tbody tr').count().then((n) => n >= 1));
-  const scopedTenants = await page.locator('#tenants-table tbody tr td:first-child').allTextContents();
+  const scopedTenants = await signIn(env.SCOPED_TOKEN, 1);
   observed.scoped_tenants = scopedTenants;
   check(scopedTenants.length === 1 && scopedTenants[0] === env.SCOPED_TENANT, `the scoped token sees only its tenant: ${scopedTenants}`);
   check((await page.locator('#whoami').textContent()).includes('operator'), 'who is signed in, with the role');
