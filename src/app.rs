@@ -25,6 +25,17 @@ use tokio_util::sync::CancellationToken;
 /// How long a graceful stop waits for running commands before closing their sessions anyway.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// After the drain, how long HTTPS connections still open get to finish their answers.
+pub const CONNECTION_GRACE: Duration = Duration::from_secs(5);
+
+/// The longest a graceful stop (SIGTERM) can take: the drain, then closing the sessions still
+/// busy (each close bounded by [`crate::broker::CLOSE_TIMEOUT`], all at once), then the open
+/// connections' grace. A supervisor's kill timeout (Kubernetes' terminationGracePeriodSeconds,
+/// systemd's TimeoutStopSec) must be longer; tests/deploy.rs checks the manifests against it.
+pub const fn longest_stop() -> Duration {
+    Duration::from_secs(DRAIN_TIMEOUT.as_secs() + crate::broker::CLOSE_TIMEOUT.as_secs() + CONNECTION_GRACE.as_secs())
+}
+
 pub struct Application {
     listener: TcpListener,
     broker: Arc<Broker>,
@@ -149,7 +160,7 @@ impl Application {
                 tokio::spawn(async move {
                     let _ = http_stopped.await;
                     // The broker has drained already: connections still open only wait for answers.
-                    stopper.graceful_shutdown(Some(Duration::from_secs(5)));
+                    stopper.graceful_shutdown(Some(CONNECTION_GRACE));
                 });
                 axum_server::from_tcp_rustls(self.listener.into_std()?, live)
                     .handle(handle)
