@@ -23,10 +23,27 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-/// After the drain, the longest the remote sessions get to close: a stop ends within
-/// `server.drain_timeout_seconds` + this + `server.shutdown_grace_seconds` whatever remote
-/// services and clients do (the next start deletes shells a cut-short stop left open).
+/// The default of `server.drain_timeout_seconds`: how long a graceful stop waits for running
+/// commands before closing their sessions anyway.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// After the drain, the longest the remote sessions get to close, all together (each close is
+/// bounded by [`crate::broker::CLOSE_TIMEOUT`] too): a stop goes on without them after this (the
+/// next start deletes shells a cut-short stop left open).
 pub const SESSION_CLOSE_BUDGET: Duration = Duration::from_secs(10);
+
+/// The default of `server.shutdown_grace_seconds`: after the drain, how long connections still
+/// open get to finish their answers before they are closed.
+pub const CONNECTION_GRACE: Duration = Duration::from_secs(5);
+
+/// The longest a graceful stop (SIGTERM) can take with the default `[server]` settings: the
+/// drain, closing the sessions, the connections' grace — whatever clients and remote services
+/// do (`tests/hardening.rs` times it). A supervisor's kill timeout (Kubernetes'
+/// terminationGracePeriodSeconds, systemd's TimeoutStopSec) must be longer; tests/deploy.rs
+/// checks the manifests against it. With other settings: [`crate::config::ServerConfig::longest_stop`].
+pub const fn longest_stop() -> Duration {
+    Duration::from_secs(DRAIN_TIMEOUT.as_secs() + SESSION_CLOSE_BUDGET.as_secs() + CONNECTION_GRACE.as_secs())
+}
 
 pub struct Application {
     listener: TcpListener,

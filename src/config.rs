@@ -138,6 +138,11 @@ impl ServerConfig {
     pub fn drain_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.drain_timeout_seconds)
     }
+
+    /// The longest a graceful stop can take with these settings (see [`crate::app::longest_stop`]).
+    pub fn longest_stop(&self) -> Duration {
+        self.drain_timeout() + crate::app::SESSION_CLOSE_BUDGET + Duration::from_secs_f64(self.shutdown_grace_seconds)
+    }
 }
 
 /// PEM files for the API listener. Both are read at start (a missing or unreadable file stops
@@ -167,8 +172,8 @@ impl Default for ServerConfig {
             header_read_timeout_seconds: 10.0,
             idle_timeout_seconds: 60.0,
             body_timeout_seconds: 30.0,
-            drain_timeout_seconds: 30.0,
-            shutdown_grace_seconds: 5.0,
+            drain_timeout_seconds: crate::app::DRAIN_TIMEOUT.as_secs_f64(),
+            shutdown_grace_seconds: crate::app::CONNECTION_GRACE.as_secs_f64(),
             allowed_hosts: vec![],
             rate_limit: RateLimitConfig::default(),
         }
