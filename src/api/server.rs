@@ -95,7 +95,14 @@ pub async fn serve(
         let _ = tcp.set_nodelay(true);
         match registry.make_room(limits.max_connections) {
             Room::Free => {}
-            Room::Evicted => metrics.http_connections_closed.with_label_values(&["evicted"]).inc(),
+            Room::Closing(ended, evicted) => {
+                if evicted {
+                    metrics.http_connections_closed.with_label_values(&["evicted"]).inc();
+                }
+                // The limit is on open sockets: wait until the one making room has let go of its
+                // socket (it is cancelled, so this is a moment).
+                ended.cancelled().await;
+            }
             Room::Full => {
                 metrics.http_connections_closed.with_label_values(&["refused"]).inc();
                 if tls.is_none() {
@@ -167,7 +174,9 @@ impl Default for OnceInstant {
 
 enum Room {
     Free,
-    Evicted,
+    /// A connection is closing to make room; the token is cancelled once it has. `true` when it
+    /// was closed for this (evicted), `false` when it was closing anyway.
+    Closing(CancellationToken, bool),
     Full,
 }
 
@@ -176,15 +185,17 @@ impl Registry {
     /// that has no request in progress, or not at all.
     fn make_room(&self, limit: usize) -> Room {
         let conns = self.conns.lock().expect("connection registry");
-        let live = conns.values().filter(|c| !c.close.is_cancelled());
-        if live.clone().count() < limit {
+        if conns.len() < limit {
             return Room::Free;
         }
-        let idle = live.filter(|c| c.in_flight.load(Ordering::SeqCst) == 0);
+        if let Some(closing) = conns.values().find(|c| c.close.is_cancelled()) {
+            return Room::Closing(closing.ended.clone(), false);
+        }
+        let idle = conns.values().filter(|c| c.in_flight.load(Ordering::SeqCst) == 0);
         match idle.min_by_key(|c| c.last_active.load(Ordering::SeqCst)) {
             Some(oldest) => {
                 oldest.close.cancel();
-                Room::Evicted
+                Room::Closing(oldest.ended.clone(), true)
             }
             None => Room::Full,
         }
@@ -203,13 +214,17 @@ impl Registry {
             last_active: AtomicU64::new(now),
             write_blocked_since: AtomicU64::new(0),
             close: CancellationToken::new(),
+            ended: CancellationToken::new(),
         });
         self.conns.lock().expect("connection registry").insert(conn.id, conn.clone());
         conn
     }
 
+    /// Forgets a connection whose socket is closed.
     fn close(&self, id: u64) {
-        self.conns.lock().expect("connection registry").remove(&id);
+        if let Some(conn) = self.conns.lock().expect("connection registry").remove(&id) {
+            conn.ended.cancel();
+        }
     }
 }
 
@@ -229,6 +244,8 @@ struct ConnState {
     write_blocked_since: AtomicU64,
     /// Cancelled to close the connection (room for a newer one).
     close: CancellationToken,
+    /// Cancelled once the connection's socket is closed.
+    ended: CancellationToken,
 }
 
 impl ConnState {
@@ -479,8 +496,12 @@ mod tests {
         let (a, b) = (registry.open(), registry.open());
         let _busy = b.begin_request();
         assert!(matches!(registry.make_room(3), Room::Free));
-        assert!(matches!(registry.make_room(2), Room::Evicted));
-        assert!(a.close.is_cancelled() && !b.close.is_cancelled());
-        assert!(matches!(registry.make_room(1), Room::Full), "the only live one is busy");
+        let Room::Closing(ended, true) = registry.make_room(2) else { panic!("the idle one makes room") };
+        assert!(a.close.is_cancelled() && !b.close.is_cancelled() && !ended.is_cancelled());
+        assert!(matches!(registry.make_room(2), Room::Closing(_, false)), "still closing: wait for it");
+        registry.close(a.id);
+        assert!(ended.is_cancelled(), "its socket is gone");
+        assert!(matches!(registry.make_room(2), Room::Free));
+        assert!(matches!(registry.make_room(1), Room::Full), "the only one left is busy");
     }
 }
