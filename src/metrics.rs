@@ -15,6 +15,10 @@ const SECONDS_BUCKETS: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.
 /// The OAuth grants the identity module asks tokens with: the `grant` label's closed set.
 pub const TOKEN_GRANTS: [&str; 3] = ["client_credentials", "refresh_token", "device_code"];
 
+/// Why the API server ends a connection itself (`psbroker_http_connections_closed_total`).
+pub const CONNECTION_CLOSE_REASONS: [&str; 7] =
+    ["header_timeout", "idle_timeout", "write_timeout", "evicted", "refused", "tls_handshake", "shutdown"];
+
 pub struct Metrics {
     registry: Registry,
     pub tenant_labels: bool,
@@ -202,6 +206,9 @@ impl Metrics {
         for class in crate::remote::FaultClass::ALL {
             m.remote_faults.with_label_values(&[class.code()]);
             m.retries.with_label_values(&[class.code()]);
+        }
+        for reason in CONNECTION_CLOSE_REASONS {
+            m.http_connections_closed.with_label_values(&[reason]);
         }
         // Likewise the token grants (a daemon without OAuth admins shows zeros, not "no data").
         for grant in TOKEN_GRANTS {

@@ -95,12 +95,10 @@ pub async fn serve(
         let _ = tcp.set_nodelay(true);
         match registry.make_room(limits.max_connections) {
             Room::Free => {}
-            Room::Closing(ended, evicted) => {
-                if evicted {
-                    metrics.http_connections_closed.with_label_values(&["evicted"]).inc();
-                }
-                // The limit is on open sockets: wait until the one making room has let go of its
-                // socket (it is cancelled, so this is a moment).
+            Room::Closing(ended) => {
+                // The limit is on open sockets: wait until the connection making room has let
+                // go of its socket (it is cancelled, so this is a moment). It counts itself in
+                // the metrics, as evicted or for whatever else closed it.
                 ended.cancelled().await;
             }
             Room::Full => {
@@ -174,9 +172,9 @@ impl Default for OnceInstant {
 
 enum Room {
     Free,
-    /// A connection is closing to make room; the token is cancelled once it has. `true` when it
-    /// was closed for this (evicted), `false` when it was closing anyway.
-    Closing(CancellationToken, bool),
+    /// A connection is closing to make room (evicted, or closing anyway); the token is
+    /// cancelled once it has.
+    Closing(CancellationToken),
     Full,
 }
 
@@ -189,13 +187,13 @@ impl Registry {
             return Room::Free;
         }
         if let Some(closing) = conns.values().find(|c| c.close.is_cancelled()) {
-            return Room::Closing(closing.ended.clone(), false);
+            return Room::Closing(closing.ended.clone());
         }
         let idle = conns.values().filter(|c| c.in_flight.load(Ordering::SeqCst) == 0);
         match idle.min_by_key(|c| c.last_active.load(Ordering::SeqCst)) {
             Some(oldest) => {
                 oldest.close.cancel();
-                Room::Closing(oldest.ended.clone(), true)
+                Room::Closing(oldest.ended.clone())
             }
             None => Room::Full,
         }
@@ -496,9 +494,9 @@ mod tests {
         let (a, b) = (registry.open(), registry.open());
         let _busy = b.begin_request();
         assert!(matches!(registry.make_room(3), Room::Free));
-        let Room::Closing(ended, true) = registry.make_room(2) else { panic!("the idle one makes room") };
+        let Room::Closing(ended) = registry.make_room(2) else { panic!("the idle one makes room") };
         assert!(a.close.is_cancelled() && !b.close.is_cancelled() && !ended.is_cancelled());
-        assert!(matches!(registry.make_room(2), Room::Closing(_, false)), "still closing: wait for it");
+        assert!(matches!(registry.make_room(2), Room::Closing(_)), "still closing: wait for it");
         registry.close(a.id);
         assert!(ended.is_cancelled(), "its socket is gone");
         assert!(matches!(registry.make_room(2), Room::Free));
