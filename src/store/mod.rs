@@ -6,8 +6,10 @@
 
 mod auth;
 mod group;
+mod identity;
 
 pub use auth::{AuditEntry, AuditQuery, AuditRecord, TokenRow};
+pub use identity::SealedRefreshToken;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
