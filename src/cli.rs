@@ -55,6 +55,15 @@ pub enum Command {
         #[command(flatten)]
         auth: AuthArgs,
     },
+    /// Sign an admin's delegated OAuth identity in (device code): prints a URL and a code to
+    /// enter in any browser, then stores the refresh token, sealed.
+    Login {
+        /// The admin (`[[admins]] name`) whose `[admins.oauth]` uses grant = "refresh_token".
+        #[arg(long)]
+        admin: String,
+        #[arg(long, env = "PSBROKER_CONFIG")]
+        config: Option<PathBuf>,
+    },
     /// Create, list and revoke API tokens (on the store directly; the daemon need not run).
     #[command(subcommand)]
     Token(crate::cli_token::TokenCommand),

@@ -51,6 +51,7 @@ async fn run() -> anyhow::Result<()> {
         Command::Batch(cmd) => cli::batch(cmd).await,
         Command::Status { url, auth } => cli::status(&url, &auth).await,
         Command::Token(cmd) => psbroker::cli_token::run(cmd).await,
+        Command::Login { admin, config } => psbroker::cli_login::login(&admin, config.as_deref()).await,
         Command::Bench(BenchCommand::Bulk(args)) => psbroker::bench::bulk(args).await,
         Command::Bench(BenchCommand::Api(args)) => psbroker::bench::api::run(args).await,
         Command::Bench(BenchCommand::Codec(args)) => psbroker::bench::codec::run(args),

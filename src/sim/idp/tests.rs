@@ -194,3 +194,24 @@ async fn the_winrm_side_takes_the_identity_providers_tokens_for_their_tenant_onl
     let foreign = crate::sim::tokens::SimTokens::new().issue(&sim.access_tokens().verify(&token, &base).unwrap());
     assert!(sim.authenticate(UPN, SimCredential::BearerToken(&foreign)).is_err());
 }
+
+#[tokio::test]
+async fn an_overloaded_identity_service_answers_503_with_retry_after() {
+    let (sim, base) = start(|c| {
+        c.identity.unavailable = 1.0;
+        c.identity.retry_after_seconds = 3;
+    })
+    .await;
+    let url = format!("{base}/{TENANT}/oauth2/v2.0/token");
+    let form = [
+        ("grant_type", "client_credentials"),
+        ("client_id", APP),
+        ("client_secret", "s3cret"),
+        ("scope", "https://x/.default"),
+    ];
+    let r = reqwest::Client::new().post(&url).form(&form).send().await.unwrap();
+    assert_eq!((r.status().as_u16(), r.headers()["retry-after"].to_str().unwrap()), (503, "3"));
+    sim.set_identity_unavailable_rate(0.0);
+    assert_eq!(post(&url, &form).await.0, 200);
+    assert_eq!(sim.idp_stats().refused.get("AADSTS90033"), Some(&1));
+}
