@@ -903,6 +903,67 @@ mod tests {
         assert_eq!((c.simulator.faults.drop_after, c.simulator.faults.actions.len()), (0.009, 1));
     }
 
+    /// The commented block starting at `marker` (up to the next empty line) with its settings
+    /// uncommented (prose stays a comment).
+    fn commented_block(marker: &str) -> String {
+        let start = EMBEDDED_DEMO.find(marker).unwrap_or_else(|| panic!("the demo shows {marker}"));
+        let setting = |l: &str| {
+            let key: String = l.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+            l.starts_with('[') || (!key.is_empty() && l[key.len()..].trim_start().starts_with('='))
+        };
+        let lines = EMBEDDED_DEMO[start..].lines().take_while(|l| !l.trim().is_empty());
+        lines.map(|l| l.strip_prefix("# ").filter(|rest| setting(rest)).unwrap_or(l)).collect::<Vec<_>>().join("\n")
+    }
+
+    #[test]
+    fn the_commented_identity_examples_in_the_demo_are_valid() {
+        let tenants = EMBEDDED_DEMO.find("[[tenants]]").unwrap();
+        let text = format!(
+            "{}\n{}\n{}\n{}\n",
+            commented_block("# [identity]"),
+            &EMBEDDED_DEMO[..tenants],
+            commented_block("# [[admins]]\n# name = \"exo-app\""),
+            &EMBEDDED_DEMO[tenants..],
+        );
+        let c = Config::from_toml(&text).unwrap();
+        let oauth: Vec<_> = c.admins.iter().filter_map(|a| a.oauth.as_ref()).collect();
+        assert_eq!(oauth.len(), 2);
+        assert_eq!((oauth[0].grant, oauth[1].grant), (OAuthGrant::ClientCredentials, OAuthGrant::RefreshToken));
+        assert_eq!(oauth[0].login_url(), "https://login.microsoftonline.com");
+        assert!(c.identity.refresh_token_key.is_some());
+        let sim = commented_block("# [simulator.identity]");
+        let start = EMBEDDED_DEMO.find("# [simulator.identity]").unwrap();
+        let c = Config::from_toml(&format!("{}\n{sim}\n", &EMBEDDED_DEMO[..start])).unwrap();
+        assert_eq!(c.simulator.identity.apps.len(), 1);
+        let defaults = SimIdentityConfig { apps: c.simulator.identity.apps.clone(), ..Default::default() };
+        assert_eq!(c.simulator.identity, defaults, "the documented values are the defaults");
+    }
+
+    #[test]
+    fn oauth_identities_are_checked_at_start() {
+        let admin = |oauth: &str| {
+            format!("{EMBEDDED_DEMO}\n[[admins]]\nname = \"o\"\nupn = \"o@p.example\"\n[admins.oauth]\nclient_id = \"c\"\n{oauth}\n")
+        };
+        let err = |oauth: &str| Config::from_toml(&admin(oauth)).unwrap_err().to_string();
+        assert!(err("grant = \"client_credentials\"").contains("needs client_secret or certificate"));
+        assert!(err("grant = \"client_credentials\"\nclient_secret = \"env:A\"\ncertificate = \"file:b\"")
+            .contains("not both"));
+        assert!(err("grant = \"client_credentials\"\nclient_secret = \"plain\"").contains("oauth.client_secret"));
+        assert!(err("grant = \"client_credentials\"\nclient_secret = \"env:A\"\nlogin_url = \"ftp://x\"")
+            .contains("login_url"));
+        assert!(err("grant = \"refresh_token\"").contains("refresh_token_key"), "delegated tokens are sealed at rest");
+        assert!(err("grant = \"device\"\nclient_secret = \"env:A\"").contains("grant"));
+        let ok = Config::from_toml(&admin(
+            "grant = \"client_credentials\"\nclient_secret = \"env:A\"\ncloud = \"gcc_high\"",
+        ))
+        .unwrap();
+        let oauth = ok.admins.last().unwrap().oauth.clone().unwrap();
+        assert_eq!(oauth.login_url(), "https://login.microsoftonline.us");
+        assert!(ok.admins.last().unwrap().credential.is_empty(), "an OAuth admin needs no credential");
+        let no_credential = format!("{EMBEDDED_DEMO}\n[[admins]]\nname = \"n\"\nupn = \"n@p.example\"\n");
+        assert!(Config::from_toml(&no_credential).unwrap_err().to_string().contains("needs a credential"));
+    }
+
     #[test]
     fn credential_refs_parse_and_resolve() {
         assert_eq!(CredentialRef::parse("env:X").unwrap(), CredentialRef::Env("X".into()));

@@ -10,7 +10,7 @@ use psbroker::identity::cloud::Cloud;
 use psbroker::identity::grants::{ClientAuth, IdpClient};
 use psbroker::identity::sealed::SealingKey;
 use psbroker::identity::service::RefreshTokens;
-use psbroker::identity::{AccessToken, Actor, Identity, TokenService};
+use psbroker::identity::{AccessToken, Actor, Identity, TokenService, TokenSource};
 use psbroker::metrics::Metrics;
 use psbroker::remote::FaultClass;
 use psbroker::sim::idp::SimApp;
@@ -88,6 +88,20 @@ impl Idp {
         }
     }
 
+    /// The registered application, app-only, signing in with its certificate.
+    fn app(&self, service: &Arc<TokenService>) -> Arc<dyn TokenSource> {
+        self.app_with(service, "app", certificate(APP_PEM))
+    }
+
+    fn app_with(&self, service: &Arc<TokenService>, name: &str, auth: ClientAuth) -> Arc<dyn TokenSource> {
+        service.source(self.identity(
+            name,
+            &format!("{name}@partner.example"),
+            OAuthGrant::ClientCredentials,
+            Some(auth),
+        ))
+    }
+
     fn guid(&self, tenant: &str) -> String {
         self.sim.tenant_id(tenant).unwrap()
     }
@@ -129,12 +143,7 @@ async fn app_only_tokens_with_a_certificate_or_a_secret_and_refusals_of_both() {
     let idp = Idp::start(|_| {}).await;
     let metrics = Arc::new(Metrics::new(false));
     let service = service(None, Some(metrics.clone()));
-    let cert = service.source(idp.identity(
-        "cert",
-        "cert@partner.example",
-        OAuthGrant::ClientCredentials,
-        Some(certificate(APP_PEM)),
-    ));
+    let cert = idp.app_with(&service, "cert", certificate(APP_PEM));
     let token = cert.token(CONTOSO, &idp.scope(), None).await.unwrap();
     let claims = idp.verify(&token);
     assert_eq!((claims.tid.as_str(), claims.appid.as_str()), (idp.guid(CONTOSO).as_str(), APP));
@@ -143,26 +152,19 @@ async fn app_only_tokens_with_a_certificate_or_a_secret_and_refusals_of_both() {
     assert_eq!(token.actor, Actor::App);
 
     let secret = ClientAuth::Secret(SecretString::from(SECRET));
-    let by_secret =
-        service.source(idp.identity("secret", "s@partner.example", OAuthGrant::ClientCredentials, Some(secret)));
+    let by_secret = idp.app_with(&service, "secret", secret);
     idp.verify(&by_secret.token(&idp.guid(FABRIKAM), &idp.scope(), None).await.unwrap());
 
     // (An app-only token is the application's, whichever identity asked: the refusals below are
     // for a tenant with no cached token of the app.)
     let wrong = ClientAuth::Secret(SecretString::from("not-the-secret"));
-    let wrong_secret =
-        service.source(idp.identity("wrong", "w@partner.example", OAuthGrant::ClientCredentials, Some(wrong)));
+    let wrong_secret = idp.app_with(&service, "wrong", wrong);
     let err = wrong_secret.token(LITWARE, &idp.scope(), None).await.unwrap_err();
     assert_eq!(err.class, FaultClass::InvalidClient);
     assert!(err.message.contains("AADSTS7000215"), "{}", err.message);
 
     // A valid certificate and key, but not the one registered on the application.
-    let other = service.source(idp.identity(
-        "other",
-        "o@partner.example",
-        OAuthGrant::ClientCredentials,
-        Some(certificate(OTHER_PEM)),
-    ));
+    let other = idp.app_with(&service, "other", certificate(OTHER_PEM));
     let err = other.token(LITWARE, &idp.scope(), None).await.unwrap_err();
     assert_eq!(err.class, FaultClass::InvalidClient);
     assert!(err.message.contains("AADSTS700027"), "{}", err.message);
@@ -179,12 +181,7 @@ async fn an_app_not_consented_in_one_tenant_is_refused_there_and_nowhere_else() 
     let idp = Idp::start(|_| {}).await;
     idp.sim.set_app_consent(APP, FABRIKAM, false);
     let service = service(None, None);
-    let app = service.source(idp.identity(
-        "app",
-        "app@partner.example",
-        OAuthGrant::ClientCredentials,
-        Some(certificate(APP_PEM)),
-    ));
+    let app = idp.app(&service);
     let err = app.token(FABRIKAM, &idp.scope(), None).await.unwrap_err();
     assert_eq!(err.class, FaultClass::ConsentRequired);
     assert!(err.message.contains("AADSTS700016"), "{}", err.message);
@@ -200,12 +197,7 @@ async fn an_app_not_consented_in_one_tenant_is_refused_there_and_nowhere_else() 
 async fn concurrent_callers_make_one_request_per_key() {
     let idp = Idp::start(|_| {}).await;
     let service = service(None, None);
-    let app = service.source(idp.identity(
-        "app",
-        "app@partner.example",
-        OAuthGrant::ClientCredentials,
-        Some(certificate(APP_PEM)),
-    ));
+    let app = idp.app(&service);
     let mut tasks = Vec::new();
     for i in 0..60 {
         let (app, scope) = (app.clone(), idp.scope());
@@ -233,12 +225,7 @@ async fn concurrent_callers_make_one_request_per_key() {
 async fn short_lived_tokens_are_renewed_before_they_expire() {
     let idp = Idp::start(|c| c.identity.token_lifetime_seconds = 3).await;
     let service = service(None, None);
-    let app = service.source(idp.identity(
-        "app",
-        "app@partner.example",
-        OAuthGrant::ClientCredentials,
-        Some(certificate(APP_PEM)),
-    ));
+    let app = idp.app(&service);
     let run = Duration::from_secs(10);
     let started = Instant::now();
     let mut workers = Vec::new();
@@ -300,11 +287,7 @@ async fn the_partner_refresh_token_serves_every_customer_and_its_newest_rotation
 
     // At rest: sealed. Neither refresh tokens (the simulator's start with `0.sim-rt.`) nor access
     // tokens are in any of the database's files.
-    let mut database = Vec::new();
-    for entry in std::fs::read_dir(dir.path()).unwrap() {
-        database.extend(std::fs::read(entry.unwrap().path()).unwrap());
-    }
-    let database = String::from_utf8_lossy(&database);
+    let database = common::database_text(dir.path());
     assert!(database.contains("identity_refresh_tokens"), "the files read are the database");
     assert!(!database.contains("sim-rt."), "a refresh token is in the database in clear");
     for token in &tokens {
@@ -378,12 +361,7 @@ async fn delegated_access_without_mfa_is_refused_and_partners_reach_only_their_c
 async fn an_unreachable_or_overloaded_identity_provider_is_transient() {
     let idp = Idp::start(|c| c.identity.retry_after_seconds = 7).await;
     let service = service(None, None);
-    let app = service.source(idp.identity(
-        "app",
-        "app@partner.example",
-        OAuthGrant::ClientCredentials,
-        Some(certificate(APP_PEM)),
-    ));
+    let app = idp.app(&service);
     idp.sim.set_identity_service_down(true);
     let err = app.token(CONTOSO, &idp.scope(), None).await.unwrap_err();
     assert_eq!((err.class, err.retry_after), (FaultClass::IdentityServiceUnreachable, Some(Duration::from_secs(7))));
@@ -403,12 +381,7 @@ async fn an_unreachable_or_overloaded_identity_provider_is_transient() {
 async fn a_claims_challenge_bypasses_the_cache() {
     let idp = Idp::start(|_| {}).await;
     let service = service(None, None);
-    let app = service.source(idp.identity(
-        "app",
-        "app@partner.example",
-        OAuthGrant::ClientCredentials,
-        Some(certificate(APP_PEM)),
-    ));
+    let app = idp.app(&service);
     let first = app.token(CONTOSO, &idp.scope(), None).await.unwrap();
     let challenge = base64::Engine::encode(
         &base64::engine::general_purpose::STANDARD,
@@ -560,14 +533,7 @@ async fn psbroker_login_signs_in_once_with_the_device_code_and_keeps_the_refresh
         idp.identity("alice", ALICE, OAuthGrant::RefreshToken, Some(ClientAuth::Secret(SecretString::from(SECRET))));
     let token = service.source(alice).token(CONTOSO, &idp.scope(), None).await.unwrap();
     assert_eq!(idp.verify(&token).upn.as_deref(), Some(ALICE));
-    let mut database = Vec::new();
-    for entry in std::fs::read_dir(dir.path()).unwrap() {
-        let path = entry.unwrap().path();
-        if path.file_name().unwrap().to_string_lossy().starts_with("psbroker.db") {
-            database.extend(std::fs::read(path).unwrap());
-        }
-    }
-    assert!(!String::from_utf8_lossy(&database).contains("sim-rt."), "sealed at rest");
+    assert!(!common::database_text(dir.path()).contains("sim-rt."), "sealed at rest");
 
     // A declined sign-in fails with the reason and keeps the stored token.
     let mut child = psbroker_login(&config);

@@ -55,14 +55,7 @@ async fn admin_passwords_appear_nowhere() {
 
     let log = log.lock().unwrap().join("\n");
     assert!(log.contains("session open failed"), "the failed logon was logged:\n{log}");
-    let mut database = Vec::new();
-    for entry in std::fs::read_dir(dir.path()).unwrap() {
-        let p = entry.unwrap().path();
-        if p.file_name().unwrap().to_string_lossy().starts_with("psbroker.db") {
-            database.extend(std::fs::read(p).unwrap());
-        }
-    }
-    let database = String::from_utf8_lossy(&database);
+    let database = common::database_text(dir.path());
     for secret in [GOOD, WRONG] {
         assert!(!log.contains(secret), "log leaks a password");
         assert!(!database.contains(secret), "database leaks a password");
@@ -181,14 +174,7 @@ async fn oauth_secrets_and_tokens_appear_nowhere() {
 
     let log = log.lock().unwrap().join("\n");
     assert!(log.contains("requesting an access token"), "token requests were logged (at debug):\n{log}");
-    let mut database = Vec::new();
-    for entry in std::fs::read_dir(dir.path()).unwrap() {
-        let p = entry.unwrap().path();
-        if p.file_name().unwrap().to_string_lossy().starts_with("psbroker.db") {
-            database.extend(std::fs::read(p).unwrap());
-        }
-    }
-    let database = String::from_utf8_lossy(&database);
+    let database = common::database_text(dir.path());
     assert!(database.contains("identity_refresh_tokens"), "the files read are the database");
     let mut secrets: Vec<(&str, String)> = vec![
         ("a client secret", APP_SECRET.to_string()),

@@ -113,15 +113,9 @@ impl IdpClient {
     ) -> Result<TokenAnswer, RemoteError> {
         let url = token_url(login_url, tenant);
         let client = client(client_id, &url, Some(auth))?;
-        let assertion = assertion_for(auth, client_id, &url);
         let mut request = client.exchange_client_credentials().add_scope(Scope::new(scope.to_string()));
-        if let Some(a) = &assertion {
-            request = request
-                .add_extra_param("client_assertion_type", ASSERTION_TYPE)
-                .add_extra_param("client_assertion", a.as_str());
-        }
-        if let Some(c) = claims {
-            request = request.add_extra_param("claims", c);
+        for (name, value) in extra_params(Some(auth), client_id, &url, claims) {
+            request = request.add_extra_param(name, value);
         }
         let transport = Transport::new(self, GrantKind::ClientCredentials);
         let sent = SystemTime::now();
@@ -144,16 +138,10 @@ impl IdpClient {
     ) -> Result<TokenAnswer, RemoteError> {
         let url = token_url(login_url, tenant);
         let client = client(client_id, &url, auth)?;
-        let assertion = auth.and_then(|a| assertion_for(a, client_id, &url));
         let refresh_token = RefreshToken::new(refresh_token.expose_secret().to_string());
         let mut request = client.exchange_refresh_token(&refresh_token).add_scope(Scope::new(scope.to_string()));
-        if let Some(a) = &assertion {
-            request = request
-                .add_extra_param("client_assertion_type", ASSERTION_TYPE)
-                .add_extra_param("client_assertion", a.as_str());
-        }
-        if let Some(c) = claims {
-            request = request.add_extra_param("claims", c);
+        for (name, value) in extra_params(auth, client_id, &url, claims) {
+            request = request.add_extra_param(name, value);
         }
         let transport = Transport::new(self, GrantKind::RefreshToken);
         let sent = SystemTime::now();
@@ -239,11 +227,23 @@ fn device_client(client_id: &str, login_url: &str, tenant: &str) -> Result<Devic
     ))
 }
 
-fn assertion_for(auth: &ClientAuth, client_id: &str, url: &str) -> Option<String> {
-    match auth {
-        ClientAuth::Certificate(cert) => Some(cert.assertion(client_id, url)),
-        ClientAuth::Secret(_) => None,
+/// What `oauth2` does not send by itself: a certificate's client assertion (its `aud` is this
+/// token URL) and a claims challenge.
+fn extra_params(
+    auth: Option<&ClientAuth>,
+    client_id: &str,
+    url: &str,
+    claims: Option<&str>,
+) -> Vec<(&'static str, String)> {
+    let mut params = Vec::new();
+    if let Some(ClientAuth::Certificate(cert)) = auth {
+        params.push(("client_assertion_type", ASSERTION_TYPE.to_string()));
+        params.push(("client_assertion", cert.assertion(client_id, url)));
     }
+    if let Some(c) = claims {
+        params.push(("claims", c.to_string()));
+    }
+    params
 }
 
 /// The transport failure of one request (the answer, if any, is classified separately).

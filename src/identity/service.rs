@@ -203,14 +203,6 @@ impl TokenService {
         Arc::new(IdentitySource { service: self.clone(), identity: Arc::new(identity) })
     }
 
-    pub fn refresh_tokens(&self) -> Option<&RefreshTokens> {
-        self.refresh_tokens.as_ref()
-    }
-
-    pub fn idp(&self) -> &IdpClient {
-        &self.idp
-    }
-
     /// Asks the identity provider (no cache).
     async fn fetch(
         &self,

@@ -130,6 +130,7 @@ async fn device_code_polling_pending_slow_down_declined_expired_and_the_sign_in_
     assert_eq!(status, 200, "{code}");
     assert_eq!(code["verification_uri"].as_str(), Some(format!("{base}/devicelogin").as_str()));
     assert_eq!(code["interval"].as_u64(), Some(1));
+    assert_eq!(sim.pending_device_codes(), [code["user_code"].as_str().unwrap()]);
     let device_code = code["device_code"].as_str().unwrap().to_string();
     assert_eq!(poll(&base, &device_code).await.1["error"], "authorization_pending");
     assert_eq!(poll(&base, &device_code).await.1["error"], "slow_down", "polled again at once");
