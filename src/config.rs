@@ -390,8 +390,11 @@ pub struct SimulatorConfig {
     pub remote_powershell_disabled: Vec<String>,
     /// `upn:tenant` pairs where the account lacks permission to manage the tenant.
     pub denied: Vec<String>,
-    /// Accounts that must pass MFA (and so cannot use remote PowerShell).
+    /// Accounts that must pass MFA (and so cannot use remote PowerShell with a password); the
+    /// identity provider refuses them tokens from a sign-in without MFA (AADSTS50076).
     pub mfa_required: Vec<String>,
+    /// The identity service is down: WinRM logons fail with Live ID's text, and the identity
+    /// provider answers 503 with `Retry-After`.
     pub identity_service_down: bool,
     pub accounts: Vec<SimAccountConfig>,
     pub tenants: Vec<String>,

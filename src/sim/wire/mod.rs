@@ -156,7 +156,8 @@ pub async fn run_standalone(config: &Config, listen: &str, mut options: WireOpti
     let scheme = if options.tls.is_some() { "https" } else { "http" };
     tracing::info!(
         %addr,
-        "simulated remote PowerShell endpoint at {scheme}://{addr}/powershell-liveid?DelegatedOrg=<tenant> (Basic auth)"
+        "simulated remote PowerShell endpoint at {scheme}://{addr}/powershell-liveid?DelegatedOrg=<tenant> (Basic auth); \
+         identity provider at {scheme}://{addr}/<tenant>/oauth2/v2.0/token (sign-in page {scheme}://{addr}/devicelogin)"
     );
     serve(sim, listener, options).await?;
     Ok(())
