@@ -4,7 +4,9 @@
 //! (admin, tenant, endpoint) triple, runs single commands on it, and closes it.
 
 pub mod clixml;
+pub mod exo;
 pub mod fault;
+mod http;
 pub mod psrp;
 pub mod value;
 pub mod winrm;
