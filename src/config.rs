@@ -781,6 +781,21 @@ mod tests {
         assert!(with("service = \"teams\"").is_err());
     }
 
+    /// The commented examples of the REST keys in the demo are valid as they stand.
+    #[test]
+    fn the_commented_rest_examples_in_the_demo_are_valid() {
+        let block = |header: &str| {
+            let start = EMBEDDED_DEMO.find(header).expect("the demo shows the block");
+            let lines: Vec<&str> =
+                EMBEDDED_DEMO[start..].lines().take_while(|l| l.starts_with('#')).map(|l| &l[2..]).collect();
+            lines.join("\n")
+        };
+        let text = format!("{EMBEDDED_DEMO}\n{}\n{}\n", block("# [profiles.exo]"), block("# [simulator.rest]"));
+        let c = Config::from_toml(&text).unwrap();
+        assert_eq!(c.profiles["exo"].kind, ProfileKind::ExoRest);
+        assert_eq!(c.simulator.rest.tenant_hosts.len(), 1);
+    }
+
     #[test]
     fn the_simulated_rest_service_is_configurable() {
         let with = |rest: &str| Config::from_toml(&format!("{EMBEDDED_DEMO}\n[simulator.rest]\n{rest}\n"));

@@ -160,7 +160,8 @@ pub struct SimStats {
     pub injected: BTreeMap<FaultKind, u64>,
     /// Pipeline id → the injected faults that hit requests naming it (CommandId).
     pub pipeline_faults: HashMap<Uuid, Vec<FaultKind>>,
-    /// Authenticated, well-formed WS-Management requests the wire server handled.
+    /// Authenticated, well-formed requests the wire server handled (WS-Management, and REST
+    /// calls: see also [`Simulator::rest_stats`]).
     pub requests: u64,
     /// Shell creations that passed the service's own checks (credentials, permission, policy).
     pub creates: u64,

@@ -155,6 +155,11 @@ pub async fn run_standalone(config: &Config, listen: &str, mut options: WireOpti
         %addr,
         "simulated remote PowerShell endpoint at {scheme}://{addr}/powershell-liveid?DelegatedOrg=<tenant> (Basic auth)"
     );
+    tracing::info!(
+        %addr,
+        "simulated Exchange Online admin API at {scheme}://{addr}/adminapi/beta/<tenant>/InvokeCommand (bearer tokens; \
+         Security & Compliance under /ipps)"
+    );
     serve(sim, listener, options).await?;
     Ok(())
 }
