@@ -5,8 +5,9 @@
 use crate::api::{self, ApiState};
 use crate::broker::directory::Directory;
 use crate::broker::Broker;
-use crate::config::{Config, ProfileConfig, ProfileKind, TlsConfig};
+use crate::config::{Config, ProfileConfig, ProfileKind, RestService, TlsConfig};
 use crate::metrics::Metrics;
+use crate::remote::exo::{self, ExoConnector, ExoOptions};
 use crate::remote::winrm::{WinrmConnector, WinrmOptions};
 use crate::remote::Connector;
 use crate::sim::wire::WireOptions;
@@ -52,7 +53,10 @@ const SIMULATOR_PLACEHOLDER: &str = "{simulator}";
 
 impl Application {
     pub async fn build(mut config: Config) -> anyhow::Result<Application> {
-        let wire_wanted = config.profiles.values().any(|p| p.connection_uri.contains(SIMULATOR_PLACEHOLDER));
+        let wire_wanted = config.profiles.values().any(|p| {
+            p.connection_uri.contains(SIMULATOR_PLACEHOLDER)
+                || p.base_url.as_deref().is_some_and(|b| b.contains(SIMULATOR_PLACEHOLDER))
+        });
         let uses_simulator = wire_wanted || config.profiles.values().any(|p| p.kind == ProfileKind::Simulator);
         let simulator = if uses_simulator {
             Some(Simulator::from_config(&config).map_err(|e| anyhow::anyhow!("simulator: {e}"))?)
@@ -66,6 +70,7 @@ impl Application {
         if let Some((addr, _)) = &simulator_wire {
             for p in config.profiles.values_mut() {
                 p.connection_uri = p.connection_uri.replace(SIMULATOR_PLACEHOLDER, &addr.to_string());
+                p.base_url = p.base_url.as_ref().map(|b| b.replace(SIMULATOR_PLACEHOLDER, &addr.to_string()));
             }
         }
         let node = node_id(&config.store.url)?;
@@ -75,6 +80,7 @@ impl Application {
                 Ok(simulator.as_ref().expect("simulator built for simulator profiles").connector())
             }
             ProfileKind::Wsman => winrm_connector(profile, &shell_name).with_context(|| format!("profile '{name}'")),
+            ProfileKind::ExoRest => exo_connector(profile).with_context(|| format!("profile '{name}'")),
         })?;
         let store =
             Store::connect(&config.store.url).await.with_context(|| format!("opening store {}", config.store.url))?;
@@ -238,6 +244,26 @@ fn winrm_connector(profile: &ProfileConfig, shell_name: &str) -> anyhow::Result<
         ..WinrmOptions::default()
     };
     Ok(Arc::new(WinrmConnector::new(options).map_err(|e| anyhow::anyhow!(e.message))?))
+}
+
+fn exo_connector(profile: &ProfileConfig) -> anyhow::Result<Arc<dyn Connector>> {
+    let options = ExoOptions {
+        service: match profile.service {
+            RestService::Exchange => exo::Service::Exchange,
+            RestService::Compliance => exo::Service::Compliance,
+        },
+        base_url: profile.rest_base_url(),
+        max_page_size: profile.max_page_size,
+        request_timeout: profile.request_timeout(),
+        batch: profile.batch,
+        allow_plain_http: profile.allow_plain_http,
+        accept_invalid_certs: profile.accept_invalid_certs,
+        extra_roots: match &profile.ca_file {
+            Some(path) => crate::tls::read_roots(path)?,
+            None => Vec::new(),
+        },
+    };
+    Ok(Arc::new(ExoConnector::new(options).map_err(|e| anyhow::anyhow!(e.message))?))
 }
 
 /// A stable identity for this daemon, kept next to its database (`node-id`), so the shells it

@@ -54,6 +54,9 @@ mod tls;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use http::{bare, server_error};
+pub(crate) use sever::Peer;
+
 use crate::config::Config;
 use crate::sim::Simulator;
 use std::net::SocketAddr;
@@ -101,7 +104,8 @@ pub async fn serve(sim: Simulator, listener: TcpListener, options: WireOptions) 
     let shutdown = options.shutdown.clone().unwrap_or_default();
     let stopped = shutdown.cancelled_owned();
     let tls = options.tls.clone();
-    let app = http::router(Arc::new(shell::Wire::new(sim, options)));
+    let rest = crate::sim::rest::router(sim.clone(), tls.is_some());
+    let app = http::router(Arc::new(shell::Wire::new(sim, options))).merge(rest);
     let listener = sever::SeverableListener(listener);
     match tls {
         None => {
@@ -150,6 +154,11 @@ pub async fn run_standalone(config: &Config, listen: &str, mut options: WireOpti
     tracing::info!(
         %addr,
         "simulated remote PowerShell endpoint at {scheme}://{addr}/powershell-liveid?DelegatedOrg=<tenant> (Basic auth)"
+    );
+    tracing::info!(
+        %addr,
+        "simulated Exchange Online admin API at {scheme}://{addr}/adminapi/beta/<tenant>/InvokeCommand (bearer tokens; \
+         Security & Compliance under /ipps)"
     );
     serve(sim, listener, options).await?;
     Ok(())
