@@ -16,12 +16,19 @@ COPY config config
 RUN cargo build --release --locked --bin psbroker
 
 FROM debian:bookworm-slim
-RUN useradd --system --home /var/lib/psbroker --create-home psbroker \
+# A numeric user, so Kubernetes can verify runAsNonRoot (deploy/k8s/deployment.yaml runs as the
+# same 10001). The data directory is the only place the daemon writes.
+RUN groupadd --system --gid 10001 psbroker \
+ && useradd --system --uid 10001 --gid 10001 --home /var/lib/psbroker --create-home psbroker \
+ && install -d -o 10001 -g 10001 /var/lib/psbroker/data \
  && apt-get update && apt-get install -y --no-install-recommends ca-certificates && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/target/release/psbroker /usr/local/bin/psbroker
-USER psbroker
+USER 10001:10001
 WORKDIR /var/lib/psbroker
 ENV PSBROKER_STORE__URL=sqlite:///var/lib/psbroker/data/psbroker.db
 EXPOSE 8080
+# The image has no curl: the binary asks itself (GET /healthz on the configured port, through
+# loopback; HTTPS when [server.tls] is set).
+HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 CMD ["/usr/local/bin/psbroker", "health"]
 ENTRYPOINT ["/usr/local/bin/psbroker"]
 CMD ["serve"]

@@ -5,8 +5,9 @@
 use crate::api::{self, ApiState};
 use crate::broker::directory::Directory;
 use crate::broker::Broker;
-use crate::config::{Config, ProfileConfig, ProfileKind, TlsConfig};
+use crate::config::{Config, ProfileConfig, ProfileKind, RestService, TlsConfig};
 use crate::metrics::Metrics;
+use crate::remote::exo::{self, ExoConnector, ExoOptions};
 use crate::remote::winrm::{WinrmConnector, WinrmOptions};
 use crate::remote::Connector;
 use crate::sim::wire::WireOptions;
@@ -25,6 +26,17 @@ use tokio_util::sync::CancellationToken;
 /// How long a graceful stop waits for running commands before closing their sessions anyway.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// After the drain, how long HTTPS connections still open get to finish their answers.
+pub const CONNECTION_GRACE: Duration = Duration::from_secs(5);
+
+/// The longest a graceful stop (SIGTERM) can take: the drain, then closing the sessions still
+/// busy (each close bounded by [`crate::broker::CLOSE_TIMEOUT`], all at once), then the open
+/// connections' grace. A supervisor's kill timeout (Kubernetes' terminationGracePeriodSeconds,
+/// systemd's TimeoutStopSec) must be longer; tests/deploy.rs checks the manifests against it.
+pub const fn longest_stop() -> Duration {
+    Duration::from_secs(DRAIN_TIMEOUT.as_secs() + crate::broker::CLOSE_TIMEOUT.as_secs() + CONNECTION_GRACE.as_secs())
+}
+
 pub struct Application {
     listener: TcpListener,
     broker: Arc<Broker>,
@@ -41,7 +53,10 @@ const SIMULATOR_PLACEHOLDER: &str = "{simulator}";
 
 impl Application {
     pub async fn build(mut config: Config) -> anyhow::Result<Application> {
-        let wire_wanted = config.profiles.values().any(|p| p.connection_uri.contains(SIMULATOR_PLACEHOLDER));
+        let wire_wanted = config.profiles.values().any(|p| {
+            p.connection_uri.contains(SIMULATOR_PLACEHOLDER)
+                || p.base_url.as_deref().is_some_and(|b| b.contains(SIMULATOR_PLACEHOLDER))
+        });
         let uses_simulator = wire_wanted || config.profiles.values().any(|p| p.kind == ProfileKind::Simulator);
         let simulator = if uses_simulator {
             Some(Simulator::from_config(&config).map_err(|e| anyhow::anyhow!("simulator: {e}"))?)
@@ -55,6 +70,7 @@ impl Application {
         if let Some((addr, _)) = &simulator_wire {
             for p in config.profiles.values_mut() {
                 p.connection_uri = p.connection_uri.replace(SIMULATOR_PLACEHOLDER, &addr.to_string());
+                p.base_url = p.base_url.as_ref().map(|b| b.replace(SIMULATOR_PLACEHOLDER, &addr.to_string()));
             }
             for oauth in config.admins.iter_mut().filter_map(|a| a.oauth.as_mut()) {
                 oauth.login_url = oauth.login_url.as_ref().map(|u| u.replace(SIMULATOR_PLACEHOLDER, &addr.to_string()));
@@ -76,6 +92,7 @@ impl Application {
                 ProfileKind::Wsman => {
                     winrm_connector(profile, &shell_name).with_context(|| format!("profile '{name}'"))
                 }
+                ProfileKind::ExoRest => exo_connector(profile).with_context(|| format!("profile '{name}'")),
             },
             &token_sources,
         )?;
@@ -160,7 +177,7 @@ impl Application {
                 tokio::spawn(async move {
                     let _ = http_stopped.await;
                     // The broker has drained already: connections still open only wait for answers.
-                    stopper.graceful_shutdown(Some(Duration::from_secs(5)));
+                    stopper.graceful_shutdown(Some(CONNECTION_GRACE));
                 });
                 axum_server::from_tcp_rustls(self.listener.into_std()?, live)
                     .handle(handle)
@@ -238,6 +255,26 @@ fn winrm_connector(profile: &ProfileConfig, shell_name: &str) -> anyhow::Result<
         ..WinrmOptions::default()
     };
     Ok(Arc::new(WinrmConnector::new(options).map_err(|e| anyhow::anyhow!(e.message))?))
+}
+
+fn exo_connector(profile: &ProfileConfig) -> anyhow::Result<Arc<dyn Connector>> {
+    let options = ExoOptions {
+        service: match profile.service {
+            RestService::Exchange => exo::Service::Exchange,
+            RestService::Compliance => exo::Service::Compliance,
+        },
+        base_url: profile.rest_base_url(),
+        max_page_size: profile.max_page_size,
+        request_timeout: profile.request_timeout(),
+        batch: profile.batch,
+        allow_plain_http: profile.allow_plain_http,
+        accept_invalid_certs: profile.accept_invalid_certs,
+        extra_roots: match &profile.ca_file {
+            Some(path) => crate::tls::read_roots(path)?,
+            None => Vec::new(),
+        },
+    };
+    Ok(Arc::new(ExoConnector::new(options).map_err(|e| anyhow::anyhow!(e.message))?))
 }
 
 /// A stable identity for this daemon, kept next to its database (`node-id`), so the shells it

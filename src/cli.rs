@@ -64,6 +64,22 @@ pub enum Command {
         #[arg(long, env = "PSBROKER_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Ask a running daemon whether it is alive (`/healthz`) or ready (`/readyz`); exit 0 if so,
+    /// 1 otherwise. For container health checks and probes where no HTTP client is installed.
+    Health {
+        /// The daemon's base URL (default: this host's loopback on the configured
+        /// `server.listen` port, HTTPS when `[server.tls]` is set). Not read from PSBROKER_URL,
+        /// which may point the other commands at a load balancer rather than this process.
+        #[arg(long)]
+        url: Option<String>,
+        #[arg(long, env = "PSBROKER_CONFIG")]
+        config: Option<PathBuf>,
+        /// Ask `/readyz` (accepting work, database answering) instead of `/healthz`.
+        #[arg(long)]
+        ready: bool,
+        #[arg(long, default_value_t = 5)]
+        timeout_seconds: u64,
+    },
     /// Create, list and revoke API tokens (on the store directly; the daemon need not run).
     #[command(subcommand)]
     Token(crate::cli_token::TokenCommand),
@@ -309,6 +325,47 @@ pub async fn status(url: &str, auth: &AuthArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `psbroker health`: one GET of `/healthz` or `/readyz`, success only on 200.
+pub async fn health(
+    url: Option<String>,
+    config: Option<&std::path::Path>,
+    ready: bool,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let url = match url {
+        Some(u) => u.trim_end_matches('/').to_string(),
+        None => local_url(&load_config(config, None)?)?,
+    };
+    // The probe sends no token and reads only a status; on HTTPS it dials the loopback address,
+    // which the daemon's certificate does not name, so the certificate is not checked here.
+    let client = reqwest::Client::builder().timeout(timeout).danger_accept_invalid_certs(true).build()?;
+    let path = if ready { "/readyz" } else { "/healthz" };
+    let resp = client.get(format!("{url}{path}")).send().await.with_context(|| format!("cannot reach {url}"))?;
+    let status = resp.status();
+    let body = resp.text().await.unwrap_or_default();
+    if status != reqwest::StatusCode::OK {
+        bail!("{url}{path} answered {status}: {body}");
+    }
+    println!("{}", body.trim());
+    Ok(())
+}
+
+/// The daemon's own listener as seen from this host: a wildcard address becomes loopback.
+fn local_url(config: &Config) -> anyhow::Result<String> {
+    let addr: std::net::SocketAddr = config
+        .server
+        .listen
+        .parse()
+        .with_context(|| format!("server.listen '{}' is not an address", config.server.listen))?;
+    let ip = match addr.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    let scheme = if config.server.tls.is_some() { "https" } else { "http" };
+    Ok(format!("{scheme}://{}", std::net::SocketAddr::new(ip, addr.port())))
+}
+
 pub fn load_config(path: Option<&std::path::Path>, listen: Option<String>) -> anyhow::Result<Config> {
     let mut config = Config::load(path)?;
     if let Some(l) = listen {
@@ -334,5 +391,16 @@ mod tests {
         assert_eq!(m["Enabled"], json!(true));
         assert_eq!(m["Alias"], json!("007"));
         assert!(parse_params(&["nonsense".into()], &[]).is_err());
+    }
+
+    #[test]
+    fn health_dials_the_configured_port_on_loopback() {
+        let mut config = Config::from_toml(crate::config::EMBEDDED_DEMO).unwrap();
+        assert_eq!(local_url(&config).unwrap(), "http://127.0.0.1:8080");
+        config.server.listen = "0.0.0.0:9443".into();
+        config.server.tls = Some(crate::config::TlsConfig { cert_file: "c.pem".into(), key_file: "k.pem".into() });
+        assert_eq!(local_url(&config).unwrap(), "https://127.0.0.1:9443");
+        config.server.listen = "[::]:8080".into();
+        assert_eq!(local_url(&config).unwrap(), "https://[::1]:8080");
     }
 }

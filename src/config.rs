@@ -154,6 +154,20 @@ pub enum ProfileKind {
     Simulator,
     /// WS-Management / PSRP over HTTP(S) (a later release).
     Wsman,
+    /// Exchange Online (or Security & Compliance) over the REST admin API with OAuth tokens.
+    #[serde(rename = "exo_rest")]
+    ExoRest,
+}
+
+/// exo_rest: which service behind the admin API.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RestService {
+    /// Exchange Online (`https://outlook.office365.com` in the global cloud).
+    #[default]
+    Exchange,
+    /// Security & Compliance (`https://ps.compliance.protection.outlook.com`).
+    Compliance,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -187,8 +201,19 @@ pub struct ProfileConfig {
     /// wsman: how long the service may hold a Receive before answering "nothing yet".
     pub operation_timeout_seconds: u64,
     /// wsman: the time limit of one HTTP request (a Receive gets the operation timeout on top).
-    /// Unset: operation timeout + 40 s.
+    /// exo_rest: of one request (each page, each `$batch` sub-request). Unset: operation
+    /// timeout + 40 s.
     pub request_timeout_seconds: Option<f64>,
+    /// exo_rest: `exchange` or `compliance`.
+    pub service: RestService,
+    /// exo_rest: the service's base URL (token audience and front door). Unset: the global
+    /// cloud's. `{simulator}` is replaced by the embedded simulator's address; `http://` needs
+    /// `allow_plain_http`.
+    pub base_url: Option<String>,
+    /// exo_rest: `Prefer: odata.maxpagesize` (the service caps it at 1000).
+    pub max_page_size: u32,
+    /// exo_rest: bulk work may travel as `$batch` requests of up to ten cmdlets per tenant.
+    pub batch: bool,
 }
 
 impl Default for ProfileConfig {
@@ -210,11 +235,42 @@ impl Default for ProfileConfig {
             max_envelope_size: 153_600,
             operation_timeout_seconds: 20,
             request_timeout_seconds: None,
+            service: RestService::Exchange,
+            base_url: None,
+            max_page_size: 1000,
+            batch: false,
         }
     }
 }
 
 impl ProfileConfig {
+    /// exo_rest: the base URL, as configured or the global cloud's for the service.
+    pub fn rest_base_url(&self) -> String {
+        match (&self.base_url, self.service) {
+            (Some(url), _) => url.trim().to_string(),
+            (None, RestService::Exchange) => "https://outlook.office365.com".into(),
+            (None, RestService::Compliance) => "https://ps.compliance.protection.outlook.com".into(),
+        }
+    }
+
+    fn validate_rest(&self) -> Result<(), String> {
+        if self.max_page_size == 0 {
+            return Err("max_page_size must be at least 1".into());
+        }
+        let base = self.rest_base_url();
+        if base.contains("{simulator}") {
+            return Ok(());
+        }
+        match base.split_once("://").map(|(scheme, _)| scheme.to_ascii_lowercase()) {
+            Some(s) if s == "https" => Ok(()),
+            Some(s) if s == "http" && self.allow_plain_http => Ok(()),
+            Some(s) if s == "http" => {
+                Err(format!("base_url {base} is plain http: bearer tokens would travel in clear (allow_plain_http for loopback tests)"))
+            }
+            _ => Err(format!("base_url {base:?} is not an https:// URL")),
+        }
+    }
+
     pub fn max_age(&self) -> Duration {
         Duration::from_secs_f64(self.session_max_age_seconds)
     }
@@ -408,6 +464,41 @@ pub struct SimulatorConfig {
     pub faults: FaultConfig,
     /// The simulated identity provider (Entra ID's token and device-code endpoints).
     pub identity: SimIdentityConfig,
+    /// The REST admin API (Exchange Online's `InvokeCommand`) on the same listener.
+    pub rest: SimRestConfig,
+}
+
+/// The simulated REST admin API: paging, limits and hosts.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SimRestConfig {
+    /// The service's own cap on a page (also the page size when a client asks for none).
+    pub max_page_size: u32,
+    /// Calls in flight one admin identity (a user, or an application) may have; more are
+    /// refused with 429 and `Retry-After`. A `$batch` is one call.
+    pub calls_per_identity: u32,
+    /// Calls in flight in one tenant, across identities.
+    pub calls_per_tenant: u32,
+    /// `Retry-After` of those 429s, in seconds (fractions allowed).
+    pub retry_after_seconds: f64,
+    /// Tenants served from a tenant-specific host: domain → host label. The front door answers
+    /// their calls and the discovery probe with 302 to `/t/{label}/…`.
+    pub tenant_hosts: BTreeMap<String, String>,
+    /// The Security & Compliance region every tenant is served from (`/ipps/r/{region}/…`).
+    pub compliance_region: String,
+}
+
+impl Default for SimRestConfig {
+    fn default() -> Self {
+        Self {
+            max_page_size: 1000,
+            calls_per_identity: 3,
+            calls_per_tenant: 20,
+            retry_after_seconds: 1.0,
+            tenant_hosts: BTreeMap::new(),
+            compliance_region: "nam12b".into(),
+        }
+    }
 }
 
 /// `[simulator.identity]`: the simulated identity provider, served on the simulator's listener
@@ -516,6 +607,8 @@ pub struct FaultConfig {
     pub http_500: f64,
     /// HTTP 503 with `Retry-After` and a bare body, as a load balancer sends: not processed.
     pub http_503: f64,
+    /// HTTP 429 with `Retry-After` (the REST service's throttling): not processed.
+    pub http_429: f64,
     pub retry_after_seconds: u64,
     /// The answer comes late: processed, then held `latency_spike_min_ms` to `latency_spike_ms`
     /// (uniformly).
@@ -542,6 +635,7 @@ impl Default for FaultConfig {
             drop_after: 0.0,
             http_500: 0.0,
             http_503: 0.0,
+            http_429: 0.0,
             retry_after_seconds: 1,
             latency_spike: 0.0,
             latency_spike_min_ms: 0,
@@ -557,12 +651,13 @@ impl Default for FaultConfig {
 
 impl FaultConfig {
     /// The probabilities, by name (for validation and reports).
-    pub fn rates(&self) -> [(&'static str, f64); 9] {
+    pub fn rates(&self) -> [(&'static str, f64); 10] {
         [
             ("drop_before", self.drop_before),
             ("drop_after", self.drop_after),
             ("http_500", self.http_500),
             ("http_503", self.http_503),
+            ("http_429", self.http_429),
             ("latency_spike", self.latency_spike),
             ("shell_expiry", self.shell_expiry),
             ("user_quota", self.user_quota),
@@ -577,14 +672,28 @@ impl FaultConfig {
                 return Err(format!("simulator.faults.{name} = {rate} is not a probability (0 to 1)"));
             }
         }
-        let per_request = self.drop_before + self.drop_after + self.http_500 + self.http_503 + self.latency_spike;
+        let per_request =
+            self.drop_before + self.drop_after + self.http_500 + self.http_503 + self.http_429 + self.latency_spike;
         if per_request > 1.0 {
             return Err(format!("simulator.faults: the request-level rates add up to {per_request} (more than 1)"));
         }
         if self.user_quota + self.tenant_quota + self.throttle > 1.0 {
             return Err("simulator.faults: the Create rates add up to more than 1".into());
         }
-        const ACTIONS: [&str; 8] = ["Create", "Command", "Receive", "Send", "Signal", "Delete", "Enumerate", "Pull"];
+        // WS-Management actions, then the REST service's requests.
+        const ACTIONS: [&str; 11] = [
+            "Create",
+            "Command",
+            "Receive",
+            "Send",
+            "Signal",
+            "Delete",
+            "Enumerate",
+            "Pull",
+            "InvokeCommand",
+            "Batch",
+            "Probe",
+        ];
         if let Some(a) = self.actions.iter().find(|a| !ACTIONS.iter().any(|k| k.eq_ignore_ascii_case(a))) {
             return Err(format!("simulator.faults.actions: unknown action '{a}' (one of {})", ACTIONS.join(", ")));
         }
@@ -614,6 +723,7 @@ impl Default for SimulatorConfig {
             redirect_first: false,
             faults: FaultConfig::default(),
             identity: SimIdentityConfig::default(),
+            rest: SimRestConfig::default(),
         }
     }
 }
@@ -780,6 +890,16 @@ impl Config {
             if p.request_timeout_seconds.is_some_and(|s| !(s.is_finite() && s > 0.0)) {
                 return bad(format!("profile '{name}': request_timeout_seconds must be positive"));
             }
+            if p.kind == ProfileKind::ExoRest {
+                p.validate_rest().map_err(|e| ConfigError::Invalid(format!("profile '{name}': {e}")))?;
+            }
+        }
+        let rest = &self.simulator.rest;
+        if rest.max_page_size == 0 || rest.calls_per_identity == 0 || rest.calls_per_tenant == 0 {
+            return bad("simulator.rest: max_page_size and the call limits must be positive".into());
+        }
+        if !(rest.retry_after_seconds.is_finite() && rest.retry_after_seconds >= 0.0) {
+            return bad("simulator.rest.retry_after_seconds must be a number of seconds".into());
         }
         Ok(())
     }
@@ -884,6 +1004,62 @@ mod tests {
         let local_no_auth = format!("{EMBEDDED_DEMO}\n[auth]\nenabled = false\n");
         assert!(!Config::from_toml(&local_no_auth).unwrap().auth.enabled);
         assert!(Config::demo().auth.enabled, "secure by default");
+    }
+
+    #[test]
+    fn exo_rest_profiles_take_their_keys_and_refuse_clear_text_tokens() {
+        let with = |profile: &str| {
+            Config::from_toml(&format!("{EMBEDDED_DEMO}\n[profiles.exo]\nkind = \"exo_rest\"\n{profile}\n"))
+        };
+        let c = with("").unwrap();
+        let p = &c.profiles["exo"];
+        assert_eq!(
+            (p.kind, p.service, p.max_page_size, p.batch),
+            (ProfileKind::ExoRest, RestService::Exchange, 1000, false)
+        );
+        assert_eq!(p.rest_base_url(), "https://outlook.office365.com");
+        let c = with("service = \"compliance\"\nmax_page_size = 200\nbatch = true").unwrap();
+        let p = &c.profiles["exo"];
+        assert_eq!((p.service, p.max_page_size, p.batch), (RestService::Compliance, 200, true));
+        assert_eq!(p.rest_base_url(), "https://ps.compliance.protection.outlook.com");
+        let sim = with("base_url = \"http://{simulator}\"\nallow_plain_http = true").unwrap();
+        assert_eq!(sim.profiles["exo"].rest_base_url(), "http://{simulator}");
+        let err = with("base_url = \"http://exo.example\"").unwrap_err().to_string();
+        assert!(err.contains("profile 'exo'") && err.contains("plain http"), "{err}");
+        assert!(with("base_url = \"ftp://x\"").is_err());
+        assert!(with("max_page_size = 0").is_err());
+        assert!(with("service = \"teams\"").is_err());
+    }
+
+    /// The commented examples of the REST keys in the demo are valid as they stand.
+    #[test]
+    fn the_commented_rest_examples_in_the_demo_are_valid() {
+        let text = format!(
+            "{EMBEDDED_DEMO}\n{}\n{}\n",
+            commented_block("# [profiles.exo]"),
+            commented_block("# [simulator.rest]")
+        );
+        let c = Config::from_toml(&text).unwrap();
+        assert_eq!(c.profiles["exo"].kind, ProfileKind::ExoRest);
+        assert_eq!(c.simulator.rest.tenant_hosts.len(), 1);
+    }
+
+    #[test]
+    fn the_simulated_rest_service_is_configurable() {
+        let with = |rest: &str| Config::from_toml(&format!("{EMBEDDED_DEMO}\n[simulator.rest]\n{rest}\n"));
+        let c = with("max_page_size = 50\ncalls_per_identity = 2\nretry_after_seconds = 0.5\ncompliance_region = \"eur03b\"\n[simulator.rest.tenant_hosts]\n\"contoso.onmicrosoft.com\" = \"nam12b\"").unwrap();
+        let r = &c.simulator.rest;
+        assert_eq!(
+            (r.max_page_size, r.calls_per_identity, r.calls_per_tenant, r.retry_after_seconds),
+            (50, 2, 20, 0.5)
+        );
+        assert_eq!(r.tenant_hosts["contoso.onmicrosoft.com"], "nam12b");
+        assert!(with("calls_per_tenant = 0").is_err());
+        assert!(with("retry_after_seconds = -1").is_err());
+        assert!(with("pages = 3").is_err(), "unknown keys are refused");
+        assert_eq!(Config::demo().simulator.rest, SimRestConfig::default());
+        let faults = Config::from_toml(&format!("{EMBEDDED_DEMO}\n[simulator.faults]\nhttp_429 = 0.1\nactions = [\"InvokeCommand\", \"Batch\", \"Probe\"]\n")).unwrap();
+        assert_eq!(faults.simulator.faults.http_429, 0.1);
     }
 
     #[test]

@@ -50,6 +50,9 @@ async fn run() -> anyhow::Result<()> {
         Command::Invoke(args) => cli::invoke(args).await,
         Command::Batch(cmd) => cli::batch(cmd).await,
         Command::Status { url, auth } => cli::status(&url, &auth).await,
+        Command::Health { url, config, ready, timeout_seconds } => {
+            cli::health(url, config.as_deref(), ready, std::time::Duration::from_secs(timeout_seconds)).await
+        }
         Command::Token(cmd) => psbroker::cli_token::run(cmd).await,
         Command::Login { admin, config } => psbroker::cli_login::login(&admin, config.as_deref()).await,
         Command::Bench(BenchCommand::Bulk(args)) => psbroker::bench::bulk(args).await,

@@ -12,6 +12,9 @@ use prometheus::{
 /// Buckets that fit PowerShell work: from 50 ms to 10 minutes.
 const SECONDS_BUCKETS: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0];
 
+/// The OAuth grants the identity module asks tokens with: the `grant` label's closed set.
+pub const TOKEN_GRANTS: [&str; 3] = ["client_credentials", "refresh_token", "device_code"];
+
 pub struct Metrics {
     registry: Registry,
     pub tenant_labels: bool,
@@ -21,13 +24,23 @@ pub struct Metrics {
     pub invocations: IntCounterVec,
     pub invocation_seconds: HistogramVec,
     pub queue_wait_seconds: HistogramVec,
+    /// One attempt's time on its session (the command itself, without the queue).
+    pub run_seconds: HistogramVec,
     pub session_open_seconds: HistogramVec,
     pub session_opens: IntCounterVec,
+    /// Failed opens by admin and fault class: which account's logon fails (and so may be
+    /// locked out by the identity provider), which one hits its quota.
+    pub session_open_failures: IntCounterVec,
     pub reconnects: IntCounterVec,
     pub remote_faults: IntCounterVec,
     pub retries: IntCounterVec,
     pub cap_saturation: GaugeVec,
     pub effective_cap: IntGaugeVec,
+    pub admin_cap: IntGaugeVec,
+    pub admin_sessions: IntGaugeVec,
+    pub tenants_below_cap: IntGauge,
+    pub tenant_cap: IntGaugeVec,
+    pub tenant_effective_cap: IntGaugeVec,
     pub tenant_sessions: IntGaugeVec,
     pub http_requests: IntCounterVec,
     pub ready: IntGauge,
@@ -70,6 +83,12 @@ impl Metrics {
                 &["priority"],
             )
             .unwrap(),
+            run_seconds: HistogramVec::new(
+                HistogramOpts::new("psbroker_run_seconds", "Time one attempt ran on its session, by priority")
+                    .buckets(SECONDS_BUCKETS.to_vec()),
+                &["priority"],
+            )
+            .unwrap(),
             session_open_seconds: HistogramVec::new(
                 HistogramOpts::new("psbroker_session_open_seconds", "Time to open a remote session, by admin")
                     .buckets(SECONDS_BUCKETS.to_vec()),
@@ -79,6 +98,11 @@ impl Metrics {
             session_opens: IntCounterVec::new(
                 Opts::new("psbroker_session_opens_total", "Session open attempts by admin and result"),
                 &["admin", "result"],
+            )
+            .unwrap(),
+            session_open_failures: IntCounterVec::new(
+                Opts::new("psbroker_session_open_failures_total", "Failed session opens by admin and fault class"),
+                &["admin", "class"],
             )
             .unwrap(),
             reconnects: IntCounterVec::new(
@@ -104,6 +128,34 @@ impl Metrics {
             effective_cap: IntGaugeVec::new(
                 Opts::new("psbroker_admin_effective_cap", "An admin's cap after quota cool-downs"),
                 &["admin"],
+            )
+            .unwrap(),
+            admin_cap: IntGaugeVec::new(
+                Opts::new("psbroker_admin_cap", "An admin's configured cap (concurrent sessions the service allows it)"),
+                &["admin"],
+            )
+            .unwrap(),
+            admin_sessions: IntGaugeVec::new(
+                Opts::new("psbroker_admin_sessions", "Sessions an admin holds (opening, idle, busy or closing)"),
+                &["admin"],
+            )
+            .unwrap(),
+            tenants_below_cap: IntGauge::new(
+                "psbroker_tenants_below_cap",
+                "Tenants whose effective cap is below their cap (a quota cool-down: someone else holds their shells)",
+            )
+            .unwrap(),
+            tenant_cap: IntGaugeVec::new(
+                Opts::new("psbroker_tenant_cap", "A tenant's configured cap (only with metrics.tenant_labels)"),
+                &["tenant"],
+            )
+            .unwrap(),
+            tenant_effective_cap: IntGaugeVec::new(
+                Opts::new(
+                    "psbroker_tenant_effective_cap",
+                    "A tenant's cap after quota cool-downs (only with metrics.tenant_labels)",
+                ),
+                &["tenant"],
             )
             .unwrap(),
             tenant_sessions: IntGaugeVec::new(
@@ -136,6 +188,10 @@ impl Metrics {
             m.remote_faults.with_label_values(&[class.code()]);
             m.retries.with_label_values(&[class.code()]);
         }
+        // Likewise the token grants (a daemon without OAuth admins shows zeros, not "no data").
+        for grant in TOKEN_GRANTS {
+            m.token_requests.with_label_values(&[grant, "issued"]);
+        }
         m
     }
 
@@ -147,18 +203,42 @@ impl Metrics {
             Box::new(self.invocations.clone()),
             Box::new(self.invocation_seconds.clone()),
             Box::new(self.queue_wait_seconds.clone()),
+            Box::new(self.run_seconds.clone()),
             Box::new(self.session_open_seconds.clone()),
             Box::new(self.session_opens.clone()),
+            Box::new(self.session_open_failures.clone()),
             Box::new(self.reconnects.clone()),
             Box::new(self.remote_faults.clone()),
             Box::new(self.retries.clone()),
             Box::new(self.cap_saturation.clone()),
             Box::new(self.effective_cap.clone()),
+            Box::new(self.admin_cap.clone()),
+            Box::new(self.admin_sessions.clone()),
+            Box::new(self.tenants_below_cap.clone()),
+            Box::new(self.tenant_cap.clone()),
+            Box::new(self.tenant_effective_cap.clone()),
             Box::new(self.tenant_sessions.clone()),
             Box::new(self.http_requests.clone()),
             Box::new(self.ready.clone()),
             Box::new(self.token_requests.clone()),
         ]
+    }
+
+    /// Series per configured admin from the start (at 0): opens by result, and failed opens of
+    /// every class that blocks an admin's identity, so `increase()` sees the first logon failure
+    /// (a series born at 1 has no increase) and alerts see every admin.
+    pub fn init_admins<'a>(&self, admins: impl IntoIterator<Item = &'a str>) {
+        use crate::broker::failure::{after_open_failure, PoolEffect};
+        for admin in admins {
+            for result in ["ok", "failed"] {
+                self.session_opens.with_label_values(&[admin, result]);
+            }
+            for class in crate::remote::FaultClass::ALL {
+                if after_open_failure(class) == PoolEffect::BlockAdmin {
+                    self.session_open_failures.with_label_values(&[admin, class.code()]);
+                }
+            }
+        }
     }
 
     /// Prometheus text exposition of everything registered.
@@ -186,5 +266,22 @@ mod tests {
             assert!(text.contains(&series), "{series}");
             assert!(text.contains(&format!("psbroker_remote_faults_total{{class=\"{}\"}} 0", class.code())));
         }
+        for grant in TOKEN_GRANTS {
+            assert!(text.contains(&format!("psbroker_token_requests_total{{grant=\"{grant}\",outcome=\"issued\"}} 0")));
+        }
+    }
+
+    #[test]
+    fn admins_start_with_their_identity_failure_series_at_zero() {
+        let m = Metrics::new(false);
+        m.init_admins(["alice"]);
+        let text = m.render();
+        for class in ["logon_failed", "account_locked", "mfa_required"] {
+            let series = format!("psbroker_session_open_failures_total{{admin=\"alice\",class=\"{class}\"}} 0");
+            assert!(text.contains(&series), "{series}");
+        }
+        let not_seeded = "psbroker_session_open_failures_total{admin=\"alice\",class=\"unknown_cmdlet\"}";
+        assert!(!text.contains(not_seeded), "only classes that block an admin are seeded");
+        assert!(text.contains("psbroker_session_opens_total{admin=\"alice\",result=\"failed\"} 0"));
     }
 }

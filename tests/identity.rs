@@ -103,7 +103,7 @@ impl Idp {
     }
 
     fn guid(&self, tenant: &str) -> String {
-        self.sim.tenant_id(tenant).unwrap()
+        self.sim.tenant_id(tenant).unwrap().to_string()
     }
 
     /// The sim's own check of a token it issued (signature, expiry, audience), as Exchange does.
@@ -419,7 +419,7 @@ async fn an_app_only_admin_runs_cmdlets_over_winrm_with_its_tokens() {
         assert_eq!((status, body["status"].as_str()), (200, Some("succeeded")), "{body}");
     }
     let requests_for = |tenant: &str| -> u64 {
-        let guid = sim.tenant_id(tenant).unwrap();
+        let guid = sim.tenant_id(tenant).unwrap().to_string();
         sim.idp_stats()
             .by_key
             .iter()
@@ -543,4 +543,40 @@ async fn psbroker_login_signs_in_once_with_the_device_code_and_keeps_the_refresh
     assert!(!status.success());
     assert!(stderr.contains("sign-in failed") && stderr.contains("authorization_declined"), "{stderr}");
     assert!(store_in(&dir).await.refresh_token("alice").await.unwrap().is_some());
+}
+
+/// The same identity over Exchange Online's REST API (profile kind `exo_rest`): the connector
+/// asks the token service for `{base}/.default`, the simulator's REST service checks what its
+/// identity provider issued.
+#[tokio::test]
+async fn an_app_only_admin_runs_cmdlets_over_rest_with_its_tokens() {
+    let cert = format!("{}/tests/fixtures/identity/app.pem", env!("CARGO_MANIFEST_DIR"));
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n\
+         [profiles.default]\nkind = \"exo_rest\"\nbase_url = \"http://{{simulator}}\"\nallow_plain_http = true\n\
+         [simulator]\nlisten = \"127.0.0.1:0\"\nopen_latency_ms = 1\ncommand_latency_ms = 1\nclose_latency_ms = 1\nmailboxes_per_tenant = 5\n\
+         [scheduler]\ndefault_timeout_seconds = 20\n\
+         [[admins]]\nname = \"app\"\nupn = \"app@partner.onmicrosoft.com\"\n\
+         [admins.oauth]\ngrant = \"client_credentials\"\nclient_id = \"{APP}\"\ncertificate = \"file:{cert}\"\nlogin_url = \"http://{{simulator}}\"\n\
+         [[tenants]]\ndomain = \"{CONTOSO}\"\n[[tenants]]\ndomain = \"{FABRIKAM}\"\n"
+    );
+    let app = common::TestApp::start(&text).await;
+    let sim = app.sim();
+    sim.set_app_consent(APP, FABRIKAM, false);
+    for _ in 0..3 {
+        let (status, body) = app.invoke(CONTOSO, "Get-Mailbox", serde_json::json!({"ResultSize": 2})).await;
+        assert_eq!((status, body["status"].as_str()), (200, Some("succeeded")), "{body}");
+        assert_eq!(body["output"].as_array().map(Vec::len), Some(2), "{body}");
+    }
+    let (_, body) = app.invoke(FABRIKAM, "Get-Mailbox", serde_json::json!({"ResultSize": 2})).await;
+    assert_eq!(
+        (body["status"].as_str(), body["error"]["code"].as_str()),
+        (Some("failed"), Some("consent_required")),
+        "{body}"
+    );
+    let stats = sim.idp_stats();
+    let contoso = sim.tenant_id(CONTOSO).unwrap().to_string();
+    let for_contoso: u64 = stats.by_key.iter().filter(|(k, _)| k.tenant == contoso).map(|(_, n)| n).sum();
+    assert_eq!(for_contoso, 1, "one token for three calls: {:?}", stats.by_key);
+    app.stop().await;
 }

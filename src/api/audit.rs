@@ -31,7 +31,7 @@ pub struct Params {
     after: Option<i64>,
 }
 
-fn time(name: &str, text: &Option<String>) -> Result<Option<i64>, ApiError> {
+pub(super) fn time(name: &str, text: &Option<String>) -> Result<Option<i64>, ApiError> {
     let Some(text) = text else { return Ok(None) };
     if let Ok(ms) = text.parse::<i64>() {
         return Ok(Some(ms));

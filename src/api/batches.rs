@@ -76,7 +76,7 @@ pub async fn create(
 
 /// The batch's counts, if the caller may see it: someone else's batch is 404, as if it did not
 /// exist (unless the caller is an admin).
-async fn visible_batch(state: &ApiState, caller: &Caller, id: &str) -> Result<BatchCounts, ApiError> {
+pub(super) async fn visible_batch(state: &ApiState, caller: &Caller, id: &str) -> Result<BatchCounts, ApiError> {
     let id = parse_id(id, "batch")?;
     state
         .broker

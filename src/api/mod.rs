@@ -4,6 +4,7 @@
 mod audit;
 pub mod auth;
 mod batches;
+pub mod console;
 pub mod error;
 mod invocations;
 mod ops;
@@ -37,12 +38,16 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/invocations"),
     ("GET", "/v1/invocations/{id}"),
     ("POST", "/v1/batches"),
+    ("GET", "/v1/batches"),
     ("GET", "/v1/batches/{id}"),
     ("DELETE", "/v1/batches/{id}"),
     ("GET", "/v1/batches/{id}/results"),
+    ("GET", "/v1/batches/{id}/items"),
+    ("GET", "/v1/failures"),
     ("GET", "/v1/sessions"),
     ("GET", "/v1/pools"),
     ("GET", "/v1/audit"),
+    ("GET", "/v1/whoami"),
     ("POST", "/v1/tokens"),
     ("GET", "/v1/tokens"),
     ("DELETE", "/v1/tokens/{name}"),
@@ -50,6 +55,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/openapi.json"),
+    ("GET", "/console"),
+    ("GET", "/console/{asset}"),
 ];
 
 #[derive(Clone)]
@@ -63,7 +70,8 @@ pub struct ApiState {
     pub metrics_open: bool,
 }
 
-/// Everything under `/v1` needs a token; `/healthz`, `/readyz` and `/openapi.json` never do;
+/// Everything under `/v1` needs a token; `/healthz`, `/readyz`, `/openapi.json` and the console's
+/// static files (`/console`, which then calls `/v1` with the token its user gives) never do;
 /// `/metrics` does unless the daemon listens on loopback only. The routes are exactly
 /// [`ROUTES`], so the list the OpenAPI test checks is the router itself.
 pub fn router(state: ApiState) -> Router {
@@ -96,9 +104,13 @@ fn handler(method: &str, path: &str) -> MethodRouter<ApiState> {
         ("POST", "/v1/invocations") => post(invocations::create),
         ("GET", "/v1/invocations/{id}") => get(invocations::get_one),
         ("POST", "/v1/batches") => post(batches::create),
+        ("GET", "/v1/batches") => get(console::api::list_batches),
         ("GET", "/v1/batches/{id}") => get(batches::get_one),
         ("DELETE", "/v1/batches/{id}") => delete(batches::cancel),
         ("GET", "/v1/batches/{id}/results") => get(batches::results),
+        ("GET", "/v1/batches/{id}/items") => get(console::api::batch_items),
+        ("GET", "/v1/failures") => get(console::api::failures),
+        ("GET", "/v1/whoami") => get(console::api::whoami),
         ("GET", "/v1/sessions") => get(ops::sessions),
         ("GET", "/v1/pools") => get(ops::pools),
         ("GET", "/v1/audit") => get(audit::list),
@@ -109,6 +121,8 @@ fn handler(method: &str, path: &str) -> MethodRouter<ApiState> {
         ("GET", "/healthz") => get(ops::healthz),
         ("GET", "/readyz") => get(ops::readyz),
         ("GET", "/openapi.json") => get(ops::openapi),
+        ("GET", "/console") => get(console::page),
+        ("GET", "/console/{asset}") => get(console::asset),
         _ => panic!("ROUTES lists {method} {path} but no handler serves it"),
     }
 }

@@ -15,6 +15,9 @@ pub struct InvocationView {
     pub priority: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub batch_id: Option<Uuid>,
+    /// A batch item's position in its batch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seq: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
     pub output: Json,
@@ -72,6 +75,7 @@ impl From<InvocationRecord> for InvocationView {
             cmdlet: s.cmdlet,
             priority: s.priority,
             batch_id: s.batch_id,
+            seq: s.batch_id.map(|_| s.seq),
             idempotency_key: s.idempotency_key,
             output: r.output,
             errors: r.errors,

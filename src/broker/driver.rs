@@ -14,6 +14,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
+/// The longest a session's close (the remote Delete, repeated when it may not have arrived) is
+/// waited for; past it the shell stays remembered and the next start deletes it.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
+
 pub enum Event {
     Submit(Vec<Job>),
     /// Removes a batch's queued jobs; replies with their ids.
@@ -226,6 +230,9 @@ impl Driver {
                     };
                     let label = if result.is_ok() { "ok" } else { "failed" };
                     metrics.session_opens.with_label_values(&[&admin_name, label]).inc();
+                    if let Err(e) = &result {
+                        metrics.session_open_failures.with_label_values(&[&admin_name, e.class.code()]).inc();
+                    }
                     if result.is_ok() {
                         metrics
                             .session_open_seconds
@@ -273,7 +280,7 @@ impl Driver {
             // The connector repeats a Delete that may not have arrived; if the server still
             // cannot be told, the shell is remembered for the next start, and its own lifetime
             // ends it meanwhile.
-            let deleted = match tokio::time::timeout(Duration::from_secs(30), remote.close()).await {
+            let deleted = match tokio::time::timeout(CLOSE_TIMEOUT, remote.close()).await {
                 Ok(Ok(())) => true,
                 Ok(Err(e)) => {
                     tracing::debug!(session, error = %e, "closing session failed");

@@ -30,7 +30,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, Mutex};
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-pub use driver::Event;
+pub use driver::{Event, CLOSE_TIMEOUT};
 
 /// State shared by the handle, the driver and the command runners.
 pub struct Shared {
@@ -209,6 +209,7 @@ impl Broker {
         tuning: SchedulerConfig,
         node: String,
     ) -> Result<Broker, StoreError> {
+        metrics.init_admins(directory.admins.iter().map(|a| a.name.as_str()));
         let (finished, _) = broadcast::channel(4096);
         let shared = Arc::new(Shared { store, metrics, directory, tuning, node, finished, writes: TaskTracker::new() });
         let (tx, rx) = mpsc::unbounded_channel();
@@ -381,16 +382,20 @@ impl Broker {
         for (i, a) in snap.admins.iter().enumerate() {
             let name = &dir.admins[i].name;
             m.effective_cap.with_label_values(&[name]).set(a.effective_cap as i64);
+            m.admin_cap.with_label_values(&[name]).set(a.cap as i64);
+            m.admin_sessions.with_label_values(&[name]).set(a.open as i64);
             m.cap_saturation.with_label_values(&["admin", name]).set(ratio(a.open, a.effective_cap));
         }
         let fullest = snap.tenants.iter().map(|t| ratio(t.open, t.effective_cap)).fold(0.0, f64::max);
         m.cap_saturation.with_label_values(&["tenant", "max"]).set(fullest);
+        m.tenants_below_cap.set(snap.tenants.iter().filter(|t| t.effective_cap < t.cap).count() as i64);
         if m.tenant_labels {
             for (i, t) in snap.tenants.iter().enumerate() {
-                m.tenant_sessions.with_label_values(&[&dir.tenants[i].domain]).set(t.open as i64);
-                m.cap_saturation
-                    .with_label_values(&["tenant", &dir.tenants[i].domain])
-                    .set(ratio(t.open, t.effective_cap));
+                let domain = &dir.tenants[i].domain;
+                m.tenant_sessions.with_label_values(&[domain]).set(t.open as i64);
+                m.tenant_cap.with_label_values(&[domain]).set(t.cap as i64);
+                m.tenant_effective_cap.with_label_values(&[domain]).set(t.effective_cap as i64);
+                m.cap_saturation.with_label_values(&["tenant", domain]).set(ratio(t.open, t.effective_cap));
             }
         }
     }

@@ -59,6 +59,7 @@ pub async fn run(
         .with_label_values(&[job.priority.as_str()])
         .observe(job.enqueued_at.elapsed().as_secs_f64());
     let ran_for = started.elapsed();
+    shared.metrics.run_seconds.with_label_values(&[job.priority.as_str()]).observe(ran_for.as_secs_f64());
     match result {
         Ok(output) => {
             // The session is free now: the result is written while it takes its next command.

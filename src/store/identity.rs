@@ -1,4 +1,4 @@
-//! Sealed refresh tokens of the OAuth identities (migration 0004). The store never sees a token
+//! Sealed refresh tokens of the OAuth identities (migration 0006). The store never sees a token
 //! in clear: the identity module seals it (`identity::sealed`) before it gets here. One row per
 //! identity; the newest token wins (a token issued earlier never replaces a later one, whichever
 //! write arrives last). Portable SQL: TEXT and INTEGER columns, `ON CONFLICT … DO UPDATE`.

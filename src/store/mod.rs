@@ -7,9 +7,11 @@
 mod auth;
 mod group;
 mod identity;
+mod views;
 
 pub use auth::{AuditEntry, AuditQuery, AuditRecord, TokenRow};
 pub use identity::SealedRefreshToken;
+pub use views::{BatchSummary, FailureGroup, FailureMessage, FailureQuery, TenantCount};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
@@ -171,6 +173,17 @@ pub struct BatchCounts {
 impl BatchCounts {
     pub fn done(&self) -> bool {
         self.queued == 0 && self.running == 0
+    }
+
+    /// Sets the count of one status.
+    pub fn set(&mut self, status: Status, n: i64) {
+        match status {
+            Status::Queued => self.queued = n,
+            Status::Running => self.running = n,
+            Status::Succeeded => self.succeeded = n,
+            Status::Failed => self.failed = n,
+            Status::Cancelled => self.cancelled = n,
+        }
     }
 }
 
@@ -337,14 +350,7 @@ impl Store {
             .fetch_all(&self.reads)
             .await?;
         for row in rows {
-            let n: i64 = row.try_get("n")?;
-            match Status::parse(row.try_get::<&str, _>("status")?) {
-                Status::Queued => counts.queued = n,
-                Status::Running => counts.running = n,
-                Status::Succeeded => counts.succeeded = n,
-                Status::Failed => counts.failed = n,
-                Status::Cancelled => counts.cancelled = n,
-            }
+            counts.set(Status::parse(row.try_get::<&str, _>("status")?), row.try_get("n")?);
         }
         Ok(Some(counts))
     }

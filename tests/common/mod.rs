@@ -3,6 +3,7 @@
 
 pub mod daemon;
 pub mod pyenv;
+pub mod tools;
 
 use psbroker::app::{Application, Running};
 use psbroker::config::Config;

@@ -90,7 +90,7 @@ impl Simulator {
     pub(crate) fn idp_token(&self, request: &TokenRequest<'_>) -> Result<Json, EntraError> {
         let mut user = None;
         let outcome = self.idp_grant(request, &mut user);
-        let tenant = self.tenant_id(request.tenant).unwrap_or_else(|| request.tenant.to_string());
+        let tenant = self.tenant_ref(request.tenant).map_or_else(|| request.tenant.to_string(), |t| t.guid);
         let grant = match request.form.get("grant_type").map(String::as_str) {
             Some(DEVICE_CODE_GRANT) => "device_code".to_string(),
             Some(g) => g.to_string(),

@@ -5,8 +5,8 @@
 //! Served on the simulator's listener ([`router`]):
 //! - `POST /{tenant}/oauth2/v2.0/token` (form): `client_credentials` (client secret, or a JWT
 //!   client assertion checked against the application's registered certificates), `refresh_token`
-//!   and the device-code grant. `{tenant}` is a domain or the tenant's GUID; every tenant has a
-//!   stable GUID ([`Simulator::tenant_id`]).
+//!   and the device-code grant. `{tenant}` is a domain or the tenant's GUID ([`Simulator::tenant_id`];
+//!   a partner's home tenant, the domain of its accounts' UPNs, has one too).
 //! - `POST /{tenant}/oauth2/v2.0/devicecode`, and `GET`/`POST /devicelogin`, a sign-in page where
 //!   a simulated account approves a code with its password (tests call
 //!   [`Simulator::approve_device_code`]).
@@ -187,14 +187,6 @@ fn hash(token: &str) -> String {
     sha2::Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The GUID of a tenant: stable (derived from its domain), so it survives restarts.
-pub fn tenant_guid(domain: &str) -> String {
-    let digest = sha2::Sha256::digest(format!("psbroker simulated tenant\0{}", key(domain)).as_bytes());
-    let mut bytes = [0u8; 16];
-    bytes.copy_from_slice(&digest[..16]);
-    uuid::Builder::from_random_bytes(bytes).into_uuid().to_string()
-}
-
 /// A tenant as a request names it.
 #[derive(Debug, Clone)]
 pub(crate) struct TenantRef {
@@ -288,17 +280,12 @@ impl Simulator {
             .map(|t| t.domain.clone())
             .chain(st.accounts.values().filter_map(|a| a.upn.split_once('@').map(|(_, d)| d.to_string())));
         for domain in domains {
-            let guid = tenant_guid(&domain);
+            let guid = super::tenant_guid(&domain).to_string();
             if key(&domain) == wanted || guid == wanted {
                 return Some(TenantRef { domain, guid });
             }
         }
         None
-    }
-
-    /// The GUID of a tenant (by domain or GUID), as tokens carry it in `tid`.
-    pub fn tenant_id(&self, tenant: &str) -> Option<String> {
-        self.tenant_ref(tenant).map(|t| t.guid)
     }
 
     /// Registers an application (replacing one with the same client id).

@@ -10,6 +10,10 @@ const APP: &str = "app-1";
 const TENANT: &str = "contoso.onmicrosoft.com";
 const UPN: &str = "alice@partner.example";
 
+fn tenant_guid(domain: &str) -> String {
+    crate::sim::tenant_guid(domain).to_string()
+}
+
 async fn start(tweak: impl FnOnce(&mut SimulatorConfig)) -> (Simulator, String) {
     let mut cfg = SimulatorConfig::default();
     cfg.identity.device_code_interval_seconds = 1;

@@ -58,6 +58,9 @@ mod tls;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use http::{bare, server_error};
+pub(crate) use sever::Peer;
+
 use crate::config::Config;
 use crate::sim::Simulator;
 use std::net::SocketAddr;
@@ -108,7 +111,8 @@ pub async fn serve(sim: Simulator, listener: TcpListener, options: WireOptions) 
     if let Ok(addr) = listener.local_addr() {
         sim.add_origin(&format!("{}://{addr}", if tls.is_some() { "https" } else { "http" }));
     }
-    let app = http::router(Arc::new(shell::Wire::new(sim, options)), tls.is_some());
+    let rest = crate::sim::rest::router(sim.clone(), tls.is_some());
+    let app = http::router(Arc::new(shell::Wire::new(sim, options)), tls.is_some()).merge(rest);
     let listener = sever::SeverableListener(listener);
     match tls {
         None => {
@@ -158,6 +162,11 @@ pub async fn run_standalone(config: &Config, listen: &str, mut options: WireOpti
         %addr,
         "simulated remote PowerShell endpoint at {scheme}://{addr}/powershell-liveid?DelegatedOrg=<tenant> (Basic auth); \
          identity provider at {scheme}://{addr}/<tenant>/oauth2/v2.0/token (sign-in page {scheme}://{addr}/devicelogin)"
+    );
+    tracing::info!(
+        %addr,
+        "simulated Exchange Online admin API at {scheme}://{addr}/adminapi/beta/<tenant>/InvokeCommand (bearer tokens; \
+         Security & Compliance under /ipps)"
     );
     serve(sim, listener, options).await?;
     Ok(())
