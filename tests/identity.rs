@@ -397,21 +397,27 @@ async fn a_claims_challenge_bypasses_the_cache() {
     assert!(third.expires_at > SystemTime::now());
 }
 
-/// The daemon with an app-only admin (certificate) reaching the simulator over WinRM with
-/// bearer-in-Basic tokens from its own identity provider; one tenant not consented.
-#[tokio::test]
-async fn an_app_only_admin_runs_cmdlets_over_winrm_with_its_tokens() {
+/// A daemon whose one admin is the registered application (certificate, tokens from the
+/// simulator's identity provider), for tenants contoso and fabrikam on the `default` profile.
+fn app_only_daemon(profile: &str) -> String {
     let cert = format!("{}/tests/fixtures/identity/app.pem", env!("CARGO_MANIFEST_DIR"));
-    let text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n\
-         [profiles.default]\nkind = \"wsman\"\nallow_plain_http = true\n\
-         connection_uri = \"http://{{simulator}}/powershell-liveid?DelegatedOrg={{tenant}}\"\n\
-         [simulator]\nopen_latency_ms = 1\ncommand_latency_ms = 1\nclose_latency_ms = 1\nmailboxes_per_tenant = 5\n\
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[profiles.default]\n{profile}\n\
+         [simulator]\nlisten = \"127.0.0.1:0\"\nopen_latency_ms = 1\ncommand_latency_ms = 1\nclose_latency_ms = 1\nmailboxes_per_tenant = 5\n\
          [scheduler]\ndefault_timeout_seconds = 20\n\
          [[admins]]\nname = \"app\"\nupn = \"app@partner.onmicrosoft.com\"\n\
          [admins.oauth]\ngrant = \"client_credentials\"\nclient_id = \"{APP}\"\ncertificate = \"file:{cert}\"\nlogin_url = \"http://{{simulator}}\"\n\
          [[tenants]]\ndomain = \"{CONTOSO}\"\n[[tenants]]\ndomain = \"{FABRIKAM}\"\n"
-    );
+    )
+}
+
+/// The daemon with an app-only admin (certificate) reaching the simulator over WinRM with
+/// bearer-in-Basic tokens from its own identity provider; one tenant not consented.
+#[tokio::test]
+async fn an_app_only_admin_runs_cmdlets_over_winrm_with_its_tokens() {
+    let profile = "kind = \"wsman\"\nallow_plain_http = true\n\
+                   connection_uri = \"http://{simulator}/powershell-liveid?DelegatedOrg={tenant}\"";
+    let text = app_only_daemon(profile);
     let app = common::TestApp::start(&text).await;
     let sim = app.sim();
     for _ in 0..3 {
@@ -550,16 +556,7 @@ async fn psbroker_login_signs_in_once_with_the_device_code_and_keeps_the_refresh
 /// identity provider issued.
 #[tokio::test]
 async fn an_app_only_admin_runs_cmdlets_over_rest_with_its_tokens() {
-    let cert = format!("{}/tests/fixtures/identity/app.pem", env!("CARGO_MANIFEST_DIR"));
-    let text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n\
-         [profiles.default]\nkind = \"exo_rest\"\nbase_url = \"http://{{simulator}}\"\nallow_plain_http = true\n\
-         [simulator]\nlisten = \"127.0.0.1:0\"\nopen_latency_ms = 1\ncommand_latency_ms = 1\nclose_latency_ms = 1\nmailboxes_per_tenant = 5\n\
-         [scheduler]\ndefault_timeout_seconds = 20\n\
-         [[admins]]\nname = \"app\"\nupn = \"app@partner.onmicrosoft.com\"\n\
-         [admins.oauth]\ngrant = \"client_credentials\"\nclient_id = \"{APP}\"\ncertificate = \"file:{cert}\"\nlogin_url = \"http://{{simulator}}\"\n\
-         [[tenants]]\ndomain = \"{CONTOSO}\"\n[[tenants]]\ndomain = \"{FABRIKAM}\"\n"
-    );
+    let text = app_only_daemon("kind = \"exo_rest\"\nbase_url = \"http://{simulator}\"\nallow_plain_http = true");
     let app = common::TestApp::start(&text).await;
     let sim = app.sim();
     sim.set_app_consent(APP, FABRIKAM, false);
