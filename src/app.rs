@@ -72,18 +72,30 @@ impl Application {
                 p.connection_uri = p.connection_uri.replace(SIMULATOR_PLACEHOLDER, &addr.to_string());
                 p.base_url = p.base_url.as_ref().map(|b| b.replace(SIMULATOR_PLACEHOLDER, &addr.to_string()));
             }
+            for oauth in config.admins.iter_mut().filter_map(|a| a.oauth.as_mut()) {
+                oauth.login_url = oauth.login_url.as_ref().map(|u| u.replace(SIMULATOR_PLACEHOLDER, &addr.to_string()));
+            }
         }
         let node = node_id(&config.store.url)?;
         let shell_name = format!("psbroker:{node}");
-        let directory = Directory::build(&config, |name, profile| match profile.kind {
-            ProfileKind::Simulator => {
-                Ok(simulator.as_ref().expect("simulator built for simulator profiles").connector())
-            }
-            ProfileKind::Wsman => winrm_connector(profile, &shell_name).with_context(|| format!("profile '{name}'")),
-            ProfileKind::ExoRest => exo_connector(profile).with_context(|| format!("profile '{name}'")),
-        })?;
         let store =
             Store::connect(&config.store.url).await.with_context(|| format!("opening store {}", config.store.url))?;
+        let metrics = Arc::new(Metrics::new(config.metrics.tenant_labels));
+        let (_token_service, token_sources) =
+            crate::identity::TokenService::from_config(&config, Some(store.clone()), Some(metrics.clone()))?;
+        let directory = Directory::build_with_tokens(
+            &config,
+            |name, profile| match profile.kind {
+                ProfileKind::Simulator => {
+                    Ok(simulator.as_ref().expect("simulator built for simulator profiles").connector())
+                }
+                ProfileKind::Wsman => {
+                    winrm_connector(profile, &shell_name).with_context(|| format!("profile '{name}'"))
+                }
+                ProfileKind::ExoRest => exo_connector(profile).with_context(|| format!("profile '{name}'")),
+            },
+            &token_sources,
+        )?;
         // Before anything opens: shells a previous run of this node left behind eat quota for
         // up to an hour, so they are deleted now (other tools' shells are left alone).
         let reaped = crate::broker::reap_orphans(&directory, &store, &node, &shell_name).await;
@@ -91,7 +103,6 @@ impl Application {
             tracing::info!(shells = reaped, "deleted shells left open by a previous run");
         }
         let auth = crate::auth::setup(&config, &store).await?;
-        let metrics = Arc::new(Metrics::new(config.metrics.tenant_labels));
         let broker =
             Arc::new(Broker::start(Arc::new(directory), store, metrics, config.scheduler.clone(), node).await?);
         let tls = match &config.server.tls {

@@ -11,6 +11,7 @@ mod clock;
 mod cmdlets;
 mod connector;
 mod faults;
+pub mod idp;
 pub mod rest;
 pub mod tokens;
 pub mod wire;
@@ -235,15 +236,6 @@ fn text_shell_exists(shell_id: &str) -> String {
     )
 }
 
-fn credential_matches(account: &Account, credential: SimCredential<'_>) -> bool {
-    match credential {
-        SimCredential::Password(p) => account.password == p,
-        SimCredential::BearerToken(t) => {
-            t.trim().strip_prefix("sim-token:").is_some_and(|u| key(u) == key(&account.upn))
-        }
-    }
-}
-
 fn text_budget_throttled(wait_seconds: u64) -> String {
     format!(
         "[AuthZRequestId={}][FailureCategory=AuthZ-AuthorizationException] Fail to create runspace because you have \
@@ -399,8 +391,13 @@ struct Inner {
     close_latency_us: AtomicU64,
     /// Fault dice and tally; locked after `state` when both are needed.
     faults: Mutex<faults::Injector>,
-    /// Signs and checks the access tokens the REST service accepts.
+    /// Signs and checks the access tokens the identity provider issues and the services accept.
     tokens: tokens::SimTokens,
+    /// The identity provider's state; locked after `state` when both are needed.
+    idp: idp::Idp,
+    /// `scheme://address` of each listener serving this simulator: what access tokens for its
+    /// WinRM side name in `aud`.
+    origins: Mutex<Vec<String>>,
     /// The REST service's own state (paging cursors, calls in flight, hosts).
     rest: rest::RestState,
 }
@@ -485,6 +482,8 @@ impl Simulator {
                 close_latency_us: AtomicU64::new(cfg.close_latency_ms.saturating_mul(1000)),
                 faults: Mutex::new(faults::Injector::new(cfg.faults.clone())),
                 tokens: tokens::SimTokens::new(),
+                idp: idp::Idp::new(&cfg.identity),
+                origins: Mutex::new(Vec::new()),
                 rest: rest::RestState::new(&cfg.rest),
             }),
         }
@@ -504,14 +503,16 @@ impl Simulator {
             cfg.admins
                 .iter()
                 .map(|a| {
-                    let secret = CredentialRef::parse(&a.credential)
-                        .and_then(|c| c.resolve())
-                        .map_err(|reason| format!("credential of admin '{}': {reason}", a.name))?;
-                    Ok(SimAccount {
-                        upn: a.upn.clone(),
-                        password: secret.expose_secret().to_string(),
-                        tenants: a.tenants.clone(),
-                    })
+                    let password = match a.credential.as_str() {
+                        // An admin that only signs in with OAuth has no password.
+                        "" => String::new(),
+                        credential => CredentialRef::parse(credential)
+                            .and_then(|c| c.resolve())
+                            .map_err(|reason| format!("credential of admin '{}': {reason}", a.name))?
+                            .expose_secret()
+                            .to_string(),
+                    };
+                    Ok(SimAccount { upn: a.upn.clone(), password, tenants: a.tenants.clone() })
                 })
                 .collect::<Result<Vec<_>, String>>()?
         };
@@ -520,7 +521,30 @@ impl Simulator {
         } else {
             cfg.tenants.iter().map(|t| t.domain.clone()).collect()
         };
-        Ok(Simulator::new(&cfg.simulator, accounts, tenants))
+        let sim = Simulator::new(&cfg.simulator, accounts, tenants);
+        for app in idp::apps_from_config(cfg)? {
+            sim.register_app(app)?;
+        }
+        Ok(sim)
+    }
+
+    /// A listener now serves this simulator at `origin` (`http://127.0.0.1:5985`): access tokens
+    /// whose `aud` names it are for this simulator's Exchange.
+    pub fn add_origin(&self, origin: &str) {
+        let mut origins = self.inner.origins.lock().unwrap_or_else(|p| p.into_inner());
+        let origin = origin.trim_end_matches('/').to_ascii_lowercase();
+        if !origins.contains(&origin) {
+            origins.push(origin);
+        }
+    }
+
+    /// The claims of a bearer token this simulator issued, if it is one, unexpired, and for its
+    /// Exchange (`aud` one of its listeners, or an Exchange Online base of any cloud).
+    fn bearer_claims(&self, token: &str) -> Option<tokens::SimClaims> {
+        let mut audiences: Vec<String> =
+            crate::identity::cloud::Cloud::ALL.iter().map(|c| c.exo_base().to_string()).collect();
+        audiences.extend(self.inner.origins.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned());
+        audiences.iter().find_map(|aud| self.inner.tokens.verify(token.trim(), aud).ok())
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -693,6 +717,24 @@ impl Simulator {
         self.open_shell_as(upn, SimCredential::Password(password), tenant, configuration_name, None)
     }
 
+    /// A password, the old-style `sim-token:<upn>`, or an access token of this simulator's
+    /// identity provider for its Exchange: a delegated one naming the account (`upn`), or an
+    /// app-only one with the role `Exchange.ManageAsApp`.
+    fn credential_matches(&self, account: &Account, credential: SimCredential<'_>) -> bool {
+        match credential {
+            SimCredential::Password(p) => account.password == p,
+            SimCredential::BearerToken(t) => {
+                if let Some(u) = t.trim().strip_prefix("sim-token:") {
+                    return key(u) == key(&account.upn);
+                }
+                self.bearer_claims(t).is_some_and(|c| match &c.upn {
+                    Some(upn) => key(upn) == key(&account.upn),
+                    None => c.roles.iter().any(|r| r == "Exchange.ManageAsApp"),
+                })
+            }
+        }
+    }
+
     /// Checks an account's credential the way every request to the service is checked: an unknown
     /// account, a wrong password or a wrong token is the logon failure (HTTP 401). Tenant
     /// permissions, MFA and quotas are checked when a shell is opened.
@@ -700,7 +742,7 @@ impl Simulator {
     pub fn authenticate(&self, upn: &str, credential: SimCredential<'_>) -> Result<(), SimFault> {
         let st = self.lock();
         match st.accounts.get(&key(upn)) {
-            Some(a) if credential_matches(a, credential) => Ok(()),
+            Some(a) if self.credential_matches(a, credential) => Ok(()),
             _ => Err(SimFault::service(401, None, text_logon_failed(upn))),
         }
     }
@@ -725,9 +767,17 @@ impl Simulator {
         }
         let upn_key = key(upn);
         let owner = match st.accounts.get(&upn_key) {
-            Some(a) if credential_matches(a, credential) => a,
+            Some(a) if self.credential_matches(a, credential) => a,
             _ => return Err(SimFault::service(401, None, text_logon_failed(upn))),
         };
+        // An access token is for one tenant: its `tid`.
+        if let SimCredential::BearerToken(t) = credential {
+            if let Some(claims) = self.bearer_claims(t) {
+                if !claims.tid.eq_ignore_ascii_case(&tenant_guid(tenant).to_string()) {
+                    return Err(SimFault::service(401, None, text_logon_failed(upn)));
+                }
+            }
+        }
         if st.mfa.contains(&upn_key) {
             return Err(SimFault::service(401, None, text_mfa_required()));
         }
@@ -835,8 +885,8 @@ impl Simulator {
         st.received.iter().rev().find(|(id, _, _)| *id == pipeline_id).map(|(_, c, p)| (c.clone(), p.clone()))
     }
 
-    /// The signer of the access tokens the REST service accepts (the identity provider issues
-    /// them; tests mint their own).
+    /// The signer of the access tokens the identity provider ([`idp`]) issues and the services
+    /// (REST, and WinRM's bearer-in-Basic) accept; tests may mint their own.
     pub fn access_tokens(&self) -> &tokens::SimTokens {
         &self.inner.tokens
     }

@@ -185,7 +185,8 @@ struct ChannelState {
 #[derive(Debug)]
 pub(crate) struct Channel {
     http: reqwest::Client,
-    auth: HeaderValue,
+    /// Replaced when a bearer token is renewed (see `WinrmSession`).
+    auth: Mutex<HeaderValue>,
     allow_redirection: bool,
     allow_plain_http: bool,
     request_timeout: Duration,
@@ -204,7 +205,7 @@ impl Channel {
     ) -> Self {
         Self {
             http,
-            auth,
+            auth: Mutex::new(auth),
             allow_redirection,
             allow_plain_http,
             request_timeout,
@@ -214,6 +215,15 @@ impl Channel {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ChannelState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The Authorization header for later requests (a renewed bearer token).
+    pub(crate) fn set_auth(&self, auth: HeaderValue) {
+        *self.auth.lock().unwrap_or_else(|p| p.into_inner()) = auth;
+    }
+
+    fn auth(&self) -> HeaderValue {
+        self.auth.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// A copy of the current request context (its `to` follows redirects).
@@ -269,7 +279,7 @@ impl Channel {
                 .http
                 .post(url.clone())
                 .header(CONTENT_TYPE, wsman::CONTENT_TYPE)
-                .header(AUTHORIZATION, self.auth.clone())
+                .header(AUTHORIZATION, self.auth())
                 .timeout(timeout)
                 .body(body);
             if let Some(cookie) = cookie {

@@ -19,8 +19,10 @@ use uuid::Uuid;
 pub(super) const AFFINITY_COOKIE: &str = "MS-WSMAN";
 const REALM: &str = r#"Basic realm="WSMAN""#;
 
-pub(super) fn router(wire: Arc<Wire>) -> Router {
-    Router::new().fallback(handle).with_state(wire)
+/// The WS-Management endpoint, with the simulated identity provider's routes beside it
+/// (`tls`: the listener serves HTTPS).
+pub(super) fn router(wire: Arc<Wire>, tls: bool) -> Router {
+    crate::sim::idp::router(wire.sim().clone(), tls).merge(Router::new().fallback(handle).with_state(wire))
 }
 
 fn served_path(path: &str) -> bool {
