@@ -6,8 +6,9 @@ use crate::api::server::ConnectionLimits;
 use crate::api::{self, ApiState};
 use crate::broker::directory::Directory;
 use crate::broker::Broker;
-use crate::config::{Config, ProfileConfig, ProfileKind, TlsConfig};
+use crate::config::{Config, ProfileConfig, ProfileKind, RestService, TlsConfig};
 use crate::metrics::Metrics;
+use crate::remote::exo::{self, ExoConnector, ExoOptions};
 use crate::remote::winrm::{WinrmConnector, WinrmOptions};
 use crate::remote::Connector;
 use crate::sim::wire::WireOptions;
@@ -64,7 +65,10 @@ const SIMULATOR_PLACEHOLDER: &str = "{simulator}";
 
 impl Application {
     pub async fn build(mut config: Config) -> anyhow::Result<Application> {
-        let wire_wanted = config.profiles.values().any(|p| p.connection_uri.contains(SIMULATOR_PLACEHOLDER));
+        let wire_wanted = config.profiles.values().any(|p| {
+            p.connection_uri.contains(SIMULATOR_PLACEHOLDER)
+                || p.base_url.as_deref().is_some_and(|b| b.contains(SIMULATOR_PLACEHOLDER))
+        });
         let uses_simulator = wire_wanted || config.profiles.values().any(|p| p.kind == ProfileKind::Simulator);
         let simulator = if uses_simulator {
             Some(Simulator::from_config(&config).map_err(|e| anyhow::anyhow!("simulator: {e}"))?)
@@ -78,6 +82,10 @@ impl Application {
         if let Some((addr, _)) = &simulator_wire {
             for p in config.profiles.values_mut() {
                 p.connection_uri = p.connection_uri.replace(SIMULATOR_PLACEHOLDER, &addr.to_string());
+                p.base_url = p.base_url.as_ref().map(|b| b.replace(SIMULATOR_PLACEHOLDER, &addr.to_string()));
+            }
+            for oauth in config.admins.iter_mut().filter_map(|a| a.oauth.as_mut()) {
+                oauth.login_url = oauth.login_url.as_ref().map(|u| u.replace(SIMULATOR_PLACEHOLDER, &addr.to_string()));
             }
         }
         if let Some(dir) = crate::auth::token::data_dir(&config.store.url) {
@@ -87,14 +95,24 @@ impl Application {
         }
         let node = node_id(&config.store.url)?;
         let shell_name = format!("psbroker:{node}");
-        let directory = Directory::build(&config, |name, profile| match profile.kind {
-            ProfileKind::Simulator => {
-                Ok(simulator.as_ref().expect("simulator built for simulator profiles").connector())
-            }
-            ProfileKind::Wsman => winrm_connector(profile, &shell_name).with_context(|| format!("profile '{name}'")),
-        })?;
         let store =
             Store::connect(&config.store.url).await.with_context(|| format!("opening store {}", config.store.url))?;
+        let metrics = Arc::new(Metrics::new(config.metrics.tenant_labels));
+        let (_token_service, token_sources) =
+            crate::identity::TokenService::from_config(&config, Some(store.clone()), Some(metrics.clone()))?;
+        let directory = Directory::build_with_tokens(
+            &config,
+            |name, profile| match profile.kind {
+                ProfileKind::Simulator => {
+                    Ok(simulator.as_ref().expect("simulator built for simulator profiles").connector())
+                }
+                ProfileKind::Wsman => {
+                    winrm_connector(profile, &shell_name).with_context(|| format!("profile '{name}'"))
+                }
+                ProfileKind::ExoRest => exo_connector(profile).with_context(|| format!("profile '{name}'")),
+            },
+            &token_sources,
+        )?;
         // Before anything opens: shells a previous run of this node left behind eat quota for
         // up to an hour, so they are deleted now (other tools' shells are left alone).
         let reaped = crate::broker::reap_orphans(&directory, &store, &node, &shell_name).await;
@@ -102,7 +120,6 @@ impl Application {
             tracing::info!(shells = reaped, "deleted shells left open by a previous run");
         }
         let auth = crate::auth::setup(&config, &store).await?;
-        let metrics = Arc::new(Metrics::new(config.metrics.tenant_labels));
         let broker =
             Arc::new(Broker::start(Arc::new(directory), store, metrics.clone(), config.scheduler.clone(), node).await?);
         let tls = match &config.server.tls {
@@ -266,6 +283,26 @@ fn sqlite_file_name(store_url: &str) -> String {
     let path = store_url.strip_prefix("sqlite://").or_else(|| store_url.strip_prefix("sqlite:")).unwrap_or("");
     let path = std::path::Path::new(path.split('?').next().unwrap_or(path));
     path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+fn exo_connector(profile: &ProfileConfig) -> anyhow::Result<Arc<dyn Connector>> {
+    let options = ExoOptions {
+        service: match profile.service {
+            RestService::Exchange => exo::Service::Exchange,
+            RestService::Compliance => exo::Service::Compliance,
+        },
+        base_url: profile.rest_base_url(),
+        max_page_size: profile.max_page_size,
+        request_timeout: profile.request_timeout(),
+        batch: profile.batch,
+        allow_plain_http: profile.allow_plain_http,
+        accept_invalid_certs: profile.accept_invalid_certs,
+        extra_roots: match &profile.ca_file {
+            Some(path) => crate::tls::read_roots(path)?,
+            None => Vec::new(),
+        },
+    };
+    Ok(Arc::new(ExoConnector::new(options).map_err(|e| anyhow::anyhow!(e.message))?))
 }
 
 /// A stable identity for this daemon, kept next to its database (`node-id`), so the shells it

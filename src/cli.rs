@@ -55,6 +55,15 @@ pub enum Command {
         #[command(flatten)]
         auth: AuthArgs,
     },
+    /// Sign an admin's delegated OAuth identity in (device code): prints a URL and a code to
+    /// enter in any browser, then stores the refresh token, sealed.
+    Login {
+        /// The admin (`[[admins]] name`) whose `[admins.oauth]` uses grant = "refresh_token".
+        #[arg(long)]
+        admin: String,
+        #[arg(long, env = "PSBROKER_CONFIG")]
+        config: Option<PathBuf>,
+    },
     /// Ask a running daemon whether it is alive (`/healthz`) or ready (`/readyz`); exit 0 if so,
     /// 1 otherwise. For container health checks and probes where no HTTP client is installed.
     Health {

@@ -27,6 +27,8 @@ pub struct Config {
     #[serde(default)]
     pub metrics: MetricsConfig,
     #[serde(default)]
+    pub identity: IdentityConfig,
+    #[serde(default)]
     pub simulator: SimulatorConfig,
     #[serde(default)]
     pub profiles: BTreeMap<String, ProfileConfig>,
@@ -256,6 +258,20 @@ pub enum ProfileKind {
     Simulator,
     /// WS-Management / PSRP over HTTP(S) (a later release).
     Wsman,
+    /// Exchange Online (or Security & Compliance) over the REST admin API with OAuth tokens.
+    #[serde(rename = "exo_rest")]
+    ExoRest,
+}
+
+/// exo_rest: which service behind the admin API.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RestService {
+    /// Exchange Online (`https://outlook.office365.com` in the global cloud).
+    #[default]
+    Exchange,
+    /// Security & Compliance (`https://ps.compliance.protection.outlook.com`).
+    Compliance,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -289,8 +305,19 @@ pub struct ProfileConfig {
     /// wsman: how long the service may hold a Receive before answering "nothing yet".
     pub operation_timeout_seconds: u64,
     /// wsman: the time limit of one HTTP request (a Receive gets the operation timeout on top).
-    /// Unset: operation timeout + 40 s.
+    /// exo_rest: of one request (each page, each `$batch` sub-request). Unset: operation
+    /// timeout + 40 s.
     pub request_timeout_seconds: Option<f64>,
+    /// exo_rest: `exchange` or `compliance`.
+    pub service: RestService,
+    /// exo_rest: the service's base URL (token audience and front door). Unset: the global
+    /// cloud's. `{simulator}` is replaced by the embedded simulator's address; `http://` needs
+    /// `allow_plain_http`.
+    pub base_url: Option<String>,
+    /// exo_rest: `Prefer: odata.maxpagesize` (the service caps it at 1000).
+    pub max_page_size: u32,
+    /// exo_rest: bulk work may travel as `$batch` requests of up to ten cmdlets per tenant.
+    pub batch: bool,
 }
 
 impl Default for ProfileConfig {
@@ -312,11 +339,42 @@ impl Default for ProfileConfig {
             max_envelope_size: 153_600,
             operation_timeout_seconds: 20,
             request_timeout_seconds: None,
+            service: RestService::Exchange,
+            base_url: None,
+            max_page_size: 1000,
+            batch: false,
         }
     }
 }
 
 impl ProfileConfig {
+    /// exo_rest: the base URL, as configured or the global cloud's for the service.
+    pub fn rest_base_url(&self) -> String {
+        match (&self.base_url, self.service) {
+            (Some(url), _) => url.trim().to_string(),
+            (None, RestService::Exchange) => "https://outlook.office365.com".into(),
+            (None, RestService::Compliance) => "https://ps.compliance.protection.outlook.com".into(),
+        }
+    }
+
+    fn validate_rest(&self) -> Result<(), String> {
+        if self.max_page_size == 0 {
+            return Err("max_page_size must be at least 1".into());
+        }
+        let base = self.rest_base_url();
+        if base.contains("{simulator}") {
+            return Ok(());
+        }
+        match base.split_once("://").map(|(scheme, _)| scheme.to_ascii_lowercase()) {
+            Some(s) if s == "https" => Ok(()),
+            Some(s) if s == "http" && self.allow_plain_http => Ok(()),
+            Some(s) if s == "http" => {
+                Err(format!("base_url {base} is plain http: bearer tokens would travel in clear (allow_plain_http for loopback tests)"))
+            }
+            _ => Err(format!("base_url {base:?} is not an https:// URL")),
+        }
+    }
+
     pub fn max_age(&self) -> Duration {
         Duration::from_secs_f64(self.session_max_age_seconds)
     }
@@ -334,13 +392,119 @@ impl ProfileConfig {
 pub struct AdminConfig {
     pub name: String,
     pub upn: String,
-    /// `env:VAR`, `file:/path`, or `literal:secret` (demo only: logged as a warning).
+    /// The password for Basic authentication: `env:VAR`, `file:/path`, or `literal:secret`
+    /// (demo only: logged as a warning). Not needed by an admin that signs in with `oauth`.
+    #[serde(default)]
     pub credential: String,
     #[serde(default = "default_admin_cap")]
     pub cap: u32,
     /// Tenant domains this admin may manage, or `["*"]`.
     #[serde(default = "all_tenants")]
     pub tenants: Vec<String>,
+    /// The admin's OAuth identity (Entra ID): endpoints that take bearer tokens get them from it.
+    #[serde(default)]
+    pub oauth: Option<OAuthConfig>,
+}
+
+/// `[identity]`: settings of the token service shared by every OAuth identity.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityConfig {
+    /// Seals stored refresh tokens (XChaCha20-Poly1305): `env:VAR` or `file:/path` holding 32
+    /// random bytes as base64 or hex (e.g. `head -c 32 /dev/urandom | base64`). Required as soon
+    /// as an admin uses `grant = "refresh_token"`.
+    pub refresh_token_key: Option<String>,
+    /// The time limit of one request to the identity provider.
+    pub request_timeout_seconds: u64,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        Self { refresh_token_key: None, request_timeout_seconds: 30 }
+    }
+}
+
+/// How an OAuth identity gets its tokens.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OAuthGrant {
+    /// App-only: the application signs in as itself in each tenant (certificate or secret).
+    ClientCredentials,
+    /// Delegated (partners): a refresh token from `psbroker login --admin NAME`, exchanged at each
+    /// customer tenant's token endpoint.
+    RefreshToken,
+}
+
+/// `[admins.oauth]`: an admin's identity at Entra ID.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OAuthConfig {
+    pub grant: OAuthGrant,
+    /// `global` (also GCC), `gcc_high`, `dod` or `china`: picks the login authority and the
+    /// Exchange Online / Security & Compliance hosts.
+    #[serde(default)]
+    pub cloud: crate::identity::cloud::Cloud,
+    /// The application (client) id.
+    pub client_id: String,
+    /// The application's secret: `env:`, `file:` or `literal:` (demo only).
+    #[serde(default)]
+    pub client_secret: Option<String>,
+    /// The application's certificate with its private key: a PEM file (certificate and
+    /// unencrypted key) or a PFX file (`file:/path`; a PEM may also come from `env:`).
+    #[serde(default)]
+    pub certificate: Option<String>,
+    /// The PFX file's password (`env:`, `file:`, `literal:`).
+    #[serde(default)]
+    pub certificate_password: Option<String>,
+    /// refresh_token: the tenant `psbroker login` signs in at (the partner's own tenant, as a
+    /// domain or GUID). Default `organizations`.
+    #[serde(default)]
+    pub tenant: Option<String>,
+    /// Overrides the cloud's login authority (e.g. `http://{simulator}` for the simulator's
+    /// identity provider).
+    #[serde(default)]
+    pub login_url: Option<String>,
+}
+
+impl OAuthConfig {
+    /// The login authority requests go to.
+    pub fn login_url(&self) -> String {
+        self.login_url.clone().unwrap_or_else(|| self.cloud.login_url().to_string()).trim_end_matches('/').to_string()
+    }
+
+    /// Checks the combination and every credential reference (not their values).
+    pub fn validate(&self) -> Result<(), String> {
+        if self.client_id.trim().is_empty() {
+            return Err("oauth.client_id is empty".into());
+        }
+        match (&self.client_secret, &self.certificate, self.grant) {
+            (Some(_), Some(_), _) => return Err("oauth: give client_secret or certificate, not both".into()),
+            (None, None, OAuthGrant::ClientCredentials) => {
+                return Err("oauth: grant = \"client_credentials\" needs client_secret or certificate".into())
+            }
+            _ => {}
+        }
+        if self.certificate_password.is_some() && self.certificate.is_none() {
+            return Err("oauth: certificate_password without certificate".into());
+        }
+        for (name, reference) in [
+            ("client_secret", &self.client_secret),
+            ("certificate", &self.certificate),
+            ("certificate_password", &self.certificate_password),
+        ] {
+            if let Some(r) = reference {
+                CredentialRef::parse(r).map_err(|e| format!("oauth.{name}: {e}"))?;
+            }
+        }
+        if let Some(url) = &self.login_url {
+            let probe = url.replace("{simulator}", "127.0.0.1:1");
+            if !(probe.starts_with("https://") || probe.starts_with("http://")) || reqwest::Url::parse(&probe).is_err()
+            {
+                return Err(format!("oauth.login_url '{url}' is not an http(s) URL"));
+            }
+        }
+        Ok(())
+    }
 }
 
 fn default_admin_cap() -> u32 {
@@ -386,8 +550,11 @@ pub struct SimulatorConfig {
     pub remote_powershell_disabled: Vec<String>,
     /// `upn:tenant` pairs where the account lacks permission to manage the tenant.
     pub denied: Vec<String>,
-    /// Accounts that must pass MFA (and so cannot use remote PowerShell).
+    /// Accounts that must pass MFA (and so cannot use remote PowerShell with a password); the
+    /// identity provider refuses them tokens from a sign-in without MFA (AADSTS50076).
     pub mfa_required: Vec<String>,
+    /// The identity service is down: WinRM logons fail with Live ID's text, and the identity
+    /// provider answers 503 with `Retry-After`.
     pub identity_service_down: bool,
     pub accounts: Vec<SimAccountConfig>,
     pub tenants: Vec<String>,
@@ -399,6 +566,129 @@ pub struct SimulatorConfig {
     pub redirect_first: bool,
     /// Injected faults (all off by default); see docs/chaos.md.
     pub faults: FaultConfig,
+    /// The simulated identity provider (Entra ID's token and device-code endpoints).
+    pub identity: SimIdentityConfig,
+    /// The REST admin API (Exchange Online's `InvokeCommand`) on the same listener.
+    pub rest: SimRestConfig,
+}
+
+/// The simulated REST admin API: paging, limits and hosts.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SimRestConfig {
+    /// The service's own cap on a page (also the page size when a client asks for none).
+    pub max_page_size: u32,
+    /// Calls in flight one admin identity (a user, or an application) may have; more are
+    /// refused with 429 and `Retry-After`. A `$batch` is one call.
+    pub calls_per_identity: u32,
+    /// Calls in flight in one tenant, across identities.
+    pub calls_per_tenant: u32,
+    /// `Retry-After` of those 429s, in seconds (fractions allowed).
+    pub retry_after_seconds: f64,
+    /// Tenants served from a tenant-specific host: domain → host label. The front door answers
+    /// their calls and the discovery probe with 302 to `/t/{label}/…`.
+    pub tenant_hosts: BTreeMap<String, String>,
+    /// The Security & Compliance region every tenant is served from (`/ipps/r/{region}/…`).
+    pub compliance_region: String,
+}
+
+impl Default for SimRestConfig {
+    fn default() -> Self {
+        Self {
+            max_page_size: 1000,
+            calls_per_identity: 3,
+            calls_per_tenant: 20,
+            retry_after_seconds: 1.0,
+            tenant_hosts: BTreeMap::new(),
+            compliance_region: "nam12b".into(),
+        }
+    }
+}
+
+/// `[simulator.identity]`: the simulated identity provider, served on the simulator's listener
+/// (`POST /{tenant}/oauth2/v2.0/token`, `/{tenant}/oauth2/v2.0/devicecode`, `/devicelogin`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SimIdentityConfig {
+    /// Lifetime of the access tokens it issues (Entra: about an hour). Seconds, so tests can
+    /// make it short.
+    pub token_lifetime_seconds: u64,
+    /// A refresh token expires after this long (Entra: 90 days of inactivity).
+    pub refresh_token_lifetime_seconds: u64,
+    /// Device-code sign-in: the polling interval it asks for, and how long a code lives.
+    pub device_code_interval_seconds: u64,
+    pub device_code_lifetime_seconds: u64,
+    /// Users who sign in with a password only: their delegated tokens have no `mfa` in `amr`.
+    /// Everyone else signs in with multi-factor authentication.
+    pub users_without_mfa: Vec<String>,
+    /// Registered applications. Empty: one per distinct `client_id` of the `[[admins]]` OAuth
+    /// identities, with their secret or certificate, consented in every tenant.
+    pub apps: Vec<SimAppConfig>,
+    /// Probability (0 to 1) that a token request is answered 503 with `Retry-After`.
+    pub unavailable: f64,
+    pub retry_after_seconds: u64,
+    pub seed: u64,
+}
+
+impl Default for SimIdentityConfig {
+    fn default() -> Self {
+        Self {
+            token_lifetime_seconds: 3600,
+            refresh_token_lifetime_seconds: 90 * 24 * 3600,
+            device_code_interval_seconds: 5,
+            device_code_lifetime_seconds: 900,
+            users_without_mfa: vec![],
+            apps: vec![],
+            unavailable: 0.0,
+            retry_after_seconds: 1,
+            seed: 0,
+        }
+    }
+}
+
+impl SimIdentityConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if !(0.0..=1.0).contains(&self.unavailable) {
+            return Err(format!("simulator.identity.unavailable = {} is not a probability (0 to 1)", self.unavailable));
+        }
+        if self.token_lifetime_seconds == 0 || self.device_code_interval_seconds == 0 {
+            return Err(
+                "simulator.identity: token_lifetime_seconds and device_code_interval_seconds must be positive".into()
+            );
+        }
+        for app in &self.apps {
+            for secret in &app.secrets {
+                CredentialRef::parse(secret)
+                    .map_err(|e| format!("simulator.identity.apps '{}': secret: {e}", app.client_id))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An application registered at the simulated identity provider.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SimAppConfig {
+    pub client_id: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Its client secrets (`env:`, `file:`, `literal:`).
+    #[serde(default)]
+    pub secrets: Vec<String>,
+    /// PEM files of its certificates (the public part is enough).
+    #[serde(default)]
+    pub certificates: Vec<PathBuf>,
+    /// Tenants where it is consented (has a service principal), or `["*"]`.
+    #[serde(default = "all_tenants")]
+    pub tenants: Vec<String>,
+    /// Allows public-client flows (device code, refresh without a client credential).
+    #[serde(default = "yes")]
+    pub public_client: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Faults the simulator injects, each with its probability (0 to 1). Request-level kinds apply
@@ -421,6 +711,8 @@ pub struct FaultConfig {
     pub http_500: f64,
     /// HTTP 503 with `Retry-After` and a bare body, as a load balancer sends: not processed.
     pub http_503: f64,
+    /// HTTP 429 with `Retry-After` (the REST service's throttling): not processed.
+    pub http_429: f64,
     pub retry_after_seconds: u64,
     /// The answer comes late: processed, then held `latency_spike_min_ms` to `latency_spike_ms`
     /// (uniformly).
@@ -447,6 +739,7 @@ impl Default for FaultConfig {
             drop_after: 0.0,
             http_500: 0.0,
             http_503: 0.0,
+            http_429: 0.0,
             retry_after_seconds: 1,
             latency_spike: 0.0,
             latency_spike_min_ms: 0,
@@ -462,12 +755,13 @@ impl Default for FaultConfig {
 
 impl FaultConfig {
     /// The probabilities, by name (for validation and reports).
-    pub fn rates(&self) -> [(&'static str, f64); 9] {
+    pub fn rates(&self) -> [(&'static str, f64); 10] {
         [
             ("drop_before", self.drop_before),
             ("drop_after", self.drop_after),
             ("http_500", self.http_500),
             ("http_503", self.http_503),
+            ("http_429", self.http_429),
             ("latency_spike", self.latency_spike),
             ("shell_expiry", self.shell_expiry),
             ("user_quota", self.user_quota),
@@ -482,14 +776,28 @@ impl FaultConfig {
                 return Err(format!("simulator.faults.{name} = {rate} is not a probability (0 to 1)"));
             }
         }
-        let per_request = self.drop_before + self.drop_after + self.http_500 + self.http_503 + self.latency_spike;
+        let per_request =
+            self.drop_before + self.drop_after + self.http_500 + self.http_503 + self.http_429 + self.latency_spike;
         if per_request > 1.0 {
             return Err(format!("simulator.faults: the request-level rates add up to {per_request} (more than 1)"));
         }
         if self.user_quota + self.tenant_quota + self.throttle > 1.0 {
             return Err("simulator.faults: the Create rates add up to more than 1".into());
         }
-        const ACTIONS: [&str; 8] = ["Create", "Command", "Receive", "Send", "Signal", "Delete", "Enumerate", "Pull"];
+        // WS-Management actions, then the REST service's requests.
+        const ACTIONS: [&str; 11] = [
+            "Create",
+            "Command",
+            "Receive",
+            "Send",
+            "Signal",
+            "Delete",
+            "Enumerate",
+            "Pull",
+            "InvokeCommand",
+            "Batch",
+            "Probe",
+        ];
         if let Some(a) = self.actions.iter().find(|a| !ACTIONS.iter().any(|k| k.eq_ignore_ascii_case(a))) {
             return Err(format!("simulator.faults.actions: unknown action '{a}' (one of {})", ACTIONS.join(", ")));
         }
@@ -518,6 +826,8 @@ impl Default for SimulatorConfig {
             listen: None,
             redirect_first: false,
             faults: FaultConfig::default(),
+            identity: SimIdentityConfig::default(),
+            rest: SimRestConfig::default(),
         }
     }
 }
@@ -608,8 +918,43 @@ impl Config {
             if !a.upn.contains('@') {
                 return bad(format!("admin '{}' upn '{}' is not a user principal name", a.name, a.upn));
             }
-            CredentialRef::parse(&a.credential)
-                .map_err(|reason| ConfigError::Credential { admin: a.name.clone(), reason })?;
+            match &a.oauth {
+                Some(oauth) => {
+                    oauth.validate().map_err(|reason| ConfigError::Credential { admin: a.name.clone(), reason })?
+                }
+                None if a.credential.is_empty() => {
+                    return Err(ConfigError::Credential {
+                        admin: a.name.clone(),
+                        reason: "needs a credential (or an [admins.oauth] identity)".into(),
+                    })
+                }
+                None => {}
+            }
+            if !a.credential.is_empty() {
+                CredentialRef::parse(&a.credential)
+                    .map_err(|reason| ConfigError::Credential { admin: a.name.clone(), reason })?;
+            }
+        }
+        if let Some(a) =
+            self.admins.iter().find(|a| a.oauth.as_ref().is_some_and(|o| o.grant == OAuthGrant::RefreshToken))
+        {
+            match &self.identity.refresh_token_key {
+                None => {
+                    return bad(format!(
+                        "admin '{}' uses grant = \"refresh_token\": set [identity] refresh_token_key (env: or file:, 32 random bytes as base64 or hex) so its refresh token is sealed at rest",
+                        a.name
+                    ))
+                }
+                Some(r) => {
+                    CredentialRef::parse(r).map_err(|e| ConfigError::Invalid(format!("identity.refresh_token_key: {e}")))?;
+                }
+            }
+        }
+        if self.identity.request_timeout_seconds == 0 {
+            return bad("identity.request_timeout_seconds must be positive".into());
+        }
+        if let Err(e) = self.simulator.identity.validate() {
+            return bad(e);
         }
         let mut domains = HashSet::new();
         for t in &self.tenants {
@@ -652,6 +997,16 @@ impl Config {
             if p.request_timeout_seconds.is_some_and(|s| !(s.is_finite() && s > 0.0)) {
                 return bad(format!("profile '{name}': request_timeout_seconds must be positive"));
             }
+            if p.kind == ProfileKind::ExoRest {
+                p.validate_rest().map_err(|e| ConfigError::Invalid(format!("profile '{name}': {e}")))?;
+            }
+        }
+        let rest = &self.simulator.rest;
+        if rest.max_page_size == 0 || rest.calls_per_identity == 0 || rest.calls_per_tenant == 0 {
+            return bad("simulator.rest: max_page_size and the call limits must be positive".into());
+        }
+        if !(rest.retry_after_seconds.is_finite() && rest.retry_after_seconds >= 0.0) {
+            return bad("simulator.rest.retry_after_seconds must be a number of seconds".into());
         }
         Ok(())
     }
@@ -691,6 +1046,21 @@ impl CredentialRef {
                 .map_err(|e| format!("cannot read {}: {e}", path.display())),
             CredentialRef::Literal(s) => Ok(SecretString::from(s.clone())),
         }
+    }
+
+    /// The referenced bytes as they are (a file is not trimmed): for binary secrets such as a
+    /// PFX file.
+    pub fn resolve_bytes(&self) -> Result<secrecy::zeroize::Zeroizing<Vec<u8>>, String> {
+        let bytes = match self {
+            CredentialRef::Env(var) => std::env::var(var)
+                .map(String::into_bytes)
+                .map_err(|_| format!("environment variable {var} is not set"))?,
+            CredentialRef::File(path) => {
+                std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?
+            }
+            CredentialRef::Literal(s) => s.clone().into_bytes(),
+        };
+        Ok(secrecy::zeroize::Zeroizing::new(bytes))
     }
 }
 
@@ -744,6 +1114,62 @@ mod tests {
     }
 
     #[test]
+    fn exo_rest_profiles_take_their_keys_and_refuse_clear_text_tokens() {
+        let with = |profile: &str| {
+            Config::from_toml(&format!("{EMBEDDED_DEMO}\n[profiles.exo]\nkind = \"exo_rest\"\n{profile}\n"))
+        };
+        let c = with("").unwrap();
+        let p = &c.profiles["exo"];
+        assert_eq!(
+            (p.kind, p.service, p.max_page_size, p.batch),
+            (ProfileKind::ExoRest, RestService::Exchange, 1000, false)
+        );
+        assert_eq!(p.rest_base_url(), "https://outlook.office365.com");
+        let c = with("service = \"compliance\"\nmax_page_size = 200\nbatch = true").unwrap();
+        let p = &c.profiles["exo"];
+        assert_eq!((p.service, p.max_page_size, p.batch), (RestService::Compliance, 200, true));
+        assert_eq!(p.rest_base_url(), "https://ps.compliance.protection.outlook.com");
+        let sim = with("base_url = \"http://{simulator}\"\nallow_plain_http = true").unwrap();
+        assert_eq!(sim.profiles["exo"].rest_base_url(), "http://{simulator}");
+        let err = with("base_url = \"http://exo.example\"").unwrap_err().to_string();
+        assert!(err.contains("profile 'exo'") && err.contains("plain http"), "{err}");
+        assert!(with("base_url = \"ftp://x\"").is_err());
+        assert!(with("max_page_size = 0").is_err());
+        assert!(with("service = \"teams\"").is_err());
+    }
+
+    /// The commented examples of the REST keys in the demo are valid as they stand.
+    #[test]
+    fn the_commented_rest_examples_in_the_demo_are_valid() {
+        let text = format!(
+            "{EMBEDDED_DEMO}\n{}\n{}\n",
+            commented_block("# [profiles.exo]"),
+            commented_block("# [simulator.rest]")
+        );
+        let c = Config::from_toml(&text).unwrap();
+        assert_eq!(c.profiles["exo"].kind, ProfileKind::ExoRest);
+        assert_eq!(c.simulator.rest.tenant_hosts.len(), 1);
+    }
+
+    #[test]
+    fn the_simulated_rest_service_is_configurable() {
+        let with = |rest: &str| Config::from_toml(&format!("{EMBEDDED_DEMO}\n[simulator.rest]\n{rest}\n"));
+        let c = with("max_page_size = 50\ncalls_per_identity = 2\nretry_after_seconds = 0.5\ncompliance_region = \"eur03b\"\n[simulator.rest.tenant_hosts]\n\"contoso.onmicrosoft.com\" = \"nam12b\"").unwrap();
+        let r = &c.simulator.rest;
+        assert_eq!(
+            (r.max_page_size, r.calls_per_identity, r.calls_per_tenant, r.retry_after_seconds),
+            (50, 2, 20, 0.5)
+        );
+        assert_eq!(r.tenant_hosts["contoso.onmicrosoft.com"], "nam12b");
+        assert!(with("calls_per_tenant = 0").is_err());
+        assert!(with("retry_after_seconds = -1").is_err());
+        assert!(with("pages = 3").is_err(), "unknown keys are refused");
+        assert_eq!(Config::demo().simulator.rest, SimRestConfig::default());
+        let faults = Config::from_toml(&format!("{EMBEDDED_DEMO}\n[simulator.faults]\nhttp_429 = 0.1\nactions = [\"InvokeCommand\", \"Batch\", \"Probe\"]\n")).unwrap();
+        assert_eq!(faults.simulator.faults.http_429, 0.1);
+    }
+
+    #[test]
     fn fault_rates_are_probabilities_and_actions_are_known() {
         let with = |faults: &str| Config::from_toml(&format!("{EMBEDDED_DEMO}\n[simulator.faults]\n{faults}\n"));
         let ok = with("seed = 7\ndrop_after = 0.01\nthrottle = 0.5\nactions = [\"Receive\", \"create\"]").unwrap();
@@ -761,6 +1187,67 @@ mod tests {
         let block: Vec<&str> = EMBEDDED_DEMO[start..].lines().map(|l| l.strip_prefix("# ").unwrap_or(l)).collect();
         let c = Config::from_toml(&format!("{}\n{}\n", &EMBEDDED_DEMO[..start], block.join("\n"))).unwrap();
         assert_eq!((c.simulator.faults.drop_after, c.simulator.faults.actions.len()), (0.009, 1));
+    }
+
+    /// The commented block starting at `marker` (up to the next empty line) with its settings
+    /// uncommented (prose stays a comment).
+    fn commented_block(marker: &str) -> String {
+        let start = EMBEDDED_DEMO.find(marker).unwrap_or_else(|| panic!("the demo shows {marker}"));
+        let setting = |l: &str| {
+            let key: String = l.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+            l.starts_with('[') || (!key.is_empty() && l[key.len()..].trim_start().starts_with('='))
+        };
+        let lines = EMBEDDED_DEMO[start..].lines().take_while(|l| !l.trim().is_empty());
+        lines.map(|l| l.strip_prefix("# ").filter(|rest| setting(rest)).unwrap_or(l)).collect::<Vec<_>>().join("\n")
+    }
+
+    #[test]
+    fn the_commented_identity_examples_in_the_demo_are_valid() {
+        let tenants = EMBEDDED_DEMO.find("[[tenants]]").unwrap();
+        let text = format!(
+            "{}\n{}\n{}\n{}\n",
+            commented_block("# [identity]"),
+            &EMBEDDED_DEMO[..tenants],
+            commented_block("# [[admins]]\n# name = \"exo-app\""),
+            &EMBEDDED_DEMO[tenants..],
+        );
+        let c = Config::from_toml(&text).unwrap();
+        let oauth: Vec<_> = c.admins.iter().filter_map(|a| a.oauth.as_ref()).collect();
+        assert_eq!(oauth.len(), 2);
+        assert_eq!((oauth[0].grant, oauth[1].grant), (OAuthGrant::ClientCredentials, OAuthGrant::RefreshToken));
+        assert_eq!(oauth[0].login_url(), "https://login.microsoftonline.com");
+        assert!(c.identity.refresh_token_key.is_some());
+        let sim = commented_block("# [simulator.identity]");
+        let start = EMBEDDED_DEMO.find("# [simulator.identity]").unwrap();
+        let c = Config::from_toml(&format!("{}\n{sim}\n", &EMBEDDED_DEMO[..start])).unwrap();
+        assert_eq!(c.simulator.identity.apps.len(), 1);
+        let defaults = SimIdentityConfig { apps: c.simulator.identity.apps.clone(), ..Default::default() };
+        assert_eq!(c.simulator.identity, defaults, "the documented values are the defaults");
+    }
+
+    #[test]
+    fn oauth_identities_are_checked_at_start() {
+        let admin = |oauth: &str| {
+            format!("{EMBEDDED_DEMO}\n[[admins]]\nname = \"o\"\nupn = \"o@p.example\"\n[admins.oauth]\nclient_id = \"c\"\n{oauth}\n")
+        };
+        let err = |oauth: &str| Config::from_toml(&admin(oauth)).unwrap_err().to_string();
+        assert!(err("grant = \"client_credentials\"").contains("needs client_secret or certificate"));
+        assert!(err("grant = \"client_credentials\"\nclient_secret = \"env:A\"\ncertificate = \"file:b\"")
+            .contains("not both"));
+        assert!(err("grant = \"client_credentials\"\nclient_secret = \"plain\"").contains("oauth.client_secret"));
+        assert!(err("grant = \"client_credentials\"\nclient_secret = \"env:A\"\nlogin_url = \"ftp://x\"")
+            .contains("login_url"));
+        assert!(err("grant = \"refresh_token\"").contains("refresh_token_key"), "delegated tokens are sealed at rest");
+        assert!(err("grant = \"device\"\nclient_secret = \"env:A\"").contains("grant"));
+        let ok = Config::from_toml(&admin(
+            "grant = \"client_credentials\"\nclient_secret = \"env:A\"\ncloud = \"gcc_high\"",
+        ))
+        .unwrap();
+        let oauth = ok.admins.last().unwrap().oauth.clone().unwrap();
+        assert_eq!(oauth.login_url(), "https://login.microsoftonline.us");
+        assert!(ok.admins.last().unwrap().credential.is_empty(), "an OAuth admin needs no credential");
+        let no_credential = format!("{EMBEDDED_DEMO}\n[[admins]]\nname = \"n\"\nupn = \"n@p.example\"\n");
+        assert!(Config::from_toml(&no_credential).unwrap_err().to_string().contains("needs a credential"));
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod bench;
 pub mod broker;
 pub mod cli;
+pub mod cli_login;
 pub mod cli_token;
 pub mod config;
 pub mod data_dir;

@@ -57,6 +57,7 @@ async fn run() -> anyhow::Result<()> {
             cli::health(url, config.as_deref(), ready, std::time::Duration::from_secs(timeout_seconds)).await
         }
         Command::Token(cmd) => psbroker::cli_token::run(cmd).await,
+        Command::Login { admin, config } => psbroker::cli_login::login(&admin, config.as_deref()).await,
         Command::Bench(BenchCommand::Bulk(args)) => psbroker::bench::bulk(args).await,
         Command::Bench(BenchCommand::Api(args)) => psbroker::bench::api::run(args).await,
         Command::Bench(BenchCommand::Codec(args)) => psbroker::bench::codec::run(args),

@@ -66,11 +66,18 @@ async fn ten_thousand_invocations_under_five_percent_faults_lose_nothing_and_rep
     assert_eq!(chaos::writes_run_twice(&run), 0);
     assert!(stats.executions.values().all(|&n| n >= 1));
 
-    // The faults were really there, every kind of them, at about the rate asked for.
-    for kind in FaultKind::ALL {
-        assert!(stats.injected.get(&kind).copied().unwrap_or(0) > 0, "no {kind:?} injected: {:?}", stats.injected);
+    // The faults were really there, every kind the scenario asks for (http_429, the REST
+    // service's throttling, is not part of this WS-Management run), at about the rate asked for.
+    let asked = chaos::faults(args.fault_rate, args.seed).rates();
+    let kinds: Vec<FaultKind> = FaultKind::ALL
+        .into_iter()
+        .filter(|k| asked.iter().any(|(name, rate)| *name == k.as_str() && *rate > 0.0))
+        .collect();
+    assert_eq!(kinds.len(), FaultKind::ALL.len() - 1);
+    for kind in &kinds {
+        assert!(stats.injected.get(kind).copied().unwrap_or(0) > 0, "no {kind:?} injected: {:?}", stats.injected);
     }
-    let per_request: u64 = FaultKind::ALL.iter().filter(|k| !k.refuses_create()).map(|k| stats.injected[k]).sum();
+    let per_request: u64 = kinds.iter().filter(|k| !k.refuses_create()).map(|k| stats.injected[k]).sum();
     let share = per_request as f64 / stats.requests as f64;
     assert!((0.04..0.06).contains(&share), "{per_request} faults over {} requests", stats.requests);
     // Outcome-hiding faults hit many writes, and cost some of them; most writes still succeeded.

@@ -61,6 +61,7 @@ pub fn faults(rate: f64, seed: u64) -> FaultConfig {
         drop_after: rate * 0.18,
         http_500: rate * 0.18,
         http_503: rate * 0.18,
+        http_429: 0.0,
         retry_after_seconds: 1,
         latency_spike: rate * 0.14,
         latency_spike_min_ms: 0,

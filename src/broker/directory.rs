@@ -1,6 +1,7 @@
 //! The broker's view of who may act where: admins, tenants and endpoint profiles by index.
 
 use crate::config::{Config, CredentialRef, ProfileConfig};
+use crate::identity::{TokenSource, TokenSources};
 use crate::remote::{Connector, SessionTarget};
 use secrecy::SecretString;
 use std::collections::HashMap;
@@ -13,6 +14,8 @@ pub struct Admin {
     pub name: String,
     pub upn: String,
     pub credential: SecretString,
+    /// The admin's OAuth identity, when it has one (`[admins.oauth]`).
+    pub tokens: Option<Arc<dyn TokenSource>>,
     pub cap: u32,
     /// `None` = every tenant.
     tenants: Option<Vec<TenantIdx>>,
@@ -40,10 +43,21 @@ pub struct Directory {
 }
 
 impl Directory {
-    /// Builds the directory; `connector_for` supplies the connector of each profile.
+    /// Builds the directory of a configuration without OAuth identities; `connector_for`
+    /// supplies the connector of each profile.
     pub fn build(
         config: &Config,
+        connector_for: impl FnMut(&str, &ProfileConfig) -> anyhow::Result<Arc<dyn Connector>>,
+    ) -> anyhow::Result<Directory> {
+        Self::build_with_tokens(config, connector_for, &TokenSources::new())
+    }
+
+    /// [`Directory::build`], with `tokens`: the token sources of the admins with an OAuth
+    /// identity, by lower-case name (see `identity::TokenService::from_config`).
+    pub fn build_with_tokens(
+        config: &Config,
         mut connector_for: impl FnMut(&str, &ProfileConfig) -> anyhow::Result<Arc<dyn Connector>>,
+        tokens: &TokenSources,
     ) -> anyhow::Result<Directory> {
         let mut profiles = HashMap::new();
         for (name, p) in &config.profiles {
@@ -62,20 +76,34 @@ impl Directory {
         let tenant_by_domain: HashMap<_, _> = tenants.iter().enumerate().map(|(i, t)| (t.domain.clone(), i)).collect();
         let mut admins = Vec::new();
         for a in &config.admins {
-            let credential = CredentialRef::parse(&a.credential)
-                .and_then(|r| {
+            let credential = if a.credential.is_empty() {
+                Ok(SecretString::from(String::new()))
+            } else {
+                CredentialRef::parse(&a.credential).and_then(|r| {
                     if matches!(r, CredentialRef::Literal(_)) {
                         tracing::warn!(admin = %a.name, "credential is a literal in the configuration: use env: or file: outside demos");
                     }
                     r.resolve()
                 })
-                .map_err(|e| anyhow::anyhow!("credential of admin '{}': {e}", a.name))?;
+            }
+            .map_err(|e| anyhow::anyhow!("credential of admin '{}': {e}", a.name))?;
+            let admin_tokens = tokens.get(&a.name.to_ascii_lowercase()).cloned();
+            if a.oauth.is_some() && admin_tokens.is_none() {
+                anyhow::bail!("admin '{}' has an OAuth identity but no token source was built for it", a.name);
+            }
             let allowed = if a.tenants.iter().any(|t| t == "*") {
                 None
             } else {
                 Some(a.tenants.iter().map(|d| tenant_by_domain[&d.to_ascii_lowercase()]).collect())
             };
-            admins.push(Admin { name: a.name.clone(), upn: a.upn.clone(), credential, cap: a.cap, tenants: allowed });
+            admins.push(Admin {
+                name: a.name.clone(),
+                upn: a.upn.clone(),
+                credential,
+                tokens: admin_tokens,
+                cap: a.cap,
+                tenants: allowed,
+            });
         }
         let admins_by_tenant = (0..tenants.len())
             .map(|t| {
@@ -112,7 +140,7 @@ impl Directory {
             tenant: t.domain.clone(),
             connection_uri: t.profile.config.connection_uri.replace("{tenant}", &t.domain),
             configuration_name: t.profile.config.configuration_name.clone(),
-            tokens: None,
+            tokens: a.tokens.clone(),
         }
     }
 }

@@ -6,6 +6,20 @@
 //! cached, refreshed and kept is the token service's business (this module's submodules); a
 //! connector only asks, and after a 401 says the token was no good.
 
+pub mod assertion;
+pub mod cache;
+pub mod cloud;
+pub mod error;
+pub mod grants;
+pub mod jwt;
+pub mod sealed;
+pub mod service;
+
+pub use service::{Identity, TokenService};
+
+/// The token sources of the admins with an OAuth identity, by lower-case admin name.
+pub type TokenSources = std::collections::HashMap<String, std::sync::Arc<dyn TokenSource>>;
+
 use crate::remote::RemoteError;
 use async_trait::async_trait;
 use secrecy::SecretString;

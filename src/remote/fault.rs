@@ -173,24 +173,32 @@ pub struct RemoteError {
     /// How long the service asked the client to wait (HTTP `Retry-After`, or Exchange's
     /// "Please wait for N seconds").
     pub retry_after: Option<Duration>,
+    /// The id the request was sent under (Exchange Online's `client-request-id`), when the
+    /// transport has one: what the service's support asks for.
+    pub request_id: Option<String>,
 }
 
 impl RemoteError {
     pub fn new(class: FaultClass, message: impl Into<String>) -> Self {
         let message = message.into();
         let retry_after = if class == FaultClass::Throttled { wait_hint(&message) } else { None };
-        Self { class, message, record: None, retry_after }
+        Self { class, message, record: None, retry_after, request_id: None }
     }
 
     /// The failure of a pipeline that ended with a terminating error record.
     pub fn from_record(class: FaultClass, record: ErrorRecord) -> Self {
-        Self { class, message: record.message.clone(), record: Some(record), retry_after: None }
+        Self { class, message: record.message.clone(), record: Some(record), retry_after: None, request_id: None }
     }
 
     pub fn with_retry_after(mut self, retry_after: Option<Duration>) -> Self {
         if retry_after.is_some() {
             self.retry_after = retry_after;
         }
+        self
+    }
+
+    pub fn with_request_id(mut self, request_id: impl Into<String>) -> Self {
+        self.request_id = Some(request_id.into());
         self
     }
 }

@@ -4,7 +4,9 @@
 //! (admin, tenant, endpoint) triple, runs single commands on it, and closes it.
 
 pub mod clixml;
+pub mod exo;
 pub mod fault;
+mod http;
 pub mod psrp;
 pub mod value;
 pub mod winrm;
@@ -61,6 +63,9 @@ pub struct CommandOutput {
     pub objects: Vec<PsValue>,
     pub errors: Vec<ErrorRecord>,
     pub warnings: Vec<String>,
+    /// The id the command was sent under (Exchange Online's `client-request-id`), when the
+    /// transport has one; failures carry it in [`RemoteError::request_id`].
+    pub request_id: Option<String>,
 }
 
 /// Opens sessions. One connector serves one endpoint profile kind.
@@ -91,6 +96,15 @@ pub trait RemoteSession: Send + Sync {
     /// The server's identifier of the session (the ShellId on WS-Management).
     fn remote_id(&self) -> String;
     async fn invoke(&self, command: &Command) -> Result<CommandOutput, RemoteError>;
+    /// Runs several commands, answering for each in order. Sessions whose transport can send
+    /// them together (Exchange Online's `$batch`) do; the default runs them one by one.
+    async fn invoke_many(&self, commands: &[Command]) -> Vec<Result<CommandOutput, RemoteError>> {
+        let mut results = Vec::with_capacity(commands.len());
+        for command in commands {
+            results.push(self.invoke(command).await);
+        }
+        results
+    }
     /// Opaque text that lets another process delete this session after a crash (e.g. the
     /// endpoint and load-balancer cookies it is pinned to). `None`: nothing to remember.
     fn resume_token(&self) -> Option<String> {

@@ -26,6 +26,8 @@ pub enum FaultKind {
     Http500,
     /// HTTP 503 with `Retry-After`: not processed.
     Http503,
+    /// HTTP 429 with `Retry-After`: not processed.
+    Http429,
     /// The answer came late (after processing).
     LatencySpike,
     /// The shell was forgotten before its lifetime; the request got shell-not-found.
@@ -39,11 +41,12 @@ pub enum FaultKind {
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 9] = [
+    pub const ALL: [FaultKind; 10] = [
         FaultKind::DropBefore,
         FaultKind::DropAfter,
         FaultKind::Http500,
         FaultKind::Http503,
+        FaultKind::Http429,
         FaultKind::LatencySpike,
         FaultKind::ShellExpiry,
         FaultKind::UserQuota,
@@ -57,6 +60,7 @@ impl FaultKind {
             FaultKind::DropAfter => "drop_after",
             FaultKind::Http500 => "http_500",
             FaultKind::Http503 => "http_503",
+            FaultKind::Http429 => "http_429",
             FaultKind::LatencySpike => "latency_spike",
             FaultKind::ShellExpiry => "shell_expiry",
             FaultKind::UserQuota => "user_quota",
@@ -83,6 +87,9 @@ pub enum RequestFault {
     Http503 {
         retry_after_seconds: u64,
     },
+    Http429 {
+        retry_after_seconds: u64,
+    },
     LatencySpike(Duration),
 }
 
@@ -93,6 +100,7 @@ impl RequestFault {
             RequestFault::DropAfter => FaultKind::DropAfter,
             RequestFault::Http500 { .. } => FaultKind::Http500,
             RequestFault::Http503 { .. } => FaultKind::Http503,
+            RequestFault::Http429 { .. } => FaultKind::Http429,
             RequestFault::LatencySpike(_) => FaultKind::LatencySpike,
         }
     }
@@ -101,7 +109,10 @@ impl RequestFault {
     pub fn processes(self) -> bool {
         !matches!(
             self,
-            RequestFault::DropBefore | RequestFault::Http503 { .. } | RequestFault::Http500 { processed: false }
+            RequestFault::DropBefore
+                | RequestFault::Http503 { .. }
+                | RequestFault::Http429 { .. }
+                | RequestFault::Http500 { processed: false }
         )
     }
 }
@@ -150,11 +161,12 @@ impl Injector {
         *self.counts.entry(kind).or_insert(0) += 1;
     }
 
-    /// At most one request-level fault for a request with this WS-Management action.
+    /// At most one request-level fault for a request with this action (a WS-Management action,
+    /// or the REST service's InvokeCommand, Batch, Probe).
     pub fn request(&mut self, action: &str) -> Option<RequestFault> {
         self.requests += 1;
         let c = &self.config;
-        let rates = [c.drop_before, c.drop_after, c.http_500, c.http_503, c.latency_spike];
+        let rates = [c.drop_before, c.drop_after, c.http_500, c.http_503, c.http_429, c.latency_spike];
         if rates.iter().all(|&r| r <= 0.0) || !self.applies(action) {
             return None;
         }
@@ -172,6 +184,7 @@ impl Injector {
             1 => RequestFault::DropAfter,
             2 => RequestFault::Http500 { processed: self.rng.random_bool(0.5) },
             3 => RequestFault::Http503 { retry_after_seconds: self.config.retry_after_seconds },
+            4 => RequestFault::Http429 { retry_after_seconds: self.config.retry_after_seconds },
             _ => {
                 let max = self.config.latency_spike_ms.max(1);
                 let min = self.config.latency_spike_min_ms.clamp(1, max);
@@ -268,6 +281,7 @@ mod tests {
             c.drop_after = 0.03;
             c.http_500 = 0.01;
             c.http_503 = 0.04;
+            c.http_429 = 0.02;
             c.latency_spike = 0.05;
             c.latency_spike_ms = 300;
         });
@@ -288,6 +302,7 @@ mod tests {
             (FaultKind::DropAfter, 0.03),
             (FaultKind::Http500, 0.01),
             (FaultKind::Http503, 0.04),
+            (FaultKind::Http429, 0.02),
             (FaultKind::LatencySpike, 0.05),
         ] {
             let seen = counts[&kind] as f64 / n;
@@ -336,5 +351,6 @@ mod tests {
         );
         assert!(!RequestFault::DropBefore.processes() && RequestFault::DropAfter.processes());
         assert!(!RequestFault::Http500 { processed: false }.processes());
+        assert!(!RequestFault::Http429 { retry_after_seconds: 1 }.processes());
     }
 }

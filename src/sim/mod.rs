@@ -11,6 +11,8 @@ mod clock;
 mod cmdlets;
 mod connector;
 mod faults;
+pub mod idp;
+pub mod rest;
 pub mod tokens;
 pub mod wire;
 mod world;
@@ -27,7 +29,7 @@ use clock::SimClock;
 use cmdlets::Outcome;
 use secrecy::ExposeSecret;
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -159,7 +161,8 @@ pub struct SimStats {
     pub injected: BTreeMap<FaultKind, u64>,
     /// Pipeline id → the injected faults that hit requests naming it (CommandId).
     pub pipeline_faults: HashMap<Uuid, Vec<FaultKind>>,
-    /// Authenticated, well-formed WS-Management requests the wire server handled.
+    /// Authenticated, well-formed requests the wire server handled (WS-Management, and REST
+    /// calls: see also [`Simulator::rest_stats`]).
     pub requests: u64,
     /// Shell creations that passed the service's own checks (credentials, permission, policy).
     pub creates: u64,
@@ -233,15 +236,6 @@ fn text_shell_exists(shell_id: &str) -> String {
     )
 }
 
-fn credential_matches(account: &Account, credential: SimCredential<'_>) -> bool {
-    match credential {
-        SimCredential::Password(p) => account.password == p,
-        SimCredential::BearerToken(t) => {
-            t.trim().strip_prefix("sim-token:").is_some_and(|u| key(u) == key(&account.upn))
-        }
-    }
-}
-
 fn text_budget_throttled(wait_seconds: u64) -> String {
     format!(
         "[AuthZRequestId={}][FailureCategory=AuthZ-AuthorizationException] Fail to create runspace because you have \
@@ -303,6 +297,10 @@ struct State {
     max_by_user: BTreeMap<String, u32>,
     max_by_tenant: BTreeMap<String, u32>,
     executions: HashMap<Uuid, u32>,
+    /// The parameters of the latest commands as the service received them, by pipeline id.
+    received: VecDeque<Received>,
+    /// Each tenant's GUID (its `tid`), to the tenant's key.
+    tenant_ids: HashMap<Uuid, String>,
     shells_opened: u64,
     shells_closed: u64,
     shells_expired: u64,
@@ -345,6 +343,43 @@ impl State {
     fn shell_not_found(shell_id: &str) -> SimFault {
         SimFault::service(500, Some(WSMAN_SHELL_NOT_FOUND), text_shell_not_found(shell_id))
     }
+
+    /// Runs one command against a tenant's directory (generated on first use). `None`: no such
+    /// tenant.
+    fn execute(
+        &mut self,
+        tenant_key: &str,
+        pipeline_id: Uuid,
+        cmdlet: &str,
+        params: &[(String, PsValue)],
+    ) -> Option<Result<CommandOutput, SimFault>> {
+        if self.received.len() >= RECEIVED_KEPT {
+            self.received.pop_front();
+        }
+        self.received.push_back((pipeline_id, cmdlet.to_string(), params.to_vec()));
+        let mailboxes = self.mailboxes_per_tenant;
+        let tenant = self.tenants.get_mut(tenant_key)?;
+        let data = tenant.data.get_or_insert_with(|| TenantData::generate(&tenant.domain, mailboxes));
+        Some(match cmdlets::invoke(data, cmdlet, params) {
+            Outcome::NotExecuted(record) => Err(SimFault::pipeline(record)),
+            Outcome::Executed(result) => {
+                *self.executions.entry(pipeline_id).or_insert(0) += 1;
+                self.commands_run += 1;
+                result.map_err(SimFault::pipeline)
+            }
+        })
+    }
+}
+
+/// A command as the service received it: pipeline id, cmdlet, parameters.
+type Received = (Uuid, String, Vec<(String, PsValue)>);
+
+/// How many commands' received parameters [`Simulator::received_parameters`] remembers.
+const RECEIVED_KEPT: usize = 4096;
+
+/// A tenant's GUID (the `tid` of its tokens): derived from its domain, so every simulator agrees.
+fn tenant_guid(domain: &str) -> Uuid {
+    world::det_guid(&["tenant-id", &key(domain)])
 }
 
 struct Inner {
@@ -356,6 +391,15 @@ struct Inner {
     close_latency_us: AtomicU64,
     /// Fault dice and tally; locked after `state` when both are needed.
     faults: Mutex<faults::Injector>,
+    /// Signs and checks the access tokens the identity provider issues and the services accept.
+    tokens: tokens::SimTokens,
+    /// The identity provider's state; locked after `state` when both are needed.
+    idp: idp::Idp,
+    /// `scheme://address` of each listener serving this simulator: what access tokens for its
+    /// WinRM side name in `aud`.
+    origins: Mutex<Vec<String>>,
+    /// The REST service's own state (paging cursors, calls in flight, hosts).
+    rest: rest::RestState,
 }
 
 /// The simulated service. Cheap to clone; all clones share one state.
@@ -391,8 +435,9 @@ impl Simulator {
                 )
             })
             .collect();
-        let tenants =
+        let tenants: HashMap<String, Tenant> =
             tenants.into_iter().map(|d| (key(&d), Tenant { domain: d.trim().to_string(), data: None })).collect();
+        let tenant_ids = tenants.keys().map(|k| (tenant_guid(k), k.clone())).collect();
         let denied = cfg
             .denied
             .iter()
@@ -419,6 +464,8 @@ impl Simulator {
             max_by_user: BTreeMap::new(),
             max_by_tenant: BTreeMap::new(),
             executions: HashMap::new(),
+            received: VecDeque::new(),
+            tenant_ids,
             shells_opened: 0,
             shells_closed: 0,
             shells_expired: 0,
@@ -434,6 +481,10 @@ impl Simulator {
                 command_latency_us: AtomicU64::new(cfg.command_latency_ms.saturating_mul(1000)),
                 close_latency_us: AtomicU64::new(cfg.close_latency_ms.saturating_mul(1000)),
                 faults: Mutex::new(faults::Injector::new(cfg.faults.clone())),
+                tokens: tokens::SimTokens::new(),
+                idp: idp::Idp::new(&cfg.identity),
+                origins: Mutex::new(Vec::new()),
+                rest: rest::RestState::new(&cfg.rest),
             }),
         }
     }
@@ -452,14 +503,16 @@ impl Simulator {
             cfg.admins
                 .iter()
                 .map(|a| {
-                    let secret = CredentialRef::parse(&a.credential)
-                        .and_then(|c| c.resolve())
-                        .map_err(|reason| format!("credential of admin '{}': {reason}", a.name))?;
-                    Ok(SimAccount {
-                        upn: a.upn.clone(),
-                        password: secret.expose_secret().to_string(),
-                        tenants: a.tenants.clone(),
-                    })
+                    let password = match a.credential.as_str() {
+                        // An admin that only signs in with OAuth has no password.
+                        "" => String::new(),
+                        credential => CredentialRef::parse(credential)
+                            .and_then(|c| c.resolve())
+                            .map_err(|reason| format!("credential of admin '{}': {reason}", a.name))?
+                            .expose_secret()
+                            .to_string(),
+                    };
+                    Ok(SimAccount { upn: a.upn.clone(), password, tenants: a.tenants.clone() })
                 })
                 .collect::<Result<Vec<_>, String>>()?
         };
@@ -468,7 +521,30 @@ impl Simulator {
         } else {
             cfg.tenants.iter().map(|t| t.domain.clone()).collect()
         };
-        Ok(Simulator::new(&cfg.simulator, accounts, tenants))
+        let sim = Simulator::new(&cfg.simulator, accounts, tenants);
+        for app in idp::apps_from_config(cfg)? {
+            sim.register_app(app)?;
+        }
+        Ok(sim)
+    }
+
+    /// A listener now serves this simulator at `origin` (`http://127.0.0.1:5985`): access tokens
+    /// whose `aud` names it are for this simulator's Exchange.
+    pub fn add_origin(&self, origin: &str) {
+        let mut origins = self.inner.origins.lock().unwrap_or_else(|p| p.into_inner());
+        let origin = origin.trim_end_matches('/').to_ascii_lowercase();
+        if !origins.contains(&origin) {
+            origins.push(origin);
+        }
+    }
+
+    /// The claims of a bearer token this simulator issued, if it is one, unexpired, and for its
+    /// Exchange (`aud` one of its listeners, or an Exchange Online base of any cloud).
+    fn bearer_claims(&self, token: &str) -> Option<tokens::SimClaims> {
+        let mut audiences: Vec<String> =
+            crate::identity::cloud::Cloud::ALL.iter().map(|c| c.exo_base().to_string()).collect();
+        audiences.extend(self.inner.origins.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned());
+        audiences.iter().find_map(|aud| self.inner.tokens.verify(token.trim(), aud).ok())
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -641,6 +717,24 @@ impl Simulator {
         self.open_shell_as(upn, SimCredential::Password(password), tenant, configuration_name, None)
     }
 
+    /// A password, the old-style `sim-token:<upn>`, or an access token of this simulator's
+    /// identity provider for its Exchange: a delegated one naming the account (`upn`), or an
+    /// app-only one with the role `Exchange.ManageAsApp`.
+    fn credential_matches(&self, account: &Account, credential: SimCredential<'_>) -> bool {
+        match credential {
+            SimCredential::Password(p) => account.password == p,
+            SimCredential::BearerToken(t) => {
+                if let Some(u) = t.trim().strip_prefix("sim-token:") {
+                    return key(u) == key(&account.upn);
+                }
+                self.bearer_claims(t).is_some_and(|c| match &c.upn {
+                    Some(upn) => key(upn) == key(&account.upn),
+                    None => c.roles.iter().any(|r| r == "Exchange.ManageAsApp"),
+                })
+            }
+        }
+    }
+
     /// Checks an account's credential the way every request to the service is checked: an unknown
     /// account, a wrong password or a wrong token is the logon failure (HTTP 401). Tenant
     /// permissions, MFA and quotas are checked when a shell is opened.
@@ -648,7 +742,7 @@ impl Simulator {
     pub fn authenticate(&self, upn: &str, credential: SimCredential<'_>) -> Result<(), SimFault> {
         let st = self.lock();
         match st.accounts.get(&key(upn)) {
-            Some(a) if credential_matches(a, credential) => Ok(()),
+            Some(a) if self.credential_matches(a, credential) => Ok(()),
             _ => Err(SimFault::service(401, None, text_logon_failed(upn))),
         }
     }
@@ -673,9 +767,17 @@ impl Simulator {
         }
         let upn_key = key(upn);
         let owner = match st.accounts.get(&upn_key) {
-            Some(a) if credential_matches(a, credential) => a,
+            Some(a) if self.credential_matches(a, credential) => a,
             _ => return Err(SimFault::service(401, None, text_logon_failed(upn))),
         };
+        // An access token is for one tenant: its `tid`.
+        if let SimCredential::BearerToken(t) = credential {
+            if let Some(claims) = self.bearer_claims(t) {
+                if !claims.tid.eq_ignore_ascii_case(&tenant_guid(tenant).to_string()) {
+                    return Err(SimFault::service(401, None, text_logon_failed(upn)));
+                }
+            }
+        }
         if st.mfa.contains(&upn_key) {
             return Err(SimFault::service(401, None, text_mfa_required()));
         }
@@ -758,18 +860,49 @@ impl Simulator {
         }
         shell.commands += 1;
         let tenant_key = shell.tenant_key.clone();
-        let mailboxes = st.mailboxes_per_tenant;
-        let Some(tenant) = st.tenants.get_mut(&tenant_key) else {
-            return Err(State::shell_not_found(shell_id));
-        };
-        let data = tenant.data.get_or_insert_with(|| TenantData::generate(&tenant.domain, mailboxes));
-        match cmdlets::invoke(data, cmdlet, params) {
-            Outcome::NotExecuted(record) => Err(SimFault::pipeline(record)),
-            Outcome::Executed(result) => {
-                *st.executions.entry(pipeline_id).or_insert(0) += 1;
-                st.commands_run += 1;
-                result.map_err(SimFault::pipeline)
-            }
+        st.execute(&tenant_key, pipeline_id, cmdlet, params).unwrap_or_else(|| Err(State::shell_not_found(shell_id)))
+    }
+
+    /// Runs one command in a tenant with no shell: the REST service, where every call stands
+    /// alone. Counted like a shell's commands (executions by pipeline id, commands run).
+    #[allow(clippy::result_large_err)] // SimFault is the service API's error type by design
+    pub(crate) fn run_stateless(
+        &self,
+        tenant: &str,
+        pipeline_id: Uuid,
+        cmdlet: &str,
+        params: &[(String, PsValue)],
+    ) -> Result<CommandOutput, SimFault> {
+        let mut st = self.lock();
+        st.execute(&key(tenant), pipeline_id, cmdlet, params)
+            .unwrap_or_else(|| Err(SimFault::service(404, None, format!("The tenant '{tenant}' does not exist."))))
+    }
+
+    /// The cmdlet and parameters of a recent command as the service received them (after the
+    /// wire's decoding: the types are what arrived), by pipeline id (the broker's invocation id).
+    pub fn received_parameters(&self, pipeline_id: Uuid) -> Option<(String, Vec<(String, PsValue)>)> {
+        let st = self.lock();
+        st.received.iter().rev().find(|(id, _, _)| *id == pipeline_id).map(|(_, c, p)| (c.clone(), p.clone()))
+    }
+
+    /// The signer of the access tokens the identity provider ([`idp`]) issues and the services
+    /// (REST, and WinRM's bearer-in-Basic) accept; tests may mint their own.
+    pub fn access_tokens(&self) -> &tokens::SimTokens {
+        &self.inner.tokens
+    }
+
+    /// A tenant's GUID (the `tid` its tokens carry), from its domain or its GUID; `None` for a
+    /// tenant the simulator does not serve.
+    pub fn tenant_id(&self, tenant: &str) -> Option<Uuid> {
+        self.tenant_domain_key(tenant).map(|k| tenant_guid(&k))
+    }
+
+    /// The key (lowercase domain) of a tenant named by domain or GUID.
+    fn tenant_domain_key(&self, tenant: &str) -> Option<String> {
+        let st = self.lock();
+        match Uuid::parse_str(tenant.trim()) {
+            Ok(id) => st.tenant_ids.get(&id).cloned(),
+            Err(_) => st.tenants.contains_key(&key(tenant)).then(|| key(tenant)),
         }
     }
 

@@ -6,9 +6,11 @@
 
 mod auth;
 mod group;
+mod identity;
 mod views;
 
 pub use auth::{AuditEntry, AuditQuery, AuditRecord, TokenRow};
+pub use identity::SealedRefreshToken;
 pub use views::{BatchSummary, FailureGroup, FailureMessage, FailureQuery, TenantCount};
 
 use serde::{Deserialize, Serialize};

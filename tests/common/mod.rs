@@ -40,6 +40,19 @@ pub fn config_text(admins: u32, tenants: u32, open_ms: u64, cmd_ms: u64, extra: 
     text
 }
 
+/// Everything in the files of the database `psbroker.db` in `dir` (with its WAL and shared
+/// memory), for tests that look for what must not be stored.
+pub fn database_text(dir: &std::path::Path) -> String {
+    let mut bytes = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().unwrap().to_string_lossy().starts_with("psbroker.db") {
+            bytes.extend(std::fs::read(path).unwrap());
+        }
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
 pub fn tenant(i: u32) -> String {
     format!("t{i:03}.onmicrosoft.com")
 }

@@ -18,15 +18,62 @@ mod tests;
 #[cfg(test)]
 mod wire_tests;
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use secrecy::{ExposeSecret, SecretString};
 
 pub use session::WinrmSession;
 
 use crate::remote::wsman::{envelope, response, RequestContext};
 use crate::remote::{Connector, FaultClass, RemoteError, RemoteSession, SessionTarget};
 use transport::{basic_auth, endpoint_url, CallError, Channel};
+
+/// The bearer-in-Basic form with the admin's OAuth identity (`SessionTarget::tokens`): the Basic
+/// password is `Bearer <access token>`, the token for the endpoint's origin
+/// (`https://outlook.office365.com/.default` for Exchange Online's
+/// `https://outlook.office365.com/powershell-liveid`). Every open asks the token source (which
+/// caches), every command carries a current token (a session outlives a token), and a refused
+/// token is forgotten so the next open gets a fresh one.
+#[derive(Clone)]
+pub(crate) struct Bearer {
+    tokens: std::sync::Arc<dyn crate::identity::TokenSource>,
+    upn: String,
+    tenant: String,
+    scope: String,
+}
+
+impl std::fmt::Debug for Bearer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bearer").field("tenant", &self.tenant).field("scope", &self.scope).finish_non_exhaustive()
+    }
+}
+
+impl Bearer {
+    #[allow(clippy::result_large_err)] // RemoteError is the connector seam's error type
+    fn of(target: &SessionTarget) -> Result<Option<Bearer>, RemoteError> {
+        let Some(tokens) = &target.tokens else { return Ok(None) };
+        let url = reqwest::Url::parse(&target.connection_uri)
+            .map_err(|e| RemoteError::new(FaultClass::Protocol, format!("invalid connection URI: {e}")))?;
+        let scope = crate::identity::cloud::scope_for(&url.origin().ascii_serialization());
+        Ok(Some(Bearer { tokens: tokens.clone(), upn: target.admin_upn.clone(), tenant: target.tenant.clone(), scope }))
+    }
+
+    /// `Bearer <token>`, the password of the Basic header.
+    async fn credential(&self) -> Result<SecretString, RemoteError> {
+        let token = self.tokens.token(&self.tenant, &self.scope, None).await?;
+        Ok(SecretString::from(format!("Bearer {}", token.bearer.expose_secret())))
+    }
+
+    pub(crate) async fn header(&self) -> Result<reqwest::header::HeaderValue, RemoteError> {
+        basic_auth(&self.upn, &self.credential().await?)
+    }
+
+    fn refused(&self) {
+        self.tokens.invalidate(&self.tenant, &self.scope);
+    }
+}
 
 /// A shell as another process can find it again (see `RemoteSession::resume_token`).
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -134,9 +181,28 @@ impl WinrmConnector {
         &self.options
     }
 
+    /// The target with its credential: a bearer token from its OAuth identity, when it has one.
+    async fn signed_in<'t>(
+        &self,
+        target: &'t SessionTarget,
+    ) -> Result<(Cow<'t, SessionTarget>, Option<Bearer>), RemoteError> {
+        match Bearer::of(target)? {
+            None => Ok((Cow::Borrowed(target), None)),
+            Some(bearer) => {
+                let mut with_token = target.clone();
+                with_token.credential = bearer.credential().await?;
+                Ok((Cow::Owned(with_token), Some(bearer)))
+            }
+        }
+    }
+
     /// A fresh conversation with the target's endpoint (new cookies, new WS-Man SessionId).
+    async fn channel(&self, target: &SessionTarget) -> Result<Channel, RemoteError> {
+        self.channel_with(&self.signed_in(target).await?.0)
+    }
+
     #[allow(clippy::result_large_err)]
-    fn channel(&self, target: &SessionTarget) -> Result<Channel, RemoteError> {
+    fn channel_with(&self, target: &SessionTarget) -> Result<Channel, RemoteError> {
         let url = endpoint_url(&target.connection_uri, &target.credential, self.options.allow_plain_http)?;
         let auth = basic_auth(&target.admin_upn, &target.credential)?;
         let mut ctx = RequestContext::powershell(url.as_str(), &target.configuration_name);
@@ -155,12 +221,25 @@ impl WinrmConnector {
 
     /// Opens a session and returns it with its concrete type.
     pub async fn open_session(&self, target: &SessionTarget) -> Result<WinrmSession, RemoteError> {
-        session::open(self.channel(target)?, &self.options.shell_name, self.options.affinity_probe).await
+        let (target, bearer) = self.signed_in(target).await?;
+        let opened = session::open(
+            self.channel_with(&target)?,
+            &self.options.shell_name,
+            self.options.affinity_probe,
+            bearer.clone(),
+        )
+        .await;
+        if let (Err(e), Some(bearer)) = (&opened, &bearer) {
+            if e.class == FaultClass::LogonFailed {
+                bearer.refused();
+            }
+        }
+        opened
     }
 
     /// Lists the admin's shells at the target's endpoint (all configurations, any client).
     pub async fn enumerate_shells(&self, target: &SessionTarget) -> Result<Vec<RemoteShell>, RemoteError> {
-        let channel = self.channel(target)?;
+        let channel = self.channel(target).await?;
         let timeout = self.options.request_timeout;
         let mut page = channel
             .call(
@@ -214,7 +293,7 @@ impl WinrmConnector {
         shell_id: &str,
         resource_uri: &str,
     ) -> Result<bool, RemoteError> {
-        let channel = self.channel(target)?;
+        let channel = self.channel(target).await?;
         self.delete_on(&channel, shell_id, resource_uri).await
     }
 
@@ -250,7 +329,7 @@ impl Connector for WinrmConnector {
         let token: ResumeToken = serde_json::from_str(token)
             .map_err(|e| RemoteError::new(FaultClass::Protocol, format!("unreadable shell token: {e}")))?;
         let url = endpoint_url(&token.url, &target.credential, self.options.allow_plain_http)?;
-        let channel = self.channel(target)?;
+        let channel = self.channel(target).await?;
         channel.resume(url, token.cookies);
         self.delete_on(&channel, &token.shell_id, &token.resource_uri).await
     }

@@ -438,7 +438,12 @@ fn delete_in_background(shell: &Arc<Shell>) {
 /// Opens a shell: (affinity probe,) Create, extra pool fragments if any, Receive until Opened. On
 /// failure after the Create, or when the Create's answer was lost, the shell is deleted before
 /// the error is returned, so a failed open does not hold quota.
-pub(crate) async fn open(channel: Channel, name: &str, probe_affinity: bool) -> Result<WinrmSession, RemoteError> {
+pub(crate) async fn open(
+    channel: Channel,
+    name: &str,
+    probe_affinity: bool,
+    bearer: Option<super::Bearer>,
+) -> Result<WinrmSession, RemoteError> {
     let rpid = Uuid::new_v4();
     let ctx = channel.context();
     let (_, skeleton) = envelope::create_named_shell(&ctx, rpid, Some(name), b"", None);
@@ -498,7 +503,7 @@ pub(crate) async fn open(channel: Channel, name: &str, probe_affinity: bool) -> 
         return Err(e);
     }
     guard.disarm();
-    Ok(WinrmSession { shell })
+    Ok(WinrmSession { shell, bearer })
 }
 
 struct OpenGuard(Option<Arc<Shell>>);
@@ -522,6 +527,9 @@ impl Drop for OpenGuard {
 #[derive(Debug)]
 pub struct WinrmSession {
     shell: Arc<Shell>,
+    /// The admin's OAuth identity, when the session signs in with bearer tokens: each command
+    /// carries a current token.
+    bearer: Option<super::Bearer>,
 }
 
 impl WinrmSession {
@@ -559,6 +567,9 @@ impl RemoteSession for WinrmSession {
     async fn invoke(&self, command: &Command) -> Result<CommandOutput, RemoteError> {
         if self.shell.closed.load(Ordering::Acquire) {
             return Err(RemoteError::new(FaultClass::SessionExpired, "the session was closed"));
+        }
+        if let Some(bearer) = &self.bearer {
+            self.shell.channel.set_auth(bearer.header().await?);
         }
         self.shell.run(command).await
     }

@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 use crate::remote::fault::classify_bare_http;
 use crate::remote::fault::WSMAN_SHELL_NOT_FOUND;
+use crate::remote::http::transport_error;
 use crate::remote::wsman::{self, RequestContext, WsmanError, WsmanFault};
 use crate::remote::{classify, FaultClass, RemoteError};
 
@@ -122,45 +123,6 @@ pub(crate) fn basic_auth(upn: &str, credential: &SecretString) -> Result<HeaderV
     Ok(value)
 }
 
-/// Maps a transport failure: a timeout is [`FaultClass::Timeout`]; a request that could not be
-/// built, or an endpoint whose TLS certificate is not trusted, is a protocol error (retrying
-/// cannot help; the message says which); anything else (refused, reset, body cut short) lost
-/// the connection.
-pub(crate) fn transport_error(what: &str, e: reqwest::Error) -> RemoteError {
-    let class = if e.is_timeout() {
-        FaultClass::Timeout
-    } else if e.is_builder() || tls_refused(&e) {
-        FaultClass::Protocol
-    } else {
-        FaultClass::ConnectionLost
-    };
-    let mut message = format!("{what}: {e}");
-    let mut source = std::error::Error::source(&e);
-    while let Some(s) = source {
-        message.push_str(": ");
-        message.push_str(&s.to_string());
-        source = s.source();
-    }
-    RemoteError::new(class, message)
-}
-
-/// True when the TLS handshake failed on the endpoint's certificate (untrusted CA, wrong name,
-/// expired): a configuration problem (`ca_file`), not a network one.
-fn tls_refused(e: &reqwest::Error) -> bool {
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        if matches!(s.downcast_ref::<rustls::Error>(), Some(rustls::Error::InvalidCertificate(_))) {
-            return true;
-        }
-        // io::Error hides its payload from source() (and may wrap another io::Error).
-        source = match s.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
-            Some(payload) => Some(payload as &dyn std::error::Error),
-            None => s.source(),
-        };
-    }
-    false
-}
-
 /// The cookies of one conversation, per host (Exchange's load balancer pins a session to a server
 /// with `MS-WSMAN=…`; a request without it lands elsewhere and gets invalid-selector faults).
 #[derive(Debug, Default)]
@@ -223,7 +185,8 @@ struct ChannelState {
 #[derive(Debug)]
 pub(crate) struct Channel {
     http: reqwest::Client,
-    auth: HeaderValue,
+    /// Replaced when a bearer token is renewed (see `WinrmSession`).
+    auth: Mutex<HeaderValue>,
     allow_redirection: bool,
     allow_plain_http: bool,
     request_timeout: Duration,
@@ -242,7 +205,7 @@ impl Channel {
     ) -> Self {
         Self {
             http,
-            auth,
+            auth: Mutex::new(auth),
             allow_redirection,
             allow_plain_http,
             request_timeout,
@@ -252,6 +215,15 @@ impl Channel {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ChannelState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The Authorization header for later requests (a renewed bearer token).
+    pub(crate) fn set_auth(&self, auth: HeaderValue) {
+        *self.auth.lock().unwrap_or_else(|p| p.into_inner()) = auth;
+    }
+
+    fn auth(&self) -> HeaderValue {
+        self.auth.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// A copy of the current request context (its `to` follows redirects).
@@ -307,7 +279,7 @@ impl Channel {
                 .http
                 .post(url.clone())
                 .header(CONTENT_TYPE, wsman::CONTENT_TYPE)
-                .header(AUTHORIZATION, self.auth.clone())
+                .header(AUTHORIZATION, self.auth())
                 .timeout(timeout)
                 .body(body);
             if let Some(cookie) = cookie {
@@ -396,14 +368,9 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     value.trim().parse::<u64>().ok().map(Duration::from_secs)
 }
 
-/// The start of a body, whitespace collapsed, for an error message.
+/// The start of a body, for an error message.
 fn quote(text: &str) -> String {
-    let collapsed = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    let mut out: String = collapsed.chars().take(BODY_QUOTE_CHARS).collect();
-    if out.len() < collapsed.len() {
-        out.push('…');
-    }
-    out
+    crate::remote::http::quote(text, BODY_QUOTE_CHARS)
 }
 
 #[cfg(test)]

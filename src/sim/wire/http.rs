@@ -19,8 +19,10 @@ use uuid::Uuid;
 pub(super) const AFFINITY_COOKIE: &str = "MS-WSMAN";
 const REALM: &str = r#"Basic realm="WSMAN""#;
 
-pub(super) fn router(wire: Arc<Wire>) -> Router {
-    Router::new().fallback(handle).with_state(wire)
+/// The WS-Management endpoint, with the simulated identity provider's routes beside it
+/// (`tls`: the listener serves HTTPS).
+pub(super) fn router(wire: Arc<Wire>, tls: bool) -> Router {
+    crate::sim::idp::router(wire.sim().clone(), tls).merge(Router::new().fallback(handle).with_state(wire))
 }
 
 fn served_path(path: &str) -> bool {
@@ -84,7 +86,7 @@ fn query_value<'a>(query: &'a [(String, String)], name: &str) -> Option<&'a str>
 }
 
 /// A load balancer's or web server's error page: no SOAP, maybe `Retry-After`.
-fn bare(status: StatusCode, html: &str, retry_after_seconds: Option<u64>) -> Response {
+pub(crate) fn bare(status: StatusCode, html: &str, retry_after_seconds: Option<u64>) -> Response {
     let mut r =
         Response::new(Body::from(format!("<html><head><title>{status}</title></head><body>{html}</body></html>")));
     *r.status_mut() = status;
@@ -95,7 +97,7 @@ fn bare(status: StatusCode, html: &str, retry_after_seconds: Option<u64>) -> Res
     r
 }
 
-fn server_error() -> Response {
+pub(crate) fn server_error() -> Response {
     bare(
         StatusCode::INTERNAL_SERVER_ERROR,
         "The page cannot be displayed because an internal server error has occurred.",
@@ -173,6 +175,9 @@ async fn handle(
                 Some(RequestFault::Http503 { retry_after_seconds }) => {
                     let text = "No server is available to handle this request.";
                     return bare(StatusCode::SERVICE_UNAVAILABLE, text, Some(retry_after_seconds));
+                }
+                Some(RequestFault::Http429 { retry_after_seconds }) => {
+                    return bare(StatusCode::TOO_MANY_REQUESTS, "Too many requests.", Some(retry_after_seconds));
                 }
                 Some(RequestFault::Http500 { processed: false }) => return server_error(),
                 _ => {}

@@ -11,8 +11,12 @@
 //!   unreadable header is HTTP 401 with `WWW-Authenticate: Basic realm="WSMAN"`; a wrong password is
 //!   HTTP 401 with the service's logon-failure text in a SOAP fault body. With
 //!   `BasicAuthToOAuthConversion=true` in the query, a password of the form `Bearer <token>` is
-//!   an access token; the simulator accepts exactly [`crate::sim::sim_token`]`(upn)`, i.e.
-//!   `sim-token:<upn>`.
+//!   an access token: one the simulator's identity provider issued (for an `aud` that is this
+//!   listener's origin or an Exchange Online base, and the `tid` of the shell's tenant; a
+//!   delegated token must name the user in `upn`, an app-only one have `Exchange.ManageAsApp`),
+//!   or the older fixed form [`crate::sim::sim_token`]`(upn)`, i.e. `sim-token:<upn>`.
+//! - The identity provider's endpoints on the same listener (see [`crate::sim::idp`]):
+//!   `POST /{tenant}/oauth2/v2.0/token`, `POST /{tenant}/oauth2/v2.0/devicecode`, `/devicelogin`.
 //! - The load-balancer affinity cookie: a request without `MS-WSMAN` gets
 //!   `Set-Cookie: MS-WSMAN=<random>; path=/`. A shell remembers the cookie of the request that
 //!   created it; a later request for that shell with another cookie, or none, gets the
@@ -53,6 +57,9 @@ mod tls;
 
 #[cfg(test)]
 mod tests;
+
+pub(crate) use http::{bare, server_error};
+pub(crate) use sever::Peer;
 
 use crate::config::Config;
 use crate::sim::Simulator;
@@ -101,7 +108,11 @@ pub async fn serve(sim: Simulator, listener: TcpListener, options: WireOptions) 
     let shutdown = options.shutdown.clone().unwrap_or_default();
     let stopped = shutdown.cancelled_owned();
     let tls = options.tls.clone();
-    let app = http::router(Arc::new(shell::Wire::new(sim, options)));
+    if let Ok(addr) = listener.local_addr() {
+        sim.add_origin(&format!("{}://{addr}", if tls.is_some() { "https" } else { "http" }));
+    }
+    let rest = crate::sim::rest::router(sim.clone(), tls.is_some());
+    let app = http::router(Arc::new(shell::Wire::new(sim, options)), tls.is_some()).merge(rest);
     let listener = sever::SeverableListener(listener);
     match tls {
         None => {
@@ -149,7 +160,13 @@ pub async fn run_standalone(config: &Config, listen: &str, mut options: WireOpti
     let scheme = if options.tls.is_some() { "https" } else { "http" };
     tracing::info!(
         %addr,
-        "simulated remote PowerShell endpoint at {scheme}://{addr}/powershell-liveid?DelegatedOrg=<tenant> (Basic auth)"
+        "simulated remote PowerShell endpoint at {scheme}://{addr}/powershell-liveid?DelegatedOrg=<tenant> (Basic auth); \
+         identity provider at {scheme}://{addr}/<tenant>/oauth2/v2.0/token (sign-in page {scheme}://{addr}/devicelogin)"
+    );
+    tracing::info!(
+        %addr,
+        "simulated Exchange Online admin API at {scheme}://{addr}/adminapi/beta/<tenant>/InvokeCommand (bearer tokens; \
+         Security & Compliance under /ipps)"
     );
     serve(sim, listener, options).await?;
     Ok(())

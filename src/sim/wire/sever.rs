@@ -81,7 +81,7 @@ impl AsyncWrite for Severable {
 
 /// The client of one request: its address, and the switch that cuts its connection.
 #[derive(Debug, Clone)]
-pub(super) struct Peer {
+pub(crate) struct Peer {
     pub addr: SocketAddr,
     cut: Arc<AtomicBool>,
 }
@@ -95,7 +95,7 @@ impl Peer {
 
 impl Peer {
     /// The peer at `addr` on `stream`, holding the switch that cuts it.
-    pub fn of(addr: SocketAddr, stream: &Severable) -> Self {
+    pub(super) fn of(addr: SocketAddr, stream: &Severable) -> Self {
         Peer { addr, cut: stream.cut.clone() }
     }
 }
