@@ -2,6 +2,7 @@
 //! store, broker, HTTP router, and a listener that is already bound — so tests can run the real
 //! server on port 0 with no race.
 
+use crate::api::server::ConnectionLimits;
 use crate::api::{self, ApiState};
 use crate::broker::directory::Directory;
 use crate::broker::Broker;
@@ -23,18 +24,26 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-/// How long a graceful stop waits for running commands before closing their sessions anyway.
+/// The default of `server.drain_timeout_seconds`: how long a graceful stop waits for running
+/// commands before closing their sessions anyway.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// After the drain, how long HTTPS connections still open get to finish their answers.
+/// After the drain, the longest the remote sessions get to close, all together (each close is
+/// bounded by [`crate::broker::CLOSE_TIMEOUT`] too): a stop goes on without them after this (the
+/// next start deletes shells a cut-short stop left open).
+pub const SESSION_CLOSE_BUDGET: Duration = Duration::from_secs(10);
+
+/// The default of `server.shutdown_grace_seconds`: after the drain, how long connections still
+/// open get to finish their answers before they are closed.
 pub const CONNECTION_GRACE: Duration = Duration::from_secs(5);
 
-/// The longest a graceful stop (SIGTERM) can take: the drain, then closing the sessions still
-/// busy (each close bounded by [`crate::broker::CLOSE_TIMEOUT`], all at once), then the open
-/// connections' grace. A supervisor's kill timeout (Kubernetes' terminationGracePeriodSeconds,
-/// systemd's TimeoutStopSec) must be longer; tests/deploy.rs checks the manifests against it.
+/// The longest a graceful stop (SIGTERM) can take with the default `[server]` settings: the
+/// drain, closing the sessions, the connections' grace — whatever clients and remote services
+/// do (`tests/hardening.rs` times it). A supervisor's kill timeout (Kubernetes'
+/// terminationGracePeriodSeconds, systemd's TimeoutStopSec) must be longer; tests/deploy.rs
+/// checks the manifests against it. With other settings: [`crate::config::ServerConfig::longest_stop`].
 pub const fn longest_stop() -> Duration {
-    Duration::from_secs(DRAIN_TIMEOUT.as_secs() + crate::broker::CLOSE_TIMEOUT.as_secs() + CONNECTION_GRACE.as_secs())
+    Duration::from_secs(DRAIN_TIMEOUT.as_secs() + SESSION_CLOSE_BUDGET.as_secs() + CONNECTION_GRACE.as_secs())
 }
 
 pub struct Application {
@@ -46,6 +55,9 @@ pub struct Application {
     state: ApiState,
     /// HTTPS when `[server.tls]` is configured: the live rustls configuration and its files.
     tls: Option<(RustlsConfig, TlsConfig)>,
+    connections: ConnectionLimits,
+    drain_timeout: Duration,
+    metrics: Arc<Metrics>,
 }
 
 /// Placeholder in a connection URI for the embedded simulator's wire address.
@@ -76,6 +88,11 @@ impl Application {
                 oauth.login_url = oauth.login_url.as_ref().map(|u| u.replace(SIMULATOR_PLACEHOLDER, &addr.to_string()));
             }
         }
+        if let Some(dir) = crate::auth::token::data_dir(&config.store.url) {
+            let db = sqlite_file_name(&config.store.url);
+            let files = [db.as_str(), crate::auth::token::TOKEN_FILE, NODE_ID_FILE];
+            crate::data_dir::prepare(&dir, &files).with_context(|| format!("data directory {}", dir.display()))?;
+        }
         let node = node_id(&config.store.url)?;
         let shell_name = format!("psbroker:{node}");
         let store =
@@ -104,7 +121,7 @@ impl Application {
         }
         let auth = crate::auth::setup(&config, &store).await?;
         let broker =
-            Arc::new(Broker::start(Arc::new(directory), store, metrics, config.scheduler.clone(), node).await?);
+            Arc::new(Broker::start(Arc::new(directory), store, metrics.clone(), config.scheduler.clone(), node).await?);
         let tls = match &config.server.tls {
             Some(files) => Some((crate::tls::load(files).await?, files.clone())),
             None => None,
@@ -112,15 +129,27 @@ impl Application {
         let listener = TcpListener::bind(&config.server.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.server.listen))?;
+        let bound = listener.local_addr()?;
         let state = ApiState {
             broker: broker.clone(),
             max_wait: Duration::from_secs(config.server.max_wait_seconds),
-            max_body_bytes: config.server.max_body_bytes,
-            max_batch_items: config.server.max_batch_items,
+            limits: api::RequestLimits::from_config(&config.server),
             auth,
-            metrics_open: listener.local_addr()?.ip().is_loopback(),
+            metrics_open: bound.ip().is_loopback(),
+            hosts: api::host::HostPolicy::for_listener(bound, &config.server.allowed_hosts).map(Arc::new),
+            intake: Arc::new(api::rate_limit::IntakeLimits::new(&config.server.rate_limit)),
         };
-        Ok(Application { listener, broker, simulator, simulator_wire, state, tls })
+        Ok(Application {
+            listener,
+            broker,
+            simulator,
+            simulator_wire,
+            state,
+            tls,
+            connections: ConnectionLimits::from(&config.server),
+            drain_timeout: config.server.drain_timeout(),
+            metrics,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -147,44 +176,34 @@ impl Application {
     }
 
     /// Serves until `shutdown` resolves, then drains: intake stops (503), running commands get
-    /// [`DRAIN_TIMEOUT`] to finish, every remote session is closed, and the server stops.
+    /// `server.drain_timeout_seconds` to finish, every remote session is closed (within
+    /// [`SESSION_CLOSE_BUDGET`]), and the server stops: open connections get
+    /// `server.shutdown_grace_seconds` to finish their answers, then are closed. The whole stop
+    /// is bounded by those three, whatever clients or remote services do.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let broker = self.broker.clone();
         let sim_stop = self.simulator_wire.as_ref().map(|(_, t)| t.clone());
         let router = api::router(self.state);
-        let (stop_http, http_stopped) = oneshot::channel::<()>();
+        let stop_http = CancellationToken::new();
+        let drain_timeout = self.drain_timeout;
+        let stopper = stop_http.clone();
         let drain = tokio::spawn(async move {
             shutdown.await;
             tracing::info!("shutting down: draining running invocations and closing sessions");
-            broker.shutdown(DRAIN_TIMEOUT).await;
+            let drained = tokio::time::timeout(drain_timeout + SESSION_CLOSE_BUDGET, broker.shutdown(drain_timeout));
+            if drained.await.is_err() {
+                tracing::warn!("sessions still closing after the drain and its budget; stopping anyway (the next start deletes shells left open)");
+            }
             if let Some(token) = sim_stop {
                 token.cancel();
             }
-            let _ = stop_http.send(());
+            stopper.cancel();
         });
-        match self.tls {
-            None => {
-                axum::serve(self.listener, router)
-                    .with_graceful_shutdown(async move {
-                        let _ = http_stopped.await;
-                    })
-                    .await?
-            }
-            Some((live, files)) => {
-                crate::tls::reload_on_sighup(live.clone(), files);
-                let handle = axum_server::Handle::new();
-                let stopper = handle.clone();
-                tokio::spawn(async move {
-                    let _ = http_stopped.await;
-                    // The broker has drained already: connections still open only wait for answers.
-                    stopper.graceful_shutdown(Some(CONNECTION_GRACE));
-                });
-                axum_server::from_tcp_rustls(self.listener.into_std()?, live)
-                    .handle(handle)
-                    .serve(router.into_make_service())
-                    .await?
-            }
-        }
+        let tls = self.tls.map(|(live, files)| {
+            crate::tls::reload_on_sighup(live.clone(), files);
+            live
+        });
+        api::server::serve(self.listener, router, tls, self.connections, self.metrics, stop_http).await;
         drain.await?;
         tracing::info!("stopped");
         Ok(())
@@ -257,6 +276,15 @@ fn winrm_connector(profile: &ProfileConfig, shell_name: &str) -> anyhow::Result<
     Ok(Arc::new(WinrmConnector::new(options).map_err(|e| anyhow::anyhow!(e.message))?))
 }
 
+const NODE_ID_FILE: &str = "node-id";
+
+/// The SQLite database's file name (`sqlite://./data/psbroker.db?mode=rwc` → `psbroker.db`).
+fn sqlite_file_name(store_url: &str) -> String {
+    let path = store_url.strip_prefix("sqlite://").or_else(|| store_url.strip_prefix("sqlite:")).unwrap_or("");
+    let path = std::path::Path::new(path.split('?').next().unwrap_or(path));
+    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
 fn exo_connector(profile: &ProfileConfig) -> anyhow::Result<Arc<dyn Connector>> {
     let options = ExoOptions {
         service: match profile.service {
@@ -284,17 +312,14 @@ fn node_id(store_url: &str) -> anyhow::Result<String> {
     let Some(db) = path.map(|p| std::path::Path::new(p.split('?').next().unwrap_or(p)).to_path_buf()) else {
         return Ok(uuid::Uuid::new_v4().simple().to_string());
     };
-    let file = db.with_file_name("node-id");
+    let file = db.with_file_name(NODE_ID_FILE);
     if let Ok(id) = std::fs::read_to_string(&file) {
         if !id.trim().is_empty() {
             return Ok(id.trim().to_string());
         }
     }
-    if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
     let id = uuid::Uuid::new_v4().simple().to_string();
-    std::fs::write(&file, &id).with_context(|| format!("cannot write {}", file.display()))?;
+    crate::auth::token::write_private(&file, &id).with_context(|| format!("cannot write {}", file.display()))?;
     Ok(id)
 }
 

@@ -52,6 +52,99 @@ pub struct ServerConfig {
     /// Listening on a non-loopback address without `tls` sends API tokens in clear text:
     /// refused unless this is set, e.g. behind a TLS-terminating proxy.
     pub allow_insecure_non_loopback: bool,
+    /// The body of one `POST /v1/invocations` (a batch may use `max_body_bytes`).
+    pub max_invocation_body_bytes: usize,
+    /// JSON values (array elements and hashtable entries, at any depth) in one invocation's
+    /// parameters; a single invocation's body is checked against it while it is scanned.
+    pub max_parameter_values: usize,
+    /// JSON values in one batch body, all items together, checked before any item is parsed.
+    pub max_batch_values: usize,
+    /// Open connections at most. At the limit a new connection takes the place of the oldest
+    /// one that has no request in progress; when every one is busy the new one is refused.
+    pub max_connections: usize,
+    /// A new connection must send its first request's headers within this, and a request's
+    /// headers, once started, must be complete within it (slowloris).
+    pub header_read_timeout_seconds: f64,
+    /// A kept-alive connection with no request in progress is closed after this long.
+    pub idle_timeout_seconds: f64,
+    /// A request body must arrive whole within this (else 408), and an answer the client does
+    /// not read for this long closes the connection.
+    pub body_timeout_seconds: f64,
+    /// On SIGTERM, how long running commands get before their sessions are closed anyway.
+    pub drain_timeout_seconds: f64,
+    /// After the drain, how long open connections get to finish their answers before they are
+    /// closed: the stop always ends within drain + session closing (at most 10 s) + this.
+    pub shutdown_grace_seconds: f64,
+    /// Host names (with or without `:port`) the API answers to besides `localhost`,
+    /// `127.0.0.1` and `[::1]` on a loopback listener; any other `Host` is 421 (DNS rebinding).
+    /// On a non-loopback listener the check applies only when this list is not empty.
+    pub allowed_hosts: Vec<String>,
+    pub rate_limit: RateLimitConfig,
+}
+
+/// Per-token limits on intake (`POST /v1/invocations` and `POST /v1/batches`), as token
+/// buckets: a bucket holds `*_burst` and refills at `*_per_second`; 0 per second turns that
+/// bucket off. Beyond it: 429 `rate_limited` with `Retry-After`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    /// Intake requests (an invocation or a whole batch each).
+    pub requests_per_second: u32,
+    pub request_burst: u32,
+    /// Invocations (one per single invocation, one per batch item).
+    pub items_per_second: u32,
+    pub item_burst: u32,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self { requests_per_second: 100, request_burst: 200, items_per_second: 2_000, item_burst: 100_000 }
+    }
+}
+
+impl ServerConfig {
+    fn check_limits(&self) -> Result<(), String> {
+        let seconds = [
+            ("header_read_timeout_seconds", self.header_read_timeout_seconds),
+            ("idle_timeout_seconds", self.idle_timeout_seconds),
+            ("body_timeout_seconds", self.body_timeout_seconds),
+            ("drain_timeout_seconds", self.drain_timeout_seconds),
+            ("shutdown_grace_seconds", self.shutdown_grace_seconds),
+        ];
+        if let Some((name, _)) = seconds.iter().find(|(_, s)| !(s.is_finite() && *s > 0.0 && *s <= 86_400.0)) {
+            return Err(format!("server.{name} must be a number of seconds between 0 and 86400"));
+        }
+        let sizes = [
+            ("max_body_bytes", self.max_body_bytes),
+            ("max_invocation_body_bytes", self.max_invocation_body_bytes),
+            ("max_parameter_values", self.max_parameter_values),
+            ("max_batch_values", self.max_batch_values),
+            ("max_batch_items", self.max_batch_items),
+            ("max_connections", self.max_connections),
+        ];
+        if let Some((name, _)) = sizes.iter().find(|(_, n)| *n == 0) {
+            return Err(format!("server.{name} must be positive"));
+        }
+        let r = &self.rate_limit;
+        if (r.requests_per_second > 0 && r.request_burst == 0) || (r.items_per_second > 0 && r.item_burst == 0) {
+            return Err("server.rate_limit: a bucket that is on needs a burst of at least 1".into());
+        }
+        for host in &self.allowed_hosts {
+            if host.is_empty() || host.contains(['/', ' ', '@']) {
+                return Err(format!("server.allowed_hosts: '{host}' is not a host name"));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.drain_timeout_seconds)
+    }
+
+    /// The longest a graceful stop can take with these settings (see [`crate::app::longest_stop`]).
+    pub fn longest_stop(&self) -> Duration {
+        self.drain_timeout() + crate::app::SESSION_CLOSE_BUDGET + Duration::from_secs_f64(self.shutdown_grace_seconds)
+    }
 }
 
 /// PEM files for the API listener. Both are read at start (a missing or unreadable file stops
@@ -74,6 +167,17 @@ impl Default for ServerConfig {
             max_batch_items: 100_000,
             tls: None,
             allow_insecure_non_loopback: false,
+            max_invocation_body_bytes: 4 << 20,
+            max_parameter_values: 10_000,
+            max_batch_values: 1_000_000,
+            max_connections: 512,
+            header_read_timeout_seconds: 10.0,
+            idle_timeout_seconds: 60.0,
+            body_timeout_seconds: 30.0,
+            drain_timeout_seconds: crate::app::DRAIN_TIMEOUT.as_secs_f64(),
+            shutdown_grace_seconds: crate::app::CONNECTION_GRACE.as_secs_f64(),
+            allowed_hosts: vec![],
+            rate_limit: RateLimitConfig::default(),
         }
     }
 }
@@ -794,6 +898,9 @@ impl Config {
                  (PSBROKER_SERVER__ALLOW_INSECURE_NON_LOOPBACK=true)"
             ));
         }
+        if let Err(e) = self.server.check_limits() {
+            return bad(e);
+        }
         if self.admins.is_empty() {
             return bad("no [[admins]] configured".into());
         }
@@ -1141,6 +1248,32 @@ mod tests {
         assert!(ok.admins.last().unwrap().credential.is_empty(), "an OAuth admin needs no credential");
         let no_credential = format!("{EMBEDDED_DEMO}\n[[admins]]\nname = \"n\"\nupn = \"n@p.example\"\n");
         assert!(Config::from_toml(&no_credential).unwrap_err().to_string().contains("needs a credential"));
+    }
+
+    #[test]
+    fn the_commented_server_limits_in_the_demo_are_the_defaults() {
+        let start = EMBEDDED_DEMO.find("# What one client may cost").expect("the demo shows the server limits");
+        let end = start + EMBEDDED_DEMO[start..].find("\n\n").unwrap();
+        let block: Vec<&str> = EMBEDDED_DEMO[start..end]
+            .lines()
+            .skip(1)
+            .map(|l| l.strip_prefix("# ").unwrap_or(l))
+            .map(|l| l.split("   #").next().unwrap_or(l))
+            .collect();
+        let text = format!("{}\n{}\n{}", &EMBEDDED_DEMO[..start], block.join("\n"), &EMBEDDED_DEMO[end..]);
+        let c = Config::from_toml(&text).unwrap();
+        let d = ServerConfig::default();
+        assert_eq!(c.server.max_invocation_body_bytes, d.max_invocation_body_bytes);
+        assert_eq!((c.server.max_body_bytes, c.server.max_batch_values), (d.max_body_bytes, d.max_batch_values));
+        assert_eq!(
+            (c.server.max_connections, c.server.drain_timeout_seconds),
+            (d.max_connections, d.drain_timeout_seconds)
+        );
+        assert_eq!(c.server.rate_limit.item_burst, d.rate_limit.item_burst);
+        assert_eq!(c.server.allowed_hosts, vec!["psbroker.example.com".to_string()]);
+        let bad =
+            EMBEDDED_DEMO.replacen("max_wait_seconds = 30\n", "max_wait_seconds = 30\nidle_timeout_seconds = 0\n", 1);
+        assert!(Config::from_toml(&bad).unwrap_err().to_string().contains("idle_timeout_seconds"));
     }
 
     #[test]

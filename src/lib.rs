@@ -13,6 +13,7 @@ pub mod cli;
 pub mod cli_login;
 pub mod cli_token;
 pub mod config;
+pub mod data_dir;
 pub mod identity;
 pub mod metrics;
 pub mod remote;

@@ -16,6 +16,9 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run() -> anyhow::Result<()> {
+    // Every file this process creates (the database, SQLite's -wal and -shm, the token file,
+    // the node id) is its owner's only, whoever creates it and whenever.
+    psbroker::data_dir::restrict_umask();
     let cli = Cli::parse();
     // A benchmark prints figures; the daemon inside it logs only errors unless PSBROKER_LOG says
     // otherwise (bench chaos makes it warn about a thousand faults injected on purpose).

@@ -15,6 +15,10 @@ const SECONDS_BUCKETS: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.
 /// The OAuth grants the identity module asks tokens with: the `grant` label's closed set.
 pub const TOKEN_GRANTS: [&str; 3] = ["client_credentials", "refresh_token", "device_code"];
 
+/// Why the API server ends a connection itself (`psbroker_http_connections_closed_total`).
+pub const CONNECTION_CLOSE_REASONS: [&str; 7] =
+    ["header_timeout", "idle_timeout", "write_timeout", "evicted", "refused", "tls_handshake", "shutdown"];
+
 pub struct Metrics {
     registry: Registry,
     pub tenant_labels: bool,
@@ -43,6 +47,11 @@ pub struct Metrics {
     pub tenant_effective_cap: IntGaugeVec,
     pub tenant_sessions: IntGaugeVec,
     pub http_requests: IntCounterVec,
+    /// Open connections to the API listener (at most `server.max_connections`).
+    pub http_connections: IntGauge,
+    /// Connections the server ended itself, by reason (header_timeout, idle_timeout,
+    /// write_timeout, evicted, refused, tls_handshake, shutdown).
+    pub http_connections_closed: IntCounterVec,
     pub ready: IntGauge,
     /// OAuth token requests to the identity provider (REST connector, bearer-in-Basic), by grant
     /// (`client_credentials`, `refresh_token`, `device_code`) and outcome (`issued`, or the
@@ -168,6 +177,16 @@ impl Metrics {
                 &["route", "status"],
             )
             .unwrap(),
+            http_connections: IntGauge::new("psbroker_http_connections", "Open connections to the API listener")
+                .unwrap(),
+            http_connections_closed: IntCounterVec::new(
+                Opts::new(
+                    "psbroker_http_connections_closed_total",
+                    "API connections the server ended itself (timeouts, room for newer ones, refusals at the limit, shutdown), by reason",
+                ),
+                &["reason"],
+            )
+            .unwrap(),
             ready: IntGauge::new("psbroker_ready", "1 while the daemon accepts work").unwrap(),
             token_requests: IntCounterVec::new(
                 Opts::new(
@@ -187,6 +206,9 @@ impl Metrics {
         for class in crate::remote::FaultClass::ALL {
             m.remote_faults.with_label_values(&[class.code()]);
             m.retries.with_label_values(&[class.code()]);
+        }
+        for reason in CONNECTION_CLOSE_REASONS {
+            m.http_connections_closed.with_label_values(&[reason]);
         }
         // Likewise the token grants (a daemon without OAuth admins shows zeros, not "no data").
         for grant in TOKEN_GRANTS {
@@ -219,6 +241,8 @@ impl Metrics {
             Box::new(self.tenant_effective_cap.clone()),
             Box::new(self.tenant_sessions.clone()),
             Box::new(self.http_requests.clone()),
+            Box::new(self.http_connections.clone()),
+            Box::new(self.http_connections_closed.clone()),
             Box::new(self.ready.clone()),
             Box::new(self.token_requests.clone()),
         ]

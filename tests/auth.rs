@@ -325,7 +325,7 @@ async fn the_audit_keeps_names_and_a_hash_never_values_and_survives_a_restart() 
 async fn a_password_is_never_stored_logged_or_answered() {
     let app = start(&config_text(1, 1, 5, 1, "")).await;
     let params =
-        json!({"Name": "jdoe", "ExternalEmailAddress": "jdoe@example.com", "Password": PASSWORD, "pass": PASSWORD});
+        json!({"Name": "jdoe", "ExternalEmailAddress": "jdoe@example.com", "Password": PASSWORD, "Pwd": PASSWORD});
     let (s, r) = app.invoke(&tenant(0), "New-MailUser", params.clone()).await;
     assert_eq!(s, 200, "{r}");
     let id = r["id"].as_str().unwrap();
@@ -343,7 +343,7 @@ async fn a_password_is_never_stored_logged_or_answered() {
     let store = Store::connect(&format!("sqlite://{}", app.dir.path().join("psbroker.db").display())).await.unwrap();
     let stored = store.get(id.parse().unwrap()).await.unwrap().unwrap();
     assert_eq!(stored.accepted.parameters["Password"], "***");
-    assert_eq!(stored.accepted.parameters["pass"], "***", "abbreviations are secret too");
+    assert_eq!(stored.accepted.parameters["Pwd"], "***", "other spellings are secret too");
     assert_eq!(stored.accepted.parameters["Name"], "jdoe");
     assert!(stored.accepted.redacted);
     let dir = app.stop().await;
@@ -593,5 +593,79 @@ async fn hostile_names_are_refused_and_hostile_values_travel_as_data() {
     }
     let (_, get) = app.invoke(&tenant(0), "Get-Mailbox", json!({"Identity": "user002"})).await;
     assert_eq!(get["output"].as_array().unwrap().len(), 1, "user002 was never removed: {get}");
+    app.stop().await;
+}
+
+/// Issue 8, finding 4: what a cmdlet does decides, not only its verb.
+#[tokio::test]
+async fn roles_reach_only_what_their_cmdlets_do_and_host_level_cmdlets_reach_no_one() {
+    let app = start(&config_text(1, 1, 5, 1, "")).await;
+    let reader = token(&app, "reader", "read-only", &tenant(0), "*", &[]).await;
+    let purge = json!({"Identity": "user001", "SearchQuery": "x", "DeleteContent": true, "Force": true});
+    let (s, b) = invoke_as(&app, &reader, &tenant(0), "Search-Mailbox", purge.clone()).await;
+    assert_eq!((s, code(&b)), (403, Some("role_forbids_cmdlet")), "{b}");
+    for host in ["Get-Content", "Get-ChildItem", "Test-NetConnection"] {
+        let (s, b) = invoke_as(&app, &reader, &tenant(0), host, json!({"Path": "C:\\"})).await;
+        assert_eq!((s, code(&b)), (403, Some("cmdlet_denied")), "{host}: {b}");
+    }
+    let operator = token(&app, "operator", "operator", "*", "*", &[]).await;
+    for host in ["Set-Variable", "Set-Alias", "Stop-Process", "Stop-Computer", "Set-ItemProperty"] {
+        let (s, b) = invoke_as(&app, &operator, &tenant(0), host, json!({"Name": "PSDefaultParameterValues"})).await;
+        assert_eq!((s, code(&b)), (403, Some("cmdlet_denied")), "{host}: {b}");
+    }
+    for host in [
+        "Register-ScheduledJob",
+        "Start-ThreadJob",
+        "Export-Clixml",
+        "Tee-Object",
+        "Start-Transcript",
+        "New-CimSession",
+    ] {
+        let (s, b) = app.invoke(&tenant(0), host, json!({"Name": "x"})).await;
+        assert_eq!((s, code(&b)), (403, Some("cmdlet_denied")), "{host} even for the admin: {b}");
+    }
+    assert!(app.sim().stats().executions.is_empty(), "nothing reached the tenant");
+
+    // The admin may purge, but the purge is never taken for a read that may run twice.
+    let body = json!({"tenant": tenant(0), "cmdlet": "Search-Mailbox", "parameters": purge, "wait": false});
+    let (s, purged) = app.post("/v1/invocations", body).await;
+    assert!(s == 200 || s == 202, "{purged}");
+    let body =
+        json!({"tenant": tenant(0), "cmdlet": "Search-Mailbox", "parameters": {"SearchQuery": "x"}, "wait": false});
+    let (_, searched) = app.post("/v1/invocations", body).await;
+    let store = Store::connect(&format!("sqlite://{}", app.dir.path().join("psbroker.db").display())).await.unwrap();
+    let idempotent = |v: &Json| {
+        let id = v["id"].as_str().unwrap().parse().unwrap();
+        let store = store.clone();
+        async move { store.get(id).await.unwrap().unwrap().accepted.idempotent }
+    };
+    assert!(!idempotent(&purged).await, "Search-Mailbox -DeleteContent is destructive, not a read");
+    assert!(idempotent(&searched).await, "a plain search is a read");
+    app.stop().await;
+}
+
+/// Issue 8, finding 8: the spellings PowerShell binds to a secret parameter, and values that
+/// say they are secret, are never stored.
+#[tokio::test]
+async fn every_spelling_of_a_secret_is_redacted() {
+    let app = start(&config_text(1, 1, 5, 1, "")).await;
+    let store = Store::connect(&format!("sqlite://{}", app.dir.path().join("psbroker.db").display())).await.unwrap();
+    for params in [
+        json!({"Name": "a", "Pa": PASSWORD}),
+        json!({"Name": "b", "Pwd": PASSWORD}),
+        json!({"Name": "c", "Passw0rd": PASSWORD}),
+        json!({"Name": "d", "SecureString": PASSWORD}),
+        json!({"Name": "e", "PSCredential": {"UserName": "u", "Password": PASSWORD}}),
+        json!({"Name": "f", "RemoteAccount": {"@type": "System.Management.Automation.PSCredential", "u": PASSWORD}}),
+        json!({"Name": "g", "Settings": {"UserName": "u", "Pass": PASSWORD}}),
+    ] {
+        let body = json!({"tenant": tenant(0), "cmdlet": "New-MailUser", "parameters": params, "wait": false});
+        let (s, r) = app.post("/v1/invocations", body).await;
+        assert!(s == 200 || s == 202, "{r}");
+        let stored = store.get(r["id"].as_str().unwrap().parse().unwrap()).await.unwrap().unwrap();
+        let text = stored.accepted.parameters.to_string();
+        assert!(!text.contains(PASSWORD) && text.contains("***"), "{params}: stored {text}");
+        assert!(stored.accepted.redacted);
+    }
     app.stop().await;
 }

@@ -153,3 +153,49 @@ async fn unreadable_certificate_files_stop_the_start_with_their_paths() {
     };
     assert!(err.contains("cert.pem") && err.contains("key.pem"), "{err}");
 }
+
+/// Issue 8: the HTTPS listener has the same limits as plain HTTP (one accept loop serves both):
+/// a client that never completes its handshake is cut off by the header timeout, the
+/// connection limit makes room for real callers, and the Host check applies.
+#[tokio::test]
+async fn https_connections_have_the_same_limits() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let root = write_self_signed(dir.path());
+    let text = tls_config(dir.path(), "127.0.0.1:0").replacen(
+        "[server]\n",
+        "[server]\nheader_read_timeout_seconds = 0.5\nmax_connections = 5\n",
+        1,
+    );
+    let config = psbroker::config::Config::from_toml(&text).unwrap();
+    let app = psbroker::app::Application::build(config).await.unwrap().spawn();
+    let token = std::fs::read_to_string(dir.path().join("api-token")).unwrap().trim().to_string();
+
+    let started = Instant::now();
+    let mut stalled = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    stalled.write_all(&[0x16, 0x03, 0x01]).await.unwrap(); // the start of a ClientHello, no more
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(5), stalled.read(&mut buf)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "a stalled handshake is closed: {read:?}");
+    assert!(started.elapsed() < Duration::from_secs(3), "closed after {:?}", started.elapsed());
+
+    let mut idle = Vec::new();
+    for _ in 0..20 {
+        idle.push(tokio::net::TcpStream::connect(app.addr).await.unwrap());
+    }
+    let client = client_trusting(root.clone(), &token);
+    let pools = client.get(format!("https://localhost:{}/v1/pools", app.addr.port())).send().await.unwrap();
+    assert_eq!(pools.status(), 200, "room is made for a real caller past 20 idle connections");
+
+    let rebinding = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(root)
+        .resolve("evil.example", app.addr)
+        .build()
+        .unwrap();
+    let r = rebinding.get(format!("https://evil.example:{}/healthz", app.addr.port())).send().await;
+    // The certificate does not name evil.example: the handshake fails — or, with a certificate
+    // that did, the Host check would answer 421. Either way nothing is served.
+    assert!(r.is_err() || r.unwrap().status() == 421);
+    app.stop().await.unwrap();
+}

@@ -3,7 +3,7 @@
 
 use super::auth::Caller;
 use super::error::{body_error, ApiError};
-use super::{body_kind, parse_id, read_body, ApiState, BodyKind, InvocationView};
+use super::{body_kind, check_parameter_values, parse_id, read_body, scan_json, ApiState, BodyKind, InvocationView};
 use crate::broker::request::InvocationRequest;
 use crate::store::{BatchCounts, Store};
 use axum::body::{Body, Bytes};
@@ -46,18 +46,27 @@ pub async fn create(
     body: Body,
 ) -> Result<Response, ApiError> {
     let kind = body_kind(&headers, true)?;
-    let bytes = read_body(body, state.max_body_bytes).await?;
+    state.intake.admit_request(&caller.name)?;
+    let limits = state.limits;
+    let bytes = read_body(&headers, body, limits.batch_bytes, limits.body_timeout).await?;
+    // Every item together, before any is parsed: a hostile body costs its bytes, no more.
+    scan_json(&bytes, limits.batch_json())?;
     let items = parse_items(kind, &bytes)?;
+    drop(bytes);
     if items.is_empty() {
         return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "empty_batch", "a batch needs at least one item"));
     }
-    if items.len() > state.max_batch_items {
+    if items.len() > limits.batch_items {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "batch_too_large",
-            format!("{} items; at most {} per batch", items.len(), state.max_batch_items),
+            format!("{} items; at most {} per batch", items.len(), limits.batch_items),
         ));
     }
+    for (index, item) in items.iter().enumerate() {
+        check_parameter_values(item, limits.parameter_values, Some(index))?;
+    }
+    state.intake.admit_items(&caller.name, items.len())?;
     if let Some(i) = items.iter().position(|i| i.wait.is_some()) {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,

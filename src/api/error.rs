@@ -14,15 +14,24 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub details: Option<serde_json::Value>,
+    /// Seconds for `Retry-After` (429; a 503 says 5). Small, so the error stays small.
+    pub retry_after: Option<std::num::NonZeroU16>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), details: None }
+        Self { status, code, message: message.into(), details: None, retry_after: None }
     }
 
     pub fn not_found(what: &str) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", format!("{what} not found"))
+    }
+
+    /// Says `Retry-After: seconds` (at least 1).
+    pub fn retry_after(mut self, seconds: u64) -> Self {
+        let clamped = seconds.clamp(1, u64::from(u16::MAX)) as u16;
+        self.retry_after = std::num::NonZeroU16::new(clamped);
+        self
     }
 
     pub fn internal(e: impl std::fmt::Display) -> Self {
@@ -38,7 +47,9 @@ impl IntoResponse for ApiError {
             body["error"]["details"] = d;
         }
         let mut resp = (self.status, Json(body)).into_response();
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+        if let Some(seconds) = self.retry_after {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds.get()));
+        } else if self.status == StatusCode::SERVICE_UNAVAILABLE {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         }
         if self.status == StatusCode::UNAUTHORIZED {
@@ -73,6 +84,7 @@ impl From<SubmitError> for ApiError {
                 code: error.code(),
                 message: format!("item {index}: {error}; nothing was stored"),
                 details: Some(json!({"index": index})),
+                retry_after: None,
             },
             SubmitError::Forbidden { index: None, refusal } => refusal.into(),
             SubmitError::Forbidden { index: Some(index), refusal } => ApiError {
@@ -80,6 +92,7 @@ impl From<SubmitError> for ApiError {
                 code: refusal.rule.code(),
                 message: format!("item {index}: {refusal}; nothing was stored"),
                 details: Some(json!({"index": index})),
+                retry_after: None,
             },
             SubmitError::IdempotencyConflict(key) => StoreError::IdempotencyConflict(key).into(),
             SubmitError::ShuttingDown => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", e.to_string()),

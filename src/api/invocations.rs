@@ -2,7 +2,7 @@
 
 use super::auth::Caller;
 use super::error::ApiError;
-use super::{parse_id, read_json, ApiState, InvocationView};
+use super::{check_parameter_values, parse_id, read_json, ApiState, InvocationView};
 use crate::broker::request::InvocationRequest;
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -18,7 +18,12 @@ pub async fn create(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let req: InvocationRequest = read_json(&headers, body, state.max_body_bytes).await?;
+    state.intake.admit_request(&caller.name)?;
+    let limits = state.limits;
+    let req: InvocationRequest =
+        read_json(&headers, body, limits.invocation_bytes, limits.invocation_json(), limits.body_timeout).await?;
+    check_parameter_values(&req, limits.parameter_values, None)?;
+    state.intake.admit_items(&caller.name, 1)?;
     let submitted = state.broker.submit(&req, &caller).await?;
     let wait = if req.wait.unwrap_or(true) {
         let timeout = req.timeout_seconds.map(Duration::from_secs).unwrap_or(state.max_wait);

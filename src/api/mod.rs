@@ -6,8 +6,12 @@ pub mod auth;
 mod batches;
 pub mod console;
 pub mod error;
+pub mod host;
 mod invocations;
+pub mod json_scan;
 mod ops;
+pub mod rate_limit;
+pub mod server;
 mod tokens;
 mod view;
 
@@ -17,10 +21,15 @@ use axum::body::{Body, Bytes};
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, MethodRouter};
 use axum::Router;
+use bytes::BytesMut;
 use error::ApiError;
+use futures::StreamExt;
+use host::HostPolicy;
+use json_scan::{JsonLimits, ScanError};
+use rate_limit::IntakeLimits;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -63,12 +72,60 @@ pub const ROUTES: &[(&str, &str)] = &[
 pub struct ApiState {
     pub broker: Arc<Broker>,
     pub max_wait: Duration,
-    pub max_body_bytes: usize,
-    pub max_batch_items: usize,
+    pub limits: RequestLimits,
     pub auth: Arc<Authenticator>,
     /// `/metrics` answers without a token (the daemon listens on loopback only).
     pub metrics_open: bool,
+    /// The `Host` check (DNS rebinding), when there is one.
+    pub hosts: Option<Arc<HostPolicy>>,
+    pub intake: Arc<IntakeLimits>,
 }
+
+/// What one request may cost, from `[server]`.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestLimits {
+    /// The body of `POST /v1/invocations`.
+    pub invocation_bytes: usize,
+    /// The body of `POST /v1/batches`.
+    pub batch_bytes: usize,
+    /// JSON values in one invocation's parameters.
+    pub parameter_values: usize,
+    /// JSON values in a whole batch body.
+    pub batch_values: usize,
+    pub batch_items: usize,
+    /// The time a request body may take to arrive.
+    pub body_timeout: Duration,
+}
+
+impl RequestLimits {
+    pub fn from_config(c: &crate::config::ServerConfig) -> RequestLimits {
+        RequestLimits {
+            invocation_bytes: c.max_invocation_body_bytes,
+            batch_bytes: c.max_body_bytes,
+            parameter_values: c.max_parameter_values,
+            batch_values: c.max_batch_values,
+            batch_items: c.max_batch_items,
+            body_timeout: Duration::from_secs_f64(c.body_timeout_seconds),
+        }
+    }
+
+    /// A single invocation's body: its parameters' values plus the few of the envelope.
+    fn invocation_json(&self) -> JsonLimits {
+        JsonLimits { max_values: self.parameter_values + ENVELOPE_VALUES, max_depth: MAX_BODY_DEPTH }
+    }
+
+    fn batch_json(&self) -> JsonLimits {
+        JsonLimits { max_values: self.batch_values, max_depth: MAX_BODY_DEPTH }
+    }
+}
+
+/// Room for the fields of an invocation body around its parameters (and the parameters
+/// themselves are values of their object: at most 64).
+const ENVELOPE_VALUES: usize = 16 + crate::broker::request::MAX_PARAMETERS;
+
+/// A batch body's object, its `items` array, an item and its `parameters`, then the values'
+/// own nesting: deeper is refused by validation anyway, so the scan refuses it before serde.
+const MAX_BODY_DEPTH: usize = 4 + crate::broker::request::MAX_VALUE_DEPTH + 1;
 
 /// Everything under `/v1` needs a token; `/healthz`, `/readyz`, `/openapi.json` and the console's
 /// static files (`/console`, which then calls `/v1` with the token its user gives) never do;
@@ -90,12 +147,46 @@ pub fn router(state: ApiState) -> Router {
         *part = std::mem::take(part).route(path, endpoint);
     }
     let metrics = if state.metrics_open { metrics } else { metrics.route_layer(require_token()) };
+    // Outermost last: every answer is no-store and counted; the Host check runs before
+    // authentication and every route.
     v1.route_layer(require_token())
         .merge(metrics)
         .merge(open)
         .fallback(|| async { ApiError::not_found("route") })
+        .layer(middleware::from_fn_with_state(state.clone(), check_host))
         .layer(middleware::from_fn_with_state(state.clone(), count_requests))
+        .layer(middleware::map_response(no_store))
         .with_state(state)
+}
+
+/// Answers carry tokens, tenant data and audit records: no cache (a browser's, a proxy's) may
+/// keep any of them. (The console's static files say `no-cache` themselves: they hold no data.)
+async fn no_store(mut resp: Response) -> Response {
+    resp.headers_mut().entry(header::CACHE_CONTROL).or_insert(header::HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// 421 `host_not_allowed` for a `Host` the daemon does not answer to (see [`host`]).
+async fn check_host(State(state): State<ApiState>, req: Request, next: Next) -> Response {
+    let Some(policy) = &state.hosts else { return next.run(req).await };
+    let given = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()));
+    match given {
+        Some(host) if policy.allows(&host) => next.run(req).await,
+        given => {
+            let shown: String = given.unwrap_or_default().chars().take(100).collect();
+            ApiError::new(
+                StatusCode::MISDIRECTED_REQUEST,
+                "host_not_allowed",
+                format!("Host '{shown}' is not a name this daemon answers to (localhost, or server.allowed_hosts)"),
+            )
+            .into_response()
+        }
+    }
 }
 
 /// The handler of one entry of [`ROUTES`].
@@ -147,15 +238,81 @@ async fn count_requests(State(state): State<ApiState>, req: Request, next: Next)
     resp
 }
 
-/// Reads a body up to the configured limit, answering 413 with the envelope beyond it.
-pub(crate) async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(body, limit).await.map_err(|_| {
+/// Reads a body of at most `limit` bytes within `timeout`. A `Content-Length` over the limit is
+/// 413 at once, before any of the body is read — so a client that sent `Expect: 100-continue`
+/// never gets "100 Continue" for it (hyper sends that only when the body is first polled). A
+/// body that does not arrive in time is 408 `body_timeout`.
+pub(crate) async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, ApiError> {
+    let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
             format!("the body is larger than {limit} bytes"),
         )
+    };
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let collect = async {
+        // One buffer of the declared size: the body costs its own bytes, once.
+        let mut buf = BytesMut::with_capacity(declared.unwrap_or(0) as usize);
+        let mut frames = body.into_data_stream();
+        while let Some(chunk) = frames.next().await {
+            let chunk = chunk.map_err(|e| {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", format!("the body could not be read: {e}"))
+            })?;
+            if buf.len() + chunk.len() > limit {
+                return Err(too_large());
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(buf.freeze())
+    };
+    tokio::time::timeout(timeout, collect).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!("the body did not arrive within {} s", timeout.as_secs_f64()),
+        )
+    })?
+}
+
+/// Counts a body's JSON values and nesting before serde builds anything (see [`json_scan`]).
+pub(crate) fn scan_json(bytes: &[u8], limits: JsonLimits) -> Result<(), ApiError> {
+    json_scan::scan(bytes, limits).map(|_| ()).map_err(|e| match e {
+        ScanError::TooManyValues(_) => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_many_values", e.to_string()),
+        ScanError::TooDeep(_) => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_parameter_value",
+            format!("{e}: parameter values nest at most {} levels", crate::broker::request::MAX_VALUE_DEPTH),
+        ),
     })
+}
+
+/// 413 `too_many_values` when one invocation's parameters hold more values than allowed.
+pub(crate) fn check_parameter_values(
+    req: &crate::broker::request::InvocationRequest,
+    limit: usize,
+    index: Option<usize>,
+) -> Result<(), ApiError> {
+    let count = req.parameter_values();
+    if count <= limit {
+        return Ok(());
+    }
+    let at = index.map(|i| format!("item {i}: ")).unwrap_or_default();
+    let mut e = ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_many_values",
+        format!("{at}the parameters hold {count} JSON values; at most {limit}"),
+    );
+    e.details = index.map(|i| serde_json::json!({"index": i}));
+    Err(e)
 }
 
 /// What a request body is, by its `Content-Type`.
@@ -189,15 +346,18 @@ pub(crate) fn body_kind(headers: &HeaderMap, ndjson_ok: bool) -> Result<BodyKind
     ))
 }
 
-/// A JSON request body: the Content-Type checked (415), the size limited (413), the shape
-/// parsed (400/422 with the envelope).
+/// A JSON request body: the Content-Type checked (415), the size limited (413), its values and
+/// nesting counted before parsing (413/422), the shape parsed (400/422 with the envelope).
 pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
     headers: &HeaderMap,
     body: Body,
     limit: usize,
+    json: JsonLimits,
+    timeout: Duration,
 ) -> Result<T, ApiError> {
     body_kind(headers, false)?;
-    let bytes = read_body(body, limit).await?;
+    let bytes = read_body(headers, body, limit, timeout).await?;
+    scan_json(&bytes, json)?;
     serde_json::from_slice(&bytes).map_err(|e| error::body_error(e, None))
 }
 

@@ -4,6 +4,7 @@
 
 use super::auth::Caller;
 use super::error::ApiError;
+use super::json_scan::JsonLimits;
 use super::{read_json, ApiState};
 use crate::auth::token::{self, TokenSpec};
 use axum::body::Body;
@@ -42,7 +43,8 @@ pub async fn create(
     body: Body,
 ) -> Result<Response, ApiError> {
     caller.require_admin("creating tokens")?;
-    let b: CreateBody = read_json(&headers, body, 64 << 10).await?;
+    let json = JsonLimits { max_values: 1024, max_depth: 3 };
+    let b: CreateBody = read_json(&headers, body, 64 << 10, json, state.limits.body_timeout).await?;
     let spec = TokenSpec::parse(&b.name, &b.role, &b.tenants, &b.cmdlets, &b.constraints)
         .map_err(|m| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_token_spec", m))?;
     let secret = token::issue(state.broker.store(), &spec).await?;

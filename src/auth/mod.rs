@@ -1,4 +1,5 @@
 //! Caller authentication and authorization: API tokens, roles, tenant and cmdlet scopes, the
+//! classification of cmdlets (read, write, destructive, host-level: [`classify`]) with its
 //! deny-list, parameter constraints, and the redaction of secret parameter values. Policy only:
 //! no HTTP here (the axum side is `api::auth`); tokens and the audit live in the store.
 //!
@@ -7,13 +8,15 @@
 //! every item before anything is stored → the invocation is stored with its owner and with
 //! secret values redacted → when it ends, the store appends the audit record.
 
+pub mod classify;
 pub mod pattern;
 pub mod policy;
 pub mod secrets;
 pub mod token;
 
+pub use classify::{classify, Class, DENIED_CMDLETS};
 pub use pattern::Patterns;
-pub use policy::{Constraint, Principal, Refusal, Role, Rule, DENIED_CMDLETS, OPERATOR_VERBS};
+pub use policy::{Constraint, Principal, Refusal, Role, Rule, OPERATOR_VERBS};
 
 use crate::store::{now_ms, Store, StoreError};
 use std::collections::HashMap;

@@ -1,8 +1,8 @@
 //! Who may run what where: roles, the deny-list, tenant and cmdlet scopes, parameter
 //! constraints. Pure policy — no HTTP, no SQL — so every rule is tested on its own.
 
+use super::classify::{self, binds_to, Class, Reason};
 use super::pattern::{Glob, Patterns};
-use crate::broker::request::READ_VERBS;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as Json};
 use std::fmt;
@@ -11,64 +11,24 @@ use std::fmt;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Role {
-    /// Cmdlets with a read verb only ([`READ_VERBS`]: Get, Test, Search, Find, Measure, Show).
+    /// Reads only (see [`classify`]): `Search-Mailbox -DeleteContent` is not one.
     ReadOnly,
-    /// Read verbs and the change verbs of [`OPERATOR_VERBS`].
+    /// Reads, and writes or destructive cmdlets whose verb is one of [`OPERATOR_VERBS`].
     Operator,
-    /// Every verb the deny-list allows; manages tokens; sees every invocation, batch and audit
-    /// record.
+    /// Every cmdlet that is not host-level; manages tokens; sees every invocation, batch and
+    /// audit record.
     Admin,
 }
 
-/// Verbs an operator may use on top of the read verbs: the verbs Exchange Online and Microsoft
-/// 365 use to change directory and mailbox objects. `Start`/`Stop` are included (for example
-/// Start-ManagedFolderAssistant, Stop-HistoricalSearch); the ones that escape the endpoint
-/// (Start-Process, Start-Job, ...) are on the deny-list, which no role lifts. Any other verb
-/// (Import, Export, Invoke, Send, ...) needs an admin token.
+/// Verbs of the writes an operator may run: the verbs Exchange Online and Microsoft 365 use to
+/// change directory and mailbox objects. `Start`/`Stop` are included (for example
+/// Start-ManagedFolderAssistant, Stop-HistoricalSearch); the ones that reach the host
+/// (Start-Process, Stop-Computer, Start-Job, ...) are host-level, which no role lifts. Writes
+/// with any other verb (Import, Export, Send, or a read verb whose parameters make it a write,
+/// like `Search-Mailbox -DeleteContent`) need an admin token.
 pub const OPERATOR_VERBS: [&str; 15] = [
     "Set", "New", "Add", "Remove", "Enable", "Disable", "Update", "Start", "Stop", "Clear", "Restore", "Suspend",
     "Resume", "Grant", "Revoke",
-];
-
-/// Cmdlets no token may run, whatever its role or patterns: they run arbitrary code, reach
-/// the remote machine's file system, processes or network, or open further sessions — the
-/// commands JEA's guidance says never to expose in a constrained endpoint.
-pub const DENIED_CMDLETS: [&str; 35] = [
-    "Invoke-Expression",
-    "Invoke-Command",
-    "Invoke-Item",
-    "Invoke-WebRequest",
-    "Invoke-RestMethod",
-    "Invoke-CimMethod",
-    "Invoke-WmiMethod",
-    "Start-Process",
-    "*-Job",
-    "Add-Type",
-    "New-PSSession",
-    "Enter-PSSession",
-    "Import-PSSession",
-    "Export-PSSession",
-    "Connect-PSSession",
-    "*-PSSessionConfiguration",
-    "New-PSDrive",
-    "Import-Module",
-    "New-Object",
-    "Set-PSBreakpoint",
-    "Register-ObjectEvent",
-    "Register-EngineEvent",
-    "Register-WmiEvent",
-    "New-Service",
-    "Set-ExecutionPolicy",
-    "Out-File",
-    "Set-Content",
-    "Add-Content",
-    "New-Item",
-    "Remove-Item",
-    "Copy-Item",
-    "Move-Item",
-    "Rename-Item",
-    "Set-Item",
-    "Get-Credential",
 ];
 
 impl Role {
@@ -89,12 +49,13 @@ impl Role {
         }
     }
 
-    pub fn allows_verb(self, verb: &str) -> bool {
-        let is = |list: &[&str]| list.iter().any(|v| v.eq_ignore_ascii_case(verb));
-        match self {
-            Role::ReadOnly => is(&READ_VERBS),
-            Role::Operator => is(&READ_VERBS) || is(&OPERATOR_VERBS),
-            Role::Admin => true,
+    /// Whether the role may run a cmdlet of `class` with this verb (host-level: never).
+    pub fn allows(self, class: Class, verb: &str) -> bool {
+        match (self, class) {
+            (_, Class::HostLevel) => false,
+            (_, Class::Read) | (Role::Admin, _) => true,
+            (Role::Operator, _) => OPERATOR_VERBS.iter().any(|v| v.eq_ignore_ascii_case(verb)),
+            (Role::ReadOnly, _) => false,
         }
     }
 }
@@ -106,7 +67,7 @@ impl fmt::Display for Role {
 }
 
 pub fn is_denied(cmdlet: &str) -> bool {
-    DENIED_CMDLETS.iter().any(|d| Glob::new(d).matches(cmdlet))
+    classify::denied_by(cmdlet).is_some()
 }
 
 /// A limit on one parameter's values, like JEA's ValidateSet / ValidatePattern: `Name=a|b|c`
@@ -141,8 +102,7 @@ impl Constraint {
     /// Whether a parameter named `given` is this one: equal ignoring case, or an abbreviation
     /// of it (PowerShell binds unambiguous prefixes, so `-Ident` must not dodge `Identity=`).
     pub fn applies_to(&self, given: &str) -> bool {
-        let (given, name) = (given.to_ascii_lowercase(), self.parameter.to_ascii_lowercase());
-        !given.is_empty() && name.starts_with(&given)
+        binds_to(given, &self.parameter)
     }
 
     fn allows(&self, value: &Json) -> bool {
@@ -170,6 +130,7 @@ pub enum Rule {
     CmdletNotAllowed,
     CmdletDenied,
     RoleForbidsVerb,
+    RoleForbidsCmdlet,
     ParameterConstraint,
     AdminOnly,
 }
@@ -181,6 +142,7 @@ impl Rule {
             Rule::CmdletNotAllowed => "cmdlet_not_allowed",
             Rule::CmdletDenied => "cmdlet_denied",
             Rule::RoleForbidsVerb => "role_forbids_verb",
+            Rule::RoleForbidsCmdlet => "role_forbids_cmdlet",
             Rule::ParameterConstraint => "parameter_constraint",
             Rule::AdminOnly => "admin_only",
         }
@@ -240,13 +202,17 @@ impl Principal {
         self.tenants.matches(tenant)
     }
 
-    /// Every rule, in a fixed order: deny-list, tenant scope, cmdlet allow-list, role, then
-    /// parameter constraints. The first that refuses names itself.
+    /// Every rule, in a fixed order: deny-list (host-level cmdlets), tenant scope, cmdlet
+    /// allow-list, role (by the cmdlet's class), then parameter constraints. The first that
+    /// refuses names itself.
     pub fn authorize(&self, tenant: &str, cmdlet: &str, parameters: &Map<String, Json>) -> Result<(), Refusal> {
-        if is_denied(cmdlet) {
+        let what = classify::classify(cmdlet, parameters);
+        if let Reason::DenyList(entry) = what.reason {
             return Err(Refusal::new(
                 Rule::CmdletDenied,
-                format!("'{cmdlet}' is on the deny-list (it can escape a constrained endpoint); no token may run it"),
+                format!(
+                    "'{cmdlet}' is host-level or tampers with the shared session (deny-list entry '{entry}'); no token may run it"
+                ),
             ));
         }
         if !self.tenants.matches(tenant) {
@@ -261,11 +227,16 @@ impl Principal {
                 format!("token '{}' may not run '{cmdlet}' (allowed: {})", self.name, self.cmdlets),
             ));
         }
-        let verb = cmdlet.split('-').next().unwrap_or("");
-        if !self.role.allows_verb(verb) {
+        let verb = classify::verb(cmdlet);
+        if !self.role.allows(what.class, verb) {
+            let (rule, why) = match what.reason {
+                Reason::Parameter(p) => (Rule::RoleForbidsCmdlet, format!("{cmdlet} with -{p} is {}", what.class)),
+                Reason::Cmdlet => (Rule::RoleForbidsCmdlet, format!("{cmdlet} is {}", what.class)),
+                _ => (Rule::RoleForbidsVerb, format!("the verb '{verb}' is {}", what.class)),
+            };
             return Err(Refusal::new(
-                Rule::RoleForbidsVerb,
-                format!("role {} of token '{}' may not use the verb '{verb}'", self.role, self.name),
+                rule,
+                format!("role {} of token '{}' may not run this: {why}", self.role, self.name),
             ));
         }
         for (name, value) in parameters {
@@ -332,38 +303,21 @@ mod tests {
     }
 
     #[test]
-    fn scopes_and_allow_lists() {
-        let p = principal(Role::Admin, "contoso.onmicrosoft.com,*.fabrikam.com", "Get-*,Set-Mailbox", &[]);
-        assert_eq!(code(&p, "CONTOSO.onmicrosoft.com", "Get-User", json!({})), None);
-        assert_eq!(code(&p, "eu.fabrikam.com", "Set-Mailbox", json!({})), None);
-        assert_eq!(code(&p, "litware.onmicrosoft.com", "Get-User", json!({})), Some("tenant_not_in_scope"));
-        assert_eq!(code(&p, "contoso.onmicrosoft.com", "Set-MailUser", json!({})), Some("cmdlet_not_allowed"));
-    }
-
-    #[test]
-    fn parameter_constraints_are_sets_of_globs() {
-        let p = principal(Role::Operator, "*", "*", &["Identity=user*", "Office=HQ|Branch", "ResultSize=1|5|10"]);
-        assert_eq!(code(&p, "c", "Set-Mailbox", json!({"Identity": "user001", "Office": "hq"})), None);
-        assert_eq!(code(&p, "c", "Set-Mailbox", json!({"Identity": "admin"})), Some("parameter_constraint"));
-        assert_eq!(code(&p, "c", "Set-Mailbox", json!({"identity": ["user1", "boss"]})), Some("parameter_constraint"));
-        assert_eq!(code(&p, "c", "Set-Mailbox", json!({"Identity": ["user1", "user2"]})), None);
-        assert_eq!(code(&p, "c", "Set-Mailbox", json!({"Ident": "boss"})), Some("parameter_constraint"), "prefix");
-        assert_eq!(code(&p, "c", "Set-Mailbox", json!({"Office": {"x": 1}})), Some("parameter_constraint"));
-        assert_eq!(code(&p, "c", "Get-Mailbox", json!({"ResultSize": 5})), None);
-        assert_eq!(code(&p, "c", "Get-Mailbox", json!({"ResultSize": 500})), Some("parameter_constraint"));
-        assert_eq!(code(&p, "c", "Get-Mailbox", json!({"Filter": "x"})), None, "unconstrained parameter");
-        assert!(Constraint::parse("Identity").is_err());
-        assert!(Constraint::parse("Identity=a||b").is_err());
-        assert!(Constraint::parse("Bad Name=a").is_err());
-        assert_eq!(Constraint::parse("-Office=HQ").unwrap().to_string(), "Office=HQ");
-    }
-
-    #[test]
-    fn ownership() {
-        let p = principal(Role::Operator, "*", "*", &[]);
-        assert!(p.may_see(Some("t")) && !p.may_see(Some("u")) && !p.may_see(None));
-        assert!(Principal::unauthenticated_admin().may_see(None));
-        assert_eq!(Role::parse("Read-Only").unwrap(), Role::ReadOnly);
-        assert!(Role::parse("root").is_err());
+    fn roles_follow_what_the_cmdlet_does_not_only_its_verb() {
+        let ro = principal(Role::ReadOnly, "*", "*", &[]);
+        let purge = json!({"Identity": "u", "DeleteContent": true, "Force": true});
+        assert_eq!(code(&ro, "c", "Search-Mailbox", purge.clone()), Some("role_forbids_cmdlet"));
+        assert_eq!(code(&ro, "c", "Search-Mailbox", json!({"Identity": "u", "EstimateResultOnly": true})), None);
+        assert_eq!(code(&ro, "c", "Test-Mailflow", json!({})), Some("role_forbids_cmdlet"), "sends mail");
+        for host in ["Get-Content", "Get-ChildItem", "Test-NetConnection"] {
+            assert_eq!(code(&ro, "c", host, json!({})), Some("cmdlet_denied"), "{host}");
+        }
+        let op = principal(Role::Operator, "*", "*", &[]);
+        assert_eq!(code(&op, "c", "Search-Mailbox", purge.clone()), Some("role_forbids_cmdlet"));
+        assert_eq!(code(&op, "c", "Remove-Mailbox", json!({})), None, "destructive, with an operator verb");
+        assert_eq!(code(&op, "c", "Set-Variable", json!({})), Some("cmdlet_denied"));
+        let admin = principal(Role::Admin, "*", "*", &[]);
+        assert_eq!(code(&admin, "c", "Search-Mailbox", purge), None);
+        assert_eq!(code(&admin, "c", "New-CimSession", json!({})), Some("cmdlet_denied"));
     }
 }

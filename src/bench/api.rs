@@ -20,10 +20,12 @@ pub struct ApiArgs {
 
 const TENANTS: u32 = 12;
 
-/// Four admins of cap 3 over twelve tenants: twelve sessions, so the sessions are not what limits.
+/// Four admins of cap 3 over twelve tenants: twelve sessions, so the sessions are not what limits
+/// (nor the per-token intake rate limit, which is off: the bench is one token).
 fn config(store_url: &str, extra_profile: &str, extra_sim: &str) -> Config {
     let mut text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n[store]\nurl = \"{store_url}\"\n\
+        "[server]\nlisten = \"127.0.0.1:0\"\n[server.rate_limit]\nrequests_per_second = 0\nitems_per_second = 0\n\
+         [store]\nurl = \"{store_url}\"\n\
          [profiles.default]\n{extra_profile}\n\
          [simulator]\nopen_latency_ms = 0\ncommand_latency_ms = 0\nclose_latency_ms = 0\nmailboxes_per_tenant = 5\n{extra_sim}\n"
     );

@@ -5,6 +5,7 @@
 
 use super::directory::{AdminIdx, Directory, TenantIdx};
 use super::scheduler::Priority;
+use crate::auth::Class;
 use crate::remote::PsValue;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as Json};
@@ -28,7 +29,8 @@ pub struct InvocationRequest {
     pub timeout_seconds: Option<u64>,
     #[serde(default)]
     pub idempotency_key: Option<String>,
-    /// Declares the command safe to run twice. Defaults to true for read verbs (Get, Test, ...).
+    /// Declares the command safe to run twice. Defaults to true for reads only, by the cmdlet's
+    /// class (`auth::classify`): `Search-Mailbox -DeleteContent` is not a read.
     #[serde(default)]
     pub idempotent: Option<bool>,
 }
@@ -72,6 +74,10 @@ pub enum RequestError {
     InvalidCmdletName(String),
     #[error("'{0}' is not a parameter name (letters, digits and _, starting with a letter, at most 64)")]
     InvalidParameterName(String),
+    #[error("parameters '{0}' and '{1}' are ambiguous: PowerShell takes names ignoring case and binds abbreviations, so both name the same parameter")]
+    DuplicateParameter(String, String),
+    #[error("parameter '{parameter}' has a hashtable with the keys '{first}' and '{second}', which PowerShell takes as the same key (keys ignore case)")]
+    DuplicateKey { parameter: String, first: String, second: String },
     #[error("{0}")]
     InvalidParameterValue(String),
     #[error("timeout_seconds must be between 1 and {max}")]
@@ -88,6 +94,8 @@ impl RequestError {
             RequestError::AdminNotAllowed { .. } => "admin_not_allowed",
             RequestError::InvalidCmdletName(_) => "invalid_cmdlet_name",
             RequestError::InvalidParameterName(_) => "invalid_parameter_name",
+            RequestError::DuplicateParameter(..) => "duplicate_parameter",
+            RequestError::DuplicateKey { .. } => "duplicate_key",
             RequestError::InvalidParameterValue(_) => "invalid_parameter_value",
             RequestError::InvalidTimeout { .. } => "invalid_timeout",
             RequestError::InvalidIdempotencyKey => "invalid_idempotency_key",
@@ -100,14 +108,6 @@ pub const MAX_PARAMETERS: usize = 64;
 pub const MAX_VALUE_DEPTH: usize = 16;
 pub const MAX_STRING_BYTES: usize = 1 << 20;
 pub const MAX_TIMEOUT_SECONDS: u64 = 7 * 24 * 3600;
-
-/// Verbs whose cmdlets only read: running one twice is harmless.
-pub const READ_VERBS: [&str; 6] = ["Get", "Test", "Search", "Find", "Measure", "Show"];
-
-pub fn is_read_verb(cmdlet: &str) -> bool {
-    let verb = cmdlet.split('-').next().unwrap_or("");
-    READ_VERBS.iter().any(|v| v.eq_ignore_ascii_case(verb))
-}
 
 fn valid_cmdlet_name(name: &str) -> bool {
     let mut parts = name.split('-');
@@ -129,6 +129,40 @@ fn valid_parameter_name(name: &str) -> bool {
 /// none of them a control character.
 fn valid_idempotency_key(key: &str) -> bool {
     (1..=200).contains(&key.chars().count()) && !key.chars().any(char::is_control)
+}
+
+/// Two parameter names PowerShell would bind to the same parameter: equal ignoring case, or
+/// one an abbreviation of the other (the broker does not know the cmdlet's parameters, so it
+/// cannot tell which one a prefix means: it refuses, as PowerShell refuses a parameter given
+/// twice). Sorted ignoring case, any such pair is adjacent.
+fn ambiguous_parameters(parameters: &Map<String, Json>) -> Option<(String, String)> {
+    let mut names: Vec<&String> = parameters.keys().collect();
+    names.sort_by_key(|n| n.to_ascii_lowercase());
+    names.windows(2).find(|w| crate::auth::classify::binds_to(w[0], w[1])).map(|w| (w[0].clone(), w[1].clone()))
+}
+
+/// Hashtable keys equal ignoring case, anywhere in a value (PowerShell refuses `@{a=1; A=2}`).
+fn duplicate_key(value: &Json) -> Option<(String, String)> {
+    match value {
+        Json::Array(items) => items.iter().find_map(duplicate_key),
+        Json::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort_by_key(|k| k.to_lowercase());
+            let pair = keys.windows(2).find(|w| w[0].to_lowercase() == w[1].to_lowercase());
+            pair.map(|w| (w[0].clone(), w[1].clone())).or_else(|| map.values().find_map(duplicate_key))
+        }
+        _ => None,
+    }
+}
+
+/// JSON values inside one parameter value: every array element and hashtable entry, at any
+/// depth (the value itself not counted).
+fn nested_values(value: &Json) -> usize {
+    match value {
+        Json::Array(items) => items.len() + items.iter().map(nested_values).sum::<usize>(),
+        Json::Object(map) => map.len() + map.values().map(nested_values).sum::<usize>(),
+        _ => 0,
+    }
 }
 
 fn check_value(name: &str, value: &Json, depth: usize) -> Result<(), RequestError> {
@@ -175,6 +209,14 @@ impl InvocationRequest {
                 return Err(RequestError::InvalidParameterName(name.clone()));
             }
             check_value(name, value, 0)?;
+            if let Some((first, second)) = duplicate_key(value) {
+                return Err(RequestError::DuplicateKey { parameter: name.clone(), first, second });
+            }
+        }
+        if let Some((a, b)) = ambiguous_parameters(&self.parameters) {
+            return Err(RequestError::DuplicateParameter(a, b));
+        }
+        for (name, value) in &self.parameters {
             parameters.push((name.clone(), PsValue::from_json(value)));
         }
         let timeout_seconds = self.timeout_seconds.unwrap_or(default_timeout);
@@ -191,14 +233,27 @@ impl InvocationRequest {
             parameters,
             priority: self.priority.unwrap_or(Priority::Interactive),
             timeout_seconds,
-            idempotent: self.idempotent.unwrap_or_else(|| is_read_verb(&self.cmdlet)),
+            idempotent: self.idempotent.unwrap_or_else(|| self.class() == Class::Read),
         })
+    }
+
+    /// What the cmdlet does with these parameters (read, write, destructive, host-level).
+    pub fn class(&self) -> Class {
+        crate::auth::classify(&self.cmdlet, &self.parameters).class
+    }
+
+    /// JSON values in the parameters: each parameter, and every array element and hashtable
+    /// entry inside, at any depth (what `server.max_parameter_values` bounds).
+    pub fn parameter_values(&self) -> usize {
+        self.parameters.len() + self.parameters.values().map(nested_values).sum::<usize>()
     }
 
     /// A digest of what the request asks for, to tell an idempotent replay from a different
     /// request that reuses the same key. Salted, and taken over the redacted parameters: no
     /// secret value, nor anything derived from one, is ever stored (so two requests that differ
-    /// only in a secret value count as the same request).
+    /// only in a secret value count as the same request). Names are compared ignoring case, as
+    /// PowerShell does; validation refuses names that collide that way, so on an accepted
+    /// request the canonical form keeps every name and value apart.
     pub fn content_hash(&self, salt: &str) -> String {
         let (parameters, _) = crate::auth::secrets::redact(&self.parameters);
         let canonical = serde_json::json!([
@@ -244,10 +299,24 @@ mod tests {
     }
 
     #[test]
-    fn read_verbs_are_idempotent() {
-        assert!(is_read_verb("Get-Mailbox"));
-        assert!(is_read_verb("test-mapiconnectivity"));
-        assert!(!is_read_verb("Set-Mailbox"));
+    fn parameter_names_that_powershell_would_take_as_one_are_ambiguous() {
+        let names = |j: Json| ambiguous_parameters(j.as_object().unwrap());
+        assert_eq!(names(serde_json::json!({"key": "2", "Key": "1"})), Some(("key".into(), "Key".into())));
+        assert!(names(serde_json::json!({"Ident": "a", "Identity": "b"})).is_some(), "an abbreviation and its name");
+        assert_eq!(names(serde_json::json!({"Identity": "a", "Office": "b", "Name": "c"})), None);
+        let keys = |j: Json| duplicate_key(&j);
+        assert_eq!(keys(serde_json::json!([{"x": 1}, {"a": 1, "A": 2}])), Some(("a".into(), "A".into())));
+        assert_eq!(keys(serde_json::json!({"a": {"B": 1, "b": 2}})), Some(("B".into(), "b".into())));
+        assert_eq!(keys(serde_json::json!({"a": 1, "ab": 2})), None, "hashtable keys do not abbreviate");
+    }
+
+    #[test]
+    fn values_are_counted_at_every_depth() {
+        let req: InvocationRequest = serde_json::from_value(serde_json::json!({
+            "tenant": "t", "cmdlet": "Set-X", "parameters": {"A": [1, 2, [3]], "B": {"c": 1}, "D": "x"}
+        }))
+        .unwrap();
+        assert_eq!(req.parameter_values(), 3 + 3 + 1 + 1);
     }
 
     #[test]
