@@ -159,7 +159,8 @@ pub enum BatchCommand {
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
-    /// Bulk makespan against the lower bound, the naive baseline, and an interactive call mid-batch.
+    /// Bulk makespan on two latency profiles against the lower bound and the careful and naive
+    /// scripts; interactive calls mid-batch; shells given back after the batch.
     Bulk(crate::bench::BulkArgs),
     /// Invocations/s and latency through the HTTP API, next to an axum hello-world.
     Api(crate::bench::api::ApiArgs),

@@ -227,6 +227,13 @@ pub struct SchedulerConfig {
     pub retry_backoff_max_ms: u64,
     /// How often a command is retried after its session died under it.
     pub max_attempts: u32,
+    /// Idle sessions an admin keeps open (the most recently used) when none of its work is
+    /// queued, so the next call finds a warm session instead of paying an open.
+    pub warm_sessions_per_admin: u32,
+    /// How long an admin's other idle sessions stay open once none of its work is queued; then
+    /// they are closed, so people and other tools can use the account's shell quota. The
+    /// profile's `idle_timeout_seconds` still bounds every idle session, the reserve included.
+    pub idle_linger_seconds: u64,
 }
 
 impl Default for SchedulerConfig {
@@ -239,6 +246,8 @@ impl Default for SchedulerConfig {
             retry_backoff_initial_ms: 500,
             retry_backoff_max_ms: 30_000,
             max_attempts: 5,
+            warm_sessions_per_admin: 1,
+            idle_linger_seconds: 15,
         }
     }
 }

@@ -92,6 +92,8 @@ impl Driver {
             fairness_quantum: Duration::from_millis(c.fairness_quantum_ms),
             backoff_initial: Duration::from_millis(c.retry_backoff_initial_ms),
             backoff_max: Duration::from_millis(c.retry_backoff_max_ms),
+            idle_linger: Duration::from_secs(c.idle_linger_seconds),
+            warm_sessions_per_admin: c.warm_sessions_per_admin,
         };
         Driver {
             sched: Scheduler::new(topo, tuning),
@@ -194,7 +196,7 @@ impl Driver {
                     // next start deletes it (its lifetime ends it otherwise).
                     tracing::warn!(session, shell = %live.remote_id, "could not delete a shell; it stays remembered");
                 }
-                self.sched.closed(session);
+                self.sched.closed(session, now);
             }
             Event::Snapshot(reply) => {
                 let _ = reply.send(self.sched.snapshot(now));

@@ -93,6 +93,11 @@ pub struct Tuning {
     pub fairness_quantum: Duration,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
+    /// How long an idle session beyond the warm reserve stays open once its admin has no
+    /// queued work.
+    pub idle_linger: Duration,
+    /// Idle sessions an admin keeps (most recently used first) when none of its work is queued.
+    pub warm_sessions_per_admin: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -105,6 +110,9 @@ pub enum CloseReason {
     Evicted,
     /// Taken from a tenant that had its turn so that a waiting tenant gets one.
     Preempted,
+    /// Idle past the linger while its admin had no queued work: the account's quota goes back
+    /// to people and other tools.
+    GivenBack,
     /// The session failed under a command and may be in any state.
     Broken,
     Shutdown,
@@ -118,6 +126,7 @@ impl CloseReason {
             CloseReason::IdleTimeout => "idle_timeout",
             CloseReason::Evicted => "evicted",
             CloseReason::Preempted => "preempted",
+            CloseReason::GivenBack => "given_back",
             CloseReason::Broken => "broken",
             CloseReason::Shutdown => "shutdown",
         }
@@ -181,6 +190,8 @@ struct Session {
     commands: u32,
     last_used: Instant,
     close_reason: Option<CloseReason>,
+    /// When its close was asked for (to learn what a close costs).
+    closing_since: Option<Instant>,
 }
 
 type LaneKey = (TenantIdx, Option<AdminIdx>);
@@ -191,10 +202,10 @@ struct Lane {
     queues: [VecDeque<Job>; 2],
     /// Since when the lane has had ready work, no session and no way to open one.
     blocked_since: Option<Instant>,
-    /// The session being closed (evicted or preempted) to make room for this lane: the lane
-    /// has first claim on the freed slot.
-    room_from: Option<SessionId>,
-    /// Set for one plan after the slot made for this lane was freed.
+    /// Sessions being closed (evicted or preempted) to make room for this lane: the lane has
+    /// first claim on the freed slots.
+    room_from: Vec<SessionId>,
+    /// Set for one plan after a slot made for this lane was freed.
     claim: bool,
     last_error: Option<(FaultClass, String)>,
 }
@@ -245,11 +256,12 @@ struct Lowered {
     until: Instant,
 }
 
-/// Exponentially weighted estimates of how long opens and commands take.
+/// Exponentially weighted estimates of how long opens, commands and closes take (seconds).
 #[derive(Debug, Clone, Copy)]
 struct Estimates {
     open: f64,
     command: f64,
+    close: f64,
 }
 
 impl Estimates {
@@ -335,7 +347,7 @@ impl Scheduler {
             admin_retry_at: vec![None; na],
             admin_failures: vec![0; na],
             // Conservative starting guesses; replaced by observations within a few samples.
-            estimates: Estimates { open: 2.0, command: 0.5 },
+            estimates: Estimates { open: 2.0, command: 0.5, close: 0.2 },
             queued: [0, 0],
             next_sweep: None,
             shutting_down: false,
@@ -432,17 +444,19 @@ impl Scheduler {
                 self.remove_session(id);
             }
             AfterCommand::Close => {
-                if let Some(s) = self.sessions.get_mut(&id) {
-                    s.state = SessionState::Closing;
-                    s.close_reason = Some(CloseReason::Broken);
+                // The driver closes it itself; only the bookkeeping is done here.
+                if self.sessions.contains_key(&id) {
+                    self.begin_close(id, CloseReason::Broken, now);
                 }
             }
         }
     }
 
     /// The session's close finished (or was abandoned): its slot is free again.
-    pub fn closed(&mut self, id: SessionId) {
-        self.remove_session(id);
+    pub fn closed(&mut self, id: SessionId, now: Instant) {
+        if let Some(since) = self.remove_session(id).and_then(|s| s.closing_since) {
+            Estimates::observe(&mut self.estimates.close, now.saturating_duration_since(since));
+        }
     }
 
     /// Removes queued jobs of a batch; returns their ids (running ones finish on their own).
@@ -474,6 +488,7 @@ impl Scheduler {
         if self.shutting_down {
             return actions;
         }
+        self.give_back_idle(now, &mut actions);
         self.assign_idle(now, &mut actions);
         self.open_for_lanes(now, &mut actions);
         actions
@@ -529,7 +544,8 @@ impl Scheduler {
     }
 
     fn retire_idle(&mut self, now: Instant, actions: &mut Vec<Action>) {
-        for (&id, s) in self.sessions.iter_mut() {
+        let mut retiring = Vec::new();
+        for (&id, s) in &self.sessions {
             if s.state != SessionState::Idle {
                 continue;
             }
@@ -545,12 +561,51 @@ impl Scheduler {
             } else {
                 None
             };
-            if let Some(reason) = reason {
-                s.state = SessionState::Closing;
-                s.close_reason = Some(reason);
-                actions.push(Action::Close { session: id, reason });
+            retiring.extend(reason.map(|r| (id, r)));
+        }
+        for (id, reason) in retiring {
+            actions.push(self.begin_close(id, reason, now));
+        }
+    }
+
+    /// Gives shells back: an admin with no queued work keeps its `warm_sessions_per_admin` most
+    /// recently used idle sessions; the others close once idle for `idle_linger`.
+    fn give_back_idle(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        let linger = self.tuning.idle_linger;
+        let is_idle = |s: &Session| s.state == SessionState::Idle;
+        if !self.sessions.values().any(|s| is_idle(s) && now.saturating_duration_since(s.last_used) >= linger) {
+            return;
+        }
+        let has_work = self.admins_with_queued_work();
+        let mut idle: Vec<(AdminIdx, Instant, SessionId)> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| is_idle(s) && !has_work[s.admin])
+            .map(|(&id, s)| (s.admin, s.last_used, id))
+            .collect();
+        // Per admin, most recently used first: the first ones are the warm reserve.
+        idle.sort_by_key(|&(a, used, id)| (a, std::cmp::Reverse(used), id));
+        let mut kept = vec![0u32; has_work.len()];
+        for (a, used, id) in idle {
+            if kept[a] < self.tuning.warm_sessions_per_admin {
+                kept[a] += 1;
+            } else if now.saturating_duration_since(used) >= linger {
+                actions.push(self.begin_close(id, CloseReason::GivenBack, now));
             }
         }
+    }
+
+    /// For each admin: whether some queued invocation (ready or not) may run on its sessions.
+    fn admins_with_queued_work(&self) -> Vec<bool> {
+        let mut has_work = vec![false; self.topo.admin_caps.len()];
+        for (&(t, pin), lane) in &self.lanes {
+            if lane.len() > 0 {
+                for a in self.candidates(t, pin) {
+                    has_work[a] = true;
+                }
+            }
+        }
+        has_work
     }
 
     /// Gives each idle session the next job of its tenant (affinity), unless a waiting tenant
@@ -562,11 +617,7 @@ impl Scheduler {
             let s = &self.sessions[&id];
             let (a, t) = (s.admin, s.tenant);
             if let Some(lane_key) = self.owed_lane(id, now) {
-                self.lanes.get_mut(&lane_key).expect("owed lane exists").room_from = Some(id);
-                let s = self.sessions.get_mut(&id).expect("idle session exists");
-                s.state = SessionState::Closing;
-                s.close_reason = Some(CloseReason::Preempted);
-                actions.push(Action::Close { session: id, reason: CloseReason::Preempted });
+                actions.push(self.make_room(id, lane_key, CloseReason::Preempted, now));
                 continue;
             }
             // Prefer interactive work, then the older head, across the unpinned and pinned lane.
@@ -594,7 +645,7 @@ impl Scheduler {
             .iter()
             .filter(|(&(t, pin), l)| {
                 t != s.tenant
-                    && l.room_from.is_none()
+                    && l.room_from.is_empty()
                     && l.blocked_since.is_some()
                     && pin.is_none_or(|p| p == s.admin)
                     && self.candidates(t, pin).contains(&s.admin)
@@ -610,16 +661,18 @@ impl Scheduler {
             .map(|(k, _)| *k)
     }
 
-    /// Opens sessions where lanes need them, oldest-waiting lanes with no session first.
+    /// Opens sessions where lanes need them. First pass: a first session for every lane that
+    /// has none (on a free slot, or by evicting an idle session of a tenant without work).
+    /// Second pass, only when no lane is left waiting for its first session: more sessions for
+    /// lanes whose backlog would drain sooner that way, on free slots and then on the slots of
+    /// idle sessions of finished tenants (the tail of a bulk job).
     fn open_for_lanes(&mut self, now: Instant, actions: &mut Vec<Action>) {
         // A claim on a slot lapses once the session closed for it is gone.
-        let live: Vec<SessionId> = self.sessions.keys().copied().collect();
+        let sessions = &self.sessions;
         for lane in self.lanes.values_mut() {
-            let freed = lane.room_from.is_some_and(|id| !live.contains(&id));
-            if freed {
-                lane.room_from = None;
-                lane.claim = true;
-            }
+            let before = lane.room_from.len();
+            lane.room_from.retain(|id| sessions.contains_key(id));
+            lane.claim |= lane.room_from.len() < before;
         }
         let mut order: Vec<(bool, bool, bool, Instant, LaneKey)> = self
             .lanes
@@ -628,58 +681,77 @@ impl Scheduler {
             .map(|(&k, l)| (!l.has_interactive(now), self.serving(k) > 0, !l.claim, l.oldest().unwrap_or(now), k))
             .collect();
         order.sort();
-        let starving = order.iter().filter(|o| !o.1).count();
-        for (_, _, _, _, key) in order {
-            let serving = self.serving(key);
-            let want = self.sessions_wanted(self.lanes[&key].len(), serving, starving);
-            let mut opened = 0;
-            while serving + opened < want {
-                match self.pick_admin(key, now) {
-                    Some(a) => {
-                        actions.push(self.start_open(a, key.0, now));
-                        opened += 1;
-                    }
-                    None => break,
-                }
-            }
-            let lane = self.lanes.get_mut(&key).expect("lane exists");
-            lane.claim = false;
-            if serving + opened > 0 {
-                lane.blocked_since = None;
+        let order: Vec<LaneKey> = order.into_iter().map(|o| o.4).collect();
+
+        let mut waiting = 0;
+        for &key in &order {
+            if self.serving(key) > 0 {
                 continue;
             }
-            if lane.room_from.is_none() {
+            if let Some(a) = self.pick_admin(key, now) {
+                actions.push(self.start_open(a, key.0, now));
+                self.lanes.get_mut(&key).expect("lane exists").blocked_since = None;
+                continue;
+            }
+            if self.lanes[&key].room_from.is_empty() {
                 if let Some(victim) = self.evictable_for(key, now) {
-                    let s = self.sessions.get_mut(&victim).expect("victim exists");
-                    s.state = SessionState::Closing;
-                    s.close_reason = Some(CloseReason::Evicted);
-                    actions.push(Action::Close { session: victim, reason: CloseReason::Evicted });
-                    self.lanes.get_mut(&key).expect("lane exists").room_from = Some(victim);
+                    actions.push(self.make_room(victim, key, CloseReason::Evicted, now));
                     continue;
                 }
+                waiting += 1;
             }
             self.lanes.get_mut(&key).expect("lane exists").blocked_since.get_or_insert(now);
         }
+
+        for &key in &order {
+            let has_session = self.serving(key) > 0;
+            let lane = self.lanes.get_mut(&key).expect("lane exists");
+            lane.claim = false;
+            if has_session {
+                lane.blocked_since = None;
+            } else if lane.room_from.is_empty() {
+                continue;
+            }
+            if waiting > 0 {
+                continue;
+            }
+            while self.another_session_pays(key, false, now) {
+                let Some(a) = self.pick_admin(key, now) else { break };
+                actions.push(self.start_open(a, key.0, now));
+            }
+            while self.another_session_pays(key, true, now) {
+                let Some(victim) = self.evictable_for(key, now) else { break };
+                actions.push(self.make_room(victim, key, CloseReason::Evicted, now));
+            }
+        }
     }
 
-    /// How many sessions a lane should have. One while any lane has none; more only when the
-    /// backlog would take longer to drain on the sessions it has than opening another costs.
-    fn sessions_wanted(&self, backlog: usize, serving: usize, starving: usize) -> usize {
-        if backlog == 0 {
-            return serving;
+    /// Whether one more session for the lane would finish its backlog sooner by a clear margin:
+    /// the backlog's drain time on the sessions it has — counting what opening sessions, and
+    /// sessions being closed to make room for it, still need before they can run anything —
+    /// must exceed 1.5 × what the new session needs first: an open, and when it takes an idle
+    /// session's slot (`switching`), that session's close too. With every session ready this is
+    /// `backlog × cmd / sessions > 1.5 × open`.
+    fn another_session_pays(&self, key: LaneKey, switching: bool, now: Instant) -> bool {
+        let Some(lane) = self.lanes.get(&key) else { return false };
+        let e = self.estimates;
+        let elapsed = |since: Instant| now.saturating_duration_since(since).as_secs_f64();
+        let mut ready: Vec<f64> = self
+            .sessions
+            .values()
+            .filter(|s| serves(s, key) && s.state != SessionState::Closing)
+            .map(|s| if s.state == SessionState::Opening { (e.open - elapsed(s.opened_at)).max(0.0) } else { 0.0 })
+            .collect();
+        ready.extend(lane.room_from.iter().filter_map(|id| self.sessions.get(id)).map(|s| {
+            let closing = s.closing_since.map_or(e.close, |since| (e.close - elapsed(since)).max(0.0));
+            closing + e.open
+        }));
+        let backlog = lane.len();
+        if ready.len() >= backlog {
+            return false;
         }
-        if serving == 0 {
-            return 1;
-        }
-        if starving > 0 {
-            return serving;
-        }
-        let drain = backlog as f64 * self.estimates.command / serving as f64;
-        if drain > self.estimates.open * 1.5 {
-            (serving + 1).min(backlog)
-        } else {
-            serving
-        }
+        let cost = e.open + if switching { e.close } else { 0.0 };
+        drain_time(&mut ready, backlog as f64 * e.command) > 1.5 * cost
     }
 
     /// The least-loaded usable admin with room for one more session of this tenant.
@@ -695,10 +767,13 @@ impl Scheduler {
             .min_by_key(|&a| (self.admin_open[a] * 1000 / self.topo.admin_caps[a].max(1), a))
     }
 
-    /// An idle session (least recently used) whose tenant has no ready work and whose admin
-    /// could then open one for `key`'s tenant.
+    /// An idle session (least recently used) whose tenant has no ready work and whose slot,
+    /// once closed, `key`'s tenant could use: its admin may serve the lane, is not backing off
+    /// and is not over its (possibly lowered) cap, and the tenant stays within its cap counting
+    /// the slots already being freed for it.
     fn evictable_for(&self, (t, pin): LaneKey, now: Instant) -> Option<SessionId> {
-        if self.tenant_open[t] >= self.eff_tenant_cap(t, now) {
+        let incoming: usize = self.tenant_lanes(t).map(|(_, l)| l.room_from.len()).sum();
+        if self.tenant_open[t] as usize + incoming >= self.eff_tenant_cap(t, now) as usize {
             return None;
         }
         let candidates = self.candidates(t, pin);
@@ -706,9 +781,26 @@ impl Scheduler {
             .iter()
             .filter(|(_, s)| s.state == SessionState::Idle && s.tenant != t)
             .filter(|(_, s)| candidates.contains(&s.admin) && self.admin_refusal(s.admin, t).is_none())
+            .filter(|(_, s)| self.admin_open[s.admin] <= self.eff_admin_cap(s.admin, now))
+            .filter(|(_, s)| self.admin_retry_at[s.admin].is_none_or(|r| r <= now))
             .filter(|(_, s)| !self.tenant_lanes(s.tenant).any(|(_, l)| l.has_ready(now)))
             .min_by_key(|(_, s)| s.last_used)
             .map(|(&id, _)| id)
+    }
+
+    /// Closes an idle session so that `key`'s lane gets its slot.
+    fn make_room(&mut self, victim: SessionId, key: LaneKey, reason: CloseReason, now: Instant) -> Action {
+        self.lanes.get_mut(&key).expect("lane exists").room_from.push(victim);
+        self.begin_close(victim, reason, now)
+    }
+
+    /// Marks a session as closing; its slot stays taken until [`Scheduler::closed`].
+    fn begin_close(&mut self, id: SessionId, reason: CloseReason, now: Instant) -> Action {
+        let s = self.sessions.get_mut(&id).expect("session exists");
+        s.state = SessionState::Closing;
+        s.close_reason = Some(reason);
+        s.closing_since = Some(now);
+        Action::Close { session: id, reason }
     }
 
     fn start_open(&mut self, admin: AdminIdx, tenant: TenantIdx, now: Instant) -> Action {
@@ -728,6 +820,7 @@ impl Scheduler {
                 commands: 0,
                 last_used: now,
                 close_reason: None,
+                closing_since: None,
             },
         );
         self.admin_open[admin] += 1;
@@ -786,11 +879,8 @@ impl Scheduler {
         self.admin_blocked[a].as_ref().or_else(|| self.pair_blocked.get(&(a, t)))
     }
 
-    fn serving(&self, (t, pin): LaneKey) -> usize {
-        self.sessions
-            .values()
-            .filter(|s| s.tenant == t && s.state != SessionState::Closing && pin.is_none_or(|p| p == s.admin))
-            .count()
+    fn serving(&self, key: LaneKey) -> usize {
+        self.sessions.values().filter(|s| serves(s, key) && s.state != SessionState::Closing).count()
     }
 
     fn tenant_lanes(&self, t: TenantIdx) -> impl Iterator<Item = (&LaneKey, &Lane)> {
@@ -926,6 +1016,27 @@ impl Scheduler {
         }
         Ok(())
     }
+}
+
+/// Whether a session (in any state) belongs to the sessions that serve a lane.
+fn serves(s: &Session, (t, pin): LaneKey) -> bool {
+    s.tenant == t && pin.is_none_or(|p| p == s.admin)
+}
+
+/// When `work` seconds of commands are done, shared out over sessions that can start at
+/// `ready` (seconds from now), each taking the next command as it becomes free. Infinite
+/// without sessions.
+fn drain_time(ready: &mut [f64], work: f64) -> f64 {
+    ready.sort_by(f64::total_cmp);
+    let mut started = 0.0;
+    for k in 0..ready.len() {
+        started += ready[k];
+        let done = (work + started) / (k + 1) as f64;
+        if ready.get(k + 1).is_none_or(|&next| done <= next) {
+            return done;
+        }
+    }
+    f64::INFINITY
 }
 
 #[cfg(test)]

@@ -73,6 +73,8 @@ fn tuning() -> Tuning {
         fairness_quantum: Duration::from_secs(2),
         backoff_initial: Duration::from_millis(100),
         backoff_max: Duration::from_secs(2),
+        idle_linger: Duration::from_secs(10),
+        warm_sessions_per_admin: 1,
     }
 }
 
@@ -175,13 +177,22 @@ impl Harness {
             Ev::Closed(s) => {
                 let (a, _) = self.sessions[&s];
                 self.h.remote_by_admin[a] -= 1;
-                self.sched.closed(s);
+                self.sched.closed(s, now);
             }
         }
     }
 
     /// Runs until nothing is queued or in flight, or `limit` of virtual time passed.
     fn run_for(&mut self, limit: Duration) {
+        self.run(limit, false);
+    }
+
+    /// Lets `d` of virtual time pass, planning on the driver's 100 ms tick when nothing happens.
+    fn wait(&mut self, d: Duration) {
+        self.run(d, true);
+    }
+
+    fn run(&mut self, limit: Duration, to_the_end: bool) {
         let end = self.h.now + limit;
         loop {
             let actions = self.sched.plan(self.h.now);
@@ -195,6 +206,7 @@ impl Harness {
                     self.deliver(ev);
                 }
                 _ if self.sched.queued() > 0 && self.h.now < end => self.h.now += 50 * MS, // poll tick
+                _ if to_the_end && self.h.now < end => self.h.now = end.min(self.h.now + 100 * MS),
                 _ => break,
             }
         }
@@ -205,23 +217,138 @@ impl Harness {
     }
 }
 
+/// Submits `per_tenant` batch items for each of `tenants` tenants, runs them to the end and
+/// returns the makespan, after checking that every item ran exactly once.
+fn run_bulk(h: &mut Harness, tenants: usize, per_tenant: usize) -> Duration {
+    let ids: Vec<Uuid> =
+        (0..tenants).flat_map(|t| std::iter::repeat_n(t, per_tenant)).map(|t| h.submit(t, Priority::Batch)).collect();
+    h.run_for(Duration::from_secs(600));
+    assert!(ids.iter().all(|id| h.executed.get(id) == Some(&1)), "every job ran exactly once");
+    *h.finished_at.values().max().unwrap() - h.h.start
+}
+
+/// LB = max(Σ_t(open + n·cmd)/C, open + n·cmd/min(tenant cap, C)) for equal tenants.
+fn lower_bound(h: &Harness, tenants: usize, per_tenant: usize, slots: u32, tenant_cap: u32) -> Duration {
+    let work = h.open_cost + h.cmd_cost * per_tenant as u32;
+    (work * tenants as u32 / slots).max(h.open_cost + h.cmd_cost * per_tenant as u32 / tenant_cap.min(slots))
+}
+
 #[test]
 fn bulk_batch_meets_the_lower_bound_and_never_exceeds_caps() {
     let mut h = Harness::new(topology(&[3, 3, 3], 60, 20, |_, _| true));
-    let mut ids = Vec::new();
-    for t in 0..60 {
-        for _ in 0..20 {
-            ids.push(h.submit(t, Priority::Batch));
-        }
-    }
-    h.run_for(Duration::from_secs(600));
-    assert!(ids.iter().all(|id| h.executed.get(id) == Some(&1)), "every job ran exactly once");
-    let last_done = *h.finished_at.values().max().unwrap() - h.h.start;
-    // LB = max(Σ(open + n·cmd)/C, max(open + n·cmd/min(20, C))) = 60·600 ms / 9.
-    let lb = Duration::from_millis(60 * 600 / 9);
-    let ratio = last_done.as_secs_f64() / lb.as_secs_f64();
-    assert!(ratio <= 1.10, "makespan {last_done:?} is {ratio:.3} × LB {lb:?}");
+    let makespan = run_bulk(&mut h, 60, 20);
+    // 60 · 600 ms / 9 = 4000 ms.
+    let lb = lower_bound(&h, 60, 20, 9, 20);
+    let ratio = makespan.as_secs_f64() / lb.as_secs_f64();
+    eprintln!("makespan {makespan:?} is {ratio:.3} × LB {lb:?}, opens {}", h.opens);
+    assert!(ratio <= 1.10, "makespan {makespan:?} is {ratio:.3} × LB {lb:?}");
     assert!(h.opens <= 66, "opened {} sessions for 60 tenants", h.opens);
+}
+
+/// Exchange Online-like latencies: 20 tenants × 20 cmdlets on 9 slots leave two tenants for the
+/// last wave. Their work must spread over the slots that finished tenants leave idle.
+#[test]
+fn the_tail_of_a_bulk_job_spreads_over_every_free_slot() {
+    let mut h = Harness::new(topology(&[3, 3, 3], 20, 20, |_, _| true));
+    (h.open_cost, h.cmd_cost, h.close_cost) = (3000 * MS, 300 * MS, 100 * MS);
+    // The default quantum: a whole tenant (9 s) is well within it.
+    h.sched.tuning.fairness_quantum = Duration::from_secs(30);
+    let makespan = run_bulk(&mut h, 20, 20);
+    let lb = lower_bound(&h, 20, 20, 9, 20);
+    // The careful script: 9 workers, each opens, runs a tenant's 20 cmdlets and closes; 20
+    // tenants make three rounds.
+    let careful = (h.open_cost + h.cmd_cost * 20 + h.close_cost) * 3;
+    let ratio = makespan.as_secs_f64() / lb.as_secs_f64();
+    eprintln!("makespan {makespan:?} is {ratio:.3} × LB {lb:?}, careful {careful:?}, opens {}", h.opens);
+    assert!(careful.as_secs_f64() / makespan.as_secs_f64() >= 1.15, "makespan {makespan:?} vs careful {careful:?}");
+    assert!(ratio <= 1.15, "makespan {makespan:?} is {ratio:.3} × LB {lb:?}");
+    assert_eq!(h.closes.iter().filter(|&&r| r == CloseReason::Evicted).count() as u32, h.opens - 9);
+}
+
+/// Nine tenants leave one idle session each on every slot; then one tenant brings a backlog.
+fn nine_idle_sessions_then_one_backlog(tenant_cap: u32, backlog: usize) -> Harness {
+    let mut topo = topology(&[3, 3, 3], 10, 20, |_, _| true);
+    topo.tenant_caps[9] = tenant_cap;
+    let mut h = Harness::new(topo);
+    run_bulk(&mut h, 9, 1);
+    assert_eq!(h.sched.snapshot(h.h.now).sessions.len(), 9);
+    // What a few minutes of traffic would have taught it.
+    h.sched.estimates = Estimates { open: 0.2, command: 0.02, close: 0.01 };
+    for _ in 0..backlog {
+        h.submit(9, Priority::Batch);
+    }
+    h
+}
+
+#[test]
+fn idle_sessions_of_finished_tenants_become_more_sessions_up_to_the_tenant_cap() {
+    let mut h = nine_idle_sessions_then_one_backlog(4, 400);
+    let mut most = 0;
+    while h.sched.queued() > 0 {
+        h.run_for(50 * MS);
+        most = most.max(h.sched.snapshot(h.h.now).tenants[9].open);
+    }
+    h.run_for(Duration::from_secs(10));
+    assert_eq!(most, 4, "the backlog (8 s on one session) takes every slot its cap allows");
+    assert_eq!(h.closes.iter().filter(|&&r| r == CloseReason::Evicted).count(), 4);
+    // 400 × 20 ms over 4 sessions, after one close and one open.
+    assert!(h.elapsed() < Duration::from_millis(2_000 + 210 + 300), "took {:?}", h.elapsed());
+}
+
+#[test]
+fn a_short_backlog_keeps_one_session_and_leaves_the_others_warm() {
+    // The first session runs after a close and an open (210 ms), then 4 × 20 ms: 290 ms from
+    // now, less than 1.5 × (close + open) = 315 ms for a second one.
+    let mut h = nine_idle_sessions_then_one_backlog(20, 4);
+    h.run_for(Duration::from_secs(10));
+    assert_eq!(h.opens, 10, "one open for the new tenant");
+    assert_eq!(h.closes, vec![CloseReason::Evicted]);
+}
+
+#[test]
+fn idle_sessions_beyond_the_warm_reserve_are_given_back_after_the_linger() {
+    let mut h = Harness::new(topology(&[3, 3, 3], 9, 20, |_, _| true));
+    run_bulk(&mut h, 9, 20);
+    let open = |h: &Harness| h.sched.snapshot(h.h.now).admins.iter().map(|a| a.open).collect::<Vec<_>>();
+    assert_eq!(open(&h), [3, 3, 3]);
+    // Tenant 4's session is used again just before the linger ends: it is the warmest.
+    h.wait(Duration::from_secs(9));
+    let warm = h.submit(4, Priority::Batch);
+    h.run_for(Duration::from_secs(1));
+    assert_eq!(h.executed.get(&warm), Some(&1));
+    assert_eq!(open(&h), [3, 3, 3], "nothing closes within the linger");
+    h.wait(Duration::from_secs(2));
+    assert_eq!(open(&h), [1, 1, 1], "one warm session per admin stays");
+    assert_eq!(h.closes, vec![CloseReason::GivenBack; 6]);
+    let kept: Vec<TenantIdx> = h.sched.snapshot(h.h.now).sessions.iter().map(|s| s.tenant).collect();
+    assert!(kept.contains(&4), "the most recently used session is kept: {kept:?}");
+    // A call for that tenant now costs no open.
+    let opens = h.opens;
+    let id = h.submit(4, Priority::Interactive);
+    h.run_for(Duration::from_secs(1));
+    assert_eq!((h.executed.get(&id), h.opens), (Some(&1), opens));
+    // The profile's idle timeout still ends the reserve.
+    h.wait(Duration::from_secs(301));
+    assert_eq!(open(&h), [0, 0, 0]);
+    assert_eq!(h.closes.iter().filter(|&&r| r == CloseReason::IdleTimeout).count(), 3);
+}
+
+#[test]
+fn an_admin_with_queued_work_keeps_its_idle_sessions_for_it() {
+    // Admin 0 serves tenants 0-2, admin 1 tenant 3 only. Tenant 3 has a long backlog: admin 1's
+    // sessions stay (busy); admin 0 gives back what its finished tenants left.
+    let mut h = Harness::new(topology(&[3, 3], 4, 20, |a, t| (a == 0) == (t < 3)));
+    for t in 0..3 {
+        h.submit(t, Priority::Batch);
+    }
+    for _ in 0..3000 {
+        h.submit(3, Priority::Batch);
+    }
+    h.run_for(Duration::from_secs(1));
+    h.wait(Duration::from_secs(11));
+    let snap = h.sched.snapshot(h.h.now);
+    assert_eq!((snap.admins[0].open, snap.admins[1].open), (1, 3));
+    assert!(h.sched.queued() > 0, "admin 1 still has work");
 }
 
 #[test]
@@ -387,6 +514,9 @@ proptest::proptest! {
         });
         let ids: Vec<Uuid> = jobs.iter().map(|&(t, i)| h.submit(t % tenants, if i { Priority::Interactive } else { Priority::Batch })).collect();
         h.run_for(Duration::from_secs(600));
+        // Once nothing is queued, every admin is down to its warm reserve after the linger.
+        h.wait(Duration::from_secs(11));
+        proptest::prop_assert!(h.sched.snapshot(h.h.now).admins.iter().all(|a| a.open <= 1));
         let mut seen = HashSet::new();
         for id in &ids {
             let ran = h.executed.get(id).copied().unwrap_or(0);
