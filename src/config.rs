@@ -327,6 +327,13 @@ pub struct ProfileConfig {
     pub max_page_size: u32,
     /// exo_rest: bulk work may travel as `$batch` requests of up to ten cmdlets per tenant.
     pub batch: bool,
+    /// exo_rest: the most calls in flight one admin identity makes (a session here is one call
+    /// at a time, so this caps the admin's sessions on this profile's tenants together with its
+    /// own `cap`, the smaller winning). Exchange Online allows 3 per identity.
+    pub calls_per_admin: u32,
+    /// exo_rest: the most calls in flight in one tenant of this profile (with the tenant's `cap`,
+    /// the smaller winning). Exchange Online allows 20 per tenant (across identities).
+    pub calls_per_tenant: u32,
 }
 
 impl Default for ProfileConfig {
@@ -352,6 +359,8 @@ impl Default for ProfileConfig {
             base_url: None,
             max_page_size: 1000,
             batch: false,
+            calls_per_admin: 3,
+            calls_per_tenant: 20,
         }
     }
 }
@@ -369,6 +378,9 @@ impl ProfileConfig {
     fn validate_rest(&self) -> Result<(), String> {
         if self.max_page_size == 0 {
             return Err("max_page_size must be at least 1".into());
+        }
+        if self.calls_per_admin == 0 || self.calls_per_tenant == 0 {
+            return Err("calls_per_admin and calls_per_tenant must be at least 1".into());
         }
         let base = self.rest_base_url();
         if base.contains("{simulator}") {

@@ -33,6 +33,9 @@ pub struct InvocationView {
     /// The token that submitted it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
+    /// The `client-request-id` of the last REST call made for it (Exchange Online), for support.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
     pub timing: Timing,
 }
 
@@ -85,6 +88,7 @@ impl From<InvocationRecord> for InvocationView {
             admin: r.admin_used.or(s.admin),
             session_id: r.session_id,
             owner: r.owner,
+            request_id: r.request_id,
             timing: Timing {
                 created_at: rfc3339(s.created_at),
                 started_at: r.started_at.map(rfc3339),

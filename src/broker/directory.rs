@@ -1,6 +1,6 @@
 //! The broker's view of who may act where: admins, tenants and endpoint profiles by index.
 
-use crate::config::{Config, CredentialRef, ProfileConfig};
+use crate::config::{Config, CredentialRef, ProfileConfig, ProfileKind};
 use crate::identity::{TokenSource, TokenSources};
 use crate::remote::{Connector, SessionTarget};
 use secrecy::SecretString;
@@ -42,6 +42,16 @@ pub struct Directory {
     admins_by_tenant: Vec<Vec<AdminIdx>>,
 }
 
+impl Profile {
+    /// A limit of calls in flight the profile sets (REST profiles only; no limit otherwise).
+    fn calls_cap(&self, limit: impl Fn(&ProfileConfig) -> u32) -> u32 {
+        match self.config.kind {
+            ProfileKind::ExoRest => limit(&self.config),
+            _ => u32::MAX,
+        }
+    }
+}
+
 impl Directory {
     /// Builds the directory of a configuration without OAuth identities; `connector_for`
     /// supplies the connector of each profile.
@@ -67,10 +77,10 @@ impl Directory {
         let tenants: Vec<Tenant> = config
             .tenants
             .iter()
-            .map(|t| Tenant {
-                domain: t.domain.to_ascii_lowercase(),
-                cap: t.cap,
-                profile: profiles[&t.profile].clone(),
+            .map(|t| {
+                let profile: Arc<Profile> = profiles[&t.profile].clone();
+                let cap = t.cap.min(profile.calls_cap(|p| p.calls_per_tenant));
+                Tenant { domain: t.domain.to_ascii_lowercase(), cap, profile }
             })
             .collect();
         let tenant_by_domain: HashMap<_, _> = tenants.iter().enumerate().map(|(i, t)| (t.domain.clone(), i)).collect();
@@ -96,12 +106,21 @@ impl Directory {
             } else {
                 Some(a.tenants.iter().map(|d| tenant_by_domain[&d.to_ascii_lowercase()]).collect())
             };
+            // Over REST a session is one call in flight: the profile's limit per identity caps
+            // the admin as soon as it may serve a tenant of that profile.
+            let rest_cap = tenants
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| allowed.as_ref().is_none_or(|ts: &Vec<usize>| ts.contains(i)))
+                .map(|(_, t)| t.profile.calls_cap(|p| p.calls_per_admin))
+                .min()
+                .unwrap_or(u32::MAX);
             admins.push(Admin {
                 name: a.name.clone(),
                 upn: a.upn.clone(),
                 credential,
                 tokens: admin_tokens,
-                cap: a.cap,
+                cap: a.cap.min(rest_cap),
                 tenants: allowed,
             });
         }

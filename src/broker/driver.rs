@@ -180,6 +180,9 @@ impl Driver {
                         self.sched.requeue(job, not_before);
                     }
                 }
+                if let Some((class, retry_after)) = report.fault {
+                    self.sched.command_failed(session, class, retry_after, now);
+                }
                 if report.after == super::scheduler::AfterCommand::Gone {
                     self.drop_live(session);
                 }

@@ -6,7 +6,8 @@
 //! - for an **invocation** whose command failed: run it again, or end it ([`may_run_again`]);
 //! - for the **session** that ran it: keep it, drop it, or close it ([`session_after`]);
 //! - for the **pool**, when opening a session failed: whom to leave alone, which cap to lower,
-//!   how to back off ([`after_open_failure`]).
+//!   how to back off ([`after_open_failure`]); and when the service pushed back on a command
+//!   (429/503): whose calls in flight to lower for a cool-down ([`after_command_failure`]).
 //!
 //! docs/errors.md renders this table for callers; the test below pins it.
 
@@ -103,6 +104,10 @@ pub enum PoolEffect {
     /// Transient (identity service down, connection lost, 503, throttled): back the admin off,
     /// at least as long as the service asked.
     BackOff,
+    /// The service pushed back on a call the admin made (429, or 503 with `Retry-After`): the
+    /// admin's effective cap (its calls in flight) drops to one less than it holds, never below
+    /// one, for the quota cool-down (longer if the service asked); idle sessions over it close.
+    EaseOffAdmin,
 }
 
 pub fn after_open_failure(class: FaultClass) -> PoolEffect {
@@ -117,6 +122,18 @@ pub fn after_open_failure(class: FaultClass) -> PoolEffect {
         TenantPermissionDenied | ConsentRequired => PoolEffect::BlockPair,
         _ if policy(class) == RetryPolicy::Fail => PoolEffect::BlockPair,
         _ => PoolEffect::BackOff,
+    }
+}
+
+/// What the pool does when a command failed with a class on a live session (besides what
+/// becomes of the invocation and the session): only a push-back from the service changes it.
+/// The admin is eased off rather than the tenant, since the service's budgets are per identity
+/// (calls in flight per user or application) first.
+pub fn after_command_failure(class: FaultClass) -> Option<PoolEffect> {
+    use FaultClass::*;
+    match class {
+        Throttled | ServiceUnavailable => Some(PoolEffect::EaseOffAdmin),
+        _ => None,
     }
 }
 
@@ -164,6 +181,8 @@ mod tests {
             assert_eq!(may_run_again(class, false), write, "write after {class}");
             assert_eq!(session_after(class), session, "session after {class}");
             assert_eq!(after_open_failure(class), pool, "failed open with {class}");
+            let eased = matches!(class, Throttled | ServiceUnavailable).then_some(EaseOffAdmin);
+            assert_eq!(after_command_failure(class), eased, "failed command with {class}");
         }
     }
 

@@ -15,6 +15,9 @@ pub struct RunReport {
     pub after: AfterCommand,
     pub ran_for: Option<Duration>,
     pub requeue: Option<Job>,
+    /// The command failed with this class (and the service's `Retry-After`, if it gave one):
+    /// the scheduler applies what it means for the pool.
+    pub fault: Option<(FaultClass, Option<Duration>)>,
 }
 
 pub async fn run(
@@ -60,18 +63,31 @@ pub async fn run(
         .observe(job.enqueued_at.elapsed().as_secs_f64());
     let ran_for = started.elapsed();
     shared.metrics.run_seconds.with_label_values(&[job.priority.as_str()]).observe(ran_for.as_secs_f64());
+    log_request_id(&job, attempt, &result);
     match result {
         Ok(output) => {
             // The session is free now: the result is written while it takes its next command.
             let outcome = succeeded_or_cmdlet_error(output);
             let writer = shared.clone();
             shared.writes.spawn(async move { writer.finish(&job, outcome).await });
-            RunReport { after: AfterCommand::Keep, ran_for: Some(ran_for), requeue: None }
+            RunReport { after: AfterCommand::Keep, ran_for: Some(ran_for), requeue: None, fault: None }
         }
         Err(e) => {
             shared.metrics.remote_faults.with_label_values(&[e.class.code()]).inc();
             on_failure(&shared, job, attempt, e, ran_for).await
         }
+    }
+}
+
+/// A REST connector names each call with a `client-request-id`: logged here with the invocation
+/// id, since that pair is what ties a caller's complaint to Microsoft's own logs.
+fn log_request_id(job: &Job, attempt: u32, result: &Result<CommandOutput, RemoteError>) {
+    let (request_id, outcome) = match result {
+        Ok(output) => (output.request_id.as_deref(), "answered"),
+        Err(e) => (e.request_id.as_deref(), e.class.code()),
+    };
+    if let Some(request_id) = request_id {
+        tracing::info!(invocation = %job.id, request_id, attempt, cmdlet = %job.spec.cmdlet, outcome, "REST call");
     }
 }
 
@@ -82,9 +98,9 @@ fn unclaimed(mut job: Job, claimed: Result<bool, crate::store::StoreError>) -> R
         Err(e) => {
             tracing::error!(invocation = %job.id, error = %e, "cannot mark invocation running; leaving it queued");
             job.not_before = Some(Instant::now() + Duration::from_secs(1));
-            RunReport { after: AfterCommand::Keep, ran_for: None, requeue: Some(job) }
+            RunReport { after: AfterCommand::Keep, ran_for: None, requeue: Some(job), fault: None }
         }
-        _ => RunReport { after: AfterCommand::Keep, ran_for: None, requeue: None },
+        _ => RunReport { after: AfterCommand::Keep, ran_for: None, requeue: None, fault: None },
     }
 }
 
@@ -93,6 +109,7 @@ fn succeeded_or_cmdlet_error(output: CommandOutput) -> Outcome {
     let objects = Json::Array(output.objects.iter().map(|o| o.to_json()).collect());
     let errors = serde_json::to_value(&output.errors).unwrap_or(Json::Null);
     let warnings = Json::from(output.warnings);
+    let request_id = output.request_id;
     match output.errors.first() {
         None => Outcome {
             status: Status::Succeeded,
@@ -101,6 +118,7 @@ fn succeeded_or_cmdlet_error(output: CommandOutput) -> Outcome {
             warnings,
             error_code: None,
             error_message: None,
+            request_id,
         },
         Some(first) => Outcome {
             status: Status::Failed,
@@ -109,6 +127,7 @@ fn succeeded_or_cmdlet_error(output: CommandOutput) -> Outcome {
             error_message: Some(first.message.clone()),
             errors,
             warnings,
+            request_id,
         },
     }
 }
@@ -116,6 +135,7 @@ fn succeeded_or_cmdlet_error(output: CommandOutput) -> Outcome {
 async fn on_failure(shared: &Shared, mut job: Job, attempt: u32, e: RemoteError, ran_for: Duration) -> RunReport {
     let max_attempts = shared.tuning.max_attempts;
     let after = session_after(e.class);
+    let fault = Some((e.class, e.retry_after));
     let retry = may_run_again(e.class, job.idempotent);
     if retry && attempt < max_attempts {
         job.attempts = attempt;
@@ -125,14 +145,15 @@ async fn on_failure(shared: &Shared, mut job: Job, attempt: u32, e: RemoteError,
         if let Err(err) = shared.store.mark_queued(job.id).await {
             tracing::error!(invocation = %job.id, error = %err, "cannot requeue invocation");
         }
-        return RunReport { after, ran_for: Some(ran_for), requeue: Some(job) };
+        return RunReport { after, ran_for: Some(ran_for), requeue: Some(job), fault };
     }
     let mut outcome = Outcome::failed(e.class.code(), failure_message(&e, retry, attempt));
     if let Some(record) = &e.record {
         outcome.errors = serde_json::to_value(vec![record]).unwrap_or(Json::Null);
     }
+    outcome.request_id = e.request_id.clone();
     shared.finish(&job, outcome).await;
-    RunReport { after, ran_for: Some(ran_for), requeue: None }
+    RunReport { after, ran_for: Some(ran_for), requeue: None, fault }
 }
 
 /// The longest a retry waits for the service's own "come back in N seconds".

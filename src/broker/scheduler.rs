@@ -6,7 +6,7 @@
 //! even briefly") checkable by unit tests with virtual time. docs/scheduler.md explains the policy.
 
 use super::directory::{AdminIdx, TenantIdx};
-use super::failure::{after_open_failure, PoolEffect};
+use super::failure::{after_command_failure, after_open_failure, PoolEffect};
 use crate::remote::{FaultClass, PsValue};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -113,6 +113,9 @@ pub enum CloseReason {
     /// Idle past the linger while its admin had no queued work: the account's quota goes back
     /// to people and other tools.
     GivenBack,
+    /// Idle while its admin's calls in flight were eased off after the service pushed back
+    /// (429/503): the admin holds more sessions than its lowered cap.
+    EasedOff,
     /// The session failed under a command and may be in any state.
     Broken,
     Shutdown,
@@ -127,6 +130,7 @@ impl CloseReason {
             CloseReason::Evicted => "evicted",
             CloseReason::Preempted => "preempted",
             CloseReason::GivenBack => "given_back",
+            CloseReason::EasedOff => "eased_off",
             CloseReason::Broken => "broken",
             CloseReason::Shutdown => "shutdown",
         }
@@ -421,10 +425,39 @@ impl Scheduler {
                 let wait = self.backoff(self.admin_failures[a]).max(asked);
                 self.admin_retry_at[a] = Some(now + wait);
             }
+            PoolEffect::EaseOffAdmin => self.ease_off(a, retry_after, now),
         }
         for (_, lane) in self.lanes.range_mut((t, None)..=(t, Some(usize::MAX))) {
             lane.last_error = Some((class, message.to_string()));
         }
+    }
+
+    /// A command on `id` failed with `class` (call before [`Scheduler::command_finished`]):
+    /// applies what the class means for the pool, if anything (see `failure::after_command_failure`).
+    pub fn command_failed(&mut self, id: SessionId, class: FaultClass, retry_after: Option<Duration>, now: Instant) {
+        let Some(a) = self.sessions.get(&id).map(|s| s.admin) else { return };
+        match after_command_failure(class) {
+            Some(PoolEffect::EaseOffAdmin) => self.ease_off(a, retry_after, now),
+            Some(other) => tracing::debug!(?other, %class, "no command-level handling for this pool effect"),
+            None => {}
+        }
+    }
+
+    /// Lowers the admin's calls in flight to one less than its live sessions (never below one)
+    /// for the quota cool-down, or as long as the service asked if that is longer. Idle sessions
+    /// over the lowered cap close at the next plan ([`CloseReason::EasedOff`]).
+    fn ease_off(&mut self, a: AdminIdx, retry_after: Option<Duration>, now: Instant) {
+        let live = self.live_sessions(a);
+        let cap = live.saturating_sub(1).max(1).min(self.eff_admin_cap(a, now));
+        let asked = retry_after.unwrap_or_default().min(MAX_RETRY_AFTER);
+        let until = now + self.tuning.quota_cooldown.max(asked);
+        let until = self.admin_lowered[a].filter(|l| l.until > now).map_or(until, |l| l.until.max(until));
+        self.admin_lowered[a] = Some(Lowered { cap, until });
+    }
+
+    /// The admin's sessions that are not closing.
+    fn live_sessions(&self, a: AdminIdx) -> u32 {
+        self.sessions.values().filter(|s| s.admin == a && s.state != SessionState::Closing).count() as u32
     }
 
     /// A command finished (whatever its outcome) on `id`.
@@ -565,6 +598,36 @@ impl Scheduler {
         }
         for (id, reason) in retiring {
             actions.push(self.begin_close(id, reason, now));
+        }
+        self.close_over_lowered_caps(now, actions);
+    }
+
+    /// An admin eased off after a push-back holds more live sessions than its lowered cap:
+    /// idle ones close (least recently used first) until it does not, so fewer calls are in
+    /// flight. (After a quota fault the cap is what the admin holds: nothing closes.)
+    fn close_over_lowered_caps(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        for a in 0..self.admin_lowered.len() {
+            if self.admin_lowered[a].is_none_or(|l| l.until <= now) {
+                continue;
+            }
+            let mut excess = self.live_sessions(a).saturating_sub(self.eff_admin_cap(a, now));
+            if excess == 0 {
+                continue;
+            }
+            let mut idle: Vec<(Instant, SessionId)> = self
+                .sessions
+                .iter()
+                .filter(|(_, s)| s.admin == a && s.state == SessionState::Idle)
+                .map(|(&id, s)| (s.last_used, id))
+                .collect();
+            idle.sort();
+            for (_, id) in idle {
+                if excess == 0 {
+                    break;
+                }
+                actions.push(self.begin_close(id, CloseReason::EasedOff, now));
+                excess -= 1;
+            }
         }
     }
 

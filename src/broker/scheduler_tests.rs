@@ -526,3 +526,58 @@ proptest::proptest! {
         }
     }
 }
+
+/// A push-back from the service (429) on a command eases the admin off: its calls in flight
+/// drop to one less than it held for the cool-down (idle sessions over it close as `eased_off`),
+/// and the cap comes back afterwards. The work itself waits; it does not fail.
+#[test]
+fn a_throttled_command_eases_the_admin_off_for_the_cooldown() {
+    let h = Harness::new(topology(&[3], 1, 20, |_, _| true));
+    let jobs: Vec<Job> = (0..30).map(|_| h.job(0, Priority::Batch)).collect();
+    let (mut sched, mut now) = (h.sched, h.h.now);
+    for job in jobs {
+        sched.submit(job);
+    }
+    let mut opened = Vec::new();
+    // Opens are paid for only while the backlog makes them worth it: let them come.
+    for _ in 0..5 {
+        for action in sched.plan(now) {
+            if let Action::Open { session, .. } = action {
+                opened.push(session);
+            }
+        }
+        for &s in &opened {
+            sched.open_succeeded(s, now);
+        }
+        now += 10 * MS;
+    }
+    let running: Vec<SessionId> = sched
+        .plan(now)
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::Run { session, .. } => Some(session),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sched.snapshot(now).admins[0].open, 3, "three sessions open: {opened:?}, running {running:?}");
+    let throttled = running[0];
+    sched.command_failed(throttled, FaultClass::Throttled, Some(Duration::from_secs(1)), now);
+    assert_eq!(sched.snapshot(now).admins[0].effective_cap, 2, "one call fewer in flight");
+    for &s in &running {
+        sched.command_finished(s, AfterCommand::Keep, Some(20 * MS), now);
+    }
+    let closes: Vec<CloseReason> = sched
+        .plan(now)
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::Close { reason, .. } => Some(reason),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(closes, vec![CloseReason::EasedOff], "one idle session over the lowered cap closes");
+    // The quota cool-down (5 s here) outlasts the service's 1 s: the cap is back after it.
+    assert_eq!(sched.snapshot(now + Duration::from_secs(4)).admins[0].effective_cap, 2);
+    assert_eq!(sched.snapshot(now + Duration::from_secs(6)).admins[0].effective_cap, 3);
+    // Nothing failed: the queued work is still there.
+    assert!(sched.snapshot(now).queued_batch + sched.snapshot(now).queued_interactive > 0);
+}

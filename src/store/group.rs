@@ -49,6 +49,7 @@ pub(super) struct Finish {
     pub warnings: String,
     pub error_code: Option<String>,
     pub error_message: Option<String>,
+    pub request_id: Option<String>,
 }
 
 impl Finish {
@@ -62,6 +63,7 @@ impl Finish {
             warnings: outcome.warnings.to_string(),
             error_code: outcome.error_code.clone(),
             error_message: outcome.error_message.clone(),
+            request_id: outcome.request_id.clone(),
         }
     }
 }
@@ -241,7 +243,8 @@ async fn apply(conn: &mut SqliteConnection, ops: &[Op]) -> Result<Vec<Answer>, S
     if !finishes.candidates.is_empty() {
         let mut qb = QueryBuilder::new(
             "UPDATE invocations SET status = v.column2, finished_at = v.column3, output = v.column4, \
-             errors = v.column5, warnings = v.column6, error_code = v.column7, error_message = v.column8 FROM (",
+             errors = v.column5, warnings = v.column6, error_code = v.column7, error_message = v.column8, \
+             request_id = v.column9 FROM (",
         );
         values(&mut qb, &finishes.candidates, |b, op| {
             if let Op::Finish(f) = op {
@@ -252,7 +255,8 @@ async fn apply(conn: &mut SqliteConnection, ops: &[Op]) -> Result<Vec<Answer>, S
                     .push_bind(f.errors.clone())
                     .push_bind(f.warnings.clone())
                     .push_bind(f.error_code.clone())
-                    .push_bind(f.error_message.clone());
+                    .push_bind(f.error_message.clone())
+                    .push_bind(f.request_id.clone());
             }
         });
         qb.push(") AS v WHERE invocations.id = v.column1 AND invocations.status IN ('queued', 'running') RETURNING id");

@@ -122,6 +122,8 @@ pub struct InvocationRecord {
     pub warnings: Json,
     pub error_code: Option<String>,
     pub error_message: Option<String>,
+    /// The `client-request-id` of the last call to a REST service (see migration 0007).
+    pub request_id: Option<String>,
 }
 
 /// How an invocation ended.
@@ -133,6 +135,8 @@ pub struct Outcome {
     pub warnings: Json,
     pub error_code: Option<String>,
     pub error_message: Option<String>,
+    /// The `client-request-id` the service saw (REST connectors), for support cases.
+    pub request_id: Option<String>,
 }
 
 impl Outcome {
@@ -144,6 +148,7 @@ impl Outcome {
             warnings: Json::Array(vec![]),
             error_code: Some(code.to_string()),
             error_message: Some(message.into()),
+            request_id: None,
         }
     }
 }
@@ -201,7 +206,7 @@ pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-const COLUMNS: &str = "id, batch_id, seq, idempotency_key, tenant, admin, cmdlet, parameters, priority, idempotent, status, attempts, created_at, deadline_at, started_at, finished_at, session_id, admin_used, output, errors, warnings, error_code, error_message, owner, redacted";
+const COLUMNS: &str = "id, batch_id, seq, idempotency_key, tenant, admin, cmdlet, parameters, priority, idempotent, status, attempts, created_at, deadline_at, started_at, finished_at, session_id, admin_used, output, errors, warnings, error_code, error_message, owner, redacted, request_id";
 
 /// SQLite allows one writer at a time. Writes go through a single connection, so concurrent
 /// writers queue in-process instead of sleeping in SQLite's busy handler (which costs whole
@@ -546,6 +551,7 @@ fn record(row: &sqlx::sqlite::SqliteRow) -> Result<InvocationRecord, StoreError>
         warnings: json_col(row, "warnings")?,
         error_code: row.try_get("error_code")?,
         error_message: row.try_get("error_message")?,
+        request_id: row.try_get("request_id")?,
     })
 }
 
@@ -609,6 +615,7 @@ pub(crate) mod tests {
             warnings: json!([]),
             error_code: None,
             error_message: None,
+            request_id: Some("0d6f9c1e-request".into()),
         };
         assert!(store.finish(first.accepted.id, &outcome).await.unwrap());
         assert!(!store.finish(first.accepted.id, &Outcome::failed("x", "y")).await.unwrap(), "final stays final");
@@ -616,6 +623,7 @@ pub(crate) mod tests {
         assert_eq!(r.status, Status::Succeeded);
         assert_eq!(r.output[0]["Name"], "a");
         assert_eq!(r.attempts, 1);
+        assert_eq!(r.request_id.as_deref(), Some("0d6f9c1e-request"), "the request id is kept");
     }
 
     #[tokio::test]
