@@ -1094,6 +1094,8 @@ mod tests {
         let c = Config::demo();
         assert!(!c.admins.is_empty());
         assert!(c.profiles.contains_key("default"));
+        assert_eq!(c.profiles["rest"].kind, ProfileKind::ExoRest, "the demo shows both transports");
+        assert!(c.tenants.iter().any(|t| t.profile == "rest"));
     }
 
     #[test]
@@ -1233,7 +1235,9 @@ mod tests {
             &EMBEDDED_DEMO[tenants..],
         );
         let c = Config::from_toml(&text).unwrap();
-        let oauth: Vec<_> = c.admins.iter().filter_map(|a| a.oauth.as_ref()).collect();
+        // The demo's own REST identity aside, the two commented examples.
+        let oauth: Vec<_> =
+            c.admins.iter().filter(|a| a.name != "exo-demo-app").filter_map(|a| a.oauth.as_ref()).collect();
         assert_eq!(oauth.len(), 2);
         assert_eq!((oauth[0].grant, oauth[1].grant), (OAuthGrant::ClientCredentials, OAuthGrant::RefreshToken));
         assert_eq!(oauth[0].login_url(), "https://login.microsoftonline.com");

@@ -111,7 +111,9 @@ impl Directory {
             let rest_cap = tenants
                 .iter()
                 .enumerate()
-                .filter(|(i, _)| allowed.as_ref().is_none_or(|ts: &Vec<usize>| ts.contains(i)))
+                .filter(|(i, _)| {
+                    admin_tokens.is_some() && allowed.as_ref().is_none_or(|ts: &Vec<usize>| ts.contains(i))
+                })
                 .map(|(_, t)| t.profile.calls_cap(|p| p.calls_per_admin))
                 .min()
                 .unwrap_or(u32::MAX);
@@ -128,6 +130,9 @@ impl Directory {
             .map(|t| {
                 (0..admins.len())
                     .filter(|&a| admins[a].tenants.as_ref().is_none_or(|ts: &Vec<usize>| ts.contains(&t)))
+                    // REST endpoints take bearer tokens only: an admin without an OAuth
+                    // identity cannot serve them (and must not be blocked everywhere trying).
+                    .filter(|&a| tenants[t].profile.config.kind != ProfileKind::ExoRest || admins[a].tokens.is_some())
                     .collect()
             })
             .collect();
