@@ -18,6 +18,7 @@ async fn admin_passwords_appear_nowhere() {
         "[server]\nlisten = \"127.0.0.1:0\"\n[store]\nurl = \"sqlite://{db}\"\n\
          [profiles.default]\nkind = \"wsman\"\nallow_plain_http = true\n\
          connection_uri = \"http://{{simulator}}/powershell-liveid?DelegatedOrg={{tenant}}\"\n\
+         [profiles.rest]\nkind = \"exo_rest\"\nbase_url = \"http://{{simulator}}\"\nallow_plain_http = true\n\
          [simulator]\nopen_latency_ms = 1\ncommand_latency_ms = 1\nclose_latency_ms = 1\n\
          [[simulator.accounts]]\nupn = \"alice@p.onmicrosoft.com\"\npassword = \"{GOOD}\"\n\
          [[simulator.accounts]]\nupn = \"bob@p.onmicrosoft.com\"\npassword = \"not-what-bob-has\"\n\
@@ -79,7 +80,8 @@ fn private_key_lines() -> Vec<String> {
     key.lines().skip(1).filter(|l| l.len() == 64).take(20).map(str::to_string).collect()
 }
 
-/// OAuth identities: a client secret (and a wrong one), a certificate's private key, the key that
+/// OAuth identities, over WinRM (bearer-in-Basic) and over Exchange Online's REST API: a client
+/// secret (and a wrong one), a certificate's private key, the key that
 /// seals refresh tokens, refresh tokens (`psbroker login` while the daemon runs) and access
 /// tokens appear in no log line, API answer, metric or database file.
 #[tokio::test]
@@ -94,6 +96,7 @@ async fn oauth_secrets_and_tokens_appear_nowhere() {
          [identity]\nrefresh_token_key = \"file:{key}\"\n\
          [profiles.default]\nkind = \"wsman\"\nallow_plain_http = true\n\
          connection_uri = \"http://{{simulator}}/powershell-liveid?DelegatedOrg={{tenant}}\"\n\
+         [profiles.rest]\nkind = \"exo_rest\"\nbase_url = \"http://{{simulator}}\"\nallow_plain_http = true\n\
          [simulator]\nlisten = \"127.0.0.1:{port}\"\nopen_latency_ms = 1\ncommand_latency_ms = 1\nclose_latency_ms = 1\n\
          [simulator.identity]\ndevice_code_interval_seconds = 1\n\
          [[simulator.identity.apps]]\nclient_id = \"{APP_ONE}\"\nsecrets = [\"env:APP_ONE_SECRET\"]\n\
@@ -106,7 +109,8 @@ async fn oauth_secrets_and_tokens_appear_nowhere() {
          [admins.oauth]\ngrant = \"client_credentials\"\nclient_id = \"{APP_TWO}\"\ncertificate = \"file:{fixtures}/app.pem\"\nlogin_url = \"{login_url}\"\n\
          [[admins]]\nname = \"partner\"\nupn = \"carol@p.onmicrosoft.com\"\ncredential = \"env:CAROL_PW\"\n\
          [admins.oauth]\ngrant = \"refresh_token\"\nclient_id = \"{APP_ONE}\"\nclient_secret = \"env:APP_ONE_SECRET\"\nlogin_url = \"{login_url}\"\ntenant = \"p.onmicrosoft.com\"\n\
-         [[tenants]]\ndomain = \"contoso.onmicrosoft.com\"\n[[tenants]]\ndomain = \"fabrikam.onmicrosoft.com\"\n",
+         [[tenants]]\ndomain = \"contoso.onmicrosoft.com\"\n[[tenants]]\ndomain = \"fabrikam.onmicrosoft.com\"\n\
+         [[tenants]]\ndomain = \"litware.onmicrosoft.com\"\nprofile = \"rest\"\n",
         db = dir.path().join("psbroker.db").display(),
         key = dir.path().join("rt.key").display(),
         wrong = dir.path().join("wrong.secret").display(),
@@ -151,6 +155,12 @@ async fn oauth_secrets_and_tokens_appear_nowhere() {
         ("by-cert", "contoso.onmicrosoft.com", "succeeded"),
         ("partner", "fabrikam.onmicrosoft.com", "succeeded"),
         ("wrong-secret", "fabrikam.onmicrosoft.com", "invalid_client"),
+        // The same identities over Exchange Online's REST API (bearer tokens on every call). The
+        // wrong secret first: its application's token for the tenant would be shared otherwise.
+        ("wrong-secret", "litware.onmicrosoft.com", "invalid_client"),
+        ("by-secret", "litware.onmicrosoft.com", "succeeded"),
+        ("by-cert", "litware.onmicrosoft.com", "succeeded"),
+        ("partner", "litware.onmicrosoft.com", "succeeded"),
     ] {
         let body = json!({"tenant": tenant, "cmdlet": "Get-Mailbox", "parameters": {"ResultSize": 1}, "admin": admin, "timeout_seconds": 10});
         let answer = client
@@ -174,6 +184,7 @@ async fn oauth_secrets_and_tokens_appear_nowhere() {
 
     let log = log.lock().unwrap().join("\n");
     assert!(log.contains("requesting an access token"), "token requests were logged (at debug):\n{log}");
+    assert!(log.contains("REST call") && log.contains("request_id="), "the REST calls were logged:\n{log}");
     let database = common::database_text(dir.path());
     assert!(database.contains("identity_refresh_tokens"), "the files read are the database");
     let mut secrets: Vec<(&str, String)> = vec![
