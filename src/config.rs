@@ -400,6 +400,15 @@ impl ProfileConfig {
         Duration::from_secs_f64(self.session_max_age_seconds)
     }
 
+    /// Bulk invocations one session call may carry: 10 for an `exo_rest` profile with `batch`
+    /// (Exchange Online's `$batch`), else 1.
+    pub fn cmdlets_per_call(&self) -> usize {
+        match (self.kind, self.batch) {
+            (ProfileKind::ExoRest, true) => 10,
+            _ => 1,
+        }
+    }
+
     pub fn request_timeout(&self) -> Duration {
         match self.request_timeout_seconds {
             Some(s) => Duration::from_secs_f64(s),

@@ -518,3 +518,43 @@ async fn a_certificate_assertion_is_accepted_and_a_wrong_key_is_invalid_client()
     assert_eq!(app.sim().idp_stats().refused.get("AADSTS700027"), Some(&1), "{:?}", app.sim().idp_stats().refused);
     app.stop().await;
 }
+
+/// With `batch = true`, bulk work for one tenant travels as `$batch` requests of up to ten
+/// cmdlets; each invocation is still answered (and identified) on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_work_travels_as_batches_of_ten_when_the_profile_says_so() {
+    let text = config(
+        "batch = true",
+        "command_latency_ms = 5",
+        &app_with_certificate("app", APP, "app.pem"),
+        &[CONTOSO.into()],
+    );
+    let (app, _) = start(&text).await;
+    let items: Vec<Json> = (0..60)
+        .map(|i| {
+            let parameters = if i == 7 { json!({"Identity": "nobody"}) } else { json!({"ResultSize": 1}) };
+            json!({"tenant": CONTOSO, "cmdlet": "Get-Mailbox", "parameters": parameters})
+        })
+        .collect();
+    let batch = app.submit_batch(items).await;
+    app.wait_batch(&batch, Duration::from_secs(60)).await;
+    let results = results(&app, &batch).await;
+    for (i, r) in results.iter().enumerate() {
+        if i == 7 {
+            assert_eq!(status_and_code(r), (Some("failed"), Some("cmdlet_error")), "classified on its own: {r}");
+        } else {
+            assert_eq!(r["status"], "succeeded", "{r}");
+        }
+        assert_eq!(r["request_id"].as_str(), r["id"].as_str(), "each sub-request carries its invocation's id");
+    }
+    let rest = app.sim().rest_stats();
+    let items = rest.calls.iter().filter(|c| c.operation == "BatchItem").count();
+    let singles = rest.calls.iter().filter(|c| c.operation == "InvokeCommand").count();
+    assert_eq!(items + singles, 60, "{rest:?}");
+    assert!(rest.batches >= 6 && rest.batches <= 30, "60 cmdlets in batches of up to ten: {}", rest.batches);
+    assert!(items >= 50, "most went in batches: {items} of 60");
+    // An interactive call does not wait for (or join) a batch.
+    let (_, body) = app.invoke(CONTOSO, "Get-Mailbox", json!({"ResultSize": 1})).await;
+    assert_eq!(body["status"], "succeeded");
+    app.stop().await;
+}

@@ -81,6 +81,7 @@ impl Driver {
                         max_age_jitter_percent: p.max_age_jitter_percent,
                         max_commands: p.max_commands_per_session,
                         idle_timeout: Duration::from_secs(p.idle_timeout_seconds),
+                        batch: p.cmdlets_per_call(),
                     }
                 })
                 .collect(),
@@ -161,7 +162,7 @@ impl Driver {
                 self.sched.open_failed(session, e.class, &e.message, e.retry_after, now);
             }
             Event::CommandDone { session, report } => {
-                if let Some(job) = report.requeue {
+                for job in report.requeue {
                     if job.batch.is_some_and(|b| self.cancelled.contains(&b)) {
                         // Its batch was cancelled while this attempt ran: it does not go back.
                         let shared = self.shared.clone();
@@ -247,11 +248,13 @@ impl Driver {
                     let _ = tx.send(Event::Opened { session, result });
                 });
             }
-            Action::Run { session, job } => {
+            Action::Run { session, job, more } => {
                 let Some(live) = self.live.get(&session) else {
                     // Cannot happen: the scheduler only runs on sessions that opened.
                     tracing::error!(session, "scheduler chose a session the driver does not hold");
-                    self.sched.requeue(job, None);
+                    for job in std::iter::once(job).chain(more) {
+                        self.sched.requeue(job, None);
+                    }
                     return;
                 };
                 let tenant = &dir.tenants[job.tenant];
@@ -260,7 +263,12 @@ impl Driver {
                 let (shared, tx, remote) = (self.shared.clone(), self.tx.clone(), live.remote.clone());
                 let label = format!("s{session}");
                 tokio::spawn(async move {
-                    let report = runner::run(shared, remote, label, admin, job, command_timeout).await;
+                    let report = if more.is_empty() {
+                        runner::run(shared, remote, label, admin, job, command_timeout).await
+                    } else {
+                        let jobs = std::iter::once(job).chain(more).collect();
+                        runner::run_many(shared, remote, label, admin, jobs, command_timeout).await
+                    };
                     let _ = tx.send(Event::CommandDone { session, report });
                 });
             }

@@ -1,7 +1,8 @@
-//! Runs one invocation on one session and decides, from the outcome, what becomes of the
-//! invocation (final, or back in the queue) and of the session (keep, gone, close).
+//! Runs one invocation on one session (or several sent together, [`run_many`]) and decides,
+//! from the outcome, what becomes of the invocation (final, or back in the queue) and of the
+//! session (keep, gone, close).
 
-use super::failure::{may_run_again, session_after};
+use super::failure::{after_command_failure, may_run_again, session_after};
 use super::scheduler::{AfterCommand, Job};
 use super::Shared;
 use crate::remote::{Command, CommandOutput, FaultClass, RemoteError, RemoteSession};
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 pub struct RunReport {
     pub after: AfterCommand,
     pub ran_for: Option<Duration>,
-    pub requeue: Option<Job>,
+    pub requeue: Vec<Job>,
     /// The command failed with this class (and the service's `Retry-After`, if it gave one):
     /// the scheduler applies what it means for the pool.
     pub fault: Option<(FaultClass, Option<Duration>)>,
@@ -30,8 +31,7 @@ pub async fn run(
 ) -> RunReport {
     let attempt = job.attempts + 1;
     let claim = shared.store.mark_running(job.id, attempt, &session_label, &admin);
-    let command =
-        Command { invocation_id: job.id, cmdlet: job.spec.cmdlet.clone(), parameters: job.spec.parameters.clone() };
+    let command = command_of(&job);
     let invoke = async {
         let started = Instant::now();
         let result = match tokio::time::timeout(command_timeout, session.invoke(&command)).await {
@@ -56,12 +56,92 @@ pub async fn run(
         report.after = result.as_ref().err().map_or(AfterCommand::Keep, |e| session_after(e.class));
         return report;
     }
+    let ran_for = started.elapsed();
+    settle(&shared, job, attempt, result, ran_for).await
+}
+
+/// Several batch invocations of one tenant on one session, sent together where the transport
+/// can (Exchange Online's `$batch`, via [`RemoteSession::invoke_many`]): each is claimed before
+/// anything runs, then answered and settled on its own exactly as [`run`] settles one. The
+/// session's fate is the worst any of them says; the run time is shared out among them.
+pub async fn run_many(
+    shared: Arc<Shared>,
+    session: Arc<dyn RemoteSession>,
+    session_label: String,
+    admin: String,
+    jobs: Vec<Job>,
+    command_timeout: Duration,
+) -> RunReport {
+    let claims = futures::future::join_all(
+        jobs.iter().map(|job| shared.store.mark_running(job.id, job.attempts + 1, &session_label, &admin)),
+    )
+    .await;
+    let mut report = RunReport { after: AfterCommand::Keep, ran_for: None, requeue: vec![], fault: None };
+    let mut claimed = Vec::with_capacity(jobs.len());
+    for (job, claim) in jobs.into_iter().zip(claims) {
+        match claim {
+            Ok(true) => claimed.push(job),
+            other => report.requeue.extend(unclaimed(job, other).requeue),
+        }
+    }
+    if claimed.is_empty() {
+        return report;
+    }
+    let commands: Vec<Command> = claimed.iter().map(command_of).collect();
+    let started = Instant::now();
+    let results = match tokio::time::timeout(command_timeout, session.invoke_many(&commands)).await {
+        Ok(r) => r,
+        Err(_) => {
+            let lost = RemoteError::new(FaultClass::Timeout, format!("no answer within {command_timeout:?}"));
+            vec![Err(lost); commands.len()]
+        }
+    };
+    let ran_for = started.elapsed() / claimed.len() as u32;
+    for (job, result) in claimed.into_iter().zip(results) {
+        let attempt = job.attempts + 1;
+        let one = settle(&shared, job, attempt, result, ran_for).await;
+        report.after = worse(report.after, one.after);
+        report.requeue.extend(one.requeue);
+        // A push-back is what the pool must hear of; otherwise the first fault.
+        if report.fault.is_none() || one.fault.is_some_and(|(c, _)| after_command_failure(c).is_some()) {
+            report.fault = one.fault.or(report.fault);
+        }
+    }
+    report.ran_for = Some(ran_for);
+    report
+}
+
+fn command_of(job: &Job) -> Command {
+    Command { invocation_id: job.id, cmdlet: job.spec.cmdlet.clone(), parameters: job.spec.parameters.clone() }
+}
+
+/// Of two verdicts on one session, the one that trusts it less.
+fn worse(a: AfterCommand, b: AfterCommand) -> AfterCommand {
+    let rank = |x: AfterCommand| match x {
+        AfterCommand::Keep => 0,
+        AfterCommand::Gone => 1,
+        AfterCommand::Close => 2,
+    };
+    if rank(b) > rank(a) {
+        b
+    } else {
+        a
+    }
+}
+
+/// Records a claimed invocation's attempt: its result, or what its failure means.
+async fn settle(
+    shared: &Arc<Shared>,
+    job: Job,
+    attempt: u32,
+    result: Result<CommandOutput, RemoteError>,
+    ran_for: Duration,
+) -> RunReport {
     shared
         .metrics
         .queue_wait_seconds
         .with_label_values(&[job.priority.as_str()])
         .observe(job.enqueued_at.elapsed().as_secs_f64());
-    let ran_for = started.elapsed();
     shared.metrics.run_seconds.with_label_values(&[job.priority.as_str()]).observe(ran_for.as_secs_f64());
     log_request_id(&job, attempt, &result);
     match result {
@@ -70,11 +150,11 @@ pub async fn run(
             let outcome = succeeded_or_cmdlet_error(output);
             let writer = shared.clone();
             shared.writes.spawn(async move { writer.finish(&job, outcome).await });
-            RunReport { after: AfterCommand::Keep, ran_for: Some(ran_for), requeue: None, fault: None }
+            RunReport { after: AfterCommand::Keep, ran_for: Some(ran_for), requeue: vec![], fault: None }
         }
         Err(e) => {
             shared.metrics.remote_faults.with_label_values(&[e.class.code()]).inc();
-            on_failure(&shared, job, attempt, e, ran_for).await
+            on_failure(shared, job, attempt, e, ran_for).await
         }
     }
 }
@@ -98,9 +178,9 @@ fn unclaimed(mut job: Job, claimed: Result<bool, crate::store::StoreError>) -> R
         Err(e) => {
             tracing::error!(invocation = %job.id, error = %e, "cannot mark invocation running; leaving it queued");
             job.not_before = Some(Instant::now() + Duration::from_secs(1));
-            RunReport { after: AfterCommand::Keep, ran_for: None, requeue: Some(job), fault: None }
+            RunReport { after: AfterCommand::Keep, ran_for: None, requeue: vec![job], fault: None }
         }
-        _ => RunReport { after: AfterCommand::Keep, ran_for: None, requeue: None, fault: None },
+        _ => RunReport { after: AfterCommand::Keep, ran_for: None, requeue: vec![], fault: None },
     }
 }
 
@@ -145,7 +225,7 @@ async fn on_failure(shared: &Shared, mut job: Job, attempt: u32, e: RemoteError,
         if let Err(err) = shared.store.mark_queued(job.id).await {
             tracing::error!(invocation = %job.id, error = %err, "cannot requeue invocation");
         }
-        return RunReport { after, ran_for: Some(ran_for), requeue: Some(job), fault };
+        return RunReport { after, ran_for: Some(ran_for), requeue: vec![job], fault };
     }
     let mut outcome = Outcome::failed(e.class.code(), failure_message(&e, retry, attempt));
     if let Some(record) = &e.record {
@@ -153,7 +233,7 @@ async fn on_failure(shared: &Shared, mut job: Job, attempt: u32, e: RemoteError,
     }
     outcome.request_id = e.request_id.clone();
     shared.finish(&job, outcome).await;
-    RunReport { after, ran_for: Some(ran_for), requeue: None, fault }
+    RunReport { after, ran_for: Some(ran_for), requeue: vec![], fault }
 }
 
 /// The longest a retry waits for the service's own "come back in N seconds".

@@ -75,6 +75,9 @@ pub struct SessionRules {
     pub max_age_jitter_percent: u8,
     pub max_commands: u32,
     pub idle_timeout: Duration,
+    /// Batch-priority invocations a session may take at once (Exchange Online's `$batch`);
+    /// 1: one at a time.
+    pub batch: usize,
 }
 
 /// The static shape the scheduler works within.
@@ -147,10 +150,26 @@ pub struct Failure {
 
 #[derive(Debug)]
 pub enum Action {
-    Open { session: SessionId, admin: AdminIdx, tenant: TenantIdx },
-    Run { session: SessionId, job: Job },
-    Close { session: SessionId, reason: CloseReason },
-    Fail { job: Job, failure: Failure },
+    Open {
+        session: SessionId,
+        admin: AdminIdx,
+        tenant: TenantIdx,
+    },
+    /// Runs `job` on the session, and with it `more` of the same lane (sent together, e.g. as
+    /// one `$batch`; empty unless the tenant's rules allow it).
+    Run {
+        session: SessionId,
+        job: Job,
+        more: Vec<Job>,
+    },
+    Close {
+        session: SessionId,
+        reason: CloseReason,
+    },
+    Fail {
+        job: Job,
+        failure: Failure,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -692,11 +711,34 @@ impl Scheduler {
             let Some(key) = pick else { continue };
             let job = self.lanes.get_mut(&key).and_then(|l| l.pop_ready(now)).expect("head exists");
             self.queued[job.priority.slot()] -= 1;
+            let more = self.more_bulk_work(key, &job, now);
             let s = self.sessions.get_mut(&id).expect("idle session exists");
             s.state = SessionState::Busy;
             s.last_used = now;
-            actions.push(Action::Run { session: id, job });
+            actions.push(Action::Run { session: id, job, more });
         }
+    }
+
+    /// Bulk work travels together where the tenant's transport allows it: after a batch-priority
+    /// `job`, up to `rules.batch - 1` further ready batch-priority jobs of the same lane (never
+    /// interactive work, which must not wait for a bulk call).
+    fn more_bulk_work(&mut self, key: LaneKey, job: &Job, now: Instant) -> Vec<Job> {
+        let room = self.topo.rules[key.0].batch.saturating_sub(1);
+        let mut more = Vec::new();
+        if job.priority != Priority::Batch || room == 0 {
+            return more;
+        }
+        let Some(lane) = self.lanes.get_mut(&key) else { return more };
+        while more.len() < room && !lane.has_interactive(now) {
+            match lane.queues[Priority::Batch.slot()].front() {
+                Some(j) if j.not_before.is_none_or(|t| t <= now) => {
+                    more.extend(lane.queues[Priority::Batch.slot()].pop_front());
+                }
+                _ => break,
+            }
+        }
+        self.queued[Priority::Batch.slot()] -= more.len();
+        more
     }
 
     /// A blocked lane of another tenant that this idle session should make room for.

@@ -49,7 +49,7 @@ struct Harness {
 }
 
 fn rules(max_age: Duration, max_commands: u32) -> SessionRules {
-    SessionRules { max_age, max_age_jitter_percent: 0, max_commands, idle_timeout: Duration::from_secs(300) }
+    SessionRules { max_age, max_age_jitter_percent: 0, max_commands, idle_timeout: Duration::from_secs(300), batch: 1 }
 }
 
 fn topology(
@@ -148,7 +148,8 @@ impl Harness {
                         }
                     }
                 }
-                Action::Run { session, job } => {
+                Action::Run { session, job, more } => {
+                    assert!(more.is_empty(), "no tenant here sends work together");
                     self.started_at.entry(job.id).or_insert(self.h.now);
                     self.after(self.cmd_cost, Ev::CmdDone(session, job));
                 }
