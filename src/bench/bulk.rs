@@ -63,6 +63,9 @@ pub struct BulkArgs {
     /// reads about 2 % slow, since each of its sleeps overshoots by a timer tick.
     #[arg(long)]
     pub naive_speedup: Option<f64>,
+    /// Skip the same batch over WinRM and over REST (with and without `$batch`) on the wire.
+    #[arg(long)]
+    pub skip_transports: bool,
 }
 
 /// One workload under one latency profile.
@@ -164,7 +167,7 @@ fn session_target(admin: u32, tenant: u32) -> SessionTarget {
 }
 
 /// The batch's `i`-th cmdlet for a tenant, the same for the broker and the scripts.
-fn identity(i: u32) -> String {
+pub(super) fn identity(i: u32) -> String {
     format!("user{:03}", i % 5 + 1)
 }
 
@@ -227,7 +230,7 @@ fn whole_session_bound_with(shape: &Shape, l: Latencies) -> Duration {
     Duration::from_secs_f64(t / 1000.0).max(lower_bound_with(shape, l))
 }
 
-async fn post(client: &reqwest::Client, url: String, body: Json) -> anyhow::Result<Json> {
+pub(super) async fn post(client: &reqwest::Client, url: String, body: Json) -> anyhow::Result<Json> {
     let resp = client.post(url).json(&body).send().await?;
     let status = resp.status();
     let json: Json = resp.json().await?;
@@ -356,19 +359,21 @@ struct Row {
     psbroker: Duration,
     careful: Duration,
     naive: Option<Duration>,
+    transports: Vec<super::transports::TransportRun>,
 }
 
 pub async fn bulk(args: BulkArgs) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     for shape in Shape::from_args(&args) {
-        rows.push(bulk_profile(&shape, args.skip_naive).await?);
+        rows.push(bulk_profile(&shape, args.skip_naive, args.skip_transports).await?);
         println!();
     }
     print_table(&rows);
+    print_transport_table(&rows);
     Ok(())
 }
 
-async fn bulk_profile(shape: &Shape, skip_naive: bool) -> anyhow::Result<Row> {
+async fn bulk_profile(shape: &Shape, skip_naive: bool, skip_transports: bool) -> anyhow::Result<Row> {
     let lb = lower_bound(shape);
     let ws = whole_session_bound(shape);
     let quiet = run_batch(shape, false).await?;
@@ -450,7 +455,8 @@ async fn bulk_profile(shape: &Shape, skip_naive: bool) -> anyhow::Result<Row> {
         stats.max_by_user.values().max().copied().unwrap_or(0),
         stats.max_by_tenant.values().max().copied().unwrap_or(0)
     );
-    Ok(Row { shape: shape.clone(), psbroker: makespan, careful, naive })
+    let transports = if skip_transports { vec![] } else { super::transports::compare(shape).await? };
+    Ok(Row { shape: shape.clone(), psbroker: makespan, careful, naive, transports })
 }
 
 /// The table: makespan and makespan / LB for each contender on each profile.
@@ -474,6 +480,31 @@ fn print_table(rows: &[Row]) {
             lb.as_secs_f64(),
             whole_session_bound(s).as_secs_f64(),
             r.careful.as_secs_f64() / r.psbroker.as_secs_f64()
+        );
+    }
+}
+
+/// The same batch by transport, for the README.
+fn print_transport_table(rows: &[Row]) {
+    if rows.iter().all(|r| r.transports.is_empty()) {
+        return;
+    }
+    println!();
+    println!("| latencies (open / cmdlet / close) | workload | WinRM/PSRP | REST | REST with $batch |");
+    println!("|---|---|---|---|---|");
+    for r in rows.iter().filter(|r| r.transports.len() == 3) {
+        let s = &r.shape;
+        let cell = |i: usize| format!("{:.2} s", r.transports[i].makespan.as_secs_f64());
+        println!(
+            "| {} / {} / {} ms | {} tenants × {} | {} | {} | {} |",
+            s.open_ms,
+            s.cmd_ms,
+            s.close_ms,
+            s.tenants,
+            s.per_tenant,
+            cell(0),
+            cell(1),
+            cell(2)
         );
     }
 }
