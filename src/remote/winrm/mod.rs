@@ -10,6 +10,8 @@
 //! [`Connector::reap_orphans`] can find and delete the shells a previous run left behind without
 //! touching shells the same admin opened with other tools.
 
+pub(crate) mod encryption;
+pub(crate) mod ntlm;
 mod session;
 mod transport;
 
