@@ -114,6 +114,20 @@ impl Default for WireOptions {
     }
 }
 
+impl WireOptions {
+    /// The options `[simulator]` sets: the first-request redirect and the logon methods.
+    pub fn from_config(cfg: &crate::config::SimulatorConfig) -> Self {
+        use crate::config::SimAuth;
+        Self {
+            redirect_first: cfg.redirect_first,
+            basic: cfg.auth.contains(&SimAuth::Basic),
+            ntlm: cfg.auth.contains(&SimAuth::Ntlm),
+            allow_unencrypted: cfg.allow_unencrypted,
+            ..Self::default()
+        }
+    }
+}
+
 /// Serves the WS-Management endpoint for `sim` on `listener` until `options.shutdown` is
 /// cancelled (or forever without one).
 pub async fn serve(sim: Simulator, listener: TcpListener, options: WireOptions) -> std::io::Result<()> {
