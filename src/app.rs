@@ -9,7 +9,7 @@ use crate::broker::Broker;
 use crate::config::{Config, ProfileConfig, ProfileKind, RestService, TlsConfig};
 use crate::metrics::Metrics;
 use crate::remote::exo::{self, ExoConnector, ExoOptions};
-use crate::remote::winrm::{WinrmConnector, WinrmOptions};
+use crate::remote::winrm::{WinrmAuth, WinrmConnector, WinrmOptions};
 use crate::remote::Connector;
 use crate::sim::wire::WireOptions;
 use crate::sim::Simulator;
@@ -248,11 +248,7 @@ async fn start_simulator_wire(sim: &Simulator, config: &Config) -> anyhow::Resul
     let listener = TcpListener::bind(&listen).await.with_context(|| format!("simulator: cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
     let token = CancellationToken::new();
-    let options = WireOptions {
-        redirect_first: config.simulator.redirect_first,
-        shutdown: Some(token.clone()),
-        ..WireOptions::default()
-    };
+    let options = WireOptions { shutdown: Some(token.clone()), ..WireOptions::from_config(&config.simulator) };
     tokio::spawn(crate::sim::wire::serve(sim.clone(), listener, options));
     tracing::info!(address = %addr, "simulator serving WS-Management/PSRP");
     Ok((addr, token))
@@ -271,6 +267,17 @@ fn winrm_connector(profile: &ProfileConfig, shell_name: &str) -> anyhow::Result<
             Some(path) => crate::tls::read_roots(path)?,
             None => Vec::new(),
         },
+        extra_roots_pem: match &profile.ca_file {
+            Some(path) => vec![std::fs::read(path)?],
+            None => Vec::new(),
+        },
+        auth: match profile.auth {
+            crate::config::WsmanAuth::Basic => WinrmAuth::Basic,
+            crate::config::WsmanAuth::Ntlm => WinrmAuth::Ntlm,
+            other => anyhow::bail!("auth = {other:?} is not implemented yet"),
+        },
+        message_encryption: profile.message_encryption,
+        spn: profile.spn.clone(),
         ..WinrmOptions::default()
     };
     Ok(Arc::new(WinrmConnector::new(options).map_err(|e| anyhow::anyhow!(e.message))?))

@@ -334,6 +334,27 @@ pub struct ProfileConfig {
     /// exo_rest: the most calls in flight in one tenant of this profile (with the tenant's `cap`,
     /// the smaller winning). Exchange Online allows 20 per tenant (across identities).
     pub calls_per_tenant: u32,
+    /// wsman: how sessions log on: `basic` (the default) or `ntlm` (NTLMv2 under Negotiate, with
+    /// WinRM message encryption over `http://`). `negotiate`, `kerberos` and `certificate` are
+    /// recognised and refused as not implemented yet.
+    pub auth: WsmanAuth,
+    /// wsman, NTLM over `http://`: seal every message (on by default, as Windows and pypsrp).
+    /// `false` is the explicit opt-out to clear SOAP, and then `http://` needs `allow_plain_http`.
+    pub message_encryption: bool,
+    /// wsman, NTLM/Kerberos: the service principal name; `HTTP/<host of the URI>` when unset.
+    pub spn: Option<String>,
+}
+
+/// wsman: how a profile's sessions log on.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum WsmanAuth {
+    #[default]
+    Basic,
+    Negotiate,
+    Ntlm,
+    Kerberos,
+    Certificate,
 }
 
 impl Default for ProfileConfig {
@@ -361,6 +382,9 @@ impl Default for ProfileConfig {
             batch: false,
             calls_per_admin: 3,
             calls_per_tenant: 20,
+            auth: WsmanAuth::Basic,
+            message_encryption: true,
+            spn: None,
         }
     }
 }
@@ -594,6 +618,11 @@ pub struct SimulatorConfig {
     pub listen: Option<String>,
     /// Answer a client's first request with HTTP 302 (tests -AllowRedirection handling).
     pub redirect_first: bool,
+    /// How WS-Management clients may log on: `basic` and/or `ntlm` (NTLM under Negotiate,
+    /// checked against each account's password, with WinRM message encryption).
+    pub auth: Vec<SimAuth>,
+    /// Serve clear SOAP on a connection logged on with NTLM (Windows' AllowUnencrypted).
+    pub allow_unencrypted: bool,
     /// Injected faults (all off by default); see docs/chaos.md.
     pub faults: FaultConfig,
     /// The simulated identity provider (Entra ID's token and device-code endpoints).
@@ -855,11 +884,21 @@ impl Default for SimulatorConfig {
             tenants: vec![],
             listen: None,
             redirect_first: false,
+            auth: vec![SimAuth::Basic],
+            allow_unencrypted: false,
             faults: FaultConfig::default(),
             identity: SimIdentityConfig::default(),
             rest: SimRestConfig::default(),
         }
     }
+}
+
+/// A logon method of the simulator's WS-Management listener.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SimAuth {
+    Basic,
+    Ntlm,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -1030,6 +1069,12 @@ impl Config {
             if p.kind == ProfileKind::ExoRest {
                 p.validate_rest().map_err(|e| ConfigError::Invalid(format!("profile '{name}': {e}")))?;
             }
+            if matches!(p.auth, WsmanAuth::Negotiate | WsmanAuth::Kerberos | WsmanAuth::Certificate) {
+                return bad(format!(
+                    "profile '{name}': auth = \"{}\" is not implemented yet (use \"basic\" or \"ntlm\")",
+                    format!("{:?}", p.auth).to_lowercase()
+                ));
+            }
         }
         let rest = &self.simulator.rest;
         if rest.max_page_size == 0 || rest.calls_per_identity == 0 || rest.calls_per_tenant == 0 {
@@ -1168,6 +1213,31 @@ mod tests {
         assert!(with("base_url = \"ftp://x\"").is_err());
         assert!(with("max_page_size = 0").is_err());
         assert!(with("service = \"teams\"").is_err());
+    }
+
+    #[test]
+    fn wsman_profiles_take_an_auth_method_and_the_simulator_its_logon_methods() {
+        let with = |profile: &str| {
+            Config::from_toml(&format!("{EMBEDDED_DEMO}\n[profiles.onprem]\nkind = \"wsman\"\n{profile}\n"))
+        };
+        let p = with("").unwrap().profiles["onprem"].clone();
+        assert_eq!((p.auth, p.message_encryption, p.spn), (WsmanAuth::Basic, true, None));
+        let p = with("auth = \"ntlm\"\nmessage_encryption = false\nspn = \"HTTP/ex1.contoso.com\"").unwrap().profiles
+            ["onprem"]
+            .clone();
+        assert_eq!(
+            (p.auth, p.message_encryption, p.spn.as_deref()),
+            (WsmanAuth::Ntlm, false, Some("HTTP/ex1.contoso.com"))
+        );
+        for unfinished in ["negotiate", "kerberos", "certificate"] {
+            let err = with(&format!("auth = \"{unfinished}\"")).unwrap_err().to_string();
+            assert!(err.contains("not implemented yet") && err.contains(unfinished), "{err}");
+        }
+        assert!(with("auth = \"digest\"").is_err());
+        let text = EMBEDDED_DEMO.replacen("[simulator]\n", "[simulator]\nauth = [\"basic\", \"ntlm\"]\n", 1);
+        let sim = Config::from_toml(&text).unwrap();
+        assert_eq!(sim.simulator.auth, vec![SimAuth::Basic, SimAuth::Ntlm]);
+        assert_eq!(Config::demo().simulator.auth, vec![SimAuth::Basic]);
     }
 
     /// The commented examples of the REST keys in the demo are valid as they stand.

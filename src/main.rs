@@ -44,9 +44,8 @@ async fn run() -> anyhow::Result<()> {
                 None => None,
             };
             let options = psbroker::sim::wire::WireOptions {
-                redirect_first: config.simulator.redirect_first,
                 tls,
-                ..Default::default()
+                ..psbroker::sim::wire::WireOptions::from_config(&config.simulator)
             };
             psbroker::sim::wire::run_standalone(&config, &listen, options).await
         }

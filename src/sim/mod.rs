@@ -97,6 +97,11 @@ pub struct SimFault {
 }
 
 impl SimFault {
+    /// The logon failure the service answers a wrong password with (HTTP 401).
+    pub(crate) fn logon_failed(upn: &str) -> SimFault {
+        SimFault::service(401, None, text_logon_failed(upn))
+    }
+
     fn service(http_status: u16, wsman_code: Option<u32>, message: String) -> SimFault {
         SimFault { http_status, wsman_code, message, record: None }
     }
@@ -187,6 +192,11 @@ pub struct ShellInfo {
 fn text_identity_down() -> String {
     "Failed to connect live id servers. Make sure proxy is enabled or machine has network connection to live id servers."
         .to_string()
+}
+
+/// Windows' message for STATUS_ACCOUNT_LOCKED_OUT.
+fn text_account_locked() -> String {
+    "The referenced account is currently locked out and may not be logged on to.".into()
 }
 
 fn text_logon_failed(upn: &str) -> String {
@@ -292,6 +302,8 @@ struct State {
     disabled: HashSet<String>,
     denied: HashSet<(String, String)>,
     mfa: HashSet<String>,
+    /// Accounts locked out (or disabled): every logon is refused with Windows' words.
+    locked: HashSet<String>,
     identity_down: bool,
     shells: HashMap<String, Shell>,
     max_by_user: BTreeMap<String, u32>,
@@ -459,6 +471,7 @@ impl Simulator {
             disabled: cfg.remote_powershell_disabled.iter().map(|t| key(t)).collect(),
             denied,
             mfa: cfg.mfa_required.iter().map(|u| key(u)).collect(),
+            locked: HashSet::new(),
             identity_down: cfg.identity_service_down,
             shells: HashMap::new(),
             max_by_user: BTreeMap::new(),
@@ -671,6 +684,32 @@ impl Simulator {
         }
     }
 
+    /// Locks an account out (or lets it in again): its logons are refused with Windows' text for
+    /// a locked-out account, whatever the password.
+    pub fn set_account_locked(&self, upn: &str, locked: bool) {
+        let mut st = self.lock();
+        if locked {
+            st.locked.insert(key(upn));
+        } else {
+            st.locked.remove(&key(upn));
+        }
+    }
+
+    /// The password an NTLM logon of `upn` is checked against (the acceptor needs it to verify
+    /// the client's proof); an unknown or locked account is refused as [`Self::authenticate`]
+    /// refuses it.
+    #[allow(clippy::result_large_err)] // SimFault is the service API's error type by design
+    pub(crate) fn ntlm_password(&self, upn: &str) -> Result<String, SimFault> {
+        let st = self.lock();
+        if st.locked.contains(&key(upn)) {
+            return Err(SimFault::service(401, None, text_account_locked()));
+        }
+        match st.accounts.get(&key(upn)) {
+            Some(a) => Ok(a.password.clone()),
+            None => Err(SimFault::service(401, None, text_logon_failed(upn))),
+        }
+    }
+
     /// The shell lifetime in simulated time; applies to shells already open too.
     pub fn set_shell_lifetime(&self, lifetime: Duration) {
         self.lock().lifetime_secs = lifetime.as_secs_f64();
@@ -741,6 +780,9 @@ impl Simulator {
     #[allow(clippy::result_large_err)] // SimFault is the service API's error type by design
     pub fn authenticate(&self, upn: &str, credential: SimCredential<'_>) -> Result<(), SimFault> {
         let st = self.lock();
+        if st.locked.contains(&key(upn)) {
+            return Err(SimFault::service(401, None, text_account_locked()));
+        }
         match st.accounts.get(&key(upn)) {
             Some(a) if self.credential_matches(a, credential) => Ok(()),
             _ => Err(SimFault::service(401, None, text_logon_failed(upn))),

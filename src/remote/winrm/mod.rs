@@ -10,9 +10,15 @@
 //! [`Connector::reap_orphans`] can find and delete the shells a previous run left behind without
 //! touching shells the same admin opened with other tools.
 
+mod connection;
+pub(crate) mod encryption;
+mod negotiate;
+pub(crate) mod ntlm;
 mod session;
 mod transport;
 
+#[cfg(test)]
+mod ntlm_wire_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
@@ -109,6 +115,33 @@ pub struct WinrmOptions {
     pub affinity_probe: bool,
     /// Roots trusted besides the built-in ones: the internal CA of an on-premises Exchange.
     pub extra_roots: Vec<reqwest::Certificate>,
+    /// The same roots as PEM (NTLM sessions' own connections use rustls directly).
+    pub extra_roots_pem: Vec<Vec<u8>>,
+    /// How sessions log on.
+    pub auth: WinrmAuth,
+    /// NTLM over `http://`: seal every message (MS-WSMV message encryption), as Windows and
+    /// pypsrp do by default. Off is the explicit opt-out to plain SOAP (then `http://` needs
+    /// `allow_plain_http`). Never layered on HTTPS.
+    pub message_encryption: bool,
+    /// The service principal name for NTLM/Kerberos; `HTTP/<host of the URI>` when unset.
+    pub spn: Option<String>,
+}
+
+/// How the connector logs on to the endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WinrmAuth {
+    /// `Authorization: Basic` on every request (user and password, or a bearer token).
+    #[default]
+    Basic,
+    /// NTLM (v2) under `Negotiate`, once per connection, with message encryption over HTTP.
+    Ntlm,
+}
+
+impl WinrmOptions {
+    /// Whether an `http://` endpoint may be used: allowed outright, or sealed by NTLM.
+    fn plain_http_allowed(&self) -> bool {
+        self.allow_plain_http || (self.auth == WinrmAuth::Ntlm && self.message_encryption)
+    }
 }
 
 impl Default for WinrmOptions {
@@ -123,8 +156,26 @@ impl Default for WinrmOptions {
             accept_invalid_certs: false,
             affinity_probe: true,
             extra_roots: Vec::new(),
+            extra_roots_pem: Vec::new(),
+            auth: WinrmAuth::Basic,
+            message_encryption: true,
+            spn: None,
         }
     }
+}
+
+/// The connector's pooled HTTP client (Basic sessions).
+fn http_client(options: &WinrmOptions) -> Result<reqwest::Client, String> {
+    let roots = options.extra_roots.iter().cloned();
+    roots
+        .fold(reqwest::Client::builder(), |b, root| b.add_root_certificate(root))
+        .use_rustls_tls()
+        .redirect(reqwest::redirect::Policy::none())
+        .danger_accept_invalid_certs(options.accept_invalid_certs)
+        .connect_timeout(options.request_timeout)
+        .user_agent(concat!("psbroker/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| format!("HTTP client: {e}"))
 }
 
 /// A shell of the user's, as the endpoint lists it.
@@ -149,6 +200,8 @@ const MAX_PULLS: usize = 1000;
 pub struct WinrmConnector {
     options: WinrmOptions,
     http: reqwest::Client,
+    /// The TLS configuration of NTLM sessions' own connections.
+    ntlm_tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl WinrmConnector {
@@ -164,17 +217,17 @@ impl WinrmConnector {
         if options.max_envelope_size < 1024 {
             return Err(invalid("max_envelope_size below 1024 bytes"));
         }
-        let roots = options.extra_roots.iter().cloned();
-        let http = roots
-            .fold(reqwest::Client::builder(), |b, root| b.add_root_certificate(root))
-            .use_rustls_tls()
-            .redirect(reqwest::redirect::Policy::none())
-            .danger_accept_invalid_certs(options.accept_invalid_certs)
-            .connect_timeout(options.request_timeout)
-            .user_agent(concat!("psbroker/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| invalid(&format!("HTTP client: {e}")))?;
-        Ok(Self { options, http })
+        let http = http_client(&options).map_err(|e| invalid(&e))?;
+        let ntlm_tls = match options.auth {
+            WinrmAuth::Ntlm => {
+                if options.accept_invalid_certs {
+                    return Err(invalid("accept_invalid_certs is not supported with auth = \"ntlm\" (use ca_file)"));
+                }
+                Some(connection::tls_config(&options.extra_roots_pem).map_err(|e| invalid(&e))?)
+            }
+            WinrmAuth::Basic => None,
+        };
+        Ok(Self { options, http, ntlm_tls })
     }
 
     pub fn options(&self) -> &WinrmOptions {
@@ -203,20 +256,42 @@ impl WinrmConnector {
 
     #[allow(clippy::result_large_err)]
     fn channel_with(&self, target: &SessionTarget) -> Result<Channel, RemoteError> {
-        let url = endpoint_url(&target.connection_uri, &target.credential, self.options.allow_plain_http)?;
-        let auth = basic_auth(&target.admin_upn, &target.credential)?;
+        let url = endpoint_url(&target.connection_uri, &target.credential, self.options.plain_http_allowed())?;
+        let protocol = |m: String| RemoteError::new(FaultClass::Protocol, m);
+        let auth = match self.options.auth {
+            WinrmAuth::Basic => basic_auth(&target.admin_upn, &target.credential)?,
+            WinrmAuth::Ntlm if target.tokens.is_some() => {
+                return Err(protocol("an OAuth identity signs in with Basic (bearer tokens), not NTLM".into()))
+            }
+            WinrmAuth::Ntlm => reqwest::header::HeaderValue::from_static(""),
+        };
         let mut ctx = RequestContext::powershell(url.as_str(), &target.configuration_name);
         ctx.max_envelope_size = self.options.max_envelope_size;
         ctx.operation_timeout = self.options.operation_timeout;
-        Ok(Channel::new(
+        let channel = Channel::new(
             self.http.clone(),
             auth,
-            url,
+            url.clone(),
             ctx,
             self.options.allow_redirection,
-            self.options.allow_plain_http,
+            self.options.plain_http_allowed(),
             self.options.request_timeout,
-        ))
+        );
+        match self.options.auth {
+            WinrmAuth::Basic => Ok(channel),
+            WinrmAuth::Ntlm => {
+                let tls = self.ntlm_tls.clone().ok_or_else(|| protocol("NTLM: no TLS configuration".into()))?;
+                let connection = connection::OwnConnection::new(self.options.request_timeout, tls);
+                let login = negotiate::NtlmLogin {
+                    user: target.admin_upn.clone(),
+                    password: target.credential.clone(),
+                    spn: self.options.spn.clone().unwrap_or_else(|| negotiate::default_spn(&url)),
+                    seal: self.options.message_encryption,
+                    conversation: tokio::sync::Mutex::new(negotiate::Conversation { connection, context: None }),
+                };
+                Ok(channel.with_ntlm(login))
+            }
+        }
     }
 
     /// Opens a session and returns it with its concrete type.
@@ -328,7 +403,7 @@ impl Connector for WinrmConnector {
     async fn delete_orphan(&self, target: &SessionTarget, token: &str) -> Result<bool, RemoteError> {
         let token: ResumeToken = serde_json::from_str(token)
             .map_err(|e| RemoteError::new(FaultClass::Protocol, format!("unreadable shell token: {e}")))?;
-        let url = endpoint_url(&token.url, &target.credential, self.options.allow_plain_http)?;
+        let url = endpoint_url(&token.url, &target.credential, self.options.plain_http_allowed())?;
         let channel = self.channel(target).await?;
         channel.resume(url, token.cookies);
         self.delete_on(&channel, &token.shell_id, &token.resource_uri).await

@@ -15,6 +15,9 @@ use reqwest::{StatusCode, Url};
 use secrecy::{ExposeSecret, SecretString};
 use uuid::Uuid;
 
+use super::connection::Answer;
+use super::encryption;
+use super::negotiate::{self, NtlmLogin};
 use crate::remote::fault::classify_bare_http;
 use crate::remote::fault::WSMAN_SHELL_NOT_FOUND;
 use crate::remote::http::transport_error;
@@ -185,8 +188,10 @@ struct ChannelState {
 #[derive(Debug)]
 pub(crate) struct Channel {
     http: reqwest::Client,
-    /// Replaced when a bearer token is renewed (see `WinrmSession`).
+    /// Replaced when a bearer token is renewed (see `WinrmSession`). Unused with `ntlm`.
     auth: Mutex<HeaderValue>,
+    /// Connection-based logon instead of Basic (the session's own HTTP client).
+    ntlm: Option<NtlmLogin>,
     allow_redirection: bool,
     allow_plain_http: bool,
     request_timeout: Duration,
@@ -206,11 +211,18 @@ impl Channel {
         Self {
             http,
             auth: Mutex::new(auth),
+            ntlm: None,
             allow_redirection,
             allow_plain_http,
             request_timeout,
             state: Mutex::new(ChannelState { url, ctx, cookies: CookieJar::default() }),
         }
+    }
+
+    /// Logs on with NTLM instead of Basic, on the session's own connection.
+    pub(crate) fn with_ntlm(mut self, login: NtlmLogin) -> Self {
+        self.ntlm = Some(login);
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ChannelState> {
@@ -270,44 +282,138 @@ impl Channel {
         build: impl Fn(&RequestContext) -> (Uuid, String),
         parse: impl Fn(&str, Uuid) -> Result<T, WsmanError>,
     ) -> Result<T, CallError> {
-        for _ in 0..=MAX_REDIRECTS {
+        // NTLM: the conversation is held for the whole exchange (one connection, one order of
+        // sealed messages); a refused request (401) logs on again once.
+        let mut conversation = match &self.ntlm {
+            Some(login) => Some(login.conversation.lock().await),
+            None => None,
+        };
+        let mut logged_on_again = false;
+        let mut redirects = 0;
+        loop {
             let (url, cookie, (message_id, body)) = {
                 let st = self.lock();
                 (st.url.clone(), st.cookies.header(&host_of(&st.url)), build(&st.ctx))
             };
-            let mut request = self
-                .http
-                .post(url.clone())
-                .header(CONTENT_TYPE, wsman::CONTENT_TYPE)
-                .header(AUTHORIZATION, self.auth())
-                .timeout(timeout)
-                .body(body);
-            if let Some(cookie) = cookie {
-                request = request.header(COOKIE, cookie);
+            let mut headers = HeaderMap::new();
+            if let Some(cookie) = cookie.as_deref().and_then(|c| HeaderValue::from_str(c).ok()) {
+                headers.insert(COOKIE, cookie);
             }
-            let response = request.send().await.map_err(|e| transport_error(what, e))?;
-            {
-                let mut st = self.lock();
-                let host = host_of(&url);
-                for value in response.headers().get_all(SET_COOKIE) {
-                    if let Ok(v) = value.to_str() {
-                        st.cookies.store(&host, v);
+            let (answer, sealed) = match (&self.ntlm, conversation.as_mut()) {
+                (Some(login), Some(conv)) => {
+                    if conv.context.is_none() || conv.connection.is_closed() {
+                        let host = host_of(&url);
+                        let client =
+                            negotiate::logon(login, &mut conv.connection, &url, cookie.as_deref(), timeout, |h| {
+                                self.store_cookies(&host, h)
+                            })
+                            .await?;
+                        conv.context = Some(client);
                     }
+                    let seal = login.seal && url.scheme() == "http";
+                    let body = if seal {
+                        let ntlm = conv.context.as_mut().map(|c| c.context()).expect("logged on above");
+                        let sealed = encryption::seal(ntlm, encryption::PROTOCOL_SPNEGO, body.as_bytes())
+                            .map_err(|e| protocol(format!("{what}: {e}")))?;
+                        let content_type = encryption::content_type(encryption::PROTOCOL_SPNEGO);
+                        headers.insert(CONTENT_TYPE, HeaderValue::from_str(&content_type).expect("ASCII"));
+                        sealed
+                    } else {
+                        headers.insert(CONTENT_TYPE, HeaderValue::from_static(wsman::CONTENT_TYPE));
+                        body.into_bytes()
+                    };
+                    let answer = conv.connection.send(what, &url, headers, body, timeout).await?;
+                    (answer, seal)
+                }
+                _ => {
+                    headers.insert(CONTENT_TYPE, HeaderValue::from_static(wsman::CONTENT_TYPE));
+                    headers.insert(AUTHORIZATION, self.auth());
+                    (self.send_pooled(what, &url, headers, body, timeout).await?, false)
+                }
+            };
+            self.store_cookies(&host_of(&url), &answer.headers);
+            let status = answer.status;
+            if status == StatusCode::UNAUTHORIZED {
+                if let Some(conv) = conversation.as_mut() {
+                    // The server forgot the logon (or never had it on this connection): the
+                    // request was not processed. Log on again and send it once more.
+                    conv.context = None;
+                    if !logged_on_again {
+                        logged_on_again = true;
+                        continue;
+                    }
+                } else if !negotiate::offers(&answer.headers, "basic") {
+                    return Err(protocol(format!(
+                        "{what}: the endpoint does not accept Basic authentication (the profile's auth): it offers {}; \
+                         set the profile's auth to one of them",
+                        negotiate::offered(&answer.headers)
+                    ))
+                    .into());
                 }
             }
-            let status = response.status();
             if status.is_redirection() {
-                let next = self.redirect_target(&url, response.headers().get(LOCATION))?;
+                redirects += 1;
+                if redirects > MAX_REDIRECTS {
+                    return Err(protocol(format!("{what}: more than {MAX_REDIRECTS} redirects")).into());
+                }
+                let next = self.redirect_target(&url, answer.headers.get(LOCATION))?;
+                if let Some(conv) = conversation.as_mut() {
+                    if host_of(&next) != host_of(&url) || next.scheme() != url.scheme() {
+                        // Another server: a new connection and a new logon there.
+                        conv.context = None;
+                        conv.connection.close();
+                    }
+                }
                 let mut st = self.lock();
                 st.ctx.to = next.to_string();
                 st.url = next;
                 continue;
             }
-            let retry_after = retry_after(response.headers());
-            let text = response.text().await.map_err(|e| transport_error(what, e))?;
+            let retry_after = retry_after(&answer.headers);
+            let content_type = answer.headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+            let text = if encryption::is_encrypted(content_type) {
+                let context = conversation.as_mut().and_then(|c| c.context.as_mut()).ok_or_else(|| {
+                    protocol(format!("{what}: the server sent an encrypted answer, but this conversation has no key"))
+                })?;
+                let boundary = encryption::boundary_of(content_type).unwrap_or_else(|| encryption::BOUNDARY.into());
+                let plain = encryption::unseal(context.context(), &answer.body, &boundary)
+                    .map_err(|e| protocol(format!("{what}: {e}")))?;
+                String::from_utf8(plain).map_err(|_| protocol(format!("{what}: the decrypted answer is not UTF-8")))?
+            } else {
+                if sealed && status.is_success() {
+                    // Windows answers a sealed request sealed; a clear answer is not the service.
+                    return Err(protocol(format!("{what}: the server answered an encrypted request in clear")).into());
+                }
+                String::from_utf8_lossy(&answer.body).into_owned()
+            };
             return self.answer(what, status, retry_after, &text, message_id, &parse);
         }
-        Err(protocol(format!("{what}: more than {MAX_REDIRECTS} redirects")).into())
+    }
+
+    /// One request through the shared, pooled client (Basic: every request carries its logon).
+    async fn send_pooled(
+        &self,
+        what: &str,
+        url: &Url,
+        headers: HeaderMap,
+        body: String,
+        timeout: Duration,
+    ) -> Result<Answer, RemoteError> {
+        let request = self.http.post(url.clone()).headers(headers).timeout(timeout).body(body);
+        let response = request.send().await.map_err(|e| transport_error(what, e))?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.bytes().await.map_err(|e| transport_error(what, e))?;
+        Ok(Answer { status, headers, body })
+    }
+
+    fn store_cookies(&self, host: &str, headers: &HeaderMap) {
+        let mut st = self.lock();
+        for value in headers.get_all(SET_COOKIE) {
+            if let Ok(v) = value.to_str() {
+                st.cookies.store(host, v);
+            }
+        }
     }
 
     fn redirect_target(&self, from: &Url, location: Option<&HeaderValue>) -> Result<Url, RemoteError> {

@@ -13,11 +13,11 @@ use crate::remote::{Command, CommandOutput, PsValue};
 use crate::sim::wire::{self, WireOptions};
 use crate::sim::{sim_token, SimAccount, Simulator};
 
-const TENANT: &str = "contoso.onmicrosoft.com";
-const ALICE: &str = "alice@partner.onmicrosoft.com";
+pub(super) const TENANT: &str = "contoso.onmicrosoft.com";
+pub(super) const ALICE: &str = "alice@partner.onmicrosoft.com";
 const NAME: &str = "psbroker:e2e";
 
-fn simulator(user_shell_cap: u32) -> Simulator {
+pub(super) fn simulator(user_shell_cap: u32) -> Simulator {
     let cfg = SimulatorConfig {
         mailboxes_per_tenant: 40,
         user_shell_cap,
@@ -37,7 +37,7 @@ async fn serve(sim: &Simulator, redirect_first: bool) -> SocketAddr {
     addr
 }
 
-fn target(addr: SocketAddr, secret: &str) -> SessionTarget {
+pub(super) fn target(addr: SocketAddr, secret: &str) -> SessionTarget {
     SessionTarget {
         admin_upn: ALICE.into(),
         credential: SecretString::from(secret.to_string()),
@@ -48,7 +48,7 @@ fn target(addr: SocketAddr, secret: &str) -> SessionTarget {
     }
 }
 
-fn options() -> WinrmOptions {
+pub(super) fn options() -> WinrmOptions {
     WinrmOptions {
         allow_plain_http: true,
         request_timeout: Duration::from_secs(20),
@@ -58,19 +58,19 @@ fn options() -> WinrmOptions {
     }
 }
 
-fn get_mailbox(parameters: Vec<(String, PsValue)>) -> Command {
+pub(super) fn get_mailbox(parameters: Vec<(String, PsValue)>) -> Command {
     Command { invocation_id: Uuid::new_v4(), cmdlet: "Get-Mailbox".into(), parameters }
 }
 
 /// The same command through the in-process connector.
-async fn in_process(sim: &Simulator, target: &SessionTarget, command: &Command) -> CommandOutput {
+pub(super) async fn in_process(sim: &Simulator, target: &SessionTarget, command: &Command) -> CommandOutput {
     let session = sim.connector().open(target).await.unwrap();
     let out = session.invoke(command).await.unwrap();
     session.close().await.unwrap();
     out
 }
 
-fn assert_same(wire: &CommandOutput, direct: &CommandOutput) {
+pub(super) fn assert_same(wire: &CommandOutput, direct: &CommandOutput) {
     assert_eq!(wire.objects.len(), direct.objects.len());
     for (w, d) in wire.objects.iter().zip(&direct.objects) {
         assert_eq!(w, d);

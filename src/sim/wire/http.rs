@@ -1,8 +1,10 @@
 //! The HTTP face of the wire server: paths, Basic authentication, the affinity cookie, the
 //! optional first-request redirect; the SOAP work is [`super::shell::Wire`]'s.
 
+use super::negotiate;
 use super::sever::Peer;
 use super::shell::{Caller, Reply, Wire};
+use crate::remote::winrm::encryption;
 use crate::remote::wsman::{server, WsmanError, WsmanFault, CONTENT_TYPE};
 use crate::sim::RequestFault;
 use axum::body::{Body, Bytes};
@@ -37,14 +39,121 @@ fn plain(status: StatusCode, text: &str) -> Response {
     r
 }
 
-fn unauthorized(body: Option<String>) -> Response {
+/// HTTP 401 offering the listener's methods (`Negotiate` and/or Basic).
+fn unauthorized(wire: &Wire, body: Option<String>) -> Response {
     let mut r = match body {
         Some(b) => soap(StatusCode::UNAUTHORIZED, b),
         None => Response::new(Body::empty()),
     };
     *r.status_mut() = StatusCode::UNAUTHORIZED;
-    r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(REALM));
+    if wire.options().ntlm {
+        r.headers_mut().append(header::WWW_AUTHENTICATE, HeaderValue::from_static("Negotiate"));
+    }
+    if wire.options().basic {
+        r.headers_mut().append(header::WWW_AUTHENTICATE, HeaderValue::from_static(REALM));
+    }
     r
+}
+
+/// Who is calling, and how the answer travels.
+struct Logon {
+    upn: String,
+    secret: String,
+    bearer: bool,
+    /// The request came sealed (NTLM over HTTP): the answer is sealed too.
+    sealed: bool,
+    body: Bytes,
+}
+
+/// Authenticates a request: a Basic header, an NTLM handshake leg (answered here), or a
+/// connection that logged on with NTLM. `Err` is the answer to send instead of serving.
+fn logon(
+    wire: &Wire,
+    peer: &Peer,
+    headers: &HeaderMap,
+    query: &[(String, String)],
+    body: Bytes,
+) -> Result<Logon, Response> {
+    let machine = || {
+        headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("localhost")
+            .split(':')
+            .next()
+            .unwrap_or("localhost")
+            .to_string()
+    };
+    if wire.options().ntlm {
+        if let Some((scheme, token)) = negotiate::token_of(headers) {
+            match negotiate::leg(wire.sim(), peer, &scheme, &token) {
+                negotiate::Leg::Challenge { scheme, token } => {
+                    let mut r = unauthorized(wire, None);
+                    r.headers_mut().remove(header::WWW_AUTHENTICATE);
+                    if let Ok(v) = HeaderValue::from_str(&format!("{scheme} {token}")) {
+                        r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+                    }
+                    return Err(r);
+                }
+                negotiate::Leg::Refused(fault) => {
+                    return Err(unauthorized(wire, Some(wire.refusal(&fault, &machine()).body)));
+                }
+                negotiate::Leg::Malformed(text) => {
+                    let caller_machine = machine();
+                    let fault = WsmanFault {
+                        code: None,
+                        subcode: Some("w:InvalidMessageInformationHeader".into()),
+                        reason: format!("The WS-Management service cannot process the request: {text}."),
+                        message: format!("The WS-Management service cannot process the request: {text}."),
+                        soap_code: Some("s:Sender".into()),
+                        machine: Some(caller_machine),
+                    };
+                    return Err(soap(StatusCode::BAD_REQUEST, server::fault_response(None, &fault)));
+                }
+                negotiate::Leg::LoggedOn { upn, password } => {
+                    if body.is_empty() {
+                        // The logon's own empty request: accepted, nothing to serve.
+                        return Err(Response::new(Body::empty()));
+                    }
+                    return plain_logon(wire, upn, password, body);
+                }
+            }
+        }
+        if headers.get(header::AUTHORIZATION).is_none() {
+            if let Some((upn, password)) = negotiate::logged_on(peer) {
+                let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+                if !encryption::is_encrypted(content_type) {
+                    return plain_logon(wire, upn, password, body);
+                }
+                return match negotiate::unseal(peer, content_type, &body) {
+                    Ok(plain) => {
+                        Ok(Logon { upn, secret: password, bearer: false, sealed: true, body: Bytes::from(plain) })
+                    }
+                    Err(text) => Err(plain(StatusCode::BAD_REQUEST, &format!("cannot decrypt the request: {text}"))),
+                };
+            }
+        }
+    }
+    if !wire.options().basic {
+        return Err(unauthorized(wire, None));
+    }
+    let Some((upn, secret)) = basic_credentials(headers) else { return Err(unauthorized(wire, None)) };
+    let bearer = query_value(query, "BasicAuthToOAuthConversion").is_some_and(|v| v.eq_ignore_ascii_case("true"))
+        && secret.trim_start().to_ascii_lowercase().starts_with("bearer ");
+    let secret = if bearer { secret.trim_start()[7..].trim().to_string() } else { secret };
+    Ok(Logon { upn, secret, bearer, sealed: false, body })
+}
+
+/// A clear body on a connection logged on with NTLM: served only when the listener allows
+/// unencrypted traffic (Windows' AllowUnencrypted, false by default).
+fn plain_logon(wire: &Wire, upn: String, password: String, body: Bytes) -> Result<Logon, Response> {
+    if wire.options().allow_unencrypted {
+        return Ok(Logon { upn, secret: password, bearer: false, sealed: false, body });
+    }
+    Err(plain(
+        StatusCode::UNAUTHORIZED,
+        "unencrypted traffic is refused by this listener (AllowUnencrypted is false): seal the messages",
+    ))
 }
 
 fn soap(status: StatusCode, body: String) -> Response {
@@ -122,10 +231,10 @@ async fn handle(
         return r;
     }
     let query: Vec<(String, String)> = Query::try_from_uri(&uri).map(|Query(q)| q).unwrap_or_default();
-    let Some((upn, secret)) = basic_credentials(&headers) else { return unauthorized(None) };
-    let bearer = query_value(&query, "BasicAuthToOAuthConversion").is_some_and(|v| v.eq_ignore_ascii_case("true"))
-        && secret.trim_start().to_ascii_lowercase().starts_with("bearer ");
-    let secret = if bearer { secret.trim_start()[7..].trim().to_string() } else { secret };
+    let Logon { upn, secret, bearer, sealed, body } = match logon(&wire, &peer, &headers, &query, body) {
+        Ok(logon) => logon,
+        Err(answer) => return answer,
+    };
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost").to_string();
     let cookie = affinity_cookie(&headers);
     let caller = Caller {
@@ -139,7 +248,7 @@ async fn handle(
         address: format!("http://{host}{}", uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")),
     };
     if let Err(reply) = wire.authenticate(&caller) {
-        return unauthorized(Some(reply.body));
+        return unauthorized(&wire, Some(reply.body));
     }
     if wire.redirect_first() && cookie.is_none() && query_value(&query, "redirected") != Some("1") {
         let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
@@ -194,8 +303,23 @@ async fn handle(
         }
     };
     let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut response =
-        if status == StatusCode::UNAUTHORIZED { unauthorized(Some(reply.body)) } else { soap(status, reply.body) };
+    let mut response = if status == StatusCode::UNAUTHORIZED {
+        unauthorized(&wire, Some(reply.body))
+    } else if sealed {
+        match negotiate::seal(&peer, reply.body.as_bytes()) {
+            Ok((content_type, body)) => {
+                let mut r = Response::new(Body::from(body));
+                *r.status_mut() = status;
+                if let Ok(v) = HeaderValue::from_str(&content_type) {
+                    r.headers_mut().insert(header::CONTENT_TYPE, v);
+                }
+                r
+            }
+            Err(text) => plain(StatusCode::INTERNAL_SERVER_ERROR, &format!("cannot encrypt the answer: {text}")),
+        }
+    } else {
+        soap(status, reply.body)
+    };
     if cookie.is_none() {
         if let Ok(v) = HeaderValue::from_str(&format!("{AFFINITY_COOKIE}={}; path=/", caller.cookie)) {
             response.headers_mut().insert(header::SET_COOKIE, v);

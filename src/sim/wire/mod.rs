@@ -51,6 +51,7 @@
 //! server. Malformed XML is HTTP 400 with a fault naming the problem.
 
 mod http;
+mod negotiate;
 mod sever;
 mod shell;
 mod tls;
@@ -88,6 +89,14 @@ pub struct WireOptions {
     pub idle_receive_wait: Duration,
     /// Serve HTTPS with this configuration (see [`crate::tls::load`]); plain HTTP without.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Accept `Authorization: Basic` (on by default).
+    pub basic: bool,
+    /// Accept NTLM under `Negotiate` (checked against each account's password), logged on per
+    /// connection, with WinRM message encryption.
+    pub ntlm: bool,
+    /// Serve clear SOAP on a connection logged on with NTLM (Windows' `AllowUnencrypted`; off:
+    /// such a request is refused with 401).
+    pub allow_unencrypted: bool,
 }
 
 impl Default for WireOptions {
@@ -98,6 +107,23 @@ impl Default for WireOptions {
             default_tenant: None,
             idle_receive_wait: Duration::from_secs(1),
             tls: None,
+            basic: true,
+            ntlm: false,
+            allow_unencrypted: false,
+        }
+    }
+}
+
+impl WireOptions {
+    /// The options `[simulator]` sets: the first-request redirect and the logon methods.
+    pub fn from_config(cfg: &crate::config::SimulatorConfig) -> Self {
+        use crate::config::SimAuth;
+        Self {
+            redirect_first: cfg.redirect_first,
+            basic: cfg.auth.contains(&SimAuth::Basic),
+            ntlm: cfg.auth.contains(&SimAuth::Ntlm),
+            allow_unencrypted: cfg.allow_unencrypted,
+            ..Self::default()
         }
     }
 }

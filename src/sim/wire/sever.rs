@@ -84,6 +84,8 @@ impl AsyncWrite for Severable {
 pub(crate) struct Peer {
     pub addr: SocketAddr,
     cut: Arc<AtomicBool>,
+    /// The connection's NTLM logon (Windows ties it to the TCP connection).
+    pub(super) logon: Arc<std::sync::Mutex<super::negotiate::ConnectionLogon>>,
 }
 
 impl Peer {
@@ -96,7 +98,7 @@ impl Peer {
 impl Peer {
     /// The peer at `addr` on `stream`, holding the switch that cuts it.
     pub(super) fn of(addr: SocketAddr, stream: &Severable) -> Self {
-        Peer { addr, cut: stream.cut.clone() }
+        Peer { addr, cut: stream.cut.clone(), logon: Arc::default() }
     }
 }
 

@@ -262,6 +262,15 @@ impl Wire {
         self.options.redirect_first
     }
 
+    pub(super) fn options(&self) -> &WireOptions {
+        &self.options
+    }
+
+    /// A logon refused with the service's words (HTTP 401 with a SOAP fault).
+    pub(super) fn refusal(&self, fault: &SimFault, machine: &str) -> Reply {
+        Reply::fault(401, None, sim_fault(fault, machine))
+    }
+
     /// Every request authenticates; a failure is HTTP 401 with the service's text.
     pub(super) fn authenticate(&self, caller: &Caller) -> Result<(), Reply> {
         self.sim

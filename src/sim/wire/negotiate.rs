@@ -1,0 +1,116 @@
+//! NTLM logon and message encryption on the simulator's wire, as a Windows WinRM listener does
+//! them: `Authorization: Negotiate <NTLM token>` (or `NTLM <token>`) on empty POSTs, the logon
+//! held by the TCP connection, and then every body sealed with the connection's context over
+//! plain HTTP (unless [`super::WireOptions::allow_unencrypted`]).
+
+use super::sever::Peer;
+use crate::remote::winrm::encryption;
+use crate::remote::winrm::ntlm::{self, NtlmServer};
+use crate::sim::{SimFault, Simulator};
+use axum::http::{header, HeaderMap};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+
+/// The NTLM state of one connection.
+#[derive(Debug, Default)]
+pub(crate) struct ConnectionLogon {
+    /// Between CHALLENGE and AUTHENTICATE.
+    pending: Option<NtlmServer>,
+    /// After a successful AUTHENTICATE.
+    established: Option<Established>,
+}
+
+#[derive(Debug)]
+struct Established {
+    upn: String,
+    password: String,
+    server: NtlmServer,
+}
+
+/// What an `Authorization: Negotiate|NTLM` leg comes to.
+pub(super) enum Leg {
+    /// 401 with `WWW-Authenticate: <scheme> <token>`.
+    Challenge { scheme: String, token: String },
+    /// The connection is logged on as `upn`.
+    LoggedOn { upn: String, password: String },
+    /// 401: the logon is refused (logon failure, lockout).
+    Refused(SimFault),
+    /// 400: not a token this listener understands.
+    Malformed(String),
+}
+
+/// `(scheme, token)` of an `Authorization: Negotiate|NTLM <base64>` header.
+pub(super) fn token_of(headers: &HeaderMap) -> Option<(String, Vec<u8>)> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, token) = value.split_once(' ')?;
+    if !(scheme.eq_ignore_ascii_case("negotiate") || scheme.eq_ignore_ascii_case("ntlm")) {
+        return None;
+    }
+    Some((scheme.to_string(), B64.decode(token.trim()).unwrap_or_default()))
+}
+
+/// One handshake leg on `peer`'s connection.
+pub(super) fn leg(sim: &Simulator, peer: &Peer, scheme: &str, token: &[u8]) -> Leg {
+    if !ntlm::is_ntlm(token) {
+        return Leg::Malformed("only raw NTLM tokens are accepted under Negotiate by this listener".into());
+    }
+    let mut logon = peer.logon.lock().unwrap_or_else(|p| p.into_inner());
+    // Message type: byte 8 (1 NEGOTIATE, 3 AUTHENTICATE).
+    match token.get(8) {
+        Some(1) => {
+            let mut server = NtlmServer::default();
+            match server.challenge(token) {
+                Ok(challenge) => {
+                    logon.pending = Some(server);
+                    logon.established = None;
+                    Leg::Challenge { scheme: scheme.to_string(), token: B64.encode(challenge) }
+                }
+                Err(e) => Leg::Malformed(format!("unreadable NTLM NEGOTIATE: {e}")),
+            }
+        }
+        Some(3) => {
+            let Some(mut server) = logon.pending.take() else {
+                return Leg::Malformed("NTLM AUTHENTICATE without a NEGOTIATE on this connection".into());
+            };
+            let named = match server.user_of(token) {
+                Ok(named) => named,
+                Err(e) => return Leg::Malformed(format!("unreadable NTLM AUTHENTICATE: {e}")),
+            };
+            let upn = ntlm::account_key(&named);
+            let password = match sim.ntlm_password(&upn) {
+                Ok(p) => p,
+                Err(fault) => return Leg::Refused(fault),
+            };
+            if server.verify(named, &password).is_err() {
+                return Leg::Refused(SimFault::logon_failed(&upn));
+            }
+            logon.established = Some(Established { upn: upn.clone(), password: password.clone(), server });
+            Leg::LoggedOn { upn, password }
+        }
+        _ => Leg::Malformed("not an NTLM NEGOTIATE or AUTHENTICATE message".into()),
+    }
+}
+
+/// The user the connection logged on as, with the account's password: `None` when it has not.
+pub(super) fn logged_on(peer: &Peer) -> Option<(String, String)> {
+    let logon = peer.logon.lock().unwrap_or_else(|p| p.into_inner());
+    logon.established.as_ref().map(|e| (e.upn.clone(), e.password.clone()))
+}
+
+/// Unseals a request body with the connection's context.
+pub(super) fn unseal(peer: &Peer, content_type: &str, body: &[u8]) -> Result<Vec<u8>, String> {
+    let mut logon = peer.logon.lock().unwrap_or_else(|p| p.into_inner());
+    let established =
+        logon.established.as_mut().ok_or("an encrypted request on a connection that has not logged on")?;
+    let boundary = encryption::boundary_of(content_type).unwrap_or_else(|| encryption::BOUNDARY.into());
+    encryption::unseal(established.server.context(), body, &boundary).map_err(|e| e.to_string())
+}
+
+/// Seals an answer with the connection's context: `(content type, body)`.
+pub(super) fn seal(peer: &Peer, plain: &[u8]) -> Result<(String, Vec<u8>), String> {
+    let mut logon = peer.logon.lock().unwrap_or_else(|p| p.into_inner());
+    let established = logon.established.as_mut().ok_or("the connection has no NTLM context")?;
+    let body = encryption::seal(established.server.context(), encryption::PROTOCOL_SPNEGO, plain)
+        .map_err(|e| e.to_string())?;
+    Ok((encryption::content_type(encryption::PROTOCOL_SPNEGO), body))
+}
