@@ -88,12 +88,12 @@ impl Application {
                 oauth.login_url = oauth.login_url.as_ref().map(|u| u.replace(SIMULATOR_PLACEHOLDER, &addr.to_string()));
             }
         }
-        if let Some(dir) = crate::auth::token::data_dir(&config.store.url) {
+        if let Some(dir) = crate::auth::token::data_dir(&config.store) {
             let db = sqlite_file_name(&config.store.url);
             let files = [db.as_str(), crate::auth::token::TOKEN_FILE, NODE_ID_FILE];
             crate::data_dir::prepare(&dir, &files).with_context(|| format!("data directory {}", dir.display()))?;
         }
-        let node = node_id(&config.store.url)?;
+        let node = node_id(&config.store)?;
         let shell_name = format!("psbroker:{node}");
         let store =
             Store::connect(&config.store.url).await.with_context(|| format!("opening store {}", config.store.url))?;
@@ -314,12 +314,11 @@ fn exo_connector(profile: &ProfileConfig) -> anyhow::Result<Arc<dyn Connector>> 
 
 /// A stable identity for this daemon, kept next to its database (`node-id`), so the shells it
 /// names after itself can be found again after a crash and told apart from other nodes' shells.
-fn node_id(store_url: &str) -> anyhow::Result<String> {
-    let path = store_url.strip_prefix("sqlite://").filter(|_| !store_url.contains(":memory:"));
-    let Some(db) = path.map(|p| std::path::Path::new(p.split('?').next().unwrap_or(p)).to_path_buf()) else {
+fn node_id(store: &crate::config::StoreConfig) -> anyhow::Result<String> {
+    let Some(dir) = crate::auth::token::data_dir(store) else {
         return Ok(uuid::Uuid::new_v4().simple().to_string());
     };
-    let file = db.with_file_name(NODE_ID_FILE);
+    let file = dir.join(NODE_ID_FILE);
     if let Ok(id) = std::fs::read_to_string(&file) {
         if !id.trim().is_empty() {
             return Ok(id.trim().to_string());

@@ -165,7 +165,7 @@ fn default_token_file() -> PathBuf {
     let config = std::env::var_os("PSBROKER_CONFIG").map(PathBuf::from);
     Config::load(config.as_deref())
         .ok()
-        .and_then(|c| token::token_file(&c.store.url))
+        .and_then(|c| token::token_file(&c.store))
         .unwrap_or_else(|| PathBuf::from("data").join(token::TOKEN_FILE))
 }
 

@@ -199,13 +199,17 @@ impl Default for AuthConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
-    /// `sqlite://PATH` (created if missing) or `sqlite::memory:`.
+    /// `sqlite://PATH` (created if missing), `sqlite::memory:`, or `postgres://USER@HOST/DB`
+    /// (see docs/store.md).
     pub url: String,
+    /// This node's own files (the bootstrap API token, the node id). Default: the SQLite
+    /// file's directory, or `./data` with PostgreSQL.
+    pub data_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        Self { url: "sqlite://./data/psbroker.db".into() }
+        Self { url: "sqlite://./data/psbroker.db".into(), data_dir: None }
     }
 }
 

@@ -43,13 +43,13 @@ async fn sigkill_mid_batch_loses_nothing_repeats_no_write_and_leaves_no_orphan_s
     // A shell this admin holds through another tool: the broker must leave it alone.
     let foreign = sim.open_shell(UPN, "pw0", &tenant(0), "Microsoft.Exchange").unwrap();
 
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::DataDir::new().await;
     let mut text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n[store]\nurl = \"sqlite://{}\"\n\
+        "[server]\nlisten = \"127.0.0.1:0\"\n{}\
          [profiles.default]\nkind = \"wsman\"\nallow_plain_http = true\n\
          connection_uri = \"http://{sim_addr}/powershell-liveid?DelegatedOrg={{tenant}}\"\n\
          [[admins]]\nname = \"a0\"\nupn = \"{UPN}\"\ncredential = \"literal:pw0\"\n",
-        dir.path().join("psbroker.db").display()
+        dir.store_toml()
     );
     for t in 0..TENANTS {
         text += &format!("[[tenants]]\ndomain = \"{}\"\n", tenant(t));

@@ -106,7 +106,7 @@ pub async fn setup(config: &crate::config::Config, store: &Store) -> anyhow::Res
             listen = %config.server.listen,
             "AUTHENTICATION IS DISABLED ([auth] enabled = false): every local process can act as an admin on every tenant"
         );
-    } else if let Some(file) = token::ensure_bootstrap(store, &config.store.url).await? {
+    } else if let Some(file) = token::ensure_bootstrap(store, &config.store).await? {
         tracing::info!(
             file = %file.display(),
             "no API token existed: created the admin token 'bootstrap' (mode 0600); the CLI reads it from there"

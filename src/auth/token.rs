@@ -4,6 +4,7 @@
 
 use super::pattern::Patterns;
 use super::policy::{Constraint, Principal, Role};
+use crate::config::StoreConfig;
 use crate::store::{now_ms, Store, StoreError, TokenRow};
 use base64::Engine;
 use rand::RngCore;
@@ -89,9 +90,20 @@ pub async fn issue(store: &Store, spec: &TokenSpec) -> Result<String, StoreError
     Ok(token)
 }
 
-/// The directory that holds the SQLite file (`sqlite://./data/psbroker.db` → `./data`); `None`
-/// for an in-memory database.
-pub fn data_dir(store_url: &str) -> Option<PathBuf> {
+/// The node's data directory: `store.data_dir` if set, else the directory that holds the SQLite
+/// file (`sqlite://./data/psbroker.db` → `./data`), `./data` with PostgreSQL, and `None` for an
+/// in-memory database.
+pub fn data_dir(store: &StoreConfig) -> Option<PathBuf> {
+    if let Some(dir) = &store.data_dir {
+        return Some(dir.clone());
+    }
+    if crate::store::is_postgres_url(&store.url) {
+        return Some(PathBuf::from("./data"));
+    }
+    sqlite_dir(&store.url)
+}
+
+fn sqlite_dir(store_url: &str) -> Option<PathBuf> {
     if store_url.contains(":memory:") {
         return None;
     }
@@ -101,19 +113,19 @@ pub fn data_dir(store_url: &str) -> Option<PathBuf> {
     Some(if parent.as_os_str().is_empty() { PathBuf::from(".") } else { parent.to_path_buf() })
 }
 
-/// Where the bootstrap token of the database at `store_url` is written.
-pub fn token_file(store_url: &str) -> Option<PathBuf> {
-    data_dir(store_url).map(|d| d.join(TOKEN_FILE))
+/// Where the bootstrap token of the store is written.
+pub fn token_file(store: &StoreConfig) -> Option<PathBuf> {
+    data_dir(store).map(|d| d.join(TOKEN_FILE))
 }
 
 /// Secure by default: when the database has no token at all (none ever created, revoked ones
 /// count), creates an admin token named `bootstrap` and writes it to `<data dir>/api-token`
 /// with mode 0600. Returns the file written, if any. The token itself is never logged.
-pub async fn ensure_bootstrap(store: &Store, store_url: &str) -> anyhow::Result<Option<PathBuf>> {
+pub async fn ensure_bootstrap(store: &Store, config: &StoreConfig) -> anyhow::Result<Option<PathBuf>> {
     if store.token_count().await? > 0 {
         return Ok(None);
     }
-    let Some(file) = token_file(store_url) else {
+    let Some(file) = token_file(config) else {
         tracing::warn!("no API token exists and the store is in memory: no bootstrap token file can be written");
         return Ok(None);
     };
@@ -165,10 +177,14 @@ mod tests {
 
     #[test]
     fn data_dir_is_the_sqlite_files_directory() {
-        assert_eq!(data_dir("sqlite://./data/psbroker.db"), Some(PathBuf::from("./data")));
-        assert_eq!(data_dir("sqlite:///var/lib/psbroker/x.db?mode=rwc"), Some(PathBuf::from("/var/lib/psbroker")));
-        assert_eq!(data_dir("sqlite://x.db"), Some(PathBuf::from(".")));
-        assert_eq!(data_dir("sqlite::memory:"), None);
+        let dir = |url: &str| data_dir(&StoreConfig { url: url.into(), data_dir: None });
+        assert_eq!(dir("sqlite://./data/psbroker.db"), Some(PathBuf::from("./data")));
+        assert_eq!(dir("sqlite:///var/lib/psbroker/x.db?mode=rwc"), Some(PathBuf::from("/var/lib/psbroker")));
+        assert_eq!(dir("sqlite://x.db"), Some(PathBuf::from(".")));
+        assert_eq!(dir("sqlite::memory:"), None);
+        assert_eq!(dir("postgres://db.example/psbroker"), Some(PathBuf::from("./data")));
+        let set = StoreConfig { url: "postgres://db.example/psbroker".into(), data_dir: Some("/var/lib/x".into()) };
+        assert_eq!(data_dir(&set), Some(PathBuf::from("/var/lib/x")));
     }
 
     #[test]

@@ -18,10 +18,17 @@
 //!   reaches only the callers it belongs to.
 //!
 //! Other writes (batches, cancellation, tokens, sessions) use the writer pool directly; the
-//! task holds the single writer connection only while it commits a group.
+//! task holds the single writer connection only while it commits a group. On PostgreSQL the
+//! same task saves a commit (a WAL flush) per write just as well.
+//!
+//! This module is where the queue's and the audit's SQL meet (a result and its audit record
+//! are one transaction); neither of them knows about it.
 
-use super::{auth, insert_rows, replay_in, AuditEntry, Inserted, NewInvocation, Outcome, StoreError};
-use sqlx::{QueryBuilder, Row, SqliteConnection, SqlitePool};
+use super::audit;
+use super::db::{on, uuid_text, Cols, Conn, Pool};
+use super::queue::{insert_rows, replay_in};
+use super::{now_ms, AuditEntry, Inserted, NewInvocation, Outcome, Store, StoreError};
+use sqlx::QueryBuilder;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -101,7 +108,7 @@ pub(super) struct GroupWriter {
 }
 
 impl GroupWriter {
-    pub fn spawn(pool: SqlitePool) -> GroupWriter {
+    pub fn spawn(pool: Pool) -> GroupWriter {
         let (queue, requests) = mpsc::unbounded_channel();
         let groups = Arc::new(AtomicU64::new(0));
         tokio::spawn(run(pool, requests, groups.clone()));
@@ -121,7 +128,7 @@ impl GroupWriter {
     }
 }
 
-async fn run(pool: SqlitePool, mut requests: mpsc::UnboundedReceiver<Request>, groups: Arc<AtomicU64>) {
+async fn run(pool: Pool, mut requests: mpsc::UnboundedReceiver<Request>, groups: Arc<AtomicU64>) {
     let mut group: Vec<Request> = Vec::new();
     while let Some(first) = requests.recv().await {
         group.push(first);
@@ -161,30 +168,32 @@ async fn run(pool: SqlitePool, mut requests: mpsc::UnboundedReceiver<Request>, g
 }
 
 /// Applies `ops` and commits them together: all are written, or none.
-async fn commit(pool: &SqlitePool, ops: &[Op]) -> Result<Vec<Answer>, StoreError> {
+async fn commit(pool: &Pool, ops: &[Op]) -> Result<Vec<Answer>, StoreError> {
     // One statement alone needs no BEGIN/COMMIT (autocommit is atomic); a result needs its audit
     // record in the same transaction.
     let single_statement = matches!(ops, [Op::Claim { .. }] | [Op::Audit(_)] | [Op::Insert(_)]);
-    if single_statement {
-        let mut conn = pool.acquire().await?;
-        return apply(&mut conn, ops).await;
-    }
-    let mut tx = pool.begin().await?;
-    match apply(&mut tx, ops).await {
-        Ok(answers) => {
-            tx.commit().await?;
-            Ok(answers)
+    on!(pool, p => {
+        if single_statement {
+            let mut conn = p.acquire().await?;
+            return apply(&mut Conn::from(&mut *conn), ops).await;
         }
-        Err(e) => {
-            let _ = tx.rollback().await;
-            Err(e)
+        let mut tx = p.begin().await?;
+        match apply(&mut Conn::from(&mut *tx), ops).await {
+            Ok(answers) => {
+                tx.commit().await?;
+                Ok(answers)
+            }
+            Err(e) => {
+                let _ = tx.rollback().await;
+                Err(e)
+            }
         }
-    }
+    })
 }
 
 /// Runs the writes of a group; `Err` means the group must not be committed. A caller's own
 /// refusal (an idempotency key reused for another request) is its answer, not the group's error.
-async fn apply(conn: &mut SqliteConnection, ops: &[Op]) -> Result<Vec<Answer>, StoreError> {
+async fn apply(conn: &mut Conn<'_>, ops: &[Op]) -> Result<Vec<Answer>, StoreError> {
     let mut answers: Vec<Option<Answer>> = (0..ops.len()).map(|_| None).collect();
 
     let inserts: Vec<(usize, &NewInvocation)> = ops
@@ -216,6 +225,7 @@ async fn apply(conn: &mut SqliteConnection, ops: &[Op]) -> Result<Vec<Answer>, S
         _ => None,
     });
     if !claims.candidates.is_empty() {
+        let won = on!(conn, c => {
         let mut qb = QueryBuilder::new(
             "UPDATE invocations SET status = 'running', attempts = v.column2, started_at = v.column3, \
              session_id = v.column4, admin_used = v.column5 FROM (",
@@ -230,7 +240,8 @@ async fn apply(conn: &mut SqliteConnection, ops: &[Op]) -> Result<Vec<Answer>, S
             }
         });
         qb.push(") AS v WHERE invocations.id = v.column1 AND invocations.status = 'queued' RETURNING id");
-        let won = returned_ids(qb.build().fetch_all(&mut *conn).await?)?;
+        returned_ids(qb.build().fetch_all(&mut **c).await?)?
+        });
         claims.answer(&mut answers, &won);
     }
 
@@ -241,6 +252,7 @@ async fn apply(conn: &mut SqliteConnection, ops: &[Op]) -> Result<Vec<Answer>, S
         _ => None,
     });
     if !finishes.candidates.is_empty() {
+        let ended = on!(conn, c => {
         let mut qb = QueryBuilder::new(
             "UPDATE invocations SET status = v.column2, finished_at = v.column3, output = v.column4, \
              errors = v.column5, warnings = v.column6, error_code = v.column7, error_message = v.column8, \
@@ -260,10 +272,11 @@ async fn apply(conn: &mut SqliteConnection, ops: &[Op]) -> Result<Vec<Answer>, S
             }
         });
         qb.push(") AS v WHERE invocations.id = v.column1 AND invocations.status IN ('queued', 'running') RETURNING id");
-        let ended = returned_ids(qb.build().fetch_all(&mut *conn).await?)?;
+        returned_ids(qb.build().fetch_all(&mut **c).await?)?
+        });
         if !ended.is_empty() {
             let ids: Vec<Uuid> = ended.iter().copied().collect();
-            auth::audit_finished(conn, &ids).await?;
+            audit::audit_finished(conn, &ids).await?;
         }
         finishes.answer(&mut answers, &ended);
     }
@@ -277,7 +290,7 @@ async fn apply(conn: &mut SqliteConnection, ops: &[Op]) -> Result<Vec<Answer>, S
         })
         .collect();
     if !audits.is_empty() {
-        auth::insert_audit(conn, audits.iter().map(|(_, e)| *e)).await?;
+        audit::insert_audit(conn, audits.iter().map(|(_, e)| *e)).await?;
         for (i, _) in audits {
             answers[i] = Some(Ok(Done::Appended));
         }
@@ -321,11 +334,12 @@ fn first_of_each_id(ops: &[Op], id_of: impl Fn(&Op) -> Option<Uuid>) -> Candidat
     c
 }
 
-/// `VALUES (…), (…)` of the candidates (columns `column1`, `column2`, … in SQLite).
-fn values<'q>(
-    qb: &mut QueryBuilder<'q, sqlx::Sqlite>,
+/// `VALUES (…), (…)` of the candidates (columns `column1`, `column2`, … in both SQLite and
+/// PostgreSQL).
+fn values<'q, DB: sqlx::Database>(
+    qb: &mut QueryBuilder<'q, DB>,
     rows: &[(usize, &Op)],
-    mut push: impl FnMut(&mut sqlx::query_builder::Separated<'_, 'q, sqlx::Sqlite, &'static str>, &Op),
+    mut push: impl FnMut(&mut sqlx::query_builder::Separated<'_, 'q, DB, &'static str>, &Op),
 ) {
     qb.push("VALUES ");
     for (n, (_, op)) in rows.iter().enumerate() {
@@ -339,13 +353,43 @@ fn values<'q>(
     }
 }
 
-fn returned_ids(rows: Vec<sqlx::sqlite::SqliteRow>) -> Result<HashSet<Uuid>, StoreError> {
-    rows.iter()
-        .map(|r| {
-            let id: &str = r.try_get("id")?;
-            Ok(Uuid::parse_str(id).map_err(|e| sqlx::Error::Decode(Box::new(e)))?)
-        })
-        .collect()
+fn returned_ids(rows: Vec<impl Cols>) -> Result<HashSet<Uuid>, StoreError> {
+    rows.iter().map(|r| Ok(uuid_text(&r.col::<String>("id")?)?)).collect()
+}
+
+/// The writes committed in groups, as the rest of the daemon sees them.
+impl Store {
+    pub async fn insert_invocation(&self, new: &NewInvocation) -> Result<Inserted, StoreError> {
+        match self.group.write(Op::Insert(Box::new(new.clone()))).await? {
+            Done::Inserted(inserted) => Ok(inserted),
+            other => unreachable!("an insert answered {other:?}"),
+        }
+    }
+
+    /// Claims a queued invocation for a session. False if it is no longer queued (cancelled).
+    pub async fn mark_running(&self, id: Uuid, attempt: u32, session: &str, admin: &str) -> Result<bool, StoreError> {
+        let claim = Op::Claim {
+            id,
+            attempt: attempt as i64,
+            at: now_ms(),
+            session: session.to_string(),
+            admin: admin.to_string(),
+        };
+        self.group.write(claim).await.map(Done::changed)
+    }
+
+    /// Records the end of an invocation that is not already final, and appends its audit record
+    /// in the same transaction (so an ended invocation always has one, and only one).
+    pub async fn finish(&self, id: Uuid, outcome: &Outcome) -> Result<bool, StoreError> {
+        let finish = Finish::new(id, now_ms(), outcome);
+        self.group.write(Op::Finish(Box::new(finish))).await.map(Done::changed)
+    }
+
+    /// Appends one audit record (a request refused by authorization; ended invocations are
+    /// audited by [`Store::finish`]).
+    pub async fn audit(&self, e: &AuditEntry) -> Result<(), StoreError> {
+        self.group.write(Op::Audit(Box::new(e.clone()))).await.map(|_| ())
+    }
 }
 
 #[cfg(test)]
@@ -356,7 +400,9 @@ mod tests {
     use futures::future::join_all;
 
     async fn audit_rows(store: &Store) -> i64 {
-        sqlx::query("SELECT COUNT(*) AS n FROM audit").fetch_one(&store.writer).await.unwrap().get("n")
+        on!(&store.writer, pool => {
+            sqlx::query("SELECT COUNT(*) AS n FROM audit").fetch_one(pool).await.unwrap().col("n").unwrap()
+        })
     }
 
     fn entry(cmdlet: &str) -> AuditEntry {
@@ -365,107 +411,123 @@ mod tests {
 
     #[tokio::test]
     async fn concurrent_claims_of_one_id_in_one_group_exactly_one_wins() {
-        let store = Store::connect("sqlite::memory:").await.unwrap();
-        let new = item(None, "Set-Mailbox");
-        store.insert_invocation(&new).await.unwrap();
-        let id = new.accepted.id;
-        let before = store.group.groups();
-        let sessions: Vec<String> = (0..20).map(|i| format!("s{i}")).collect();
-        let claims = join_all(sessions.iter().map(|s| store.mark_running(id, 1, s, "admin"))).await;
-        assert_eq!(store.group.groups() - before, 1, "the twenty claims were committed as one group");
-        let won: Vec<usize> = claims.iter().enumerate().filter(|(_, c)| *c.as_ref().unwrap()).map(|(i, _)| i).collect();
-        assert_eq!(won, vec![0], "exactly one claim wins: the first queued");
-        let r = store.get(id).await.unwrap().unwrap();
-        assert_eq!((r.status, r.session_id.as_deref(), r.attempts), (Status::Running, Some("s0"), 1));
+        for store in crate::store::tests::backends().await {
+            let new = item(None, "Set-Mailbox");
+            store.insert_invocation(&new).await.unwrap();
+            let id = new.accepted.id;
+            let before = store.group.groups();
+            let sessions: Vec<String> = (0..20).map(|i| format!("s{i}")).collect();
+            let claims = join_all(sessions.iter().map(|s| store.mark_running(id, 1, s, "admin"))).await;
+            assert_eq!(store.group.groups() - before, 1, "the twenty claims were committed as one group");
+            let won: Vec<usize> =
+                claims.iter().enumerate().filter(|(_, c)| *c.as_ref().unwrap()).map(|(i, _)| i).collect();
+            assert_eq!(won, vec![0], "exactly one claim wins: the first queued");
+            let r = store.get(id).await.unwrap().unwrap();
+            assert_eq!((r.status, r.session_id.as_deref(), r.attempts), (Status::Running, Some("s0"), 1));
+        }
     }
 
     #[tokio::test]
     async fn one_group_mixes_inserts_claims_results_and_audits() {
-        let store = Store::connect("sqlite::memory:").await.unwrap();
-        let items: Vec<_> = (0..4).map(|_| item(None, "Get-User")).collect();
-        for new in &items[..3] {
-            store.insert_invocation(new).await.unwrap();
+        for store in crate::store::tests::backends().await {
+            let items: Vec<_> = (0..4).map(|_| item(None, "Get-User")).collect();
+            for new in &items[..3] {
+                store.insert_invocation(new).await.unwrap();
+            }
+            let [a, b, c, d] = [0, 1, 2, 3].map(|i| items[i].accepted.id);
+            assert!(store.mark_running(a, 1, "s", "x").await.unwrap());
+            let ok = Outcome::failed("x", "y");
+            let keyed = item(Some("k"), "Get-Group");
+            let replay = item(Some("k"), "Get-Group");
+            let conflict = item(Some("k"), "Remove-Group");
+            let (late, secret) = (Outcome::failed("late", "loses"), entry("Get-Secret"));
+            let before = (store.group.groups(), audit_rows(&store).await);
+            let (d_new, keyed_new, replayed, conflicted, fin_a, fin_a_again, claim_a, claim_b, claim_c, fin_c, audited) = tokio::join!(
+                store.insert_invocation(&items[3]),
+                store.insert_invocation(&keyed),
+                store.insert_invocation(&replay),
+                store.insert_invocation(&conflict),
+                store.finish(a, &ok),
+                store.finish(a, &late),
+                store.mark_running(a, 2, "s", "x"),
+                store.mark_running(b, 1, "s", "x"),
+                store.mark_running(c, 1, "s", "x"),
+                store.finish(c, &ok),
+                store.audit(&secret),
+            );
+            assert_eq!(store.group.groups() - before.0, 1, "everything was one group");
+            assert!(matches!(d_new.unwrap(), Inserted::New));
+            assert!(matches!(keyed_new.unwrap(), Inserted::New));
+            match replayed.unwrap() {
+                Inserted::Existing(r) => assert_eq!(r.accepted.id, keyed.accepted.id, "a replay within the group"),
+                other => panic!("expected a replay, got {other:?}"),
+            }
+            assert!(matches!(conflicted, Err(StoreError::IdempotencyConflict(_))), "a refusal is that caller's alone");
+            assert!(fin_a.unwrap(), "the running one ends");
+            assert!(!fin_a_again.unwrap(), "final stays final, within a group too");
+            assert!(!claim_a.unwrap(), "a running one cannot be claimed");
+            assert!(claim_b.unwrap() && claim_c.unwrap());
+            assert!(fin_c.unwrap(), "claimed then ended in the same group");
+            audited.unwrap();
+            assert_eq!(
+                audit_rows(&store).await - before.1,
+                3,
+                "one record per ended invocation, plus the appended one"
+            );
+            let status = |id| {
+                let store = store.clone();
+                async move { store.get(id).await.unwrap().unwrap().status }
+            };
+            assert_eq!(
+                [status(a).await, status(b).await, status(c).await, status(d).await],
+                [Status::Failed, Status::Running, Status::Failed, Status::Queued]
+            );
+            let a_row = store.get(a).await.unwrap().unwrap();
+            assert_eq!(a_row.error_code.as_deref(), Some("x"), "the first result is the one kept");
         }
-        let [a, b, c, d] = [0, 1, 2, 3].map(|i| items[i].accepted.id);
-        assert!(store.mark_running(a, 1, "s", "x").await.unwrap());
-        let ok = Outcome::failed("x", "y");
-        let keyed = item(Some("k"), "Get-Group");
-        let replay = item(Some("k"), "Get-Group");
-        let conflict = item(Some("k"), "Remove-Group");
-        let (late, secret) = (Outcome::failed("late", "loses"), entry("Get-Secret"));
-        let before = (store.group.groups(), audit_rows(&store).await);
-        let (d_new, keyed_new, replayed, conflicted, fin_a, fin_a_again, claim_a, claim_b, claim_c, fin_c, audited) = tokio::join!(
-            store.insert_invocation(&items[3]),
-            store.insert_invocation(&keyed),
-            store.insert_invocation(&replay),
-            store.insert_invocation(&conflict),
-            store.finish(a, &ok),
-            store.finish(a, &late),
-            store.mark_running(a, 2, "s", "x"),
-            store.mark_running(b, 1, "s", "x"),
-            store.mark_running(c, 1, "s", "x"),
-            store.finish(c, &ok),
-            store.audit(&secret),
-        );
-        assert_eq!(store.group.groups() - before.0, 1, "everything was one group");
-        assert!(matches!(d_new.unwrap(), Inserted::New));
-        assert!(matches!(keyed_new.unwrap(), Inserted::New));
-        match replayed.unwrap() {
-            Inserted::Existing(r) => assert_eq!(r.accepted.id, keyed.accepted.id, "a replay within the group"),
-            other => panic!("expected a replay, got {other:?}"),
-        }
-        assert!(matches!(conflicted, Err(StoreError::IdempotencyConflict(_))), "a refusal is that caller's alone");
-        assert!(fin_a.unwrap(), "the running one ends");
-        assert!(!fin_a_again.unwrap(), "final stays final, within a group too");
-        assert!(!claim_a.unwrap(), "a running one cannot be claimed");
-        assert!(claim_b.unwrap() && claim_c.unwrap());
-        assert!(fin_c.unwrap(), "claimed then ended in the same group");
-        audited.unwrap();
-        assert_eq!(audit_rows(&store).await - before.1, 3, "one record per ended invocation, plus the appended one");
-        let status = |id| {
-            let store = store.clone();
-            async move { store.get(id).await.unwrap().unwrap().status }
-        };
-        assert_eq!(
-            [status(a).await, status(b).await, status(c).await, status(d).await],
-            [Status::Failed, Status::Running, Status::Failed, Status::Queued]
-        );
-        let a_row = store.get(a).await.unwrap().unwrap();
-        assert_eq!(a_row.error_code.as_deref(), Some("x"), "the first result is the one kept");
     }
 
     #[tokio::test]
     async fn a_failed_write_fails_alone_and_does_not_poison_the_next_group() {
-        let store = Store::connect("sqlite::memory:").await.unwrap();
-        sqlx::query(
-            "CREATE TEMP TRIGGER poison BEFORE INSERT ON audit WHEN NEW.cmdlet = 'Poison' \
-             BEGIN SELECT RAISE(ABORT, 'poisoned audit record'); END",
-        )
-        .execute(&store.writer)
-        .await
-        .unwrap();
-        let items: Vec<_> = (0..3).map(|_| item(None, "Get-User")).collect();
-        for new in &items {
-            store.insert_invocation(new).await.unwrap();
+        for store in crate::store::tests::backends().await {
+            let poison_trigger: &[&str] = if store.writer.is_postgres() {
+                &[
+                    "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+                 IF NEW.cmdlet = 'Poison' THEN RAISE EXCEPTION 'poisoned audit record'; END IF; RETURN NEW; END $$",
+                    "CREATE TRIGGER poison BEFORE INSERT ON audit FOR EACH ROW EXECUTE FUNCTION poison()",
+                ]
+            } else {
+                &["CREATE TEMP TRIGGER poison BEFORE INSERT ON audit WHEN NEW.cmdlet = 'Poison' \
+               BEGIN SELECT RAISE(ABORT, 'poisoned audit record'); END"]
+            };
+            for statement in poison_trigger {
+                on!(&store.writer, pool => {
+                    sqlx::query(statement).execute(pool).await.unwrap();
+                });
+            }
+            let items: Vec<_> = (0..3).map(|_| item(None, "Get-User")).collect();
+            for new in &items {
+                store.insert_invocation(new).await.unwrap();
+            }
+            let [a, b, c] = [0, 1, 2].map(|i| items[i].accepted.id);
+            let (poison, fine, failed) = (entry("Poison"), entry("Get-Fine"), Outcome::failed("x", "y"));
+            let (poisoned, fine_done, claim_a, fin_b) = tokio::join!(
+                store.audit(&poison),
+                store.audit(&fine),
+                store.mark_running(a, 1, "s", "x"),
+                store.finish(b, &failed),
+            );
+            let err = poisoned.unwrap_err().to_string();
+            assert!(err.contains("poisoned audit record"), "{err}");
+            fine_done.unwrap();
+            assert!(claim_a.unwrap() && fin_b.unwrap(), "the others in the group were committed");
+            assert_eq!(audit_rows(&store).await, 2, "the fine record and b's, each once");
+            // The next group works as usual.
+            let (claim_c, again) = tokio::join!(store.mark_running(c, 1, "s", "x"), store.audit(&fine));
+            assert!(claim_c.unwrap());
+            again.unwrap();
+            assert_eq!(audit_rows(&store).await, 3);
+            assert_eq!(store.get(a).await.unwrap().unwrap().status, Status::Running);
         }
-        let [a, b, c] = [0, 1, 2].map(|i| items[i].accepted.id);
-        let (poison, fine, failed) = (entry("Poison"), entry("Get-Fine"), Outcome::failed("x", "y"));
-        let (poisoned, fine_done, claim_a, fin_b) = tokio::join!(
-            store.audit(&poison),
-            store.audit(&fine),
-            store.mark_running(a, 1, "s", "x"),
-            store.finish(b, &failed),
-        );
-        let err = poisoned.unwrap_err().to_string();
-        assert!(err.contains("poisoned audit record"), "{err}");
-        fine_done.unwrap();
-        assert!(claim_a.unwrap() && fin_b.unwrap(), "the others in the group were committed");
-        assert_eq!(audit_rows(&store).await, 2, "the fine record and b's, each once");
-        // The next group works as usual.
-        let (claim_c, again) = tokio::join!(store.mark_running(c, 1, "s", "x"), store.audit(&fine));
-        assert!(claim_c.unwrap());
-        again.unwrap();
-        assert_eq!(audit_rows(&store).await, 3);
-        assert_eq!(store.get(a).await.unwrap().unwrap().status, Status::Running);
     }
 }

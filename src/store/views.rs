@@ -1,10 +1,12 @@
 //! Read-only views for operators (the web console and anyone else on the API): a caller's
 //! batches newest first, a batch's items filtered by status and code, and failures grouped by
-//! code with the service's messages. Reads only, on the read pool; portable SQL like the rest.
+//! code with the service's messages. Reads only, on the read pool; the same SQL on both backends.
 
-use super::{record, BatchCounts, InvocationRecord, Status, Store, StoreError};
+use super::db::{on, uuid_text, Cols};
+use super::queue::{record, COLUMNS};
+use super::{BatchCounts, InvocationRecord, Status, Store, StoreError};
 use serde::Serialize;
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::QueryBuilder;
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
@@ -63,7 +65,11 @@ const MAX_MESSAGE_ROWS: i64 = 5000;
 
 impl FailureQuery {
     /// ` AND ...` for every filter, on a statement over `invocations` of failed rows.
-    fn push_filters(&self, qb: &mut QueryBuilder<'_, Sqlite>) {
+    fn push_filters<DB: sqlx::Database>(&self, qb: &mut QueryBuilder<'_, DB>)
+    where
+        String: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+        i64: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    {
         if let Some(o) = &self.owner {
             qb.push(" AND owner = ").push_bind(o.clone());
         }
@@ -91,6 +97,7 @@ impl Store {
         before: Option<Uuid>,
         limit: i64,
     ) -> Result<Vec<BatchSummary>, StoreError> {
+        on!(&self.reads, pool => {
         let mut qb = QueryBuilder::new("SELECT id, total, cancelled_at, owner, created_at FROM batches WHERE 1 = 1");
         if let Some(o) = owner {
             qb.push(" AND owner = ").push_bind(o.to_string());
@@ -99,18 +106,17 @@ impl Store {
             qb.push(" AND id < ").push_bind(b.to_string());
         }
         qb.push(" ORDER BY id DESC LIMIT ").push_bind(limit);
-        let heads = qb.build().fetch_all(&self.reads).await?;
+        let heads = qb.build().fetch_all(pool).await?;
         let mut batches = Vec::with_capacity(heads.len());
         for row in &heads {
-            let id: String = row.try_get("id")?;
             let counts = BatchCounts {
-                id: Uuid::parse_str(&id).map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
-                total: row.try_get("total")?,
-                cancelled_at: row.try_get("cancelled_at")?,
-                owner: row.try_get("owner")?,
+                id: uuid_text(&row.col::<String>("id")?)?,
+                total: row.col("total")?,
+                cancelled_at: row.col("cancelled_at")?,
+                owner: row.col("owner")?,
                 ..BatchCounts::default()
             };
-            batches.push(BatchSummary { counts, created_at: row.try_get("created_at")? });
+            batches.push(BatchSummary { counts, created_at: row.col("created_at")? });
         }
         if batches.is_empty() {
             return Ok(batches);
@@ -123,11 +129,12 @@ impl Store {
         ids.push_unseparated(") GROUP BY batch_id, status");
         let index: BTreeMap<String, usize> =
             batches.iter().enumerate().map(|(i, b)| (b.counts.id.to_string(), i)).collect();
-        for row in qb.build().fetch_all(&self.reads).await? {
-            let Some(&i) = index.get(row.try_get::<&str, _>("batch_id")?) else { continue };
-            batches[i].counts.set(Status::parse(row.try_get::<&str, _>("status")?), row.try_get("n")?);
+        for row in qb.build().fetch_all(pool).await? {
+            let Some(&i) = index.get(&row.col::<String>("batch_id")?) else { continue };
+            batches[i].counts.set(Status::parse(&row.col::<String>("status")?), row.col("n")?);
         }
         Ok(batches)
+        })
     }
 
     /// A batch's items in submission order after `after_seq`, only those with `status` and
@@ -140,7 +147,8 @@ impl Store {
         after_seq: i64,
         limit: i64,
     ) -> Result<Vec<InvocationRecord>, StoreError> {
-        let mut qb = QueryBuilder::new(format!("SELECT {} FROM invocations WHERE batch_id = ", super::COLUMNS));
+        on!(&self.reads, pool => {
+        let mut qb = QueryBuilder::new(format!("SELECT {COLUMNS} FROM invocations WHERE batch_id = "));
         qb.push_bind(batch.to_string()).push(" AND seq > ").push_bind(after_seq);
         if let Some(s) = status {
             qb.push(" AND status = ").push_bind(s.as_str());
@@ -149,12 +157,15 @@ impl Store {
             qb.push(" AND error_code = ").push_bind(c.to_string());
         }
         qb.push(" ORDER BY seq LIMIT ").push_bind(limit);
-        let rows = qb.build().fetch_all(&self.reads).await?;
+        let rows = qb.build().fetch_all(pool).await?;
         rows.iter().map(record).collect()
+        })
     }
 
     /// Failed invocations grouped by error code, the most frequent code first.
     pub async fn failures(&self, q: &FailureQuery) -> Result<Vec<FailureGroup>, StoreError> {
+        let mut groups: BTreeMap<String, FailureGroup> = BTreeMap::new();
+        on!(&self.reads, pool => {
         // `status = 'failed'` literally, so SQLite can use the partial index on failed rows.
         let mut qb = QueryBuilder::new(
             "SELECT error_code, error_message, COUNT(*) AS n, MAX(finished_at) AS last_at, MAX(id) AS example \
@@ -162,13 +173,12 @@ impl Store {
         );
         q.push_filters(&mut qb);
         qb.push(" GROUP BY error_code, error_message ORDER BY n DESC LIMIT ").push_bind(MAX_MESSAGE_ROWS);
-        let mut groups: BTreeMap<String, FailureGroup> = BTreeMap::new();
-        for row in qb.build().fetch_all(&self.reads).await? {
-            let code: Option<String> = row.try_get("error_code")?;
+        for row in qb.build().fetch_all(pool).await? {
+            let code: Option<String> = row.col("error_code")?;
             let code = code.unwrap_or_else(|| "unknown".into());
             let (count, last_at): (i64, i64) =
-                (row.try_get("n")?, row.try_get::<Option<i64>, _>("last_at")?.unwrap_or(0));
-            let example: String = row.try_get("example")?;
+                (row.col("n")?, row.col::<Option<i64>>("last_at")?.unwrap_or(0));
+            let example: String = row.col("example")?;
             let group = groups.entry(code.clone()).or_insert_with(|| FailureGroup {
                 code,
                 count: 0,
@@ -181,10 +191,10 @@ impl Store {
             group.last_at = group.last_at.max(last_at);
             if group.messages.len() < SHOWN_PER_CODE {
                 group.messages.push(FailureMessage {
-                    message: row.try_get::<Option<String>, _>("error_message")?.unwrap_or_default(),
+                    message: row.col::<Option<String>>("error_message")?.unwrap_or_default(),
                     count,
                     last_at,
-                    example: Uuid::parse_str(&example).map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+                    example: uuid_text(&example)?,
                 });
             }
         }
@@ -192,14 +202,15 @@ impl Store {
             QueryBuilder::new("SELECT error_code, tenant, COUNT(*) AS n FROM invocations WHERE status = 'failed'");
         q.push_filters(&mut qb);
         qb.push(" GROUP BY error_code, tenant ORDER BY n DESC, tenant");
-        for row in qb.build().fetch_all(&self.reads).await? {
-            let code: Option<String> = row.try_get("error_code")?;
+        for row in qb.build().fetch_all(pool).await? {
+            let code: Option<String> = row.col("error_code")?;
             let Some(group) = groups.get_mut(code.as_deref().unwrap_or("unknown")) else { continue };
             group.tenant_count += 1;
             if group.tenants.len() < SHOWN_PER_CODE {
-                group.tenants.push(TenantCount { tenant: row.try_get("tenant")?, count: row.try_get("n")? });
+                group.tenants.push(TenantCount { tenant: row.col("tenant")?, count: row.col("n")? });
             }
         }
+        });
         let mut groups: Vec<FailureGroup> = groups.into_values().collect();
         groups.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.code.cmp(&b.code)));
         Ok(groups)
@@ -232,63 +243,65 @@ mod tests {
 
     #[tokio::test]
     async fn batches_list_newest_first_per_owner_with_counts() {
-        let store = Store::connect("sqlite::memory:").await.unwrap();
-        let (first, items) = batch(&store, "ann", "a.example", 3).await;
-        let (second, _) = batch(&store, "bob", "b.example", 2).await;
-        let (third, _) = batch(&store, "ann", "a.example", 1).await;
-        store.finish(items[0], &Outcome::failed("unknown_cmdlet", "nope")).await.unwrap();
+        for store in crate::store::tests::backends().await {
+            let (first, items) = batch(&store, "ann", "a.example", 3).await;
+            let (second, _) = batch(&store, "bob", "b.example", 2).await;
+            let (third, _) = batch(&store, "ann", "a.example", 1).await;
+            store.finish(items[0], &Outcome::failed("unknown_cmdlet", "nope")).await.unwrap();
 
-        let all = store.list_batches(None, None, 10).await.unwrap();
-        assert_eq!(all.iter().map(|b| b.counts.id).collect::<Vec<_>>(), vec![third, second, first]);
-        let ann = store.list_batches(Some("ann"), None, 10).await.unwrap();
-        assert_eq!(ann.iter().map(|b| b.counts.id).collect::<Vec<_>>(), vec![third, first]);
-        let c = &ann[1].counts;
-        assert_eq!((c.total, c.queued, c.failed, c.owner.as_deref()), (3, 2, 1, Some("ann")));
-        let page = store.list_batches(Some("ann"), Some(third), 1).await.unwrap();
-        assert_eq!(page.iter().map(|b| b.counts.id).collect::<Vec<_>>(), vec![first], "continues below the cursor");
+            let all = store.list_batches(None, None, 10).await.unwrap();
+            assert_eq!(all.iter().map(|b| b.counts.id).collect::<Vec<_>>(), vec![third, second, first]);
+            let ann = store.list_batches(Some("ann"), None, 10).await.unwrap();
+            assert_eq!(ann.iter().map(|b| b.counts.id).collect::<Vec<_>>(), vec![third, first]);
+            let c = &ann[1].counts;
+            assert_eq!((c.total, c.queued, c.failed, c.owner.as_deref()), (3, 2, 1, Some("ann")));
+            let page = store.list_batches(Some("ann"), Some(third), 1).await.unwrap();
+            assert_eq!(page.iter().map(|b| b.counts.id).collect::<Vec<_>>(), vec![first], "continues below the cursor");
+        }
     }
 
     #[tokio::test]
     async fn items_filter_by_status_and_code_and_failures_group_by_code() {
-        let store = Store::connect("sqlite::memory:").await.unwrap();
-        let (id, items) = batch(&store, "ann", "a.example", 6).await;
-        let (_, other) = batch(&store, "bob", "b.example", 2).await;
-        for (i, code, msg) in [
-            (0, "unknown_cmdlet", "The term 'Get-Nope' is not recognized"),
-            (2, "unknown_cmdlet", "The term 'Get-Nope' is not recognized"),
-            (3, "logon_failed", "Logon failed for the user 'x'"),
-        ] {
-            store.finish(items[i], &Outcome::failed(code, msg)).await.unwrap();
+        for store in crate::store::tests::backends().await {
+            let (id, items) = batch(&store, "ann", "a.example", 6).await;
+            let (_, other) = batch(&store, "bob", "b.example", 2).await;
+            for (i, code, msg) in [
+                (0, "unknown_cmdlet", "The term 'Get-Nope' is not recognized"),
+                (2, "unknown_cmdlet", "The term 'Get-Nope' is not recognized"),
+                (3, "logon_failed", "Logon failed for the user 'x'"),
+            ] {
+                store.finish(items[i], &Outcome::failed(code, msg)).await.unwrap();
+            }
+            store
+                .finish(other[0], &Outcome::failed("unknown_cmdlet", "The term 'Get-Other' is not recognized"))
+                .await
+                .unwrap();
+
+            let failed = store.batch_items(id, Some(Status::Failed), None, -1, 100).await.unwrap();
+            assert_eq!(failed.iter().map(|r| r.accepted.seq).collect::<Vec<_>>(), vec![0, 2, 3]);
+            let unknown = store.batch_items(id, None, Some("unknown_cmdlet"), 0, 100).await.unwrap();
+            assert_eq!(unknown.iter().map(|r| r.accepted.seq).collect::<Vec<_>>(), vec![2], "after seq 0");
+            let queued = store.batch_items(id, Some(Status::Queued), None, -1, 2).await.unwrap();
+            assert_eq!(queued.iter().map(|r| r.accepted.seq).collect::<Vec<_>>(), vec![1, 4], "limited");
+
+            let everyone = store.failures(&FailureQuery::default()).await.unwrap();
+            assert_eq!(
+                everyone.iter().map(|g| (g.code.as_str(), g.count)).collect::<Vec<_>>(),
+                vec![("unknown_cmdlet", 3), ("logon_failed", 1)]
+            );
+            let unknown = &everyone[0];
+            assert_eq!(unknown.messages[0].message, "The term 'Get-Nope' is not recognized");
+            assert_eq!((unknown.messages[0].count, unknown.messages[0].example), (2, items[2]));
+            assert_eq!(unknown.tenant_count, 2);
+            assert_eq!(unknown.tenants[0], TenantCount { tenant: "a.example".into(), count: 2 });
+
+            let bobs = store.failures(&FailureQuery { owner: Some("bob".into()), ..Default::default() }).await.unwrap();
+            assert_eq!(bobs.len(), 1);
+            assert_eq!((bobs[0].count, bobs[0].messages.len()), (1, 1), "only bob's own failures");
+            let later = FailureQuery { since_ms: Some(crate::store::now_ms() + 60_000), ..Default::default() };
+            assert!(store.failures(&later).await.unwrap().is_empty(), "outside the window");
+            let in_batch = store.failures(&FailureQuery { batch: Some(id), ..Default::default() }).await.unwrap();
+            assert_eq!(in_batch.iter().map(|g| g.count).sum::<i64>(), 3);
         }
-        store
-            .finish(other[0], &Outcome::failed("unknown_cmdlet", "The term 'Get-Other' is not recognized"))
-            .await
-            .unwrap();
-
-        let failed = store.batch_items(id, Some(Status::Failed), None, -1, 100).await.unwrap();
-        assert_eq!(failed.iter().map(|r| r.accepted.seq).collect::<Vec<_>>(), vec![0, 2, 3]);
-        let unknown = store.batch_items(id, None, Some("unknown_cmdlet"), 0, 100).await.unwrap();
-        assert_eq!(unknown.iter().map(|r| r.accepted.seq).collect::<Vec<_>>(), vec![2], "after seq 0");
-        let queued = store.batch_items(id, Some(Status::Queued), None, -1, 2).await.unwrap();
-        assert_eq!(queued.iter().map(|r| r.accepted.seq).collect::<Vec<_>>(), vec![1, 4], "limited");
-
-        let everyone = store.failures(&FailureQuery::default()).await.unwrap();
-        assert_eq!(
-            everyone.iter().map(|g| (g.code.as_str(), g.count)).collect::<Vec<_>>(),
-            vec![("unknown_cmdlet", 3), ("logon_failed", 1)]
-        );
-        let unknown = &everyone[0];
-        assert_eq!(unknown.messages[0].message, "The term 'Get-Nope' is not recognized");
-        assert_eq!((unknown.messages[0].count, unknown.messages[0].example), (2, items[2]));
-        assert_eq!(unknown.tenant_count, 2);
-        assert_eq!(unknown.tenants[0], TenantCount { tenant: "a.example".into(), count: 2 });
-
-        let bobs = store.failures(&FailureQuery { owner: Some("bob".into()), ..Default::default() }).await.unwrap();
-        assert_eq!(bobs.len(), 1);
-        assert_eq!((bobs[0].count, bobs[0].messages.len()), (1, 1), "only bob's own failures");
-        let later = FailureQuery { since_ms: Some(crate::store::now_ms() + 60_000), ..Default::default() };
-        assert!(store.failures(&later).await.unwrap().is_empty(), "outside the window");
-        let in_batch = store.failures(&FailureQuery { batch: Some(id), ..Default::default() }).await.unwrap();
-        assert_eq!(in_batch.iter().map(|g| g.count).sum::<i64>(), 3);
     }
 }

@@ -8,6 +8,7 @@ pub mod tools;
 use psbroker::app::{Application, Running};
 use psbroker::config::Config;
 use psbroker::sim::Simulator;
+use psbroker::store::scratch::ScratchSchema;
 use serde_json::{json, Value as Json};
 use std::time::{Duration, Instant};
 
@@ -15,8 +16,55 @@ pub struct TestApp {
     pub app: Option<Running>,
     /// Sends the daemon's bootstrap admin token (read from the data dir) on every request.
     pub client: reqwest::Client,
-    pub dir: tempfile::TempDir,
+    pub dir: DataDir,
     pub token: String,
+}
+
+/// Which store the daemons of the end-to-end tests use: SQLite in their temp dir (the
+/// default), or with `PSBROKER_TEST_STORE=postgres` a scratch schema of their own on the
+/// machine's PostgreSQL (see `psbroker::store::scratch`).
+pub fn postgres_wanted() -> bool {
+    match std::env::var("PSBROKER_TEST_STORE").as_deref() {
+        Ok("postgres") => true,
+        Ok("sqlite") | Err(_) => false,
+        Ok(other) => panic!("PSBROKER_TEST_STORE={other}: expected sqlite or postgres"),
+    }
+}
+
+/// A daemon's files and its database: a temp dir, and the PostgreSQL schema when the tests
+/// run on PostgreSQL. Both outlive a stop, so a restart finds the same database; the schema is
+/// dropped with this value.
+pub struct DataDir {
+    pub tmp: tempfile::TempDir,
+    pub schema: Option<ScratchSchema>,
+}
+
+impl std::ops::Deref for DataDir {
+    type Target = tempfile::TempDir;
+    fn deref(&self) -> &tempfile::TempDir {
+        &self.tmp
+    }
+}
+
+impl DataDir {
+    /// A fresh temp dir, and a fresh schema when the tests run on PostgreSQL.
+    pub async fn new() -> DataDir {
+        let schema = if postgres_wanted() { Some(ScratchSchema::create().await) } else { None };
+        DataDir { tmp: tempfile::tempdir().unwrap(), schema }
+    }
+
+    /// The store URL: the schema's, or `psbroker.db` in the temp dir.
+    pub fn store_url(&self) -> String {
+        match &self.schema {
+            Some(schema) => schema.url(),
+            None => format!("sqlite://{}", self.tmp.path().join("psbroker.db").display()),
+        }
+    }
+
+    /// The `[store]` section of a configuration file for a daemon on this data dir.
+    pub fn store_toml(&self) -> String {
+        format!("[store]\nurl = \"{}\"\ndata_dir = \"{}\"\n", self.store_url(), self.tmp.path().display())
+    }
 }
 
 /// Admins `a0..a{admins}` (cap 3, all tenants), tenants `t000..` with the given simulator
@@ -59,15 +107,14 @@ pub fn tenant(i: u32) -> String {
 
 impl TestApp {
     pub async fn start(text: &str) -> TestApp {
-        let dir = tempfile::tempdir().unwrap();
-        Self::start_in(text, dir).await
+        Self::start_in(text, DataDir::new().await).await
     }
 
     /// Starts on an existing directory (same database: a restart).
-    pub async fn start_in(text: &str, dir: tempfile::TempDir) -> TestApp {
-        let url = format!("sqlite://{}", dir.path().join("psbroker.db").display());
+    pub async fn start_in(text: &str, dir: DataDir) -> TestApp {
         let mut config = Config::from_toml(text).unwrap();
-        config.store.url = url;
+        config.store.url = dir.store_url();
+        config.store.data_dir = Some(dir.path().to_path_buf());
         let app = Application::build(config).await.unwrap().spawn();
         let token = std::fs::read_to_string(dir.path().join("api-token")).unwrap_or_default().trim().to_string();
         let client = psbroker::cli_token::bearer_client(&token).unwrap();
@@ -131,7 +178,7 @@ impl TestApp {
         }
     }
 
-    pub async fn stop(mut self) -> tempfile::TempDir {
+    pub async fn stop(mut self) -> DataDir {
         self.app.take().unwrap().stop().await.unwrap();
         self.dir
     }

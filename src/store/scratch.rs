@@ -1,0 +1,73 @@
+//! Throwaway PostgreSQL schemas, for the tests and benchmarks that run on PostgreSQL: each gets
+//! a schema of its own in one shared database (`PSBROKER_TEST_POSTGRES`, by default the
+//! machine's `postgres://postgres@127.0.0.1:5432/test`), dropped when it is no longer needed.
+
+use sqlx::{Connection, PgConnection};
+
+/// The database the scratch schemas live in.
+pub fn server_url() -> String {
+    std::env::var("PSBROKER_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// A schema created for one test; [`ScratchSchema::url`] is a store URL whose connections
+/// use it. Dropping the value drops the schema and all in it.
+pub struct ScratchSchema {
+    name: String,
+    server: String,
+}
+
+impl ScratchSchema {
+    /// Creates a fresh schema. Panics with a clear message when PostgreSQL does not answer: a
+    /// test that needs it must fail, not pass by skipping.
+    pub async fn create() -> ScratchSchema {
+        let server = server_url();
+        let name = format!("psbroker_test_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = PgConnection::connect(&server).await.unwrap_or_else(|e| {
+            panic!(
+                "PostgreSQL does not answer at {server} ({e}); the PostgreSQL tests need it \
+                 (set PSBROKER_TEST_POSTGRES to another server, or start this one)"
+            )
+        });
+        sqlx::query(&format!("CREATE SCHEMA {name}")).execute(&mut conn).await.expect("create the test schema");
+        ScratchSchema { name, server }
+    }
+
+    /// Adopts a schema created earlier (a daemon restarted on the same database).
+    pub fn adopt(name: &str) -> ScratchSchema {
+        ScratchSchema { name: name.to_string(), server: server_url() }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A store URL that puts this schema first on the search path.
+    pub fn url(&self) -> String {
+        let sep = if self.server.contains('?') { '&' } else { '?' };
+        format!("{}{sep}options=-csearch_path%3D{}", self.server, self.name)
+    }
+
+    /// Drops the schema now (the same as dropping the value, but awaited).
+    pub async fn drop_now(&self) {
+        drop_schema(&self.server, &self.name).await;
+    }
+}
+
+impl Drop for ScratchSchema {
+    fn drop(&mut self) {
+        // Drop may run inside a runtime (a test's): the schema is dropped from a thread of its own.
+        let (server, name) = (self.server.clone(), self.name.clone());
+        let done = std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                rt.block_on(drop_schema(&server, &name));
+            }
+        });
+        let _ = done.join();
+    }
+}
+
+async fn drop_schema(server: &str, name: &str) {
+    if let Ok(mut conn) = PgConnection::connect(server).await {
+        let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {name} CASCADE")).execute(&mut conn).await;
+    }
+}
