@@ -93,12 +93,12 @@ fn tenants(n: u32) -> Vec<String> {
 }
 
 /// Starts the daemon in `dir`; also answers the embedded simulator's address.
-async fn start_in(text: &str, dir: tempfile::TempDir) -> (TestApp, String) {
+async fn start_in(text: &str, dir: common::DataDir) -> (TestApp, String) {
     start_with(Config::from_toml(text).unwrap(), dir).await
 }
 
-async fn start_with(mut config: Config, dir: tempfile::TempDir) -> (TestApp, String) {
-    config.store.url = format!("sqlite://{}", dir.path().join("psbroker.db").display());
+async fn start_with(mut config: Config, dir: common::DataDir) -> (TestApp, String) {
+    config.store.url = dir.store_url();
     let application = Application::build(config).await.unwrap();
     let sim_url = format!("http://{}", application.simulator_addr().expect("the simulator listens"));
     let app = application.spawn();
@@ -108,7 +108,7 @@ async fn start_with(mut config: Config, dir: tempfile::TempDir) -> (TestApp, Str
 }
 
 async fn start(text: &str) -> (TestApp, String) {
-    start_in(text, tempfile::tempdir().unwrap()).await
+    start_in(text, common::DataDir::new().await).await
 }
 
 fn status_and_code(body: &Json) -> (Option<&str>, Option<&str>) {
@@ -131,7 +131,7 @@ async fn results(app: &TestApp, batch: &str) -> Vec<Json> {
 async fn the_demo_serves_tenants_over_rest_and_over_winrm() {
     let mut demo = Config::demo();
     demo.server.listen = "127.0.0.1:0".into();
-    let (app, _) = start_with(demo.clone(), tempfile::tempdir().unwrap()).await;
+    let (app, _) = start_with(demo.clone(), common::DataDir::new().await).await;
     let rest_tenant = demo.tenants.iter().find(|t| t.profile == "rest").expect("a REST tenant in the demo");
     let (status, body) = app.invoke(&rest_tenant.domain, "Get-Mailbox", json!({"ResultSize": 3})).await;
     assert_eq!((status, body["status"].as_str()), (200, Some("succeeded")), "{body}");
@@ -378,7 +378,7 @@ fn partner_config(dir: &tempfile::TempDir) -> String {
 /// tokens; once its refresh tokens are revoked, its invocations fail with `reauth_required`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_refresh_token_is_reauth_required() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::DataDir::new().await;
     let text = partner_config(&dir);
     let (app, sim_url) = start_in(&text, dir).await;
     device_sign_in(&app, &sim_url, "alice", ALICE).await;
@@ -406,7 +406,7 @@ async fn a_revoked_refresh_token_is_reauth_required() {
 /// A delegated token without `mfa` in `amr` is refused: `mfa_required`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delegated_token_without_mfa_is_mfa_required() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::DataDir::new().await;
     let text = partner_config(&dir);
     let (app, sim_url) = start_in(&text, dir).await;
     device_sign_in(&app, &sim_url, "carol", CAROL).await;
