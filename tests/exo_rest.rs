@@ -99,6 +99,7 @@ async fn start_in(text: &str, dir: common::DataDir) -> (TestApp, String) {
 
 async fn start_with(mut config: Config, dir: common::DataDir) -> (TestApp, String) {
     config.store.url = dir.store_url();
+    config.store.data_dir = Some(dir.path().to_path_buf());
     let application = Application::build(config).await.unwrap();
     let sim_url = format!("http://{}", application.simulator_addr().expect("the simulator listens"));
     let app = application.spawn();
@@ -335,7 +336,7 @@ async fn tokens_living_seconds_are_renewed_during_a_batch_without_a_failure() {
 /// Signs `name` (upn `upn`) in with the device code at the daemon's simulator, storing its refresh
 /// token (sealed) where the daemon reads it.
 async fn device_sign_in(app: &TestApp, sim_url: &str, name: &str, upn: &str) {
-    let store = Store::connect(&format!("sqlite://{}", app.dir.path().join("psbroker.db").display())).await.unwrap();
+    let store = Store::connect(&app.dir.store_url()).await.unwrap();
     let key = SealingKey::from_text(&SecretString::from(KEY_B64)).unwrap();
     let service =
         TokenService::new(IdpClient::new(Duration::from_secs(10), None).unwrap(), Some(RefreshTokens { store, key }));
