@@ -323,6 +323,10 @@ pub struct ProfileConfig {
     pub request_timeout_seconds: Option<f64>,
     /// exo_rest: `exchange` or `compliance`.
     pub service: RestService,
+    /// exo_rest: the Microsoft cloud its tenants live in (`global`, `gcc_high`, `dod`,
+    /// `china`): picks the service's base (and so its token scope) unless `base_url` is given.
+    /// Its admins' `[admins.oauth] cloud` should match.
+    pub cloud: crate::identity::cloud::Cloud,
     /// exo_rest: the service's base URL (token audience and front door). Unset: the global
     /// cloud's. `{simulator}` is replaced by the embedded simulator's address; `http://` needs
     /// `allow_plain_http`.
@@ -381,6 +385,7 @@ impl Default for ProfileConfig {
             operation_timeout_seconds: 20,
             request_timeout_seconds: None,
             service: RestService::Exchange,
+            cloud: crate::identity::cloud::Cloud::Global,
             base_url: None,
             max_page_size: 1000,
             batch: false,
@@ -394,12 +399,12 @@ impl Default for ProfileConfig {
 }
 
 impl ProfileConfig {
-    /// exo_rest: the base URL, as configured or the global cloud's for the service.
+    /// exo_rest: the base URL, as configured or the profile's cloud's for the service.
     pub fn rest_base_url(&self) -> String {
         match (&self.base_url, self.service) {
             (Some(url), _) => url.trim().to_string(),
-            (None, RestService::Exchange) => "https://outlook.office365.com".into(),
-            (None, RestService::Compliance) => "https://ps.compliance.protection.outlook.com".into(),
+            (None, RestService::Exchange) => self.cloud.exo_base().into(),
+            (None, RestService::Compliance) => self.cloud.ipps_base().into(),
         }
     }
 
@@ -1192,6 +1197,22 @@ mod tests {
         let local_no_auth = format!("{EMBEDDED_DEMO}\n[auth]\nenabled = false\n");
         assert!(!Config::from_toml(&local_no_auth).unwrap().auth.enabled);
         assert!(Config::demo().auth.enabled, "secure by default");
+    }
+
+    #[test]
+    fn an_exo_rest_profile_finds_its_service_in_its_cloud() {
+        let with = |keys: &str| {
+            let c =
+                Config::from_toml(&format!("{EMBEDDED_DEMO}\n[profiles.exo]\nkind = \"exo_rest\"\n{keys}\n")).unwrap();
+            c.profiles["exo"].rest_base_url()
+        };
+        assert_eq!(with(""), "https://outlook.office365.com");
+        assert_eq!(with("cloud = \"gcc_high\""), "https://outlook.office365.us");
+        assert_eq!(
+            with("cloud = \"dod\"\nservice = \"compliance\""),
+            "https://l5.ps.compliance.protection.office365.us"
+        );
+        assert_eq!(with("cloud = \"china\"\nbase_url = \"https://example.test\""), "https://example.test");
     }
 
     #[test]

@@ -582,3 +582,50 @@ fn a_throttled_command_eases_the_admin_off_for_the_cooldown() {
     // Nothing failed: the queued work is still there.
     assert!(sched.snapshot(now).queued_batch + sched.snapshot(now).queued_interactive > 0);
 }
+
+/// Where the tenant's transport sends work together (`$batch`), an idle session takes up to
+/// `rules.batch` ready batch-priority jobs of one lane at once; interactive work goes alone.
+#[test]
+fn bulk_work_goes_together_up_to_the_rules_batch_and_interactive_work_alone() {
+    let mut topo = topology(&[1], 1, 20, |_, _| true);
+    topo.rules[0].batch = 10;
+    let h = Harness::new(topo);
+    let jobs: Vec<Job> = (0..25).map(|_| h.job(0, Priority::Batch)).collect();
+    let urgent = h.job(0, Priority::Interactive);
+    let (mut sched, now) = (h.sched, h.h.now);
+    for job in jobs {
+        sched.submit(job);
+    }
+    let opened: Vec<SessionId> = sched
+        .plan(now)
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::Open { session, .. } => Some(session),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(opened.len(), 1);
+    sched.open_succeeded(opened[0], now);
+    let run = |actions: Vec<Action>| -> Vec<(Priority, usize)> {
+        actions
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::Run { job, more, .. } => {
+                    assert!(more.iter().all(|j| j.priority == Priority::Batch));
+                    Some((job.priority, 1 + more.len()))
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(run(sched.plan(now)), vec![(Priority::Batch, 10)]);
+    sched.submit(urgent);
+    sched.command_finished(opened[0], AfterCommand::Keep, Some(20 * MS), now);
+    assert_eq!(run(sched.plan(now)), vec![(Priority::Interactive, 1)], "interactive work goes first, alone");
+    sched.command_finished(opened[0], AfterCommand::Keep, Some(20 * MS), now);
+    assert_eq!(run(sched.plan(now)), vec![(Priority::Batch, 10)]);
+    sched.command_finished(opened[0], AfterCommand::Keep, Some(20 * MS), now);
+    assert_eq!(run(sched.plan(now)), vec![(Priority::Batch, 5)], "what is left");
+    let snap = sched.snapshot(now);
+    assert_eq!(snap.queued_batch + snap.queued_interactive, 0, "the queue counts follow");
+}
