@@ -2,7 +2,7 @@
 document with what it saw. Run by tests/pypsrp_interop.rs; usable by hand too:
 
     python pypsrp_client.py --port 5985 --tenant contoso.onmicrosoft.com \
-        --user alice@partner.onmicrosoft.com --password pa
+        --user alice@partner.onmicrosoft.com --password pa [--auth ntlm --encryption always]
 
 Exit status 0 whenever the JSON was printed; the Rust test asserts on its content.
 """
@@ -26,8 +26,8 @@ def connect(args, **kwargs):
         port=args.port,
         path="powershell-liveid?DelegatedOrg=%s" % args.tenant,
         ssl=False,
-        auth="basic",
-        encryption="never",
+        auth=args.auth,
+        encryption=args.encryption,
         username=args.user,
         password=args.password,
         operation_timeout=5,
@@ -156,6 +156,8 @@ def main():
     parser.add_argument("--tenant", required=True)
     parser.add_argument("--user", required=True)
     parser.add_argument("--password", required=True)
+    parser.add_argument("--auth", default="basic", help="basic, ntlm, negotiate or kerberos")
+    parser.add_argument("--encryption", default="never", help="never, auto or always (WinRM message encryption)")
     args = parser.parse_args()
     try:
         out = run(args)

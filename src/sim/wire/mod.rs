@@ -184,9 +184,14 @@ pub async fn run_standalone(config: &Config, listen: &str, mut options: WireOpti
         }
     });
     let scheme = if options.tls.is_some() { "https" } else { "http" };
+    let methods = match (options.basic, options.ntlm) {
+        (true, true) => "Basic or NTLM with message encryption",
+        (false, true) => "NTLM with message encryption",
+        _ => "Basic auth",
+    };
     tracing::info!(
         %addr,
-        "simulated remote PowerShell endpoint at {scheme}://{addr}/powershell-liveid?DelegatedOrg=<tenant> (Basic auth); \
+        "simulated remote PowerShell endpoint at {scheme}://{addr}/powershell-liveid?DelegatedOrg=<tenant> ({methods}); \
          identity provider at {scheme}://{addr}/<tenant>/oauth2/v2.0/token (sign-in page {scheme}://{addr}/devicelogin)"
     );
     tracing::info!(
