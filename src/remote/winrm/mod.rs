@@ -1,5 +1,7 @@
 //! The WinRM connector: [`Connector`] and [`RemoteSession`] over WS-Management (MS-WSMV) and the
-//! PowerShell Remoting Protocol (MS-PSRP), on HTTPS with Basic authentication.
+//! PowerShell Remoting Protocol (MS-PSRP), on HTTPS with Basic authentication, or with NTLM
+//! ([`WinrmAuth::Ntlm`]: a logon per connection, [`negotiate`]) and WinRM message encryption over
+//! plain HTTP ([`encryption`]).
 //!
 //! Layering: this module does the HTTP (reqwest), the request sequence and the fault mapping; the
 //! envelopes come from [`crate::remote::wsman`], the PSRP framing and message bodies from
