@@ -51,6 +51,9 @@ impl Listener for TlsListener {
 
 impl Connected<IncomingStream<'_, TlsListener>> for Peer {
     fn connect_info(stream: IncomingStream<'_, TlsListener>) -> Self {
-        Peer::of(*stream.remote_addr(), stream.io().get_ref().0)
+        let (io, tls) = stream.io().get_ref();
+        let mut peer = Peer::of(*stream.remote_addr(), io);
+        peer.client_cert = tls.peer_certificates().and_then(|c| c.first()).map(|c| Arc::new(c.to_vec()));
+        peer
     }
 }
