@@ -175,6 +175,7 @@ fn certificate_user(der: &[u8]) -> Option<String> {
 
 /// A clear body on a connection logged on with NTLM: served only when the listener allows
 /// unencrypted traffic (Windows' AllowUnencrypted, false by default).
+#[allow(clippy::result_large_err)] // the error is the HTTP answer itself, sent as is
 fn plain_logon(wire: &Wire, upn: String, password: String, body: Bytes) -> Result<Logon, Response> {
     if wire.options().allow_unencrypted {
         return Ok(Logon { upn, secret: password, bearer: false, sealed: false, body });
