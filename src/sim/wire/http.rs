@@ -67,6 +67,7 @@ struct Logon {
 
 /// Authenticates a request: a Basic header, an NTLM handshake leg (answered here), or a
 /// connection that logged on with NTLM. `Err` is the answer to send instead of serving.
+#[allow(clippy::result_large_err)] // the error is the HTTP answer itself, sent as is
 fn logon(
     wire: &Wire,
     peer: &Peer,
