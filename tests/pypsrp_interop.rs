@@ -244,3 +244,73 @@ async fn pypsrp_over_ntlm_with_message_encryption_drives_psbroker_sim() {
     let refused = seen["exception"].as_str().unwrap_or("");
     assert!(refused.contains("AuthenticationError") || refused.contains("401"), "Basic must be refused: {seen:#}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pypsrp_logs_on_with_a_client_certificate_over_https() {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
+    let python =
+        tokio::task::spawn_blocking(|| common::pyenv::venv("pypsrp", &[PYPSRP]).python).await.expect("venv setup task");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/pypsrp_client.py");
+    let dir = tempfile::tempdir().unwrap();
+
+    // A test CA issuing the listener's certificate and Alice's client certificate (CN = her UPN).
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(DnType::CommonName, "psbroker interop CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let server_key = KeyPair::generate().unwrap();
+    let server =
+        CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap().signed_by(&server_key, &ca, &ca_key).unwrap();
+    let client_key = KeyPair::generate().unwrap();
+    let mut client_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    client_params.distinguished_name.push(DnType::CommonName, ALICE);
+    client_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let client = client_params.signed_by(&client_key, &ca, &ca_key).unwrap();
+    let (ca_file, cert_file, key_file) =
+        (dir.path().join("ca.pem"), dir.path().join("c.pem"), dir.path().join("k.pem"));
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    std::fs::write(&cert_file, client.pem()).unwrap();
+    std::fs::write(&key_file, client_key.serialize_pem()).unwrap();
+
+    let sim = simulator();
+    let tls =
+        wire::client_auth_config(server.pem().as_bytes(), server_key.serialize_pem().as_bytes(), ca.pem().as_bytes())
+            .unwrap();
+    let options =
+        WireOptions { idle_receive_wait: Duration::from_millis(200), tls: Some(tls), ..WireOptions::default() };
+    let (addr, server) =
+        wire::spawn_with(sim.clone(), "127.0.0.1:0".parse().unwrap(), options).await.expect("bind the wire server");
+
+    let child = tokio::process::Command::new(&python)
+        .arg(&script)
+        .args(["--host", "127.0.0.1", "--port", &addr.port().to_string(), "--tenant", TENANT])
+        .args(["--user", ALICE, "--password", "unused", "--auth", "certificate"])
+        .arg("--ca-file")
+        .arg(&ca_file)
+        .arg("--cert-pem")
+        .arg(&cert_file)
+        .arg("--key-pem")
+        .arg(&key_file)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(120), child)
+        .await
+        .expect("pypsrp client timed out")
+        .expect("run the pypsrp client");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let seen: Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("pypsrp client printed no JSON ({e}):\n{stdout}\n{stderr}"));
+    assert!(seen.get("exception").is_none(), "pypsrp raised:\n{}", seen["traceback"].as_str().unwrap_or(""));
+    assert_eq!(seen["mailboxes"].as_array().map(Vec::len), Some(3), "{seen:#}");
+    assert_eq!(seen["bad"]["state"], 5, "{seen:#}");
+    // The shells were the certificate's account's: three, the fourth refused.
+    for s in seen["enumerated"].as_array().expect("enumerated") {
+        assert_eq!(s["owner"], ALICE, "{seen:#}");
+    }
+    assert_eq!(seen["quota"]["refused"], true, "{seen:#}");
+    assert_eq!(seen["quota"]["message"], USER_QUOTA_TEXT, "{seen:#}");
+    assert_eq!(sim.stats().max_by_user.get(ALICE), Some(&3));
+    server.abort();
+}

@@ -3,7 +3,6 @@
 //! and maps a certificate to the account its subject names.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
 
@@ -44,22 +43,11 @@ async fn serve(sim: &Simulator, ca: &Ca) -> SocketAddr {
     let key = KeyPair::generate().unwrap();
     let server =
         CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap().signed_by(&key, &ca.cert, &ca.key).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.cert.der().clone()).unwrap();
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .allow_unauthenticated()
-        .build()
-        .unwrap();
-    let key = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap();
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(vec![server.der().clone()], key)
-        .unwrap();
+    let config =
+        wire::client_auth_config(server.pem().as_bytes(), key.serialize_pem().as_bytes(), ca.cert.pem().as_bytes())
+            .unwrap();
     let options = WireOptions {
-        tls: Some(Arc::new(config)),
+        tls: Some(config),
         idle_receive_wait: std::time::Duration::from_millis(200),
         ..WireOptions::default()
     };

@@ -68,6 +68,7 @@ mod tests;
 
 pub(crate) use http::{bare, server_error};
 pub(crate) use sever::Peer;
+pub use tls::client_auth_config;
 
 use crate::config::Config;
 use crate::sim::Simulator;
