@@ -250,3 +250,31 @@ async fn a_lost_or_timed_out_connection_logs_on_again_and_faults_keep_their_mean
     tokio::time::sleep(Duration::from_millis(1600)).await; // the last spike's answer
     assert!(sim.list_shells(ALICE).is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_small_envelopes_and_orphan_deletion_work_over_sealed_ntlm() {
+    let sim = simulator(3);
+    let options = WireOptions {
+        idle_receive_wait: Duration::from_millis(200),
+        redirect_first: true,
+        ntlm: true,
+        basic: false,
+        ..WireOptions::default()
+    };
+    let (addr, _task) = wire::spawn_with(sim.clone(), "127.0.0.1:0".parse().unwrap(), options).await.unwrap();
+    let t = target(addr, "pa");
+    let c = WinrmConnector::new(WinrmOptions { allow_redirection: true, max_envelope_size: 4096, ..ntlm_options() })
+        .unwrap();
+    let session = c.open_session(&t).await.unwrap();
+    assert!(session.endpoint().contains("redirected=1"), "{}", session.endpoint());
+    // 40 mailboxes through 4 KiB envelopes: many sealed Receives, in order.
+    let out = session.invoke(&get_mailbox(vec![("ResultSize".into(), PsValue::String("Unlimited".into()))])).await;
+    assert_eq!(out.unwrap().objects.len(), 40);
+    // A shell left open is deleted by another conversation, from its resume token (endpoint and
+    // affinity cookie), which logs on anew.
+    let token = session.resume_token().expect("a WinRM session has a resume token");
+    std::mem::forget(session);
+    assert_eq!(sim.list_shells(ALICE).len(), 1);
+    assert!(c.delete_orphan(&t, &token).await.unwrap());
+    assert!(sim.list_shells(ALICE).is_empty());
+}
