@@ -274,6 +274,7 @@ fn winrm_connector(profile: &ProfileConfig, shell_name: &str) -> anyhow::Result<
         auth: match profile.auth {
             crate::config::WsmanAuth::Basic => WinrmAuth::Basic,
             crate::config::WsmanAuth::Ntlm => WinrmAuth::Ntlm,
+            crate::config::WsmanAuth::Certificate => WinrmAuth::Certificate,
             other => anyhow::bail!("auth = {other:?} is not implemented yet"),
         },
         message_encryption: profile.message_encryption,

@@ -42,6 +42,10 @@ pub enum Command {
         /// The private key of --tls-cert (PEM).
         #[arg(long, requires = "tls_cert")]
         tls_key: Option<PathBuf>,
+        /// Ask HTTPS clients for a certificate issued by these CAs (PEM) and log a verified one
+        /// on as the account its subject CN names (WinRM certificate authentication).
+        #[arg(long, requires = "tls_cert")]
+        tls_client_ca: Option<PathBuf>,
     },
     /// Run one cmdlet through a running daemon and print the result as JSON.
     Invoke(InvokeArgs),

@@ -342,9 +342,10 @@ pub struct ProfileConfig {
     /// exo_rest: the most calls in flight in one tenant of this profile (with the tenant's `cap`,
     /// the smaller winning). Exchange Online allows 20 per tenant (across identities).
     pub calls_per_tenant: u32,
-    /// wsman: how sessions log on: `basic` (the default) or `ntlm` (NTLMv2 under Negotiate, with
-    /// WinRM message encryption over `http://`). `negotiate`, `kerberos` and `certificate` are
-    /// recognised and refused as not implemented yet.
+    /// wsman: how sessions log on: `basic` (the default), `ntlm` (NTLMv2 under Negotiate, with
+    /// WinRM message encryption over `http://`) or `certificate` (a TLS client certificate over
+    /// `https://`; each admin's credential is a PEM with the certificate and its key).
+    /// `negotiate` and `kerberos` are recognised and refused as not implemented yet.
     pub auth: WsmanAuth,
     /// wsman, NTLM over `http://`: seal every message (on by default, as Windows and pypsrp).
     /// `false` is the explicit opt-out to clear SOAP, and then `http://` needs `allow_plain_http`.
@@ -1078,9 +1079,9 @@ impl Config {
             if p.kind == ProfileKind::ExoRest {
                 p.validate_rest().map_err(|e| ConfigError::Invalid(format!("profile '{name}': {e}")))?;
             }
-            if matches!(p.auth, WsmanAuth::Negotiate | WsmanAuth::Kerberos | WsmanAuth::Certificate) {
+            if matches!(p.auth, WsmanAuth::Negotiate | WsmanAuth::Kerberos) {
                 return bad(format!(
-                    "profile '{name}': auth = \"{}\" is not implemented yet (use \"basic\" or \"ntlm\")",
+                    "profile '{name}': auth = \"{}\" is not implemented yet (use \"basic\", \"ntlm\" or \"certificate\")",
                     format!("{:?}", p.auth).to_lowercase()
                 ));
             }
@@ -1254,7 +1255,7 @@ mod tests {
             (p.auth, p.message_encryption, p.spn.as_deref()),
             (WsmanAuth::Ntlm, false, Some("HTTP/ex1.contoso.com"))
         );
-        for unfinished in ["negotiate", "kerberos", "certificate"] {
+        for unfinished in ["negotiate", "kerberos"] {
             let err = with(&format!("auth = \"{unfinished}\"")).unwrap_err().to_string();
             assert!(err.contains("not implemented yet") && err.contains(unfinished), "{err}");
         }

@@ -34,9 +34,19 @@ async fn run() -> anyhow::Result<()> {
             tracing::info!(address = %app.local_addr(), url = %app.base_url(), "psbroker listening; try: psbroker invoke --tenant contoso.onmicrosoft.com Get-Mailbox -p ResultSize=5");
             app.run_until(shutdown_signal()).await
         }
-        Command::Sim { config, listen, tls_cert, tls_key } => {
+        Command::Sim { config, listen, tls_cert, tls_key, tls_client_ca } => {
             let config = cli::load_config(config.as_deref(), None)?;
             let tls = match tls_cert.zip(tls_key) {
+                Some((cert_file, key_file)) if tls_client_ca.is_some() => {
+                    let read = |p: &std::path::Path| {
+                        std::fs::read(p).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))
+                    };
+                    let ca = tls_client_ca.as_deref().expect("checked above");
+                    let config =
+                        psbroker::sim::wire::client_auth_config(&read(&cert_file)?, &read(&key_file)?, &read(ca)?)
+                            .map_err(|e| anyhow::anyhow!("TLS: {e}"))?;
+                    Some(config)
+                }
                 Some((cert_file, key_file)) => {
                     let files = psbroker::config::TlsConfig { cert_file, key_file };
                     Some(psbroker::tls::load(&files).await?.get_inner())

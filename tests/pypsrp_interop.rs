@@ -127,3 +127,190 @@ async fn pypsrp_drives_the_wire_simulator() {
     assert_eq!(stats.max_by_user.get(ALICE), Some(&3));
     server.abort();
 }
+
+/// The `psbroker sim` binary with NTLM as its only logon method (clear SOAP refused after the
+/// logon, as Windows' AllowUnencrypted=false), on a free loopback port.
+fn ntlm_only_sim(dir: &Path) -> (common::tools::KillOnDrop, u16) {
+    let config = dir.join("sim.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[[admins]]
+name = "alice"
+upn = "{ALICE}"
+credential = "literal:pa"
+
+[[tenants]]
+domain = "{TENANT}"
+
+[profiles.default]
+kind = "simulator"
+
+[simulator]
+user_shell_cap = 3
+open_latency_ms = 0
+command_latency_ms = 0
+close_latency_ms = 0
+auth = ["ntlm"]
+tenants = ["{TENANT}"]
+
+[[simulator.accounts]]
+upn = "{ALICE}"
+password = "pa"
+"#
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_psbroker"))
+        .args(["sim", "--config"])
+        .arg(&config)
+        .args(["--listen", "127.0.0.1:0"])
+        .env("NO_COLOR", "1")
+        .env("PSBROKER_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("psbroker sim starts");
+    let stderr = child.stderr.take().unwrap();
+    let child = common::tools::KillOnDrop(child);
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
+    let port = loop {
+        let line = lines.next().expect("psbroker sim exited before listening").unwrap();
+        if let Some(addr) = line.split("addr=").nth(1).filter(|_| line.contains("remote PowerShell endpoint")) {
+            assert!(line.contains("NTLM"), "the log names the logon methods: {line}");
+            break addr.trim().rsplit(':').next().unwrap().parse::<u16>().unwrap();
+        }
+    };
+    std::thread::spawn(move || lines.map_while(Result::ok).for_each(drop));
+    (child, port)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pypsrp_over_ntlm_with_message_encryption_drives_psbroker_sim() {
+    let python =
+        tokio::task::spawn_blocking(|| common::pyenv::venv("pypsrp", &[PYPSRP]).python).await.expect("venv setup task");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/pypsrp_client.py");
+    let dir = tempfile::tempdir().unwrap();
+    let (_sim, port) = ntlm_only_sim(dir.path());
+
+    let client = |auth: &str, password: &str, encryption: &str| {
+        tokio::process::Command::new(&python)
+            .arg(&script)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--tenant", TENANT])
+            .args(["--user", ALICE, "--password", password, "--auth", auth, "--encryption", encryption])
+            .kill_on_drop(true)
+            .output()
+    };
+    let out = tokio::time::timeout(Duration::from_secs(120), client("ntlm", "pa", "always"))
+        .await
+        .expect("pypsrp client timed out")
+        .expect("run the pypsrp client");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "pypsrp client exited with {}:\n{stdout}\n{stderr}", out.status);
+    let seen: Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("pypsrp client printed no JSON ({e}):\n{stdout}\n{stderr}"));
+    assert!(seen.get("exception").is_none(), "pypsrp raised:\n{}", seen["traceback"].as_str().unwrap_or(""));
+
+    assert_eq!(seen["pool_state"], 2, "{seen:#}");
+    let mailboxes = seen["mailboxes"].as_array().expect("mailboxes");
+    assert_eq!(mailboxes.len(), 3, "{seen:#}");
+    assert!(mailboxes.iter().all(|m| m["PrimarySmtpAddress"].as_str().is_some_and(|a| a.contains('@'))), "{seen:#}");
+    assert_eq!(seen["mailbox_state"], 4, "{seen:#}");
+
+    // The error record of an unknown cmdlet.
+    let bad = &seen["bad"];
+    assert_eq!(bad["state"], 5, "{seen:#}");
+    let err = &bad["errors"][0];
+    assert!(err["fqeid"].as_str().unwrap_or("").contains("CommandNotFoundException"), "{seen:#}");
+    assert!(err["message"].as_str().unwrap_or("").contains("is not recognized"), "{seen:#}");
+
+    // The fourth pool is refused with WinRM's quota fault and the service's words.
+    let quota = &seen["quota"];
+    assert_eq!(quota["refused"], true, "{seen:#}");
+    assert_eq!(quota["code"], 2_150_859_173u64, "{seen:#}");
+    assert_eq!(quota["message"], USER_QUOTA_TEXT, "{seen:#}");
+    assert!(seen.get("close_errors").is_none(), "{seen:#}");
+    assert_eq!(seen["after_close"].as_array().map(Vec::len), Some(0), "{seen:#}");
+    assert_eq!(seen["large"]["count"], 25, "{seen:#}");
+
+    // A wrong password: pypsrp's NTLM logon is refused.
+    let out = client("ntlm", "wrong", "always").await.expect("run the pypsrp client");
+    let seen: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let refused = seen["exception"].as_str().unwrap_or("");
+    assert!(refused.contains("AuthenticationError") || refused.contains("401"), "{seen:#}");
+    // Basic is not offered by this listener: refused with 401.
+    let out = client("basic", "pa", "never").await.expect("run the pypsrp client");
+    let seen: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let refused = seen["exception"].as_str().unwrap_or("");
+    assert!(refused.contains("AuthenticationError") || refused.contains("401"), "Basic must be refused: {seen:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pypsrp_logs_on_with_a_client_certificate_over_https() {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
+    let python =
+        tokio::task::spawn_blocking(|| common::pyenv::venv("pypsrp", &[PYPSRP]).python).await.expect("venv setup task");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/pypsrp_client.py");
+    let dir = tempfile::tempdir().unwrap();
+
+    // A test CA issuing the listener's certificate and Alice's client certificate (CN = her UPN).
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(DnType::CommonName, "psbroker interop CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let server_key = KeyPair::generate().unwrap();
+    let server =
+        CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap().signed_by(&server_key, &ca, &ca_key).unwrap();
+    let client_key = KeyPair::generate().unwrap();
+    let mut client_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    client_params.distinguished_name.push(DnType::CommonName, ALICE);
+    client_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let client = client_params.signed_by(&client_key, &ca, &ca_key).unwrap();
+    let (ca_file, cert_file, key_file) =
+        (dir.path().join("ca.pem"), dir.path().join("c.pem"), dir.path().join("k.pem"));
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    std::fs::write(&cert_file, client.pem()).unwrap();
+    std::fs::write(&key_file, client_key.serialize_pem()).unwrap();
+
+    let sim = simulator();
+    let tls =
+        wire::client_auth_config(server.pem().as_bytes(), server_key.serialize_pem().as_bytes(), ca.pem().as_bytes())
+            .unwrap();
+    let options =
+        WireOptions { idle_receive_wait: Duration::from_millis(200), tls: Some(tls), ..WireOptions::default() };
+    let (addr, server) =
+        wire::spawn_with(sim.clone(), "127.0.0.1:0".parse().unwrap(), options).await.expect("bind the wire server");
+
+    let child = tokio::process::Command::new(&python)
+        .arg(&script)
+        .args(["--host", "127.0.0.1", "--port", &addr.port().to_string(), "--tenant", TENANT])
+        .args(["--user", ALICE, "--password", "unused", "--auth", "certificate"])
+        .arg("--ca-file")
+        .arg(&ca_file)
+        .arg("--cert-pem")
+        .arg(&cert_file)
+        .arg("--key-pem")
+        .arg(&key_file)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(120), child)
+        .await
+        .expect("pypsrp client timed out")
+        .expect("run the pypsrp client");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let seen: Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("pypsrp client printed no JSON ({e}):\n{stdout}\n{stderr}"));
+    assert!(seen.get("exception").is_none(), "pypsrp raised:\n{}", seen["traceback"].as_str().unwrap_or(""));
+    assert_eq!(seen["mailboxes"].as_array().map(Vec::len), Some(3), "{seen:#}");
+    assert_eq!(seen["bad"]["state"], 5, "{seen:#}");
+    // The shells were the certificate's account's: three, the fourth refused.
+    for s in seen["enumerated"].as_array().expect("enumerated") {
+        assert_eq!(s["owner"], ALICE, "{seen:#}");
+    }
+    assert_eq!(seen["quota"]["refused"], true, "{seen:#}");
+    assert_eq!(seen["quota"]["message"], USER_QUOTA_TEXT, "{seen:#}");
+    assert_eq!(sim.stats().max_by_user.get(ALICE), Some(&3));
+    server.abort();
+}

@@ -82,7 +82,7 @@ async fn load(client: reqwest::Client, url: String, args: &ApiArgs) -> Load {
 
 fn report(name: &str, l: &Load) {
     println!(
-        "  {name:<34} {:>7.0} req/s   p50 {:>6.2} ms   p99 {:>6.2} ms   failures {}",
+        "  {name:<42} {:>7.0} req/s   p50 {:>6.2} ms   p99 {:>6.2} ms   failures {}",
         l.latencies.len() as f64 / l.elapsed.as_secs_f64(),
         ms(quantile(&l.latencies, 0.5)),
         ms(quantile(&l.latencies, 0.99)),
@@ -140,5 +140,11 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
                         connection_uri = \"http://{simulator}/powershell-liveid?DelegatedOrg={tenant}\"";
     let wire = broker_path(&args, "wire", wire_profile, "").await?;
     report("psbroker, WS-Man/PSRP to the simulator", &wire);
+    // The same path with the on-premises default: NTLM logon per connection, every message
+    // sealed (MS-WSMV message encryption) over plain HTTP.
+    let ntlm_profile = "kind = \"wsman\"\nauth = \"ntlm\"\n\
+                        connection_uri = \"http://{simulator}/powershell-liveid?DelegatedOrg={tenant}\"";
+    let ntlm = broker_path(&args, "ntlm", ntlm_profile, "auth = [\"ntlm\"]").await?;
+    report("psbroker, WS-Man/PSRP, NTLM + encryption", &ntlm);
     Ok(())
 }

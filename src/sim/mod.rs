@@ -699,7 +699,7 @@ impl Simulator {
     /// the client's proof); an unknown or locked account is refused as [`Self::authenticate`]
     /// refuses it.
     #[allow(clippy::result_large_err)] // SimFault is the service API's error type by design
-    pub(crate) fn ntlm_password(&self, upn: &str) -> Result<String, SimFault> {
+    pub(crate) fn account_password(&self, upn: &str) -> Result<String, SimFault> {
         let st = self.lock();
         if st.locked.contains(&key(upn)) {
             return Err(SimFault::service(401, None, text_account_locked()));

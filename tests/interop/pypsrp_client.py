@@ -2,7 +2,7 @@
 document with what it saw. Run by tests/pypsrp_interop.rs; usable by hand too:
 
     python pypsrp_client.py --port 5985 --tenant contoso.onmicrosoft.com \
-        --user alice@partner.onmicrosoft.com --password pa
+        --user alice@partner.onmicrosoft.com --password pa [--auth ntlm --encryption always]
 
 Exit status 0 whenever the JSON was printed; the Rust test asserts on its content.
 """
@@ -21,13 +21,16 @@ SHELL_URI = "http://schemas.microsoft.com/wbem/wsman/1/windows/shell"
 
 
 def connect(args, **kwargs):
+    if args.auth == "certificate":
+        kwargs.update(certificate_pem=args.cert_pem, certificate_key_pem=args.key_pem)
     return WSMan(
         args.host,
         port=args.port,
         path="powershell-liveid?DelegatedOrg=%s" % args.tenant,
-        ssl=False,
-        auth="basic",
-        encryption="never",
+        ssl=args.ca_file is not None,
+        cert_validation=args.ca_file or True,
+        auth=args.auth,
+        encryption=args.encryption,
         username=args.user,
         password=args.password,
         operation_timeout=5,
@@ -156,6 +159,11 @@ def main():
     parser.add_argument("--tenant", required=True)
     parser.add_argument("--user", required=True)
     parser.add_argument("--password", required=True)
+    parser.add_argument("--auth", default="basic", help="basic, ntlm, negotiate or kerberos")
+    parser.add_argument("--encryption", default="never", help="never, auto or always (WinRM message encryption)")
+    parser.add_argument("--ca-file", default=None, help="HTTPS, trusting this CA (PEM)")
+    parser.add_argument("--cert-pem", default=None, help="certificate auth: the client certificate (PEM)")
+    parser.add_argument("--key-pem", default=None, help="certificate auth: its private key (PEM)")
     args = parser.parse_args()
     try:
         out = run(args)

@@ -1,5 +1,7 @@
 //! The WinRM connector: [`Connector`] and [`RemoteSession`] over WS-Management (MS-WSMV) and the
-//! PowerShell Remoting Protocol (MS-PSRP), on HTTPS with Basic authentication.
+//! PowerShell Remoting Protocol (MS-PSRP), on HTTPS with Basic authentication, or with NTLM
+//! ([`WinrmAuth::Ntlm`]: a logon per connection, [`negotiate`]) and WinRM message encryption over
+//! plain HTTP ([`encryption`]).
 //!
 //! Layering: this module does the HTTP (reqwest), the request sequence and the fault mapping; the
 //! envelopes come from [`crate::remote::wsman`], the PSRP framing and message bodies from
@@ -17,6 +19,8 @@ pub(crate) mod ntlm;
 mod session;
 mod transport;
 
+#[cfg(test)]
+mod cert_wire_tests;
 #[cfg(test)]
 mod ntlm_wire_tests;
 #[cfg(test)]
@@ -135,7 +139,14 @@ pub enum WinrmAuth {
     Basic,
     /// NTLM (v2) under `Negotiate`, once per connection, with message encryption over HTTP.
     Ntlm,
+    /// A client certificate over HTTPS (WinRM's certificate mapping): the admin's credential is
+    /// a PEM holding the certificate and its private key.
+    Certificate,
 }
+
+/// The `Authorization` value of WinRM certificate authentication (the TLS client certificate
+/// is the credential).
+pub(crate) const CERTIFICATE_AUTH: &str = "http://schemas.dmtf.org/wbem/wsman/1/wsman/secprofile/https/mutual";
 
 impl WinrmOptions {
     /// Whether an `http://` endpoint may be used: allowed outright, or sealed by NTLM.
@@ -166,9 +177,19 @@ impl Default for WinrmOptions {
 
 /// The connector's pooled HTTP client (Basic sessions).
 fn http_client(options: &WinrmOptions) -> Result<reqwest::Client, String> {
+    http_client_with(options, None)
+}
+
+/// A pooled HTTP client presenting `identity` as its TLS client certificate (one per session
+/// with certificate authentication: each admin has their own).
+fn http_client_with(options: &WinrmOptions, identity: Option<reqwest::Identity>) -> Result<reqwest::Client, String> {
     let roots = options.extra_roots.iter().cloned();
+    let builder = match identity {
+        Some(identity) => reqwest::Client::builder().identity(identity),
+        None => reqwest::Client::builder(),
+    };
     roots
-        .fold(reqwest::Client::builder(), |b, root| b.add_root_certificate(root))
+        .fold(builder, |b, root| b.add_root_certificate(root))
         .use_rustls_tls()
         .redirect(reqwest::redirect::Policy::none())
         .danger_accept_invalid_certs(options.accept_invalid_certs)
@@ -225,7 +246,7 @@ impl WinrmConnector {
                 }
                 Some(connection::tls_config(&options.extra_roots_pem).map_err(|e| invalid(&e))?)
             }
-            WinrmAuth::Basic => None,
+            WinrmAuth::Basic | WinrmAuth::Certificate => None,
         };
         Ok(Self { options, http, ntlm_tls })
     }
@@ -258,8 +279,20 @@ impl WinrmConnector {
     fn channel_with(&self, target: &SessionTarget) -> Result<Channel, RemoteError> {
         let url = endpoint_url(&target.connection_uri, &target.credential, self.options.plain_http_allowed())?;
         let protocol = |m: String| RemoteError::new(FaultClass::Protocol, m);
+        let mut http = self.http.clone();
         let auth = match self.options.auth {
             WinrmAuth::Basic => basic_auth(&target.admin_upn, &target.credential)?,
+            WinrmAuth::Certificate => {
+                if url.scheme() != "https" {
+                    return Err(protocol("certificate authentication needs an https:// endpoint".into()));
+                }
+                let identity =
+                    reqwest::Identity::from_pem(target.credential.expose_secret().as_bytes()).map_err(|_| {
+                        protocol("the admin's credential is not a PEM client certificate with its private key".into())
+                    })?;
+                http = http_client_with(&self.options, Some(identity)).map_err(protocol)?;
+                reqwest::header::HeaderValue::from_static(CERTIFICATE_AUTH)
+            }
             WinrmAuth::Ntlm if target.tokens.is_some() => {
                 return Err(protocol("an OAuth identity signs in with Basic (bearer tokens), not NTLM".into()))
             }
@@ -269,7 +302,7 @@ impl WinrmConnector {
         ctx.max_envelope_size = self.options.max_envelope_size;
         ctx.operation_timeout = self.options.operation_timeout;
         let channel = Channel::new(
-            self.http.clone(),
+            http,
             auth,
             url.clone(),
             ctx,
@@ -278,7 +311,7 @@ impl WinrmConnector {
             self.options.request_timeout,
         );
         match self.options.auth {
-            WinrmAuth::Basic => Ok(channel),
+            WinrmAuth::Basic | WinrmAuth::Certificate => Ok(channel),
             WinrmAuth::Ntlm => {
                 let tls = self.ntlm_tls.clone().ok_or_else(|| protocol("NTLM: no TLS configuration".into()))?;
                 let connection = connection::OwnConnection::new(self.options.request_timeout, tls);

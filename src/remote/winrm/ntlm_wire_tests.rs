@@ -199,3 +199,82 @@ async fn clear_soap_after_an_ntlm_logon_needs_both_sides_to_opt_out() {
     assert_eq!(out.objects.len(), 2);
     session.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_or_timed_out_connection_logs_on_again_and_faults_keep_their_meaning() {
+    use crate::config::FaultConfig;
+    let sim = simulator(3);
+    let addr = serve(&sim, true).await;
+    let impatient = WinrmOptions {
+        request_timeout: Duration::from_millis(300),
+        operation_timeout: Duration::from_secs(1),
+        ..ntlm_options()
+    };
+    let c = WinrmConnector::new(impatient).unwrap();
+    let only_command = |set: fn(&mut FaultConfig)| {
+        let mut f = FaultConfig {
+            actions: vec!["Command".into()],
+            latency_spike_min_ms: 1500,
+            latency_spike_ms: 1500,
+            ..FaultConfig::default()
+        };
+        set(&mut f);
+        f
+    };
+    let cases: [(FaultConfig, FaultClass, Option<u32>); 3] = [
+        (only_command(|f| f.drop_before = 1.0), FaultClass::ConnectionLost, None),
+        (only_command(|f| f.drop_after = 1.0), FaultClass::ConnectionLost, Some(1)),
+        (only_command(|f| f.latency_spike = 1.0), FaultClass::Timeout, Some(1)),
+    ];
+    for (faults, class, runs) in cases {
+        sim.set_faults(FaultConfig::default());
+        let session = c.open_session(&target(addr, "pa")).await.unwrap();
+        sim.set_faults(faults.clone());
+        let write = Command {
+            invocation_id: Uuid::new_v4(),
+            cmdlet: "Set-Mailbox".into(),
+            parameters: vec![
+                ("Identity".into(), PsValue::String("user001".into())),
+                ("Office".into(), PsValue::String("7".into())),
+            ],
+        };
+        let err = session.invoke(&write).await.unwrap_err();
+        assert_eq!(err.class, class, "{faults:?}: {}", err.message);
+        assert_eq!(sim.stats().executions.get(&write.invocation_id).copied(), runs, "{faults:?}");
+        sim.set_faults(FaultConfig::default());
+        // The connection that logged on is gone: the session logs on again on a new one.
+        let out = session.invoke(&get_mailbox(vec![("ResultSize".into(), PsValue::Int32(2))])).await.unwrap();
+        assert_eq!(out.objects.len(), 2, "{faults:?}");
+        session.close().await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(1600)).await; // the last spike's answer
+    assert!(sim.list_shells(ALICE).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_small_envelopes_and_orphan_deletion_work_over_sealed_ntlm() {
+    let sim = simulator(3);
+    let options = WireOptions {
+        idle_receive_wait: Duration::from_millis(200),
+        redirect_first: true,
+        ntlm: true,
+        basic: false,
+        ..WireOptions::default()
+    };
+    let (addr, _task) = wire::spawn_with(sim.clone(), "127.0.0.1:0".parse().unwrap(), options).await.unwrap();
+    let t = target(addr, "pa");
+    let c = WinrmConnector::new(WinrmOptions { allow_redirection: true, max_envelope_size: 4096, ..ntlm_options() })
+        .unwrap();
+    let session = c.open_session(&t).await.unwrap();
+    assert!(session.endpoint().contains("redirected=1"), "{}", session.endpoint());
+    // 40 mailboxes through 4 KiB envelopes: many sealed Receives, in order.
+    let out = session.invoke(&get_mailbox(vec![("ResultSize".into(), PsValue::String("Unlimited".into()))])).await;
+    assert_eq!(out.unwrap().objects.len(), 40);
+    // A shell left open is deleted by another conversation, from its resume token (endpoint and
+    // affinity cookie), which logs on anew.
+    let token = session.resume_token().expect("a WinRM session has a resume token");
+    std::mem::forget(session);
+    assert_eq!(sim.list_shells(ALICE).len(), 1);
+    assert!(c.delete_orphan(&t, &token).await.unwrap());
+    assert!(sim.list_shells(ALICE).is_empty());
+}

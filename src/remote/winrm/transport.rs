@@ -342,7 +342,8 @@ impl Channel {
                         logged_on_again = true;
                         continue;
                     }
-                } else if !negotiate::offers(&answer.headers, "basic") {
+                } else if self.auth().as_bytes().starts_with(b"Basic ") && !negotiate::offers(&answer.headers, "basic")
+                {
                     return Err(protocol(format!(
                         "{what}: the endpoint does not accept Basic authentication (the profile's auth): it offers {}; \
                          set the profile's auth to one of them",

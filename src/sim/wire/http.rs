@@ -67,6 +67,7 @@ struct Logon {
 
 /// Authenticates a request: a Basic header, an NTLM handshake leg (answered here), or a
 /// connection that logged on with NTLM. `Err` is the answer to send instead of serving.
+#[allow(clippy::result_large_err)] // the error is the HTTP answer itself, sent as is
 fn logon(
     wire: &Wire,
     peer: &Peer,
@@ -134,6 +135,9 @@ fn logon(
             }
         }
     }
+    if let Some(logon) = certificate_logon(wire, peer, headers, body.clone()) {
+        return logon;
+    }
     if !wire.options().basic {
         return Err(unauthorized(wire, None));
     }
@@ -144,8 +148,35 @@ fn logon(
     Ok(Logon { upn, secret, bearer, sealed: false, body })
 }
 
+/// WinRM certificate authentication: the `Authorization` header names the mutual-TLS profile,
+/// and the connection's client certificate (verified by the TLS layer against the listener's
+/// client CAs) is mapped to the account named by its subject's common name. `None`: another
+/// method.
+fn certificate_logon(wire: &Wire, peer: &Peer, headers: &HeaderMap, body: Bytes) -> Option<Result<Logon, Response>> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    if !value.trim().eq_ignore_ascii_case(crate::remote::winrm::CERTIFICATE_AUTH) {
+        return None;
+    }
+    let upn = peer.client_cert.as_deref().and_then(|der| certificate_user(der));
+    let Some(upn) = upn else {
+        return Some(Err(plain(StatusCode::UNAUTHORIZED, "no client certificate was presented on this connection")));
+    };
+    Some(match wire.sim().account_password(&upn) {
+        Ok(password) => Ok(Logon { upn, secret: password, bearer: false, sealed: false, body }),
+        Err(fault) => Err(unauthorized(wire, Some(wire.refusal(&fault, "localhost").body))),
+    })
+}
+
+/// The account a client certificate maps to: its subject's common name (a UPN).
+fn certificate_user(der: &[u8]) -> Option<String> {
+    let cert = picky::x509::Cert::from_der(der).ok()?;
+    let cn = cert.subject_name().find_common_name()?.to_string();
+    (!cn.trim().is_empty()).then(|| cn.trim().to_string())
+}
+
 /// A clear body on a connection logged on with NTLM: served only when the listener allows
 /// unencrypted traffic (Windows' AllowUnencrypted, false by default).
+#[allow(clippy::result_large_err)] // the error is the HTTP answer itself, sent as is
 fn plain_logon(wire: &Wire, upn: String, password: String, body: Bytes) -> Result<Logon, Response> {
     if wire.options().allow_unencrypted {
         return Ok(Logon { upn, secret: password, bearer: false, sealed: false, body });

@@ -9,7 +9,14 @@
 //!   parameter; failing that [`WireOptions::default_tenant`]. Without any of them Create faults.
 //! - Authentication on every request: `Authorization: Basic base64(upn:password)`. A missing or
 //!   unreadable header is HTTP 401 with `WWW-Authenticate: Basic realm="WSMAN"`; a wrong password is
-//!   HTTP 401 with the service's logon-failure text in a SOAP fault body. With
+//!   HTTP 401 with the service's logon-failure text in a SOAP fault body. A locked account
+//!   ([`Simulator::set_account_locked`]) is refused with Windows' lockout text.
+//! - With [`WireOptions::ntlm`], NTLM under `Negotiate` (or `NTLM`), as a Windows listener: the
+//!   NEGOTIATE and AUTHENTICATE legs on empty POSTs (401 with the CHALLENGE, then 200), checked
+//!   against the named account's password, held by the TCP connection; afterwards bodies are
+//!   sealed both ways (WinRM message encryption, `multipart/encrypted`), and a clear body on
+//!   that connection is refused with 401 unless [`WireOptions::allow_unencrypted`]. The 401 then
+//!   offers `Negotiate` (and Basic when [`WireOptions::basic`] is on). With
 //!   `BasicAuthToOAuthConversion=true` in the query, a password of the form `Bearer <token>` is
 //!   an access token: one the simulator's identity provider issued (for an `aud` that is this
 //!   listener's origin or an Exchange Online base, and the `tid` of the shell's tenant; a
@@ -61,6 +68,7 @@ mod tests;
 
 pub(crate) use http::{bare, server_error};
 pub(crate) use sever::Peer;
+pub use tls::client_auth_config;
 
 use crate::config::Config;
 use crate::sim::Simulator;
@@ -184,9 +192,14 @@ pub async fn run_standalone(config: &Config, listen: &str, mut options: WireOpti
         }
     });
     let scheme = if options.tls.is_some() { "https" } else { "http" };
+    let methods = match (options.basic, options.ntlm) {
+        (true, true) => "Basic or NTLM with message encryption",
+        (false, true) => "NTLM with message encryption",
+        _ => "Basic auth",
+    };
     tracing::info!(
         %addr,
-        "simulated remote PowerShell endpoint at {scheme}://{addr}/powershell-liveid?DelegatedOrg=<tenant> (Basic auth); \
+        "simulated remote PowerShell endpoint at {scheme}://{addr}/powershell-liveid?DelegatedOrg=<tenant> ({methods}); \
          identity provider at {scheme}://{addr}/<tenant>/oauth2/v2.0/token (sign-in page {scheme}://{addr}/devicelogin)"
     );
     tracing::info!(

@@ -77,7 +77,7 @@ pub(super) fn leg(sim: &Simulator, peer: &Peer, scheme: &str, token: &[u8]) -> L
                 Err(e) => return Leg::Malformed(format!("unreadable NTLM AUTHENTICATE: {e}")),
             };
             let upn = ntlm::account_key(&named);
-            let password = match sim.ntlm_password(&upn) {
+            let password = match sim.account_password(&upn) {
                 Ok(p) => p,
                 Err(fault) => return Leg::Refused(fault),
             };

@@ -86,6 +86,9 @@ pub(crate) struct Peer {
     cut: Arc<AtomicBool>,
     /// The connection's NTLM logon (Windows ties it to the TCP connection).
     pub(super) logon: Arc<std::sync::Mutex<super::negotiate::ConnectionLogon>>,
+    /// The TLS client certificate the connection presented (DER), already verified against
+    /// the listener's client CAs.
+    pub(super) client_cert: Option<Arc<Vec<u8>>>,
 }
 
 impl Peer {
@@ -98,7 +101,7 @@ impl Peer {
 impl Peer {
     /// The peer at `addr` on `stream`, holding the switch that cuts it.
     pub(super) fn of(addr: SocketAddr, stream: &Severable) -> Self {
-        Peer { addr, cut: stream.cut.clone(), logon: Arc::default() }
+        Peer { addr, cut: stream.cut.clone(), logon: Arc::default(), client_cert: None }
     }
 }
 

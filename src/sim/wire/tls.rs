@@ -12,6 +12,37 @@ use std::time::Duration;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
+/// A TLS configuration that asks clients for a certificate issued by one of `client_ca_pem`'s
+/// CAs (WinRM certificate authentication) without requiring one (Basic and NTLM still work):
+/// `cert_pem` is the listener's chain, `key_pem` its private key.
+pub fn client_auth_config(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    client_ca_pem: &[u8],
+) -> Result<Arc<rustls::ServerConfig>, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(cert_pem).collect::<Result<_, _>>().map_err(|e| format!("certificate: {e}"))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| format!("private key: {e}"))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_slice_iter(client_ca_pem) {
+        roots.add(ca.map_err(|e| format!("client CA: {e}"))?).map_err(|e| format!("client CA: {e}"))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| format!("client CA: {e}"))?;
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|e| format!("certificate: {e}"))?;
+    Ok(Arc::new(config))
+}
+
 /// How long a client may take over its handshake before the listener moves on.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -51,6 +82,9 @@ impl Listener for TlsListener {
 
 impl Connected<IncomingStream<'_, TlsListener>> for Peer {
     fn connect_info(stream: IncomingStream<'_, TlsListener>) -> Self {
-        Peer::of(*stream.remote_addr(), stream.io().get_ref().0)
+        let (io, tls) = stream.io().get_ref();
+        let mut peer = Peer::of(*stream.remote_addr(), io);
+        peer.client_cert = tls.peer_certificates().and_then(|c| c.first()).map(|c| Arc::new(c.to_vec()));
+        peer
     }
 }
