@@ -3,11 +3,12 @@
 //! It wakes on events (and on a short tick as a safety net), asks the scheduler for a plan, and
 //! executes it by spawning opens, commands and closes whose results come back as events.
 
+use super::directory::{AdminIdx, TenantIdx};
 use super::runner::{self, RunReport};
-use super::scheduler::{Action, Job, Scheduler, SessionId, SessionRules, Snapshot, Topology, Tuning};
-use super::{SessionInfo, Shared};
+use super::scheduler::{Action, Job, Priority, Refill, Scheduler, SessionId, SessionRules, Snapshot, Topology, Tuning};
+use super::{job_from_record, SessionInfo, Shared};
 use crate::remote::{RemoteError, RemoteSession};
-use crate::store::{Outcome, Status};
+use crate::store::{InvocationRecord, Outcome, Status, StoreError};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,8 +19,29 @@ use uuid::Uuid;
 /// waited for; past it the shell stays remembered and the next start deletes it.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Queued jobs kept in memory per lane and priority; the rest of a lane waits in the store and
+/// is paged in (a page at a time, when the window is half empty). Memory stays bounded
+/// whatever the queue's length; a window this deep keeps every session of a lane fed between
+/// pages.
+pub const WINDOW: usize = 256;
+
 pub enum Event {
+    /// Jobs that live only in memory (their secret values were not stored).
     Submit(Vec<Job>),
+    /// Jobs the store holds whole: beyond the window they are counted, not kept.
+    SubmitStored(Vec<Job>),
+    /// Jobs of a lane found queued in the store at start.
+    Stored {
+        tenant: TenantIdx,
+        admin: Option<AdminIdx>,
+        priority: Priority,
+        n: usize,
+    },
+    /// A page of queued invocations read for a [`Refill`].
+    Paged {
+        page: Refill,
+        result: Result<Vec<InvocationRecord>, StoreError>,
+    },
     /// Removes a batch's queued jobs; replies with their ids.
     CancelBatch(Uuid, oneshot::Sender<Vec<Uuid>>),
     Opened {
@@ -96,7 +118,7 @@ impl Driver {
             warm_sessions_per_admin: c.warm_sessions_per_admin,
         };
         Driver {
-            sched: Scheduler::new(topo, tuning),
+            sched: Scheduler::new(topo, tuning).with_window(WINDOW),
             shared,
             tx,
             rx,
@@ -125,6 +147,9 @@ impl Driver {
             for action in actions {
                 self.execute(action);
             }
+            for page in self.sched.refills() {
+                self.read_page(page);
+            }
             if self.finish_shutdown() {
                 return;
             }
@@ -135,6 +160,13 @@ impl Driver {
         let now = Instant::now();
         match ev {
             Event::Submit(jobs) => jobs.into_iter().for_each(|j| self.sched.submit(j)),
+            Event::SubmitStored(jobs) => jobs.into_iter().for_each(|j| self.sched.submit_stored(j)),
+            Event::Stored { tenant, admin, priority, n } => self.sched.add_stored(tenant, admin, priority, n),
+            Event::Paged { page, result: Ok(records) } => self.paged(page, records),
+            Event::Paged { page, result: Err(e) } => {
+                tracing::error!(error = %e, "cannot read queued invocations from the store; trying again");
+                self.sched.refill_failed(&page);
+            }
             Event::CancelBatch(batch, reply) => {
                 self.cancelled.insert(batch);
                 let _ = reply.send(self.sched.cancel_batch(batch));
@@ -210,6 +242,35 @@ impl Driver {
                 self.shutdown_reply = Some(reply);
             }
         }
+    }
+
+    /// Reads a page of a lane's queued work off the driver's task.
+    fn read_page(&self, page: Refill) {
+        let dir = &self.shared.directory;
+        let tenant = dir.tenants[page.tenant].domain.clone();
+        let admin = page.admin.map(|a| dir.admins[a].name.clone());
+        let (shared, tx) = (self.shared.clone(), self.tx.clone());
+        tokio::spawn(async move {
+            let result =
+                shared.store.page_queued(&tenant, admin.as_deref(), page.priority.as_str(), page.want as i64).await;
+            let _ = tx.send(Event::Paged { page, result });
+        });
+    }
+
+    /// Hands a page to the scheduler; invocations that can no longer run end here.
+    fn paged(&mut self, page: Refill, records: Vec<InvocationRecord>) {
+        let taken = records.len();
+        let mut jobs = Vec::with_capacity(taken);
+        for rec in &records {
+            match job_from_record(&self.shared.directory, rec) {
+                (job, None) => jobs.push(job),
+                (job, Some((code, message))) => {
+                    let shared = self.shared.clone();
+                    self.shared.writes.spawn(async move { shared.finish(&job, Outcome::failed(&code, message)).await });
+                }
+            }
+        }
+        self.sched.refilled(&page, jobs, taken);
     }
 
     fn execute(&mut self, action: Action) {

@@ -17,6 +17,7 @@ mod views;
 
 pub use audit::{AuditEntry, AuditQuery, AuditRecord};
 pub use identity::SealedRefreshToken;
+pub use queue::LaneCount;
 pub use tokens::TokenRow;
 pub use views::{BatchSummary, FailureGroup, FailureMessage, FailureQuery, TenantCount};
 
@@ -229,6 +230,9 @@ pub struct Store {
     reads: Pool,
     /// Random per database; salts the hashes of parameter values (audit, idempotency).
     salt: Arc<str>,
+    /// Random per process: marks the queued rows this process took into memory
+    /// ([`Store::page_queued`]).
+    epoch: Arc<str>,
 }
 
 /// Whether a store URL names PostgreSQL (anything else is SQLite's).
@@ -251,7 +255,8 @@ impl Store {
         };
         let salt = audit::load_salt(&writer).await?;
         let group = group::GroupWriter::spawn(writer.clone());
-        Ok(Store { writer, group, reads, salt })
+        let epoch = Uuid::new_v4().simple().to_string().into();
+        Ok(Store { writer, group, reads, salt, epoch })
     }
 
     /// Which backend this is, for logs and benchmarks.

@@ -11,6 +11,15 @@ use serde_json::Value as Json;
 use sqlx::QueryBuilder;
 use uuid::Uuid;
 
+/// How many invocations wait in one lane (tenant, pinned admin, priority).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaneCount {
+    pub tenant: String,
+    pub admin: Option<String>,
+    pub priority: String,
+    pub count: i64,
+}
+
 pub(super) const COLUMNS: &str = "id, batch_id, seq, idempotency_key, tenant, admin, cmdlet, parameters, priority, idempotent, status, attempts, created_at, deadline_at, started_at, finished_at, session_id, admin_used, output, errors, warnings, error_code, error_message, owner, redacted";
 
 impl Store {
@@ -116,8 +125,9 @@ impl Store {
         })
     }
 
-    /// Marks a batch cancelled and, of `ids` (what the scheduler had not started), those still
-    /// queued. Returns how many invocations were cancelled.
+    /// Marks a batch cancelled and, of its invocations, those still queued that the scheduler
+    /// had not started: `ids` (what it held in memory and gave back) and every one no page of
+    /// this process took into memory. Returns how many invocations were cancelled.
     pub async fn cancel_batch(&self, batch: Uuid, ids: &[Uuid]) -> Result<u64, StoreError> {
         on!(&self.writer, pool => {
             let mut tx = pool.begin().await?;
@@ -140,9 +150,80 @@ impl Store {
                 list.push_unseparated(")");
                 cancelled += qb.build().execute(&mut *tx).await?.rows_affected();
             }
+            cancelled += sqlx::query(
+                "UPDATE invocations SET status = 'cancelled', error_code = 'cancelled', \
+                 error_message = 'the batch was cancelled before this invocation started', finished_at = $1 \
+                 WHERE batch_id = $2 AND status = 'queued' AND (paged_by IS NULL OR paged_by <> $3)",
+            )
+            .bind(now_ms())
+            .bind(batch.to_string())
+            .bind(&*self.epoch)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
             tx.commit().await?;
             Ok(cancelled)
         })
+    }
+
+    /// How many invocations wait in each lane: what a start reads instead of the queue itself.
+    pub async fn queued_lanes(&self) -> Result<Vec<LaneCount>, StoreError> {
+        on!(&self.reads, pool => {
+            let rows = sqlx::query(
+                "SELECT tenant, admin, priority, COUNT(*) AS n FROM invocations WHERE status = 'queued' \
+                 GROUP BY tenant, admin, priority",
+            )
+            .fetch_all(pool)
+            .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(LaneCount {
+                        tenant: r.col("tenant")?,
+                        admin: r.col("admin")?,
+                        priority: r.col("priority")?,
+                        count: r.col("n")?,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    /// Invocations that were running when the daemon last stopped.
+    pub async fn running(&self) -> Result<Vec<InvocationRecord>, StoreError> {
+        on!(&self.writer, pool => {
+            let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM invocations WHERE status = 'running' ORDER BY id"))
+                .fetch_all(pool)
+                .await?;
+            rows.iter().map(record).collect()
+        })
+    }
+
+    /// Takes up to `limit` queued invocations of one lane into this process's memory, oldest
+    /// first: those no earlier page of this process took (rows the process holds because it
+    /// accepted them may come back too; the scheduler knows them by id).
+    pub async fn page_queued(
+        &self,
+        tenant: &str,
+        admin: Option<&str>,
+        priority: &str,
+        limit: i64,
+    ) -> Result<Vec<InvocationRecord>, StoreError> {
+        let admin_is = if admin.is_some() { "admin = $5" } else { "admin IS NULL" };
+        let sql = format!(
+            "UPDATE invocations SET paged_by = $1 WHERE id IN (SELECT id FROM invocations \
+             WHERE status = 'queued' AND tenant = $2 AND {admin_is} AND priority = $3 \
+             AND (paged_by IS NULL OR paged_by <> $1) ORDER BY id LIMIT $4) RETURNING {COLUMNS}"
+        );
+        let mut records: Vec<InvocationRecord> = on!(&self.writer, pool => {
+            let mut q = sqlx::query(&sql).bind(&*self.epoch).bind(tenant).bind(priority).bind(limit);
+            if let Some(a) = admin {
+                q = q.bind(a);
+            }
+            let rows = q.fetch_all(pool).await?;
+            rows.iter().map(record).collect::<Result<_, StoreError>>()?
+        });
+        records.sort_by_key(|r| r.accepted.id);
+        Ok(records)
     }
 
     /// Invocations that were queued or running when the daemon last stopped.
