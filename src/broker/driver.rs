@@ -42,8 +42,9 @@ pub enum Event {
         page: Refill,
         result: Result<Vec<InvocationRecord>, StoreError>,
     },
-    /// Removes a batch's queued jobs; replies with their ids.
-    CancelBatch(Uuid, oneshot::Sender<Vec<Uuid>>),
+    /// Removes a batch's queued jobs; replies with their ids, and those of the jobs handed to
+    /// sessions (of any batch), which must not be cancelled under them.
+    CancelBatch(Uuid, oneshot::Sender<(Vec<Uuid>, Vec<Uuid>)>),
     Opened {
         session: SessionId,
         result: Result<Box<dyn RemoteSession>, RemoteError>,
@@ -169,7 +170,7 @@ impl Driver {
             }
             Event::CancelBatch(batch, reply) => {
                 self.cancelled.insert(batch);
-                let _ = reply.send(self.sched.cancel_batch(batch));
+                let _ = reply.send((self.sched.cancel_batch(batch), self.sched.started_jobs()));
             }
             Event::Opened { session, result: Ok(remote) } => {
                 let remote: Arc<dyn RemoteSession> = Arc::from(remote);
@@ -251,8 +252,8 @@ impl Driver {
         let admin = page.admin.map(|a| dir.admins[a].name.clone());
         let (shared, tx) = (self.shared.clone(), self.tx.clone());
         tokio::spawn(async move {
-            let result =
-                shared.store.page_queued(&tenant, admin.as_deref(), page.priority.as_str(), page.want as i64).await;
+            let (priority, want) = (page.priority.as_str(), page.want as i64);
+            let result = shared.store.page_queued(&tenant, admin.as_deref(), priority, &page.exclude, want).await;
             let _ = tx.send(Event::Paged { page, result });
         });
     }
@@ -260,17 +261,23 @@ impl Driver {
     /// Hands a page to the scheduler; invocations that can no longer run end here.
     fn paged(&mut self, page: Refill, records: Vec<InvocationRecord>) {
         let taken = records.len();
-        let mut jobs = Vec::with_capacity(taken);
+        let (mut jobs, mut ended) = (Vec::with_capacity(taken), 0);
         for rec in &records {
+            if rec.status != Status::Queued || rec.accepted.batch_id.is_some_and(|b| self.cancelled.contains(&b)) {
+                // Claimed meanwhile (it is in memory already), or read as its batch was being
+                // cancelled (the cancellation ends it in the store).
+                continue;
+            }
             match job_from_record(&self.shared.directory, rec) {
                 (job, None) => jobs.push(job),
                 (job, Some((code, message))) => {
+                    ended += 1;
                     let shared = self.shared.clone();
                     self.shared.writes.spawn(async move { shared.finish(&job, Outcome::failed(&code, message)).await });
                 }
             }
         }
-        self.sched.refilled(&page, jobs, taken);
+        self.sched.refilled(&page, jobs, ended, taken);
     }
 
     fn execute(&mut self, action: Action) {

@@ -326,11 +326,12 @@ impl Broker {
         // The scheduler decides what has not started: it hands back exactly the jobs it removed,
         // so a cancelled invocation has never run and one that started finishes truthfully.
         let (reply, removed) = oneshot::channel();
-        let ids = match self.tx.send(Event::CancelBatch(batch, reply)) {
+        let (ids, started) = match self.tx.send(Event::CancelBatch(batch, reply)) {
             Ok(()) => removed.await.unwrap_or_default(),
-            Err(_) => vec![],
+            Err(_) => (vec![], vec![]),
         };
-        let n = self.shared.store.cancel_batch(batch, &ids).await?;
+        // What waits in the store only (beyond the scheduler's window) has not started either.
+        let n = self.shared.store.cancel_batch(batch, &ids, &started).await?;
         self.shared.metrics.invocations.with_label_values(&["cancelled", "cancelled"]).inc_by(n);
         Ok(Some(n))
     }
@@ -555,9 +556,12 @@ impl Broker {
 
     /// Fails every queued invocation of a lane no configured tenant or admin can serve.
     async fn fail_lane(&self, tenant: &str, admin: Option<&str>, priority: &str) -> Result<(), StoreError> {
+        let mut seen = std::collections::HashSet::new();
         loop {
-            let page = self.shared.store.page_queued(tenant, admin, priority, 500).await?;
-            if page.is_empty() {
+            let page = self.shared.store.page_queued(tenant, admin, priority, &[], 500).await?;
+            // Done when nothing is left, or nothing could be ended (the store refused: the next
+            // start tries again).
+            if !page.iter().any(|r| seen.insert(r.accepted.id)) {
                 return Ok(());
             }
             for rec in &page {

@@ -354,6 +354,8 @@ pub struct Refill {
     pub admin: Option<AdminIdx>,
     pub priority: Priority,
     pub want: usize,
+    /// The lane's jobs in memory (queued or running), which the page must not bring again.
+    pub exclude: Vec<Uuid>,
 }
 
 impl Scheduler {
@@ -439,25 +441,30 @@ impl Scheduler {
                 if lane.stored[slot] > 0 && !lane.paging[slot] && lane.queues[slot].len() < window / 2 {
                     lane.paging[slot] = true;
                     lane.spilled_at_page[slot] = lane.spilled[slot];
-                    pages.push(Refill { tenant, admin, priority, want: window - lane.queues[slot].len() });
+                    let want = window - lane.queues[slot].len();
+                    let exclude = lane.queues[slot].iter().map(|j| j.id).collect();
+                    pages.push(Refill { tenant, admin, priority, want, exclude });
                 }
             }
+        }
+        for page in &mut pages {
+            let running = self.sessions.values().filter(|s| serves(s, (page.tenant, page.admin)));
+            page.exclude.extend(running.filter_map(|s| s.running));
         }
         pages
     }
 
-    /// The answer to a [`Refill`]: `jobs` to run, out of `taken` rows the page took (the others
-    /// were ended by the driver as they came in), `asked` for. Jobs already in memory (accepted
-    /// by this process, or running) are skipped. A short page means the store has no more than
-    /// this: the count becomes what was counted since the page was asked for.
-    pub fn refilled(&mut self, page: &Refill, jobs: Vec<Job>, taken: usize) {
+    /// The answer to a [`Refill`]: `jobs` to run and `ended` more that the driver ended as they
+    /// came in, out of the `taken` rows the page read. Jobs already in memory (accepted by this
+    /// process, or running) are skipped. A short page means the store has no more than this:
+    /// the count becomes what was counted since the page was asked for.
+    pub fn refilled(&mut self, page: &Refill, jobs: Vec<Job>, ended: usize, taken: usize) {
         let slot = page.priority.slot();
         let running: HashSet<Uuid> =
             self.sessions.values().filter(|s| serves(s, (page.tenant, page.admin))).filter_map(|s| s.running).collect();
         let Some(lane) = self.lanes.get_mut(&(page.tenant, page.admin)) else { return };
         let before = lane.slot_len(slot);
         lane.paging[slot] = false;
-        let ended = taken.saturating_sub(jobs.len());
         let mut fresh = 0;
         for job in jobs {
             let known = running.contains(&job.id) || lane.queues[slot].iter().any(|j| j.id == job.id);
@@ -584,6 +591,11 @@ impl Scheduler {
     /// Removes queued jobs of a batch; returns their ids (running ones finish on their own).
     pub fn cancel_batch(&mut self, batch: Uuid) -> Vec<Uuid> {
         self.remove_jobs(|j| j.batch == Some(batch))
+    }
+
+    /// The jobs handed to sessions and not finished yet.
+    pub fn started_jobs(&self) -> Vec<Uuid> {
+        self.sessions.values().filter_map(|s| s.running).collect()
     }
 
     pub fn cancel_job(&mut self, id: Uuid) -> bool {

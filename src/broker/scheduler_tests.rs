@@ -588,7 +588,7 @@ fn a_window_keeps_a_bounded_part_of_a_lane_in_memory_and_pages_the_rest() {
                 rows.insert(0, job(in_memory.id.as_u128()));
             }
             let taken = rows.len();
-            s.refilled(&page, rows, taken);
+            s.refilled(&page, rows, 0, taken);
             s.check_invariants().unwrap();
         }
         if s.queued() == 0 {
@@ -603,7 +603,7 @@ fn a_window_keeps_a_bounded_part_of_a_lane_in_memory_and_pages_the_rest() {
     // A count larger than what the store holds (a cancelled batch) is corrected by a short page.
     s.add_stored(0, None, Priority::Batch, 5);
     let page = s.refills().pop().expect("a page is asked for");
-    s.refilled(&page, vec![], 0);
+    s.refilled(&page, vec![], 0, 0);
     assert_eq!(s.queued(), 0, "the short page says there is nothing left");
     s.check_invariants().unwrap();
 }

@@ -126,9 +126,10 @@ impl Store {
     }
 
     /// Marks a batch cancelled and, of its invocations, those still queued that the scheduler
-    /// had not started: `ids` (what it held in memory and gave back) and every one no page of
-    /// this process took into memory. Returns how many invocations were cancelled.
-    pub async fn cancel_batch(&self, batch: Uuid, ids: &[Uuid]) -> Result<u64, StoreError> {
+    /// had not started: `ids` (what it held in memory and gave back) and every one waiting in
+    /// the store only, i.e. all but `started` (what it handed to sessions, whose claims may not
+    /// be committed yet). Returns how many invocations were cancelled.
+    pub async fn cancel_batch(&self, batch: Uuid, ids: &[Uuid], started: &[Uuid]) -> Result<u64, StoreError> {
         on!(&self.writer, pool => {
             let mut tx = pool.begin().await?;
             sqlx::query("UPDATE batches SET cancelled_at = $1 WHERE id = $2 AND cancelled_at IS NULL")
@@ -150,17 +151,21 @@ impl Store {
                 list.push_unseparated(")");
                 cancelled += qb.build().execute(&mut *tx).await?.rows_affected();
             }
-            cancelled += sqlx::query(
+            let mut qb = QueryBuilder::new(
                 "UPDATE invocations SET status = 'cancelled', error_code = 'cancelled', \
-                 error_message = 'the batch was cancelled before this invocation started', finished_at = $1 \
-                 WHERE batch_id = $2 AND status = 'queued' AND (paged_by IS NULL OR paged_by <> $3)",
-            )
-            .bind(now_ms())
-            .bind(batch.to_string())
-            .bind(&*self.epoch)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+                 error_message = 'the batch was cancelled before this invocation started', finished_at = ",
+            );
+            qb.push_bind(now_ms()).push(" WHERE batch_id = ").push_bind(batch.to_string());
+            qb.push(" AND status = 'queued'");
+            if !started.is_empty() {
+                qb.push(" AND id NOT IN (");
+                let mut list = qb.separated(", ");
+                for id in started {
+                    list.push_bind(id.to_string());
+                }
+                list.push_unseparated(")");
+            }
+            cancelled += qb.build().execute(&mut *tx).await?.rows_affected();
             tx.commit().await?;
             Ok(cancelled)
         })
@@ -198,32 +203,36 @@ impl Store {
         })
     }
 
-    /// Takes up to `limit` queued invocations of one lane into this process's memory, oldest
-    /// first: those no earlier page of this process took (rows the process holds because it
-    /// accepted them may come back too; the scheduler knows them by id).
+    /// Up to `limit` queued invocations of one lane, oldest first, but for those in `exclude`
+    /// (what the scheduler holds in memory already).
     pub async fn page_queued(
         &self,
         tenant: &str,
         admin: Option<&str>,
         priority: &str,
+        exclude: &[Uuid],
         limit: i64,
     ) -> Result<Vec<InvocationRecord>, StoreError> {
-        let admin_is = if admin.is_some() { "admin = $5" } else { "admin IS NULL" };
-        let sql = format!(
-            "UPDATE invocations SET paged_by = $1 WHERE id IN (SELECT id FROM invocations \
-             WHERE status = 'queued' AND tenant = $2 AND {admin_is} AND priority = $3 \
-             AND (paged_by IS NULL OR paged_by <> $1) ORDER BY id LIMIT $4) RETURNING {COLUMNS}"
-        );
-        let mut records: Vec<InvocationRecord> = on!(&self.writer, pool => {
-            let mut q = sqlx::query(&sql).bind(&*self.epoch).bind(tenant).bind(priority).bind(limit);
-            if let Some(a) = admin {
-                q = q.bind(a);
+        on!(&self.reads, pool => {
+            let mut qb = QueryBuilder::new(format!("SELECT {COLUMNS} FROM invocations WHERE status = 'queued' AND tenant = "));
+            qb.push_bind(tenant.to_string());
+            match admin {
+                Some(a) => qb.push(" AND admin = ").push_bind(a.to_string()),
+                None => qb.push(" AND admin IS NULL"),
+            };
+            qb.push(" AND priority = ").push_bind(priority.to_string());
+            if !exclude.is_empty() {
+                qb.push(" AND id NOT IN (");
+                let mut list = qb.separated(", ");
+                for id in exclude {
+                    list.push_bind(id.to_string());
+                }
+                list.push_unseparated(")");
             }
-            let rows = q.fetch_all(pool).await?;
-            rows.iter().map(record).collect::<Result<_, StoreError>>()?
-        });
-        records.sort_by_key(|r| r.accepted.id);
-        Ok(records)
+            qb.push(" ORDER BY id LIMIT ").push_bind(limit);
+            let rows = qb.build().fetch_all(pool).await?;
+            rows.iter().map(record).collect()
+        })
     }
 
     /// Invocations that were queued or running when the daemon last stopped.
