@@ -3,11 +3,12 @@
 //! It wakes on events (and on a short tick as a safety net), asks the scheduler for a plan, and
 //! executes it by spawning opens, commands and closes whose results come back as events.
 
+use super::directory::{AdminIdx, TenantIdx};
 use super::runner::{self, RunReport};
-use super::scheduler::{Action, Job, Scheduler, SessionId, SessionRules, Snapshot, Topology, Tuning};
-use super::{SessionInfo, Shared};
+use super::scheduler::{Action, Job, Priority, Refill, Scheduler, SessionId, SessionRules, Snapshot, Topology, Tuning};
+use super::{job_from_record, SessionInfo, Shared};
 use crate::remote::{RemoteError, RemoteSession};
-use crate::store::{Outcome, Status};
+use crate::store::{InvocationRecord, Outcome, Status, StoreError};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,10 +19,32 @@ use uuid::Uuid;
 /// waited for; past it the shell stays remembered and the next start deletes it.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Queued jobs kept in memory per lane and priority; the rest of a lane waits in the store and
+/// is paged in (a page at a time, when the window is half empty). Memory stays bounded
+/// whatever the queue's length; a window this deep keeps every session of a lane fed between
+/// pages.
+pub const WINDOW: usize = 256;
+
 pub enum Event {
+    /// Jobs that live only in memory (their secret values were not stored).
     Submit(Vec<Job>),
-    /// Removes a batch's queued jobs; replies with their ids.
-    CancelBatch(Uuid, oneshot::Sender<Vec<Uuid>>),
+    /// Jobs the store holds whole: beyond the window they are counted, not kept.
+    SubmitStored(Vec<Job>),
+    /// Jobs of a lane found queued in the store at start.
+    Stored {
+        tenant: TenantIdx,
+        admin: Option<AdminIdx>,
+        priority: Priority,
+        n: usize,
+    },
+    /// A page of queued invocations read for a [`Refill`].
+    Paged {
+        page: Refill,
+        result: Result<Vec<InvocationRecord>, StoreError>,
+    },
+    /// Removes a batch's queued jobs; replies with their ids, and those of the jobs handed to
+    /// sessions (of any batch), which must not be cancelled under them.
+    CancelBatch(Uuid, oneshot::Sender<(Vec<Uuid>, Vec<Uuid>)>),
     Opened {
         session: SessionId,
         result: Result<Box<dyn RemoteSession>, RemoteError>,
@@ -97,7 +120,7 @@ impl Driver {
             warm_sessions_per_admin: c.warm_sessions_per_admin,
         };
         Driver {
-            sched: Scheduler::new(topo, tuning),
+            sched: Scheduler::new(topo, tuning).with_window(WINDOW),
             shared,
             tx,
             rx,
@@ -126,6 +149,9 @@ impl Driver {
             for action in actions {
                 self.execute(action);
             }
+            for page in self.sched.refills() {
+                self.read_page(page);
+            }
             if self.finish_shutdown() {
                 return;
             }
@@ -136,9 +162,16 @@ impl Driver {
         let now = Instant::now();
         match ev {
             Event::Submit(jobs) => jobs.into_iter().for_each(|j| self.sched.submit(j)),
+            Event::SubmitStored(jobs) => jobs.into_iter().for_each(|j| self.sched.submit_stored(j)),
+            Event::Stored { tenant, admin, priority, n } => self.sched.add_stored(tenant, admin, priority, n),
+            Event::Paged { page, result: Ok(records) } => self.paged(page, records),
+            Event::Paged { page, result: Err(e) } => {
+                tracing::error!(error = %e, "cannot read queued invocations from the store; trying again");
+                self.sched.refill_failed(&page);
+            }
             Event::CancelBatch(batch, reply) => {
                 self.cancelled.insert(batch);
-                let _ = reply.send(self.sched.cancel_batch(batch));
+                let _ = reply.send((self.sched.cancel_batch(batch), self.sched.started_jobs()));
             }
             Event::Opened { session, result: Ok(remote) } => {
                 let remote: Arc<dyn RemoteSession> = Arc::from(remote);
@@ -214,6 +247,41 @@ impl Driver {
                 self.shutdown_reply = Some(reply);
             }
         }
+    }
+
+    /// Reads a page of a lane's queued work off the driver's task.
+    fn read_page(&self, page: Refill) {
+        let dir = &self.shared.directory;
+        let tenant = dir.tenants[page.tenant].domain.clone();
+        let admin = page.admin.map(|a| dir.admins[a].name.clone());
+        let (shared, tx) = (self.shared.clone(), self.tx.clone());
+        tokio::spawn(async move {
+            let (priority, want) = (page.priority.as_str(), page.want as i64);
+            let result = shared.store.page_queued(&tenant, admin.as_deref(), priority, &page.exclude, want).await;
+            let _ = tx.send(Event::Paged { page, result });
+        });
+    }
+
+    /// Hands a page to the scheduler; invocations that can no longer run end here.
+    fn paged(&mut self, page: Refill, records: Vec<InvocationRecord>) {
+        let taken = records.len();
+        let (mut jobs, mut ended) = (Vec::with_capacity(taken), 0);
+        for rec in &records {
+            if rec.status != Status::Queued || rec.accepted.batch_id.is_some_and(|b| self.cancelled.contains(&b)) {
+                // Claimed meanwhile (it is in memory already), or read as its batch was being
+                // cancelled (the cancellation ends it in the store).
+                continue;
+            }
+            match job_from_record(&self.shared.directory, rec) {
+                (job, None) => jobs.push(job),
+                (job, Some((code, message))) => {
+                    ended += 1;
+                    let shared = self.shared.clone();
+                    self.shared.writes.spawn(async move { shared.finish(&job, Outcome::failed(&code, message)).await });
+                }
+            }
+        }
+        self.sched.refilled(&page, jobs, ended, taken);
     }
 
     fn execute(&mut self, action: Action) {

@@ -249,7 +249,8 @@ impl Broker {
         match self.shared.store.insert_invocation(&new).await? {
             Inserted::Existing(r) => Ok(Submitted { id: r.accepted.id, replayed: true }),
             Inserted::New => {
-                self.enqueue(vec![self.job(&new, valid)]);
+                let redacted = new.accepted.redacted;
+                self.enqueue(vec![(self.job(&new, valid), redacted)]);
                 Ok(Submitted { id: new.accepted.id, replayed: false })
             }
         }
@@ -291,7 +292,7 @@ impl Broker {
             .iter()
             .zip(valid)
             .filter(|(n, _)| inserted.contains(&n.accepted.id))
-            .map(|(n, v)| self.job(n, v))
+            .map(|(n, v)| (self.job(n, v), n.accepted.redacted))
             .collect();
         self.enqueue(jobs);
         Ok((batch, items.len()))
@@ -325,11 +326,12 @@ impl Broker {
         // The scheduler decides what has not started: it hands back exactly the jobs it removed,
         // so a cancelled invocation has never run and one that started finishes truthfully.
         let (reply, removed) = oneshot::channel();
-        let ids = match self.tx.send(Event::CancelBatch(batch, reply)) {
+        let (ids, started) = match self.tx.send(Event::CancelBatch(batch, reply)) {
             Ok(()) => removed.await.unwrap_or_default(),
-            Err(_) => vec![],
+            Err(_) => (vec![], vec![]),
         };
-        let n = self.shared.store.cancel_batch(batch, &ids).await?;
+        // What waits in the store only (beyond the scheduler's window) has not started either.
+        let n = self.shared.store.cancel_batch(batch, &ids, &started).await?;
         self.shared.metrics.invocations.with_label_values(&["cancelled", "cancelled"]).inc_by(n);
         Ok(Some(n))
     }
@@ -423,9 +425,15 @@ impl Broker {
         }
     }
 
-    fn enqueue(&self, jobs: Vec<Job>) {
-        if !jobs.is_empty() {
-            let _ = self.tx.send(Event::Submit(jobs));
+    /// Hands accepted jobs to the driver. A job whose secret values were redacted in the store
+    /// lives only in memory; the others may wait in the store beyond the scheduler's window.
+    fn enqueue(&self, jobs: Vec<(Job, bool)>) {
+        let (secret, stored): (Vec<_>, Vec<_>) = jobs.into_iter().partition(|(_, redacted)| *redacted);
+        if !secret.is_empty() {
+            let _ = self.tx.send(Event::Submit(secret.into_iter().map(|(j, _)| j).collect()));
+        }
+        if !stored.is_empty() {
+            let _ = self.tx.send(Event::SubmitStored(stored.into_iter().map(|(j, _)| j).collect()));
         }
     }
 
@@ -506,68 +514,110 @@ impl Broker {
         }
     }
 
-    /// Requeues what was queued at the last stop. What was *running* is repeated only if it is
-    /// idempotent; otherwise it fails with `interrupted`, since it may or may not have run. An
-    /// invocation whose secret parameter values were redacted fails with `secret_unavailable`:
-    /// secrets are never stored, so they died with the previous process.
+    /// Resumes what the last stop left. What was *running* is repeated only if it is
+    /// idempotent; otherwise it fails with `interrupted`, since it may or may not have run.
+    /// What was queued stays in the store: only its count per lane is read here, and the driver
+    /// pages it in as lanes drain ([`job_from_record`] judges each as it comes in). Lanes whose
+    /// tenant or admin is no longer configured are failed now.
     async fn recover(&self) -> Result<(), StoreError> {
         let dir = &self.shared.directory;
-        let mut jobs = Vec::new();
-        for rec in self.shared.store.unfinished().await? {
-            let r = &rec.accepted;
-            let fail = |code: &str, msg: String| (code.to_string(), msg);
-            let verdict = match (dir.tenant(&r.tenant), r.admin.as_deref().map(|a| dir.admin(a))) {
-                (None, _) => Err(fail("unknown_tenant", format!("tenant '{}' is no longer configured", r.tenant))),
-                (_, Some(None)) => Err(fail("unknown_admin", "the pinned admin is no longer configured".into())),
-                _ if rec.status == Status::Running && !r.idempotent => Err(fail(
-                    "interrupted",
-                    format!(
-                        "the daemon stopped while attempt {} was running; not repeated because the command is not idempotent",
-                        rec.attempts
-                    ),
-                )),
-                _ if r.redacted => Err(fail(
-                    "secret_unavailable",
-                    "the daemon restarted before this invocation ran; its secret parameter values are never stored, so submit it again".into(),
-                )),
-                (Some(t), a) => Ok((t, a.flatten())),
-            };
-            let job = Job {
-                id: r.id,
-                tenant: verdict.as_ref().map(|v| v.0).unwrap_or(0),
-                admin: verdict.as_ref().ok().and_then(|v| v.1),
-                priority: if r.priority == "interactive" { Priority::Interactive } else { Priority::Batch },
-                spec: Arc::new(JobSpec {
-                    cmdlet: r.cmdlet.clone(),
-                    parameters: r
-                        .parameters
-                        .as_object()
-                        .map(|m| m.iter().map(|(k, v)| (k.clone(), PsValue::from_json(v))).collect())
-                        .unwrap_or_default(),
-                }),
-                idempotent: r.idempotent,
-                batch: r.batch_id,
-                enqueued_at: Instant::now(),
-                deadline: Instant::now() + Duration::from_millis((r.deadline_at - now_ms()).max(0) as u64),
-                attempts: rec.attempts as u32,
-                not_before: None,
-            };
+        let store = &self.shared.store;
+        let mut repeated = 0;
+        for rec in store.running().await? {
+            let (job, verdict) = job_from_record(dir, &rec);
             match verdict {
-                Err((code, msg)) => self.shared.finish(&job, Outcome::failed(&code, msg)).await,
-                Ok(_) => {
-                    if rec.status == Status::Running {
-                        self.shared.store.mark_queued(r.id).await?;
-                    }
-                    jobs.push(job);
+                Some((code, msg)) => self.shared.finish(&job, Outcome::failed(&code, msg)).await,
+                None => {
+                    store.mark_queued(job.id).await?;
+                    repeated += 1;
                 }
             }
         }
-        if !jobs.is_empty() {
-            tracing::info!(count = jobs.len(), "resuming invocations left unfinished by the previous run");
+        let mut queued = 0;
+        for lane in store.queued_lanes().await? {
+            let priority = if lane.priority == "interactive" { Priority::Interactive } else { Priority::Batch };
+            let admin = lane.admin.as_deref().map(|a| dir.admin(a));
+            match (dir.tenant(&lane.tenant), admin) {
+                (Some(t), None) => self.add_stored(t, None, priority, lane.count as usize),
+                (Some(t), Some(Some(a))) => self.add_stored(t, Some(a), priority, lane.count as usize),
+                _ => self.fail_lane(&lane.tenant, lane.admin.as_deref(), &lane.priority).await?,
+            }
+            queued += lane.count;
         }
-        self.enqueue(jobs);
+        if queued > 0 {
+            tracing::info!(queued, repeated, "resuming invocations left unfinished by the previous run");
+        }
         Ok(())
     }
+
+    fn add_stored(&self, tenant: usize, admin: Option<usize>, priority: Priority, n: usize) {
+        let _ = self.tx.send(Event::Stored { tenant, admin, priority, n });
+    }
+
+    /// Fails every queued invocation of a lane no configured tenant or admin can serve.
+    async fn fail_lane(&self, tenant: &str, admin: Option<&str>, priority: &str) -> Result<(), StoreError> {
+        let mut seen = std::collections::HashSet::new();
+        loop {
+            let page = self.shared.store.page_queued(tenant, admin, priority, &[], 500).await?;
+            // Done when nothing is left, or nothing could be ended (the store refused: the next
+            // start tries again).
+            if !page.iter().any(|r| seen.insert(r.accepted.id)) {
+                return Ok(());
+            }
+            for rec in &page {
+                let (job, verdict) = job_from_record(&self.shared.directory, rec);
+                let (code, msg) = verdict.unwrap_or_else(|| ("unknown_tenant".into(), "no longer configured".into()));
+                self.shared.finish(&job, Outcome::failed(&code, msg)).await;
+            }
+        }
+    }
+}
+
+/// The job of a stored invocation, and why it must fail instead of running, if it must: its
+/// tenant or pinned admin is no longer configured, it was running and is not idempotent, or its
+/// secret values were redacted (secrets are never stored, so they died with the process that
+/// accepted it). Ages and deadlines come from the stored times.
+pub(crate) fn job_from_record(dir: &Directory, rec: &InvocationRecord) -> (Job, Option<(String, String)>) {
+    let r = &rec.accepted;
+    let fail = |code: &str, msg: String| (code.to_string(), msg);
+    let verdict = match (dir.tenant(&r.tenant), r.admin.as_deref().map(|a| dir.admin(a))) {
+        (None, _) => Err(fail("unknown_tenant", format!("tenant '{}' is no longer configured", r.tenant))),
+        (_, Some(None)) => Err(fail("unknown_admin", "the pinned admin is no longer configured".into())),
+        _ if rec.status == Status::Running && !r.idempotent => Err(fail(
+            "interrupted",
+            format!(
+                "the daemon stopped while attempt {} was running; not repeated because the command is not idempotent",
+                rec.attempts
+            ),
+        )),
+        _ if r.redacted => Err(fail(
+            "secret_unavailable",
+            "the daemon restarted before this invocation ran; its secret parameter values are never stored, so submit it again".into(),
+        )),
+        (Some(t), a) => Ok((t, a.flatten())),
+    };
+    let (now, now_ms) = (Instant::now(), now_ms());
+    let job = Job {
+        id: r.id,
+        tenant: verdict.as_ref().map(|v| v.0).unwrap_or(0),
+        admin: verdict.as_ref().ok().and_then(|v| v.1),
+        priority: if r.priority == "interactive" { Priority::Interactive } else { Priority::Batch },
+        spec: Arc::new(JobSpec {
+            cmdlet: r.cmdlet.clone(),
+            parameters: r
+                .parameters
+                .as_object()
+                .map(|m| m.iter().map(|(k, v)| (k.clone(), PsValue::from_json(v))).collect())
+                .unwrap_or_default(),
+        }),
+        idempotent: r.idempotent,
+        batch: r.batch_id,
+        enqueued_at: now.checked_sub(Duration::from_millis((now_ms - r.created_at).max(0) as u64)).unwrap_or(now),
+        deadline: now + Duration::from_millis((r.deadline_at - now_ms).max(0) as u64),
+        attempts: rec.attempts as u32,
+        not_before: None,
+    };
+    (job, verdict.err())
 }
 
 fn ratio(open: u32, cap: u32) -> f64 {

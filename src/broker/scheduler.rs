@@ -9,7 +9,7 @@ use super::directory::{AdminIdx, TenantIdx};
 use super::failure::{after_command_failure, after_open_failure, PoolEffect};
 use crate::remote::{FaultClass, PsValue};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
@@ -215,6 +215,8 @@ struct Session {
     close_reason: Option<CloseReason>,
     /// When its close was asked for (to learn what a close costs).
     closing_since: Option<Instant>,
+    /// The invocations it runs now, if busy (several when they travel together).
+    running: Vec<Uuid>,
 }
 
 type LaneKey = (TenantIdx, Option<AdminIdx>);
@@ -222,7 +224,17 @@ type LaneKey = (TenantIdx, Option<AdminIdx>);
 /// Invocations with identical routing: same tenant, same admin pin.
 #[derive(Debug, Default)]
 struct Lane {
+    /// The jobs in memory, per priority: with a window, the oldest of the lane's queued work.
     queues: [VecDeque<Job>; 2],
+    /// Per priority, how many more jobs wait in the store only (paged in as the lane drains).
+    /// A count, kept exact but for the moments a page corrects it (see [`Scheduler::refilled`]).
+    stored: [usize; 2],
+    /// A page of this priority is being read.
+    paging: [bool; 2],
+    /// Per priority, jobs ever left in the store (a counter), and its value when the page
+    /// being read was asked for: jobs counted later may not have been visible to that page.
+    spilled: [u64; 2],
+    spilled_at_page: [u64; 2],
     /// Since when the lane has had ready work, no session and no way to open one.
     blocked_since: Option<Instant>,
     /// Sessions being closed (evicted or preempted) to make room for this lane: the lane has
@@ -235,7 +247,11 @@ struct Lane {
 
 impl Lane {
     fn len(&self) -> usize {
-        self.queues[0].len() + self.queues[1].len()
+        self.queues[0].len() + self.queues[1].len() + self.stored[0] + self.stored[1]
+    }
+
+    fn slot_len(&self, slot: usize) -> usize {
+        self.queues[slot].len() + self.stored[slot]
     }
 
     fn head(&self, now: Instant) -> Option<&Job> {
@@ -349,6 +365,20 @@ pub struct Scheduler {
     queued: [usize; 2],
     next_sweep: Option<Instant>,
     shutting_down: bool,
+    /// Jobs kept in memory per lane and priority when the queue lives in a store; `None`
+    /// (the default) keeps every job in memory.
+    window: Option<usize>,
+}
+
+/// A page of one lane's queued work to read from the store (see [`Scheduler::refills`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refill {
+    pub tenant: TenantIdx,
+    pub admin: Option<AdminIdx>,
+    pub priority: Priority,
+    pub want: usize,
+    /// The lane's jobs in memory (queued or running), which the page must not bring again.
+    pub exclude: Vec<Uuid>,
 }
 
 impl Scheduler {
@@ -374,7 +404,16 @@ impl Scheduler {
             queued: [0, 0],
             next_sweep: None,
             shutting_down: false,
+            window: None,
         }
+    }
+
+    /// Keeps at most `window` jobs per lane and priority in memory; jobs submitted with
+    /// [`Scheduler::submit_stored`] beyond it stay in the store, as a count, until
+    /// [`Scheduler::refills`] asks for them.
+    pub fn with_window(mut self, window: usize) -> Self {
+        self.window = Some(window.max(2));
+        self
     }
 
     // ----- events -------------------------------------------------------------------------
@@ -383,6 +422,98 @@ impl Scheduler {
         self.queued[job.priority.slot()] += 1;
         let lane = self.lanes.entry((job.tenant, job.admin)).or_default();
         lane.queues[job.priority.slot()].push_back(job);
+    }
+
+    /// Submits a job that the store holds whole (nothing of it lives only in memory): beyond
+    /// the window it is dropped from memory and counted, to be paged in later.
+    pub fn submit_stored(&mut self, job: Job) {
+        let slot = job.priority.slot();
+        if let Some(window) = self.window {
+            let lane = self.lanes.entry((job.tenant, job.admin)).or_default();
+            if lane.stored[slot] > 0 || lane.queues[slot].len() >= window {
+                lane.stored[slot] += 1;
+                lane.spilled[slot] += 1;
+                self.queued[slot] += 1;
+                return;
+            }
+            // A page may have brought it in already (it committed before the page was read).
+            if lane.queues[slot].iter().any(|j| j.id == job.id) {
+                return;
+            }
+        }
+        self.submit(job)
+    }
+
+    /// Counts `n` jobs of a lane that wait in the store (what a start finds queued).
+    pub fn add_stored(&mut self, tenant: TenantIdx, admin: Option<AdminIdx>, priority: Priority, n: usize) {
+        let slot = priority.slot();
+        let lane = self.lanes.entry((tenant, admin)).or_default();
+        lane.stored[slot] += n;
+        lane.spilled[slot] += n as u64;
+        self.queued[slot] += n;
+    }
+
+    /// The pages to read now: lanes whose window ran below half while more of their work
+    /// waits in the store (each is asked once until [`Scheduler::refilled`] answers it).
+    pub fn refills(&mut self) -> Vec<Refill> {
+        let Some(window) = self.window else { return Vec::new() };
+        let mut pages = Vec::new();
+        for (&(tenant, admin), lane) in self.lanes.iter_mut() {
+            for priority in [Priority::Interactive, Priority::Batch] {
+                let slot = priority.slot();
+                if lane.stored[slot] > 0 && !lane.paging[slot] && lane.queues[slot].len() < window / 2 {
+                    lane.paging[slot] = true;
+                    lane.spilled_at_page[slot] = lane.spilled[slot];
+                    let want = window - lane.queues[slot].len();
+                    let exclude = lane.queues[slot].iter().map(|j| j.id).collect();
+                    pages.push(Refill { tenant, admin, priority, want, exclude });
+                }
+            }
+        }
+        for page in &mut pages {
+            let running = self.sessions.values().filter(|s| serves(s, (page.tenant, page.admin)));
+            page.exclude.extend(running.flat_map(|s| s.running.iter().copied()));
+        }
+        pages
+    }
+
+    /// The answer to a [`Refill`]: `jobs` to run and `ended` more that the driver ended as they
+    /// came in, out of the `taken` rows the page read. Jobs already in memory (accepted by this
+    /// process, or running) are skipped. A short page means the store has no more than this:
+    /// the count becomes what was counted since the page was asked for.
+    pub fn refilled(&mut self, page: &Refill, jobs: Vec<Job>, ended: usize, taken: usize) {
+        let slot = page.priority.slot();
+        let running: HashSet<Uuid> = self
+            .sessions
+            .values()
+            .filter(|s| serves(s, (page.tenant, page.admin)))
+            .flat_map(|s| s.running.iter().copied())
+            .collect();
+        let Some(lane) = self.lanes.get_mut(&(page.tenant, page.admin)) else { return };
+        let before = lane.slot_len(slot);
+        lane.paging[slot] = false;
+        let mut fresh = 0;
+        for job in jobs {
+            let known = running.contains(&job.id) || lane.queues[slot].iter().any(|j| j.id == job.id);
+            if !known {
+                lane.queues[slot].push_back(job);
+                fresh += 1;
+            }
+        }
+        lane.stored[slot] = lane.stored[slot].saturating_sub(fresh + ended);
+        if taken < page.want {
+            let since = (lane.spilled[slot] - lane.spilled_at_page[slot]) as usize;
+            lane.stored[slot] = lane.stored[slot].min(since);
+        }
+        let after = lane.slot_len(slot);
+        self.queued[slot] = self.queued[slot] + after - before;
+    }
+
+    /// A page could not be read: it is asked for again at a later plan.
+    pub fn refill_failed(&mut self, page: &Refill) {
+        if let Some(lane) = self.lanes.get_mut(&(page.tenant, page.admin)) {
+            lane.paging[page.priority.slot()] = false;
+        }
     }
 
     /// Puts a job whose attempt did not start (or may be retried) back at the front of its lane.
@@ -487,6 +618,7 @@ impl Scheduler {
         match after {
             AfterCommand::Keep => {
                 if let Some(s) = self.sessions.get_mut(&id) {
+                    s.running.clear();
                     s.state = SessionState::Idle;
                     s.commands += 1;
                     s.last_used = now;
@@ -497,7 +629,8 @@ impl Scheduler {
             }
             AfterCommand::Close => {
                 // The driver closes it itself; only the bookkeeping is done here.
-                if self.sessions.contains_key(&id) {
+                if let Some(s) = self.sessions.get_mut(&id) {
+                    s.running.clear();
                     self.begin_close(id, CloseReason::Broken, now);
                 }
             }
@@ -514,6 +647,11 @@ impl Scheduler {
     /// Removes queued jobs of a batch; returns their ids (running ones finish on their own).
     pub fn cancel_batch(&mut self, batch: Uuid) -> Vec<Uuid> {
         self.remove_jobs(|j| j.batch == Some(batch))
+    }
+
+    /// The jobs handed to sessions and not finished yet.
+    pub fn started_jobs(&self) -> Vec<Uuid> {
+        self.sessions.values().flat_map(|s| s.running.iter().copied()).collect()
     }
 
     pub fn cancel_job(&mut self, id: Uuid) -> bool {
@@ -715,6 +853,7 @@ impl Scheduler {
             let s = self.sessions.get_mut(&id).expect("idle session exists");
             s.state = SessionState::Busy;
             s.last_used = now;
+            s.running = std::iter::once(job.id).chain(more.iter().map(|j| j.id)).collect();
             actions.push(Action::Run { session: id, job, more });
         }
     }
@@ -926,6 +1065,7 @@ impl Scheduler {
                 last_used: now,
                 close_reason: None,
                 closing_since: None,
+                running: Vec::new(),
             },
         );
         self.admin_open[admin] += 1;

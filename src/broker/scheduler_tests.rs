@@ -629,3 +629,84 @@ fn bulk_work_goes_together_up_to_the_rules_batch_and_interactive_work_alone() {
     let snap = sched.snapshot(now);
     assert_eq!(snap.queued_batch + snap.queued_interactive, 0, "the queue counts follow");
 }
+
+/// A lane's work beyond the window stays in the store as a count; pages bring it in as the
+/// lane drains; the count stays exact through duplicates and a short page corrects it.
+#[test]
+fn a_window_keeps_a_bounded_part_of_a_lane_in_memory_and_pages_the_rest() {
+    let now = Instant::now();
+    let mut s = Scheduler::new(topology(&[2], 1, 2, |_, _| true), tuning()).with_window(8);
+    let job = |i: u128| Job {
+        id: Uuid::from_u128(i),
+        tenant: 0,
+        admin: None,
+        priority: Priority::Batch,
+        spec: Arc::new(JobSpec { cmdlet: "Set-Mailbox".into(), parameters: vec![] }),
+        idempotent: false,
+        batch: None,
+        enqueued_at: now,
+        deadline: now + Duration::from_secs(3600),
+        attempts: 0,
+        not_before: None,
+    };
+    // The store holds jobs 1..=100, in this order.
+    let store: Vec<Job> = (1..=100).map(job).collect();
+    for j in &store {
+        s.submit_stored(j.clone());
+    }
+    assert_eq!(s.queued(), 100);
+    assert_eq!(s.lanes[&(0, None)].queues[1].len(), 8, "only the window is in memory");
+    s.check_invariants().unwrap();
+    assert!(s.refills().is_empty(), "a full window needs no page");
+
+    let mut ran = Vec::new();
+    let mut paged_upto = 8;
+    let mut sessions_opened = false;
+    for _round in 0..200 {
+        let actions = s.plan(now);
+        let mut done = Vec::new();
+        for a in actions {
+            match a {
+                Action::Open { session, .. } => {
+                    sessions_opened = true;
+                    s.open_succeeded(session, now);
+                }
+                Action::Run { session, job, .. } => {
+                    ran.push(job.id.as_u128());
+                    done.push(session);
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        for session in done {
+            s.command_finished(session, AfterCommand::Keep, Some(Duration::from_millis(5)), now);
+        }
+        for page in s.refills() {
+            assert!(page.want <= 8);
+            // What the store's page returns: rows not taken before, plus a job still queued
+            // in memory (accepted by this process, never paged), which must not count twice.
+            let mut rows: Vec<Job> = store[paged_upto..].iter().take(page.want).cloned().collect();
+            paged_upto += rows.len();
+            if let Some(in_memory) = s.lanes[&(0, None)].queues[1].front() {
+                rows.insert(0, job(in_memory.id.as_u128()));
+            }
+            let taken = rows.len();
+            s.refilled(&page, rows, 0, taken);
+            s.check_invariants().unwrap();
+        }
+        if s.queued() == 0 {
+            break;
+        }
+    }
+    assert!(sessions_opened);
+    assert_eq!(s.queued(), 0, "every job ran");
+    assert_eq!(ran.len(), 100, "each job ran once");
+    assert_eq!(ran, (1..=100).collect::<Vec<_>>(), "in the store's order");
+
+    // A count larger than what the store holds (a cancelled batch) is corrected by a short page.
+    s.add_stored(0, None, Priority::Batch, 5);
+    let page = s.refills().pop().expect("a page is asked for");
+    s.refilled(&page, vec![], 0, 0);
+    assert_eq!(s.queued(), 0, "the short page says there is nothing left");
+    s.check_invariants().unwrap();
+}

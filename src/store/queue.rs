@@ -11,6 +11,15 @@ use serde_json::Value as Json;
 use sqlx::QueryBuilder;
 use uuid::Uuid;
 
+/// How many invocations wait in one lane (tenant, pinned admin, priority).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaneCount {
+    pub tenant: String,
+    pub admin: Option<String>,
+    pub priority: String,
+    pub count: i64,
+}
+
 pub(super) const COLUMNS: &str = "id, batch_id, seq, idempotency_key, tenant, admin, cmdlet, parameters, priority, idempotent, status, attempts, created_at, deadline_at, started_at, finished_at, session_id, admin_used, output, errors, warnings, error_code, error_message, owner, redacted, request_id";
 
 impl Store {
@@ -116,9 +125,11 @@ impl Store {
         })
     }
 
-    /// Marks a batch cancelled and, of `ids` (what the scheduler had not started), those still
-    /// queued. Returns how many invocations were cancelled.
-    pub async fn cancel_batch(&self, batch: Uuid, ids: &[Uuid]) -> Result<u64, StoreError> {
+    /// Marks a batch cancelled and, of its invocations, those still queued that the scheduler
+    /// had not started: `ids` (what it held in memory and gave back) and every one waiting in
+    /// the store only, i.e. all but `started` (what it handed to sessions, whose claims may not
+    /// be committed yet). Returns how many invocations were cancelled.
+    pub async fn cancel_batch(&self, batch: Uuid, ids: &[Uuid], started: &[Uuid]) -> Result<u64, StoreError> {
         on!(&self.writer, pool => {
             let mut tx = pool.begin().await?;
             sqlx::query("UPDATE batches SET cancelled_at = $1 WHERE id = $2 AND cancelled_at IS NULL")
@@ -140,8 +151,87 @@ impl Store {
                 list.push_unseparated(")");
                 cancelled += qb.build().execute(&mut *tx).await?.rows_affected();
             }
+            let mut qb = QueryBuilder::new(
+                "UPDATE invocations SET status = 'cancelled', error_code = 'cancelled', \
+                 error_message = 'the batch was cancelled before this invocation started', finished_at = ",
+            );
+            qb.push_bind(now_ms()).push(" WHERE batch_id = ").push_bind(batch.to_string());
+            qb.push(" AND status = 'queued'");
+            if !started.is_empty() {
+                qb.push(" AND id NOT IN (");
+                let mut list = qb.separated(", ");
+                for id in started {
+                    list.push_bind(id.to_string());
+                }
+                list.push_unseparated(")");
+            }
+            cancelled += qb.build().execute(&mut *tx).await?.rows_affected();
             tx.commit().await?;
             Ok(cancelled)
+        })
+    }
+
+    /// How many invocations wait in each lane: what a start reads instead of the queue itself.
+    pub async fn queued_lanes(&self) -> Result<Vec<LaneCount>, StoreError> {
+        on!(&self.reads, pool => {
+            let rows = sqlx::query(
+                "SELECT tenant, admin, priority, COUNT(*) AS n FROM invocations WHERE status = 'queued' \
+                 GROUP BY tenant, admin, priority",
+            )
+            .fetch_all(pool)
+            .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(LaneCount {
+                        tenant: r.col("tenant")?,
+                        admin: r.col("admin")?,
+                        priority: r.col("priority")?,
+                        count: r.col("n")?,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    /// Invocations that were running when the daemon last stopped.
+    pub async fn running(&self) -> Result<Vec<InvocationRecord>, StoreError> {
+        on!(&self.writer, pool => {
+            let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM invocations WHERE status = 'running' ORDER BY id"))
+                .fetch_all(pool)
+                .await?;
+            rows.iter().map(record).collect()
+        })
+    }
+
+    /// Up to `limit` queued invocations of one lane, oldest first, but for those in `exclude`
+    /// (what the scheduler holds in memory already).
+    pub async fn page_queued(
+        &self,
+        tenant: &str,
+        admin: Option<&str>,
+        priority: &str,
+        exclude: &[Uuid],
+        limit: i64,
+    ) -> Result<Vec<InvocationRecord>, StoreError> {
+        on!(&self.reads, pool => {
+            let mut qb = QueryBuilder::new(format!("SELECT {COLUMNS} FROM invocations WHERE status = 'queued' AND tenant = "));
+            qb.push_bind(tenant.to_string());
+            match admin {
+                Some(a) => qb.push(" AND admin = ").push_bind(a.to_string()),
+                None => qb.push(" AND admin IS NULL"),
+            };
+            qb.push(" AND priority = ").push_bind(priority.to_string());
+            if !exclude.is_empty() {
+                qb.push(" AND id NOT IN (");
+                let mut list = qb.separated(", ");
+                for id in exclude {
+                    list.push_bind(id.to_string());
+                }
+                list.push_unseparated(")");
+            }
+            qb.push(" ORDER BY id LIMIT ").push_bind(limit);
+            let rows = qb.build().fetch_all(pool).await?;
+            rows.iter().map(record).collect()
         })
     }
 
