@@ -10,6 +10,7 @@ pub mod failure;
 pub mod request;
 mod runner;
 pub mod scheduler;
+mod waiters;
 
 use crate::auth::{secrets, Principal, Refusal};
 use crate::config::SchedulerConfig;
@@ -26,7 +27,7 @@ use serde::Serialize;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{broadcast, mpsc, oneshot, Mutex};
+use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
@@ -40,7 +41,8 @@ pub struct Shared {
     pub tuning: SchedulerConfig,
     /// This daemon's identity: the sessions it remembers opening are filed under it.
     pub node: String,
-    finished: broadcast::Sender<Uuid>,
+    /// Callers waiting for an invocation's end (`wait_for`).
+    waiters: Arc<waiters::Waiters>,
     /// Result writes that run after their session moved on; shutdown waits for them.
     pub writes: TaskTracker,
 }
@@ -89,7 +91,7 @@ impl Shared {
             Ok(false) => {}
             Err(e) => tracing::error!(invocation = %job.id, error = %e, "cannot store the invocation's result"),
         }
-        let _ = self.finished.send(job.id);
+        self.waiters.ended(job.id);
     }
 }
 
@@ -210,8 +212,8 @@ impl Broker {
         node: String,
     ) -> Result<Broker, StoreError> {
         metrics.init_admins(directory.admins.iter().map(|a| a.name.as_str()));
-        let (finished, _) = broadcast::channel(4096);
-        let shared = Arc::new(Shared { store, metrics, directory, tuning, node, finished, writes: TaskTracker::new() });
+        let waiters = Arc::default();
+        let shared = Arc::new(Shared { store, metrics, directory, tuning, node, waiters, writes: TaskTracker::new() });
         let (tx, rx) = mpsc::unbounded_channel();
         let driver = driver::Driver::new(shared.clone(), tx.clone(), rx);
         let handle = tokio::spawn(driver.run());
@@ -300,20 +302,17 @@ impl Broker {
 
     /// Waits until the invocation is final or `wait` passes; returns its latest record.
     pub async fn wait_for(&self, id: Uuid, wait: Duration) -> Result<Option<InvocationRecord>, StoreError> {
-        let mut finished = self.shared.finished.subscribe();
+        let waiter = self.shared.waiters.watch(id);
         let deadline = tokio::time::Instant::now() + wait;
         loop {
+            // Armed before the read: an end between the read and the wait still counts.
+            let ended = waiter.ended();
             let record = self.shared.store.get(id).await?;
             if record.as_ref().is_none_or(|r| r.status.is_final()) {
                 return Ok(record);
             }
-            loop {
-                match tokio::time::timeout_at(deadline, finished.recv()).await {
-                    Err(_) => return Ok(record),
-                    Ok(Ok(done)) if done != id => continue,
-                    // Ours, or we lagged and may have missed it: look again.
-                    Ok(_) => break,
-                }
+            if tokio::time::timeout_at(deadline, ended).await.is_err() {
+                return Ok(record);
             }
         }
     }
