@@ -20,11 +20,16 @@ pub(crate) struct ConnectionLogon {
     established: Option<Established>,
 }
 
-#[derive(Debug)]
 struct Established {
     upn: String,
     password: String,
     server: NtlmServer,
+}
+
+impl std::fmt::Debug for Established {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Established").field("upn", &self.upn).finish_non_exhaustive()
+    }
 }
 
 /// What an `Authorization: Negotiate|NTLM` leg comes to.
