@@ -59,6 +59,8 @@
 
 mod http;
 mod negotiate;
+
+pub use negotiate::SimKerberos;
 mod sever;
 mod shell;
 mod tls;
@@ -105,6 +107,9 @@ pub struct WireOptions {
     /// Serve clear SOAP on a connection logged on with NTLM (Windows' `AllowUnencrypted`; off:
     /// such a request is refused with 401).
     pub allow_unencrypted: bool,
+    /// Accept Kerberos (`Authorization: Kerberos <AP-REQ>`) for this service principal, whose
+    /// key comes from a keytab; the client principal (`user@realm`) must be an account.
+    pub kerberos: Option<SimKerberos>,
 }
 
 impl Default for WireOptions {
@@ -118,6 +123,7 @@ impl Default for WireOptions {
             basic: true,
             ntlm: false,
             allow_unencrypted: false,
+            kerberos: None,
         }
     }
 }
