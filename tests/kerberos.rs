@@ -193,3 +193,20 @@ async fn kerberos_with_a_real_kdc_logs_on_seals_and_tells_failures_apart() {
 
     assert!(sim.list_shells(&format!("alice@{REALM}")).is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_whose_clock_disagrees_is_clock_skew() {
+    let kdc = tokio::task::spawn_blocking(start_kdc).await.unwrap();
+    let sim = simulator();
+    // No tolerance at all: the authenticator's time (whole seconds) never matches this clock,
+    // as when the server's clock is off by more than its tolerance.
+    let service = SimKerberos {
+        max_skew: Duration::ZERO,
+        ..SimKerberos::from_keytab(&kdc.keytab, &format!("HTTP/localhost@{REALM}")).unwrap()
+    };
+    let wire_options = WireOptions { basic: false, kerberos: Some(service), ..WireOptions::default() };
+    let (addr, _task) = wire::spawn_with(sim.clone(), "127.0.0.1:0".parse().unwrap(), wire_options).await.unwrap();
+    let c = WinrmConnector::new(options(kdc.port)).unwrap();
+    let err = c.open_session(&target(addr.port(), &format!("alice@{REALM}"), "pa")).await.unwrap_err();
+    assert_eq!(err.class, FaultClass::ClockSkew, "{}", err.message);
+}

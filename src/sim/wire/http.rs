@@ -109,6 +109,11 @@ fn logon(
                 negotiate::Leg::Refused(fault) => {
                     return Err(unauthorized(wire, Some(wire.refusal(&fault, &machine()).body)));
                 }
+                negotiate::Leg::Unauthorized(text) => {
+                    let mut r = unauthorized(wire, None);
+                    *r.body_mut() = Body::from(text);
+                    return Err(r);
+                }
                 negotiate::Leg::Malformed(text) => {
                     let caller_machine = machine();
                     let fault = WsmanFault {

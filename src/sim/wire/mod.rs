@@ -130,15 +130,21 @@ impl Default for WireOptions {
 
 impl WireOptions {
     /// The options `[simulator]` sets: the first-request redirect and the logon methods.
-    pub fn from_config(cfg: &crate::config::SimulatorConfig) -> Self {
+    pub fn from_config(cfg: &crate::config::SimulatorConfig) -> Result<Self, String> {
         use crate::config::SimAuth;
-        Self {
+        let kerberos = match (&cfg.kerberos_principal, &cfg.kerberos_keytab) {
+            (Some(principal), Some(keytab)) => Some(SimKerberos::from_keytab(keytab, principal)?),
+            (None, None) => None,
+            _ => return Err("simulator: kerberos_principal and kerberos_keytab go together".into()),
+        };
+        Ok(Self {
             redirect_first: cfg.redirect_first,
             basic: cfg.auth.contains(&SimAuth::Basic),
             ntlm: cfg.auth.contains(&SimAuth::Ntlm),
             allow_unencrypted: cfg.allow_unencrypted,
+            kerberos,
             ..Self::default()
-        }
+        })
     }
 }
 

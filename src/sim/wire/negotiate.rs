@@ -45,6 +45,8 @@ impl std::fmt::Debug for Established {
 pub struct SimKerberos {
     pub service: Vec<String>,
     pub key: Vec<u8>,
+    /// The largest difference between the client's clock and this one (Windows: 5 minutes).
+    pub max_skew: std::time::Duration,
 }
 
 impl std::fmt::Debug for SimKerberos {
@@ -59,7 +61,8 @@ impl SimKerberos {
         let bytes = std::fs::read(path).map_err(|e| format!("cannot read the keytab {}: {e}", path.display()))?;
         let key = crate::remote::winrm::kerberos::keytab_key(&bytes, principal)?;
         let name = principal.split('@').next().unwrap_or(principal);
-        Ok(Self { service: name.split('/').map(str::to_string).collect(), key })
+        let max_skew = std::time::Duration::from_secs(300);
+        Ok(Self { service: name.split('/').map(str::to_string).collect(), key, max_skew })
     }
 }
 
@@ -67,12 +70,15 @@ impl SimKerberos {
 /// refused.
 pub(super) fn kerberos_leg(sim: &Simulator, peer: &Peer, service: &SimKerberos, token: &[u8]) -> Leg {
     let names: Vec<&str> = service.service.iter().map(String::as_str).collect();
-    let mut server = match KerberosServer::new(&names, service.key.clone(), std::time::Duration::from_secs(300)) {
+    let mut server = match KerberosServer::new(&names, service.key.clone(), service.max_skew) {
         Ok(s) => s,
         Err(e) => return Leg::Malformed(format!("Kerberos acceptor: {e}")),
     };
     let (ap_rep, upn) = match server.accept(token) {
         Ok(accepted) => accepted,
+        Err(e) if e.error_type == sspi::ErrorKind::TimeSkew => {
+            return Leg::Unauthorized("KRB_AP_ERR_SKEW: clock skew too great".into())
+        }
         Err(e) => return Leg::Malformed(format!("Kerberos AP-REQ refused: {e}")),
     };
     let password = match sim.account_password(&upn) {
@@ -95,6 +101,8 @@ pub(super) enum Leg {
     LoggedOn { upn: String, password: String, answer: Option<String> },
     /// 401: the logon is refused (logon failure, lockout).
     Refused(SimFault),
+    /// 401 with this text (a Kerberos error).
+    Unauthorized(String),
     /// 400: not a token this listener understands.
     Malformed(String),
 }
