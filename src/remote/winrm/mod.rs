@@ -1,5 +1,6 @@
 //! The WinRM connector: [`Connector`] and [`RemoteSession`] over WS-Management (MS-WSMV) and the
-//! PowerShell Remoting Protocol (MS-PSRP), on HTTPS with Basic authentication, or with NTLM
+//! PowerShell Remoting Protocol (MS-PSRP), on HTTPS with Basic authentication or a client
+//! certificate, or with NTLM or Kerberos
 //! ([`WinrmAuth::Ntlm`]: a logon per connection, [`negotiate`]) and WinRM message encryption over
 //! plain HTTP ([`encryption`]).
 //!
