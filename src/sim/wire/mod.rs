@@ -16,7 +16,14 @@
 //!   against the named account's password, held by the TCP connection; afterwards bodies are
 //!   sealed both ways (WinRM message encryption, `multipart/encrypted`), and a clear body on
 //!   that connection is refused with 401 unless [`WireOptions::allow_unencrypted`]. The 401 then
-//!   offers `Negotiate` (and Basic when [`WireOptions::basic`] is on). With
+//!   offers `Negotiate` (and Basic when [`WireOptions::basic`] is on).
+//! - With [`WireOptions::kerberos`], Kerberos: `Authorization: Kerberos <AP-REQ>` on an empty
+//!   POST, checked with the service key from a keytab ([`SimKerberos`]), answered 200 with the
+//!   AP-REP in `WWW-Authenticate`; the client principal (`user@realm`) must be an account; then
+//!   sealed as with NTLM (`application/HTTP-Kerberos-session-encrypted`). An authenticator whose
+//!   time is outside the tolerance is 401 "clock skew too great".
+//! - With a TLS configuration from [`client_auth_config`], WinRM certificate authentication: a
+//!   verified client certificate is the account its subject CN names. With
 //!   `BasicAuthToOAuthConversion=true` in the query, a password of the form `Bearer <token>` is
 //!   an access token: one the simulator's identity provider issued (for an `aud` that is this
 //!   listener's origin or an Exchange Online base, and the `tid` of the shell's tenant; a
@@ -204,11 +211,17 @@ pub async fn run_standalone(config: &Config, listen: &str, mut options: WireOpti
         }
     });
     let scheme = if options.tls.is_some() { "https" } else { "http" };
-    let methods = match (options.basic, options.ntlm) {
-        (true, true) => "Basic or NTLM with message encryption",
-        (false, true) => "NTLM with message encryption",
-        _ => "Basic auth",
-    };
+    let mut methods: Vec<&str> = Vec::new();
+    if options.basic {
+        methods.push("Basic");
+    }
+    if options.ntlm {
+        methods.push("NTLM with message encryption");
+    }
+    if options.kerberos.is_some() {
+        methods.push("Kerberos with message encryption");
+    }
+    let methods = methods.join(", ");
     tracing::info!(
         %addr,
         "simulated remote PowerShell endpoint at {scheme}://{addr}/powershell-liveid?DelegatedOrg=<tenant> ({methods}); \
