@@ -248,7 +248,8 @@ async fn start_simulator_wire(sim: &Simulator, config: &Config) -> anyhow::Resul
     let listener = TcpListener::bind(&listen).await.with_context(|| format!("simulator: cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
     let token = CancellationToken::new();
-    let options = WireOptions { shutdown: Some(token.clone()), ..WireOptions::from_config(&config.simulator) };
+    let wire = WireOptions::from_config(&config.simulator).map_err(|e| anyhow::anyhow!(e))?;
+    let options = WireOptions { shutdown: Some(token.clone()), ..wire };
     tokio::spawn(crate::sim::wire::serve(sim.clone(), listener, options));
     tracing::info!(address = %addr, "simulator serving WS-Management/PSRP");
     Ok((addr, token))
@@ -275,6 +276,7 @@ fn winrm_connector(profile: &ProfileConfig, shell_name: &str) -> anyhow::Result<
             crate::config::WsmanAuth::Basic => WinrmAuth::Basic,
             crate::config::WsmanAuth::Ntlm => WinrmAuth::Ntlm,
             crate::config::WsmanAuth::Certificate => WinrmAuth::Certificate,
+            crate::config::WsmanAuth::Kerberos => WinrmAuth::Kerberos { kdc: profile.kdc.clone().unwrap_or_default() },
             other => anyhow::bail!("auth = {other:?} is not implemented yet"),
         },
         message_encryption: profile.message_encryption,

@@ -352,6 +352,8 @@ pub struct ProfileConfig {
     pub message_encryption: bool,
     /// wsman, NTLM/Kerberos: the service principal name; `HTTP/<host of the URI>` when unset.
     pub spn: Option<String>,
+    /// wsman, Kerberos: the KDC, `tcp://host:88` (DNS discovery is not implemented).
+    pub kdc: Option<String>,
 }
 
 /// wsman: how a profile's sessions log on.
@@ -395,6 +397,7 @@ impl Default for ProfileConfig {
             auth: WsmanAuth::Basic,
             message_encryption: true,
             spn: None,
+            kdc: None,
         }
     }
 }
@@ -633,6 +636,10 @@ pub struct SimulatorConfig {
     pub auth: Vec<SimAuth>,
     /// Serve clear SOAP on a connection logged on with NTLM (Windows' AllowUnencrypted).
     pub allow_unencrypted: bool,
+    /// Accept Kerberos for this service principal (`HTTP/host@REALM`) with its key from
+    /// `kerberos_keytab` (an MIT keytab); client principals must be `accounts`.
+    pub kerberos_principal: Option<String>,
+    pub kerberos_keytab: Option<PathBuf>,
     /// Injected faults (all off by default); see docs/chaos.md.
     pub faults: FaultConfig,
     /// The simulated identity provider (Entra ID's token and device-code endpoints).
@@ -896,6 +903,8 @@ impl Default for SimulatorConfig {
             redirect_first: false,
             auth: vec![SimAuth::Basic],
             allow_unencrypted: false,
+            kerberos_principal: None,
+            kerberos_keytab: None,
             faults: FaultConfig::default(),
             identity: SimIdentityConfig::default(),
             rest: SimRestConfig::default(),
@@ -1079,11 +1088,13 @@ impl Config {
             if p.kind == ProfileKind::ExoRest {
                 p.validate_rest().map_err(|e| ConfigError::Invalid(format!("profile '{name}': {e}")))?;
             }
-            if matches!(p.auth, WsmanAuth::Negotiate | WsmanAuth::Kerberos) {
+            if p.auth == WsmanAuth::Negotiate {
                 return bad(format!(
-                    "profile '{name}': auth = \"{}\" is not implemented yet (use \"basic\", \"ntlm\" or \"certificate\")",
-                    format!("{:?}", p.auth).to_lowercase()
+                    "profile '{name}': auth = \"negotiate\" is not implemented yet (use \"kerberos\", \"ntlm\", \"basic\" or \"certificate\")"
                 ));
+            }
+            if p.auth == WsmanAuth::Kerberos && !p.kdc.as_deref().is_some_and(|k| k.starts_with("tcp://")) {
+                return bad(format!("profile '{name}': auth = \"kerberos\" needs kdc = \"tcp://<kdc host>:88\""));
             }
         }
         let rest = &self.simulator.rest;
@@ -1255,10 +1266,12 @@ mod tests {
             (p.auth, p.message_encryption, p.spn.as_deref()),
             (WsmanAuth::Ntlm, false, Some("HTTP/ex1.contoso.com"))
         );
-        for unfinished in ["negotiate", "kerberos"] {
-            let err = with(&format!("auth = \"{unfinished}\"")).unwrap_err().to_string();
-            assert!(err.contains("not implemented yet") && err.contains(unfinished), "{err}");
-        }
+        let err = with("auth = \"negotiate\"").unwrap_err().to_string();
+        assert!(err.contains("not implemented yet") && err.contains("negotiate"), "{err}");
+        let err = with("auth = \"kerberos\"").unwrap_err().to_string();
+        assert!(err.contains("needs kdc"), "{err}");
+        let p = with("auth = \"kerberos\"\nkdc = \"tcp://dc1.contoso.com:88\"").unwrap().profiles["onprem"].clone();
+        assert_eq!((p.auth, p.kdc.as_deref()), (WsmanAuth::Kerberos, Some("tcp://dc1.contoso.com:88")));
         assert!(with("auth = \"digest\"").is_err());
         let text = EMBEDDED_DEMO.replacen("[simulator]\n", "[simulator]\nauth = [\"basic\", \"ntlm\"]\n", 1);
         let sim = Config::from_toml(&text).unwrap();

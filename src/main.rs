@@ -55,7 +55,7 @@ async fn run() -> anyhow::Result<()> {
             };
             let options = psbroker::sim::wire::WireOptions {
                 tls,
-                ..psbroker::sim::wire::WireOptions::from_config(&config.simulator)
+                ..psbroker::sim::wire::WireOptions::from_config(&config.simulator).map_err(|e| anyhow::anyhow!(e))?
             };
             psbroker::sim::wire::run_standalone(&config, &listen, options).await
         }

@@ -12,14 +12,25 @@ const WRONG: &str = "Wr0ng-Secret-Bob-Pw";
 
 #[tokio::test]
 async fn admin_passwords_appear_nowhere() {
+    passwords_appear_nowhere("allow_plain_http = true", "").await;
+}
+
+/// The same with NTLM and message encryption: the password never travels, and neither the NTLM
+/// exchange (sspi's own debug logging included) nor a refused logon writes it anywhere.
+#[tokio::test]
+async fn admin_passwords_appear_nowhere_with_ntlm() {
+    passwords_appear_nowhere("auth = \"ntlm\"", "auth = [\"ntlm\"]").await;
+}
+
+async fn passwords_appear_nowhere(profile: &str, simulator: &str) {
     let dir = tempfile::tempdir().unwrap();
     // bob's configured password differs from the simulated service's: every open fails logon.
     let config = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\n[store]\nurl = \"sqlite://{db}\"\n\
-         [profiles.default]\nkind = \"wsman\"\nallow_plain_http = true\n\
+         [profiles.default]\nkind = \"wsman\"\n{profile}\n\
          connection_uri = \"http://{{simulator}}/powershell-liveid?DelegatedOrg={{tenant}}\"\n\
          [profiles.rest]\nkind = \"exo_rest\"\nbase_url = \"http://{{simulator}}\"\nallow_plain_http = true\n\
-         [simulator]\nopen_latency_ms = 1\ncommand_latency_ms = 1\nclose_latency_ms = 1\n\
+         [simulator]\nopen_latency_ms = 1\ncommand_latency_ms = 1\nclose_latency_ms = 1\n{simulator}\n\
          [[simulator.accounts]]\nupn = \"alice@p.onmicrosoft.com\"\npassword = \"{GOOD}\"\n\
          [[simulator.accounts]]\nupn = \"bob@p.onmicrosoft.com\"\npassword = \"not-what-bob-has\"\n\
          [[admins]]\nname = \"alice\"\nupn = \"alice@p.onmicrosoft.com\"\ncredential = \"env:ALICE_PW\"\n\

@@ -258,6 +258,9 @@ pub fn classify(http_status: Option<u16>, wsman_code: Option<u32>, message: &str
     if has("multi-factor authentication") || has("aadsts50076") || has("aadsts50079") {
         return FaultClass::MfaRequired;
     }
+    if has("clock skew too great") || has("krb_ap_err_skew") {
+        return FaultClass::ClockSkew;
+    }
     // Windows' words for STATUS_ACCOUNT_LOCKED_OUT and STATUS_ACCOUNT_DISABLED (NTLM, Kerberos).
     if has("account is currently locked out") || has("account is currently disabled") {
         return FaultClass::AccountLocked;

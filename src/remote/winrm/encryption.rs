@@ -23,6 +23,8 @@ use sspi::{EncryptionFlags, SecurityBufferRef, Sspi};
 pub(crate) const BOUNDARY: &str = "Encrypted Boundary";
 /// The protocol of an SPNEGO (NTLM or Negotiate) sealed conversation.
 pub(crate) const PROTOCOL_SPNEGO: &str = "application/HTTP-SPNEGO-session-encrypted";
+/// The protocol of a conversation logged on with `Authorization: Kerberos`.
+pub(crate) const PROTOCOL_KERBEROS: &str = "application/HTTP-Kerberos-session-encrypted";
 /// What the sealed body was before sealing.
 const ORIGINAL_TYPE: &str = "application/soap+xml;charset=UTF-8";
 

@@ -1,5 +1,6 @@
 //! The WinRM connector: [`Connector`] and [`RemoteSession`] over WS-Management (MS-WSMV) and the
-//! PowerShell Remoting Protocol (MS-PSRP), on HTTPS with Basic authentication, or with NTLM
+//! PowerShell Remoting Protocol (MS-PSRP), on HTTPS with Basic authentication or a client
+//! certificate, or with NTLM or Kerberos
 //! ([`WinrmAuth::Ntlm`]: a logon per connection, [`negotiate`]) and WinRM message encryption over
 //! plain HTTP ([`encryption`]).
 //!
@@ -14,6 +15,7 @@
 
 mod connection;
 pub(crate) mod encryption;
+pub(crate) mod kerberos;
 mod negotiate;
 pub(crate) mod ntlm;
 mod session;
@@ -132,13 +134,16 @@ pub struct WinrmOptions {
 }
 
 /// How the connector logs on to the endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum WinrmAuth {
     /// `Authorization: Basic` on every request (user and password, or a bearer token).
     #[default]
     Basic,
     /// NTLM (v2) under `Negotiate`, once per connection, with message encryption over HTTP.
     Ntlm,
+    /// Kerberos (`Authorization: Kerberos`) with tickets from `kdc` (`tcp://host:88`), once per
+    /// connection, with message encryption over HTTP.
+    Kerberos { kdc: String },
     /// A client certificate over HTTPS (WinRM's certificate mapping): the admin's credential is
     /// a PEM holding the certificate and its private key.
     Certificate,
@@ -151,7 +156,12 @@ pub(crate) const CERTIFICATE_AUTH: &str = "http://schemas.dmtf.org/wbem/wsman/1/
 impl WinrmOptions {
     /// Whether an `http://` endpoint may be used: allowed outright, or sealed by NTLM.
     fn plain_http_allowed(&self) -> bool {
-        self.allow_plain_http || (self.auth == WinrmAuth::Ntlm && self.message_encryption)
+        self.allow_plain_http || (self.logs_on_per_connection() && self.message_encryption)
+    }
+
+    /// NTLM and Kerberos log on once per connection (and can seal).
+    fn logs_on_per_connection(&self) -> bool {
+        matches!(self.auth, WinrmAuth::Ntlm | WinrmAuth::Kerberos { .. })
     }
 }
 
@@ -240,7 +250,7 @@ impl WinrmConnector {
         }
         let http = http_client(&options).map_err(|e| invalid(&e))?;
         let ntlm_tls = match options.auth {
-            WinrmAuth::Ntlm => {
+            WinrmAuth::Ntlm | WinrmAuth::Kerberos { .. } => {
                 if options.accept_invalid_certs {
                     return Err(invalid("accept_invalid_certs is not supported with auth = \"ntlm\" (use ca_file)"));
                 }
@@ -293,10 +303,12 @@ impl WinrmConnector {
                 http = http_client_with(&self.options, Some(identity)).map_err(protocol)?;
                 reqwest::header::HeaderValue::from_static(CERTIFICATE_AUTH)
             }
-            WinrmAuth::Ntlm if target.tokens.is_some() => {
-                return Err(protocol("an OAuth identity signs in with Basic (bearer tokens), not NTLM".into()))
+            WinrmAuth::Ntlm | WinrmAuth::Kerberos { .. } if target.tokens.is_some() => {
+                return Err(protocol(
+                    "an OAuth identity signs in with Basic (bearer tokens), not NTLM or Kerberos".into(),
+                ))
             }
-            WinrmAuth::Ntlm => reqwest::header::HeaderValue::from_static(""),
+            WinrmAuth::Ntlm | WinrmAuth::Kerberos { .. } => reqwest::header::HeaderValue::from_static(""),
         };
         let mut ctx = RequestContext::powershell(url.as_str(), &target.configuration_name);
         ctx.max_envelope_size = self.options.max_envelope_size;
@@ -310,9 +322,9 @@ impl WinrmConnector {
             self.options.plain_http_allowed(),
             self.options.request_timeout,
         );
-        match self.options.auth {
+        match &self.options.auth {
             WinrmAuth::Basic | WinrmAuth::Certificate => Ok(channel),
-            WinrmAuth::Ntlm => {
+            WinrmAuth::Ntlm | WinrmAuth::Kerberos { .. } => {
                 let tls = self.ntlm_tls.clone().ok_or_else(|| protocol("NTLM: no TLS configuration".into()))?;
                 let connection = connection::OwnConnection::new(self.options.request_timeout, tls);
                 let login = negotiate::NtlmLogin {
@@ -320,6 +332,10 @@ impl WinrmConnector {
                     password: target.credential.clone(),
                     spn: self.options.spn.clone().unwrap_or_else(|| negotiate::default_spn(&url)),
                     seal: self.options.message_encryption,
+                    kerberos_kdc: match &self.options.auth {
+                        WinrmAuth::Kerberos { kdc } => Some(kdc.clone()),
+                        _ => None,
+                    },
                     conversation: tokio::sync::Mutex::new(negotiate::Conversation { connection, context: None }),
                 };
                 Ok(channel.with_ntlm(login))

@@ -21,6 +21,8 @@ use reqwest::{StatusCode, Url};
 use secrecy::SecretString;
 
 use super::connection::{Answer, OwnConnection};
+use super::encryption::{self, EncryptionError, PROTOCOL_KERBEROS, PROTOCOL_SPNEGO};
+use super::kerberos::KerberosClient;
 use super::ntlm::NtlmClient;
 use crate::remote::wsman::WsmanFault;
 use crate::remote::{classify, FaultClass, RemoteError};
@@ -33,7 +35,34 @@ pub(crate) struct NtlmLogin {
     pub(crate) spn: String,
     /// Seal every body (plain `http://` with encryption on).
     pub(crate) seal: bool,
+    /// `Some(kdc URL)`: Kerberos with that KDC instead of NTLM.
+    pub(crate) kerberos_kdc: Option<String>,
     pub(crate) conversation: tokio::sync::Mutex<Conversation>,
+}
+
+/// A logged-on security context: it seals and unseals the conversation.
+#[derive(Debug)]
+pub(crate) enum Context {
+    Ntlm(NtlmClient),
+    Kerberos(KerberosClient),
+}
+
+impl Context {
+    /// `(Content-Type, body)` of a sealed request.
+    pub(crate) fn seal(&mut self, plain: &[u8]) -> Result<(String, Vec<u8>), EncryptionError> {
+        let (protocol, body) = match self {
+            Context::Ntlm(c) => (PROTOCOL_SPNEGO, encryption::seal(c.context(), PROTOCOL_SPNEGO, plain)?),
+            Context::Kerberos(c) => (PROTOCOL_KERBEROS, encryption::seal(c.context(), PROTOCOL_KERBEROS, plain)?),
+        };
+        Ok((encryption::content_type(protocol), body))
+    }
+
+    pub(crate) fn unseal(&mut self, body: &[u8], boundary: &str) -> Result<Vec<u8>, EncryptionError> {
+        match self {
+            Context::Ntlm(c) => encryption::unseal(c.context(), body, boundary),
+            Context::Kerberos(c) => encryption::unseal(c.context(), body, boundary),
+        }
+    }
 }
 
 /// The session's connection and the logon that belongs to it.
@@ -41,7 +70,7 @@ pub(crate) struct NtlmLogin {
 pub(crate) struct Conversation {
     pub(crate) connection: OwnConnection,
     /// `None` before the handshake, after a 401 and when the connection was lost.
-    pub(crate) context: Option<NtlmClient>,
+    pub(crate) context: Option<Context>,
 }
 
 impl std::fmt::Debug for NtlmLogin {
@@ -74,7 +103,7 @@ pub(crate) fn offered(headers: &HeaderMap) -> String {
 fn challenge_of(headers: &HeaderMap) -> Option<(String, Vec<u8>)> {
     headers.get_all(WWW_AUTHENTICATE).iter().filter_map(|v| v.to_str().ok()).find_map(|v| {
         let (scheme, token) = v.trim().split_once(' ')?;
-        let known = scheme.eq_ignore_ascii_case("negotiate") || scheme.eq_ignore_ascii_case("ntlm");
+        let known = ["negotiate", "ntlm", "kerberos"].iter().any(|s| scheme.eq_ignore_ascii_case(s));
         let token = B64.decode(token.trim()).ok()?;
         (known && !token.is_empty()).then(|| (scheme.to_string(), token))
     })
@@ -121,6 +150,82 @@ async fn leg(
 /// `Ok` holds the context that seals the conversation. Each answer's headers go to
 /// `on_headers` (cookies).
 pub(crate) async fn logon(
+    login: &NtlmLogin,
+    connection: &mut OwnConnection,
+    url: &Url,
+    cookie: Option<&str>,
+    timeout: Duration,
+    on_headers: impl FnMut(&HeaderMap),
+) -> Result<Context, RemoteError> {
+    match &login.kerberos_kdc {
+        Some(kdc) => kerberos_logon(login, kdc, connection, url, cookie, timeout, on_headers).await,
+        None => ntlm_logon(login, connection, url, cookie, timeout, on_headers).await.map(Context::Ntlm),
+    }
+}
+
+/// Kerberos: the AP-REQ (tickets from the KDC first) on an empty POST; the server answers 200
+/// with its AP-REP (mutual authentication).
+async fn kerberos_logon(
+    login: &NtlmLogin,
+    kdc: &str,
+    connection: &mut OwnConnection,
+    url: &Url,
+    cookie: Option<&str>,
+    timeout: Duration,
+    mut on_headers: impl FnMut(&HeaderMap),
+) -> Result<Context, RemoteError> {
+    let client = KerberosClient::new(&login.user, &login.password, kdc, &login.spn)
+        .map_err(|m| RemoteError::new(FaultClass::Protocol, m))?;
+    // The first step talks to the KDC (blocking I/O).
+    let (mut client, first) = tokio::task::spawn_blocking(move || {
+        let mut client = client;
+        let first = client.step(None);
+        (client, first)
+    })
+    .await
+    .map_err(|e| RemoteError::new(FaultClass::Protocol, format!("Kerberos: {e}")))?;
+    let (_, ap_req) = first.map_err(kerberos_failure)?;
+    let answer = leg(connection, url, cookie, "Kerberos", &ap_req, timeout).await?;
+    on_headers(&answer.headers);
+    if answer.status.is_success() {
+        if let Some((_, ap_rep)) = challenge_of(&answer.headers) {
+            client.step(Some(&ap_rep)).map_err(kerberos_failure)?;
+        }
+        return Ok(Context::Kerberos(client));
+    }
+    if answer.status == StatusCode::UNAUTHORIZED
+        && !offers(&answer.headers, "kerberos")
+        && !offers(&answer.headers, "negotiate")
+    {
+        return Err(RemoteError::new(
+            FaultClass::Protocol,
+            format!(
+                "the endpoint does not accept Kerberos (the profile's auth): it offers {}; set the profile's auth to one of them",
+                offered(&answer.headers)
+            ),
+        ));
+    }
+    Err(logon_refused(answer.status, &String::from_utf8_lossy(&answer.body)))
+}
+
+/// What a Kerberos failure means: the KDC's error codes as sspi reports them.
+pub(crate) fn kerberos_failure(e: sspi::Error) -> RemoteError {
+    use sspi::ErrorKind as K;
+    let text = e.description.to_ascii_lowercase();
+    let class = match e.error_type {
+        K::NoAuthenticatingAuthority => FaultClass::IdentityServiceUnreachable,
+        K::TimeSkew => FaultClass::ClockSkew,
+        _ if text.contains("clock skew") => FaultClass::ClockSkew,
+        _ if text.contains("revoked") => FaultClass::AccountLocked,
+        _ if text.contains("not found in kerberos database") => FaultClass::PrincipalUnknown,
+        _ if text.contains("pre-authentication information was invalid") => FaultClass::LogonFailed,
+        K::LogonDenied => FaultClass::LogonFailed,
+        _ => FaultClass::Protocol,
+    };
+    RemoteError::new(class, format!("Kerberos logon: {e}"))
+}
+
+async fn ntlm_logon(
     login: &NtlmLogin,
     connection: &mut OwnConnection,
     url: &Url,

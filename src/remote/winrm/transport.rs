@@ -312,10 +312,9 @@ impl Channel {
                     }
                     let seal = login.seal && url.scheme() == "http";
                     let body = if seal {
-                        let ntlm = conv.context.as_mut().map(|c| c.context()).expect("logged on above");
-                        let sealed = encryption::seal(ntlm, encryption::PROTOCOL_SPNEGO, body.as_bytes())
-                            .map_err(|e| protocol(format!("{what}: {e}")))?;
-                        let content_type = encryption::content_type(encryption::PROTOCOL_SPNEGO);
+                        let context = conv.context.as_mut().expect("logged on above");
+                        let (content_type, sealed) =
+                            context.seal(body.as_bytes()).map_err(|e| protocol(format!("{what}: {e}")))?;
                         headers.insert(CONTENT_TYPE, HeaderValue::from_str(&content_type).expect("ASCII"));
                         sealed
                     } else {
@@ -377,8 +376,7 @@ impl Channel {
                     protocol(format!("{what}: the server sent an encrypted answer, but this conversation has no key"))
                 })?;
                 let boundary = encryption::boundary_of(content_type).unwrap_or_else(|| encryption::BOUNDARY.into());
-                let plain = encryption::unseal(context.context(), &answer.body, &boundary)
-                    .map_err(|e| protocol(format!("{what}: {e}")))?;
+                let plain = context.unseal(&answer.body, &boundary).map_err(|e| protocol(format!("{what}: {e}")))?;
                 String::from_utf8(plain).map_err(|_| protocol(format!("{what}: the decrypted answer is not UTF-8")))?
             } else {
                 if sealed && status.is_success() {

@@ -49,6 +49,9 @@ fn unauthorized(wire: &Wire, body: Option<String>) -> Response {
     if wire.options().ntlm {
         r.headers_mut().append(header::WWW_AUTHENTICATE, HeaderValue::from_static("Negotiate"));
     }
+    if wire.options().kerberos.is_some() {
+        r.headers_mut().append(header::WWW_AUTHENTICATE, HeaderValue::from_static("Kerberos"));
+    }
     if wire.options().basic {
         r.headers_mut().append(header::WWW_AUTHENTICATE, HeaderValue::from_static(REALM));
     }
@@ -85,9 +88,16 @@ fn logon(
             .unwrap_or("localhost")
             .to_string()
     };
-    if wire.options().ntlm {
+    if wire.options().ntlm || wire.options().kerberos.is_some() {
         if let Some((scheme, token)) = negotiate::token_of(headers) {
-            match negotiate::leg(wire.sim(), peer, &scheme, &token) {
+            let leg = match &wire.options().kerberos {
+                Some(service) if scheme.eq_ignore_ascii_case("kerberos") => {
+                    negotiate::kerberos_leg(wire.sim(), peer, service, &token)
+                }
+                _ if wire.options().ntlm => negotiate::leg(wire.sim(), peer, &scheme, &token),
+                _ => return Err(unauthorized(wire, None)),
+            };
+            match leg {
                 negotiate::Leg::Challenge { scheme, token } => {
                     let mut r = unauthorized(wire, None);
                     r.headers_mut().remove(header::WWW_AUTHENTICATE);
@@ -98,6 +108,11 @@ fn logon(
                 }
                 negotiate::Leg::Refused(fault) => {
                     return Err(unauthorized(wire, Some(wire.refusal(&fault, &machine()).body)));
+                }
+                negotiate::Leg::Unauthorized(text) => {
+                    let mut r = unauthorized(wire, None);
+                    *r.body_mut() = Body::from(text);
+                    return Err(r);
                 }
                 negotiate::Leg::Malformed(text) => {
                     let caller_machine = machine();
@@ -111,10 +126,14 @@ fn logon(
                     };
                     return Err(soap(StatusCode::BAD_REQUEST, server::fault_response(None, &fault)));
                 }
-                negotiate::Leg::LoggedOn { upn, password } => {
+                negotiate::Leg::LoggedOn { upn, password, answer } => {
                     if body.is_empty() {
                         // The logon's own empty request: accepted, nothing to serve.
-                        return Err(Response::new(Body::empty()));
+                        let mut r = Response::new(Body::empty());
+                        if let Some(v) = answer.and_then(|a| HeaderValue::from_str(&a).ok()) {
+                            r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+                        }
+                        return Err(r);
                     }
                     return plain_logon(wire, upn, password, body);
                 }

@@ -16,7 +16,14 @@
 //!   against the named account's password, held by the TCP connection; afterwards bodies are
 //!   sealed both ways (WinRM message encryption, `multipart/encrypted`), and a clear body on
 //!   that connection is refused with 401 unless [`WireOptions::allow_unencrypted`]. The 401 then
-//!   offers `Negotiate` (and Basic when [`WireOptions::basic`] is on). With
+//!   offers `Negotiate` (and Basic when [`WireOptions::basic`] is on).
+//! - With [`WireOptions::kerberos`], Kerberos: `Authorization: Kerberos <AP-REQ>` on an empty
+//!   POST, checked with the service key from a keytab ([`SimKerberos`]), answered 200 with the
+//!   AP-REP in `WWW-Authenticate`; the client principal (`user@realm`) must be an account; then
+//!   sealed as with NTLM (`application/HTTP-Kerberos-session-encrypted`). An authenticator whose
+//!   time is outside the tolerance is 401 "clock skew too great".
+//! - With a TLS configuration from [`client_auth_config`], WinRM certificate authentication: a
+//!   verified client certificate is the account its subject CN names. With
 //!   `BasicAuthToOAuthConversion=true` in the query, a password of the form `Bearer <token>` is
 //!   an access token: one the simulator's identity provider issued (for an `aud` that is this
 //!   listener's origin or an Exchange Online base, and the `tid` of the shell's tenant; a
@@ -59,6 +66,8 @@
 
 mod http;
 mod negotiate;
+
+pub use negotiate::SimKerberos;
 mod sever;
 mod shell;
 mod tls;
@@ -105,6 +114,9 @@ pub struct WireOptions {
     /// Serve clear SOAP on a connection logged on with NTLM (Windows' `AllowUnencrypted`; off:
     /// such a request is refused with 401).
     pub allow_unencrypted: bool,
+    /// Accept Kerberos (`Authorization: Kerberos <AP-REQ>`) for this service principal, whose
+    /// key comes from a keytab; the client principal (`user@realm`) must be an account.
+    pub kerberos: Option<SimKerberos>,
 }
 
 impl Default for WireOptions {
@@ -118,21 +130,28 @@ impl Default for WireOptions {
             basic: true,
             ntlm: false,
             allow_unencrypted: false,
+            kerberos: None,
         }
     }
 }
 
 impl WireOptions {
     /// The options `[simulator]` sets: the first-request redirect and the logon methods.
-    pub fn from_config(cfg: &crate::config::SimulatorConfig) -> Self {
+    pub fn from_config(cfg: &crate::config::SimulatorConfig) -> Result<Self, String> {
         use crate::config::SimAuth;
-        Self {
+        let kerberos = match (&cfg.kerberos_principal, &cfg.kerberos_keytab) {
+            (Some(principal), Some(keytab)) => Some(SimKerberos::from_keytab(keytab, principal)?),
+            (None, None) => None,
+            _ => return Err("simulator: kerberos_principal and kerberos_keytab go together".into()),
+        };
+        Ok(Self {
             redirect_first: cfg.redirect_first,
             basic: cfg.auth.contains(&SimAuth::Basic),
             ntlm: cfg.auth.contains(&SimAuth::Ntlm),
             allow_unencrypted: cfg.allow_unencrypted,
+            kerberos,
             ..Self::default()
-        }
+        })
     }
 }
 
@@ -192,11 +211,17 @@ pub async fn run_standalone(config: &Config, listen: &str, mut options: WireOpti
         }
     });
     let scheme = if options.tls.is_some() { "https" } else { "http" };
-    let methods = match (options.basic, options.ntlm) {
-        (true, true) => "Basic or NTLM with message encryption",
-        (false, true) => "NTLM with message encryption",
-        _ => "Basic auth",
-    };
+    let mut methods: Vec<&str> = Vec::new();
+    if options.basic {
+        methods.push("Basic");
+    }
+    if options.ntlm {
+        methods.push("NTLM with message encryption");
+    }
+    if options.kerberos.is_some() {
+        methods.push("Kerberos with message encryption");
+    }
+    let methods = methods.join(", ");
     tracing::info!(
         %addr,
         "simulated remote PowerShell endpoint at {scheme}://{addr}/powershell-liveid?DelegatedOrg=<tenant> ({methods}); \

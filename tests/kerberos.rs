@@ -1,0 +1,212 @@
+//! Kerberos against a real MIT KDC: the test starts `krb5kdc` (Debian `krb5-kdc`; principals
+//! made with `kadmin.local` from `krb5-admin-server`) in a temporary directory on loopback with
+//! its own realm, makes a user and the simulator's `HTTP/localhost` service principal with a
+//! keytab; the simulator accepts Kerberos with the keytab's key (sspi's acceptor), and
+//! psbroker's connector logs on with tickets from the KDC, every message sealed over plain HTTP.
+//! A missing KDC is a test failure naming the package, never a skip.
+
+mod common;
+
+use common::tools::{free_port, require, run_ok, KillOnDrop};
+use psbroker::config::SimulatorConfig;
+use psbroker::remote::winrm::{WinrmAuth, WinrmConnector, WinrmOptions};
+use psbroker::remote::{Command, FaultClass, PsValue, RemoteSession, SessionTarget};
+use psbroker::sim::wire::{self, SimKerberos, WireOptions};
+use psbroker::sim::{SimAccount, Simulator};
+use secrecy::SecretString;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const REALM: &str = "PSB.TEST";
+const TENANT: &str = "contoso.onmicrosoft.com";
+const USER_QUOTA_TEXT: &str = "The WS-Management service cannot process the request. The maximum number of concurrent shells for this user has been exceeded. Close existing shells or raise the quota for this user.";
+
+/// An MIT KDC for realm PSB.TEST on a loopback port, killed with the test.
+struct Kdc {
+    _process: KillOnDrop,
+    port: u16,
+    keytab: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn kadmin(dir: &Path, query: &str) {
+    let kadmin = require("kadmin.local", "PSBROKER_KADMIN_LOCAL", "krb5-admin-server");
+    run_ok(
+        std::process::Command::new(kadmin)
+            .env("KRB5_CONFIG", dir.join("krb5.conf"))
+            .env("KRB5_KDC_PROFILE", dir.join("kdc.conf"))
+            .args(["-r", REALM, "-q", query]),
+        &format!("kadmin.local -q {query:?}"),
+    );
+}
+
+fn start_kdc() -> Kdc {
+    let krb5kdc = require("krb5kdc", "PSBROKER_KRB5KDC", "krb5-kdc");
+    let kdb5_util = require("kdb5_util", "PSBROKER_KDB5_UTIL", "krb5-kdc");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let port = free_port();
+    std::fs::write(
+        d.join("krb5.conf"),
+        format!(
+            "[libdefaults]\n default_realm = {REALM}\n dns_lookup_kdc = false\n\
+             [realms]\n {REALM} = {{\n  kdc = tcp/127.0.0.1:{port}\n }}\n"
+        ),
+    )
+    .unwrap();
+    // sspi's client insists on pre-authentication (as Active Directory does): every principal
+    // requires it.
+    std::fs::write(
+        d.join("kdc.conf"),
+        format!(
+            "[kdcdefaults]\n kdc_ports = {port}\n kdc_tcp_ports = {port}\n\
+             [realms]\n {REALM} = {{\n  database_name = {db}\n  key_stash_file = {stash}\n  acl_file = {acl}\n  \
+             supported_enctypes = aes256-cts-hmac-sha1-96:normal\n  default_principal_flags = +preauth\n }}\n\
+             [logging]\n kdc = FILE:{log}\n",
+            db = d.join("principal").display(),
+            stash = d.join("stash").display(),
+            acl = d.join("kadm5.acl").display(),
+            log = d.join("kdc.log").display(),
+        ),
+    )
+    .unwrap();
+    run_ok(
+        std::process::Command::new(kdb5_util)
+            .env("KRB5_CONFIG", d.join("krb5.conf"))
+            .env("KRB5_KDC_PROFILE", d.join("kdc.conf"))
+            .args(["create", "-s", "-r", REALM, "-P", "master-password-of-the-test"]),
+        "kdb5_util create",
+    );
+    kadmin(d, &format!("addprinc -pw pa alice@{REALM}"));
+    kadmin(d, &format!("addprinc -pw pb bob@{REALM}"));
+    kadmin(d, &format!("addprinc -randkey HTTP/localhost@{REALM}"));
+    let keytab = d.join("http.keytab");
+    kadmin(d, &format!("ktadd -k {} HTTP/localhost@{REALM}", keytab.display()));
+    let process = std::process::Command::new(krb5kdc)
+        .env("KRB5_CONFIG", d.join("krb5.conf"))
+        .env("KRB5_KDC_PROFILE", d.join("kdc.conf"))
+        .args(["-n", "-r", REALM])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("krb5kdc starts");
+    let process = KillOnDrop(process);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "the KDC did not listen on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Kdc { _process: process, port, keytab, _dir: dir }
+}
+
+fn simulator() -> Simulator {
+    let cfg = SimulatorConfig {
+        mailboxes_per_tenant: 10,
+        user_shell_cap: 3,
+        open_latency_ms: 0,
+        command_latency_ms: 0,
+        close_latency_ms: 0,
+        ..SimulatorConfig::default()
+    };
+    // The service knows the Kerberos principal as its account; the password is the KDC's
+    // business (the simulator never sees it with Kerberos).
+    let accounts = vec![
+        SimAccount { upn: format!("alice@{REALM}"), password: "unused".into(), tenants: vec!["*".into()] },
+        SimAccount { upn: format!("bob@{REALM}"), password: "unused".into(), tenants: vec!["*".into()] },
+    ];
+    Simulator::new(&cfg, accounts, vec![TENANT.into()])
+}
+
+fn target(port: u16, user: &str, password: &str) -> SessionTarget {
+    SessionTarget {
+        admin_upn: user.into(),
+        credential: SecretString::from(password.to_string()),
+        tenant: TENANT.into(),
+        // `localhost`: the service principal is HTTP/localhost.
+        connection_uri: format!("http://localhost:{port}/PowerShell?DelegatedOrg={TENANT}"),
+        configuration_name: "Microsoft.Exchange".into(),
+        tokens: None,
+    }
+}
+
+fn options(kdc_port: u16) -> WinrmOptions {
+    WinrmOptions {
+        auth: WinrmAuth::Kerberos { kdc: format!("tcp://127.0.0.1:{kdc_port}") },
+        request_timeout: Duration::from_secs(20),
+        operation_timeout: Duration::from_secs(5),
+        shell_name: "psbroker:kerberos".into(),
+        ..WinrmOptions::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kerberos_with_a_real_kdc_logs_on_seals_and_tells_failures_apart() {
+    let kdc = tokio::task::spawn_blocking(start_kdc).await.unwrap();
+    let sim = simulator();
+    let service = SimKerberos::from_keytab(&kdc.keytab, &format!("HTTP/localhost@{REALM}")).unwrap();
+    let wire_options = WireOptions {
+        idle_receive_wait: Duration::from_millis(200),
+        basic: false,
+        kerberos: Some(service),
+        ..WireOptions::default()
+    };
+    let (addr, _task) = wire::spawn_with(sim.clone(), "127.0.0.1:0".parse().unwrap(), wire_options).await.unwrap();
+    let c = WinrmConnector::new(options(kdc.port)).unwrap();
+    let alice = target(addr.port(), &format!("alice@{REALM}"), "pa");
+
+    // Logged on with a ticket, every message sealed (the listener refuses clear SOAP).
+    let session = c.open_session(&alice).await.unwrap();
+    let command = Command {
+        invocation_id: uuid::Uuid::new_v4(),
+        cmdlet: "Get-Mailbox".into(),
+        parameters: vec![("ResultSize".into(), PsValue::Int32(3))],
+    };
+    assert_eq!(session.invoke(&command).await.unwrap().objects.len(), 3);
+    let unknown = Command { invocation_id: uuid::Uuid::new_v4(), cmdlet: "Get-Nothing".into(), parameters: vec![] };
+    assert_eq!(session.invoke(&unknown).await.unwrap_err().class, FaultClass::UnknownCmdlet);
+    assert_eq!(sim.list_shells(&format!("alice@{REALM}")).len(), 1);
+    let (second, third) = (c.open_session(&alice).await.unwrap(), c.open_session(&alice).await.unwrap());
+    let err = c.open_session(&alice).await.unwrap_err();
+    assert_eq!(err.class, FaultClass::UserShellQuotaExceeded, "{}", err.message);
+    assert!(err.message.contains(USER_QUOTA_TEXT), "{}", err.message);
+    for s in [session, second, third] {
+        s.close().await.unwrap();
+    }
+
+    // The down-level form of the same principal works too.
+    c.open_session(&target(addr.port(), &format!("{REALM}\\bob"), "pb")).await.unwrap().close().await.unwrap();
+
+    // A wrong password: the KDC refuses pre-authentication.
+    let err = c.open_session(&target(addr.port(), &format!("alice@{REALM}"), "wrong")).await.unwrap_err();
+    assert_eq!(err.class, FaultClass::LogonFailed, "{}", err.message);
+    assert!(!err.message.contains("wrong"), "{}", err.message);
+    // A principal the KDC does not know, and a service principal it does not know.
+    let err = c.open_session(&target(addr.port(), &format!("carol@{REALM}"), "pc")).await.unwrap_err();
+    assert_eq!(err.class, FaultClass::PrincipalUnknown, "{}", err.message);
+    let other_spn =
+        WinrmConnector::new(WinrmOptions { spn: Some("HTTP/nowhere.psb.test".into()), ..options(kdc.port) }).unwrap();
+    let err = other_spn.open_session(&alice).await.unwrap_err();
+    assert_eq!(err.class, FaultClass::PrincipalUnknown, "{}", err.message);
+    // A KDC that does not answer.
+    let err = WinrmConnector::new(options(free_port())).unwrap().open_session(&alice).await.unwrap_err();
+    assert_eq!(err.class, FaultClass::IdentityServiceUnreachable, "{}", err.message);
+
+    assert!(sim.list_shells(&format!("alice@{REALM}")).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_whose_clock_disagrees_is_clock_skew() {
+    let kdc = tokio::task::spawn_blocking(start_kdc).await.unwrap();
+    let sim = simulator();
+    // No tolerance at all: the authenticator's time (whole seconds) never matches this clock,
+    // as when the server's clock is off by more than its tolerance.
+    let service = SimKerberos {
+        max_skew: Duration::ZERO,
+        ..SimKerberos::from_keytab(&kdc.keytab, &format!("HTTP/localhost@{REALM}")).unwrap()
+    };
+    let wire_options = WireOptions { basic: false, kerberos: Some(service), ..WireOptions::default() };
+    let (addr, _task) = wire::spawn_with(sim.clone(), "127.0.0.1:0".parse().unwrap(), wire_options).await.unwrap();
+    let c = WinrmConnector::new(options(kdc.port)).unwrap();
+    let err = c.open_session(&target(addr.port(), &format!("alice@{REALM}"), "pa")).await.unwrap_err();
+    assert_eq!(err.class, FaultClass::ClockSkew, "{}", err.message);
+}
