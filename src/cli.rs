@@ -173,6 +173,9 @@ pub enum BenchCommand {
     /// A 10,000-invocation batch with 5 % of remote requests hit by injected faults: outcomes,
     /// retries, writes run twice (must be 0), caps held, throughput.
     Chaos(crate::bench::chaos::ChaosArgs),
+    /// A million queued invocations on SQLite and PostgreSQL: intake, RSS while queued, time to
+    /// ready and RSS after a restart.
+    Scale(crate::bench::scale::ScaleArgs),
 }
 
 pub fn parse_params(params: &[String], strings: &[String]) -> anyhow::Result<Map<String, Json>> {

@@ -71,5 +71,6 @@ async fn run() -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Api(args)) => psbroker::bench::api::run(args).await,
         Command::Bench(BenchCommand::Codec(args)) => psbroker::bench::codec::run(args),
         Command::Bench(BenchCommand::Chaos(args)) => psbroker::bench::chaos::chaos(args).await,
+        Command::Bench(BenchCommand::Scale(args)) => psbroker::bench::scale::run(args).await,
     }
 }

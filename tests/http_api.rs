@@ -321,3 +321,42 @@ async fn ndjson_batches_and_bad_items_lose_nothing() {
     assert!(b["error"]["message"].as_str().unwrap().starts_with("line 1"));
     app.stop().await;
 }
+
+/// A lane with more work than the scheduler keeps in memory (its window): the rest waits in the
+/// store and is paged in as the lane drains, across a restart too; the restarted daemon reads
+/// the queue's age from the stored acceptance times, and nothing runs twice.
+#[tokio::test]
+async fn a_queue_beyond_the_window_is_paged_in_and_keeps_its_age_across_a_restart() {
+    const ITEMS: usize = 1000; // four times the window of one lane
+                               // First run: shells take long to open, so everything stays queued.
+    let app = TestApp::start(&config_text(1, 1, 3000, 1, "")).await;
+    let items: Vec<Json> = (0..ITEMS)
+        .map(|i| {
+            json!({"tenant": tenant(0), "cmdlet": "Set-Mailbox",
+                   "parameters": {"Identity": format!("user{:03}", i % 10 + 1), "CustomAttribute1": format!("v{i}")}})
+        })
+        .collect();
+    let id = app.submit_batch(items).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (_, c) = app.get(&format!("/v1/batches/{id}")).await;
+    assert_eq!(c["queued"], ITEMS, "nothing started: {c}");
+    let dir = app.stop().await;
+
+    let app = TestApp::start_in(&config_text(1, 1, 5, 1, ""), dir).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let oldest = loop {
+        let metrics = app.get_text("/metrics").await;
+        let oldest = counter(&metrics, "psbroker_oldest_queued_seconds");
+        if oldest > 0.0 || std::time::Instant::now() > deadline {
+            break oldest;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(oldest >= 1.5, "the age counts from acceptance, not from the restart: {oldest}");
+    let counts = app.wait_batch(&id, Duration::from_secs(120)).await;
+    assert_eq!(counts["succeeded"], ITEMS, "{counts}");
+    let stats = app.sim().stats();
+    assert_eq!(stats.executions.len(), ITEMS, "every item ran");
+    assert!(stats.executions.values().all(|&n| n == 1), "none ran twice");
+    app.stop().await;
+}
