@@ -178,10 +178,9 @@ pub(crate) fn keytab_key(keytab: &[u8], principal: &str) -> Result<Vec<u8>, Stri
         let len = r.u16().ok_or_else(bad)? as usize;
         let key = r.bytes(len).ok_or_else(bad)?.to_vec();
         let name = format!("{}@{realm}", names.join("/"));
-        if name.eq_ignore_ascii_case(principal) && matches!(enctype, 17 | 18) {
-            if best.as_ref().is_none_or(|(e, _)| enctype > *e) {
-                best = Some((enctype, key));
-            }
+        let wanted = name.eq_ignore_ascii_case(principal) && matches!(enctype, 17 | 18);
+        if wanted && best.as_ref().is_none_or(|(e, _)| enctype > *e) {
+            best = Some((enctype, key));
         }
     }
     best.map(|(_, key)| key).ok_or_else(|| format!("the keytab has no AES key for {principal}"))
