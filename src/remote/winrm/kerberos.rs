@@ -178,10 +178,9 @@ pub(crate) fn keytab_key(keytab: &[u8], principal: &str) -> Result<Vec<u8>, Stri
         let len = r.u16().ok_or_else(bad)? as usize;
         let key = r.bytes(len).ok_or_else(bad)?.to_vec();
         let name = format!("{}@{realm}", names.join("/"));
-        if name.eq_ignore_ascii_case(principal) && matches!(enctype, 17 | 18) {
-            if best.as_ref().is_none_or(|(e, _)| enctype > *e) {
-                best = Some((enctype, key));
-            }
+        let wanted = name.eq_ignore_ascii_case(principal) && matches!(enctype, 17 | 18);
+        if wanted && best.as_ref().is_none_or(|(e, _)| enctype > *e) {
+            best = Some((enctype, key));
         }
     }
     best.map(|(_, key)| key).ok_or_else(|| format!("the keytab has no AES key for {principal}"))
@@ -207,5 +206,44 @@ impl<'a> Reader<'a> {
     fn text(&mut self) -> Option<String> {
         let n = self.u16()? as usize;
         self.bytes(n).map(|b| String::from_utf8_lossy(b).into_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One keytab entry in MIT's layout.
+    fn entry(components: &[&str], realm: &str, enctype: u16, key: &[u8]) -> Vec<u8> {
+        let mut e = Vec::new();
+        e.extend_from_slice(&(components.len() as u16).to_be_bytes());
+        for text in std::iter::once(&realm).chain(components) {
+            e.extend_from_slice(&(text.len() as u16).to_be_bytes());
+            e.extend_from_slice(text.as_bytes());
+        }
+        e.extend_from_slice(&[0, 0, 0, 3, 0, 0, 0, 0, 2]); // name type, timestamp, kvno
+        e.extend_from_slice(&enctype.to_be_bytes());
+        e.extend_from_slice(&(key.len() as u16).to_be_bytes());
+        e.extend_from_slice(key);
+        let mut out = (e.len() as i32).to_be_bytes().to_vec();
+        out.extend(e);
+        out
+    }
+
+    #[test]
+    fn the_strongest_aes_key_of_the_principal_is_taken_and_garbage_is_refused() {
+        let mut keytab = vec![0x05, 0x02];
+        keytab.extend(entry(&["HTTP", "other"], "PSB.TEST", 18, &[9; 32]));
+        keytab.extend((-12i32).to_be_bytes());
+        keytab.extend([0u8; 12]); // a deleted entry
+        keytab.extend(entry(&["HTTP", "localhost"], "PSB.TEST", 17, &[1; 16]));
+        keytab.extend(entry(&["HTTP", "localhost"], "PSB.TEST", 18, &[2; 32]));
+        keytab.extend(entry(&["HTTP", "localhost"], "PSB.TEST", 23, &[3; 16])); // RC4: not used
+        assert_eq!(keytab_key(&keytab, "HTTP/localhost@PSB.TEST").unwrap(), vec![2; 32]);
+        assert!(keytab_key(&keytab, "HTTP/nowhere@PSB.TEST").unwrap_err().contains("no AES key"));
+        for bad in [&b""[..], b"\x05\x01", b"\x05\x02\x00\x00\x01\x00", &keytab[..keytab.len() - 7]] {
+            let _ = keytab_key(bad, "HTTP/localhost@PSB.TEST"); // refused or partial, never a panic
+        }
+        assert!(keytab_key(b"\x05\x01", "x").is_err());
     }
 }

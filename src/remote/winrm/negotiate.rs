@@ -43,8 +43,8 @@ pub(crate) struct NtlmLogin {
 /// A logged-on security context: it seals and unseals the conversation.
 #[derive(Debug)]
 pub(crate) enum Context {
-    Ntlm(NtlmClient),
-    Kerberos(KerberosClient),
+    Ntlm(Box<NtlmClient>),
+    Kerberos(Box<KerberosClient>),
 }
 
 impl Context {
@@ -159,7 +159,9 @@ pub(crate) async fn logon(
 ) -> Result<Context, RemoteError> {
     match &login.kerberos_kdc {
         Some(kdc) => kerberos_logon(login, kdc, connection, url, cookie, timeout, on_headers).await,
-        None => ntlm_logon(login, connection, url, cookie, timeout, on_headers).await.map(Context::Ntlm),
+        None => {
+            ntlm_logon(login, connection, url, cookie, timeout, on_headers).await.map(|c| Context::Ntlm(Box::new(c)))
+        }
     }
 }
 
@@ -191,7 +193,7 @@ async fn kerberos_logon(
         if let Some((_, ap_rep)) = challenge_of(&answer.headers) {
             client.step(Some(&ap_rep)).map_err(kerberos_failure)?;
         }
-        return Ok(Context::Kerberos(client));
+        return Ok(Context::Kerberos(Box::new(client)));
     }
     if answer.status == StatusCode::UNAUTHORIZED
         && !offers(&answer.headers, "kerberos")

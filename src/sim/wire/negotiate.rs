@@ -29,8 +29,8 @@ struct Established {
 
 /// The acceptor's context of a logged-on connection.
 enum ServerContext {
-    Ntlm(NtlmServer),
-    Kerberos(KerberosServer),
+    Ntlm(Box<NtlmServer>),
+    Kerberos(Box<KerberosServer>),
 }
 
 impl std::fmt::Debug for Established {
@@ -87,8 +87,11 @@ pub(super) fn kerberos_leg(sim: &Simulator, peer: &Peer, service: &SimKerberos, 
     };
     let mut logon = peer.logon.lock().unwrap_or_else(|p| p.into_inner());
     logon.pending = None;
-    logon.established =
-        Some(Established { upn: upn.clone(), password: password.clone(), server: ServerContext::Kerberos(server) });
+    logon.established = Some(Established {
+        upn: upn.clone(),
+        password: password.clone(),
+        server: ServerContext::Kerberos(Box::new(server)),
+    });
     Leg::LoggedOn { upn, password, answer: Some(format!("Kerberos {}", B64.encode(ap_rep))) }
 }
 
@@ -152,8 +155,11 @@ pub(super) fn leg(sim: &Simulator, peer: &Peer, scheme: &str, token: &[u8]) -> L
             if server.verify(named, &password).is_err() {
                 return Leg::Refused(SimFault::logon_failed(&upn));
             }
-            logon.established =
-                Some(Established { upn: upn.clone(), password: password.clone(), server: ServerContext::Ntlm(server) });
+            logon.established = Some(Established {
+                upn: upn.clone(),
+                password: password.clone(),
+                server: ServerContext::Ntlm(Box::new(server)),
+            });
             Leg::LoggedOn { upn, password, answer: None }
         }
         _ => Leg::Malformed("not an NTLM NEGOTIATE or AUTHENTICATE message".into()),
