@@ -277,7 +277,7 @@ fn winrm_connector(profile: &ProfileConfig, shell_name: &str) -> anyhow::Result<
             crate::config::WsmanAuth::Ntlm => WinrmAuth::Ntlm,
             crate::config::WsmanAuth::Certificate => WinrmAuth::Certificate,
             crate::config::WsmanAuth::Kerberos => WinrmAuth::Kerberos { kdc: profile.kdc.clone().unwrap_or_default() },
-            other => anyhow::bail!("auth = {other:?} is not implemented yet"),
+            crate::config::WsmanAuth::Negotiate => WinrmAuth::Negotiate { kdc: profile.kdc.clone() },
         },
         message_encryption: profile.message_encryption,
         spn: profile.spn.clone(),

@@ -343,9 +343,10 @@ pub struct ProfileConfig {
     /// the smaller winning). Exchange Online allows 20 per tenant (across identities).
     pub calls_per_tenant: u32,
     /// wsman: how sessions log on: `basic` (the default), `ntlm` (NTLMv2 under Negotiate, with
-    /// WinRM message encryption over `http://`) or `certificate` (a TLS client certificate over
-    /// `https://`; each admin's credential is a PEM with the certificate and its key).
-    /// `negotiate` and `kerberos` are recognised and refused as not implemented yet.
+    /// WinRM message encryption over `http://`), `kerberos` (tickets from `kdc`, sealed the same
+    /// way), `negotiate` (Kerberos when it can be used, NTLM otherwise) or `certificate` (a TLS
+    /// client certificate over `https://`; each admin's credential is a PEM with the certificate
+    /// and its key).
     pub auth: WsmanAuth,
     /// wsman, NTLM over `http://`: seal every message (on by default, as Windows and pypsrp).
     /// `false` is the explicit opt-out to clear SOAP, and then `http://` needs `allow_plain_http`.
@@ -1088,11 +1089,7 @@ impl Config {
             if p.kind == ProfileKind::ExoRest {
                 p.validate_rest().map_err(|e| ConfigError::Invalid(format!("profile '{name}': {e}")))?;
             }
-            if p.auth == WsmanAuth::Negotiate {
-                return bad(format!(
-                    "profile '{name}': auth = \"negotiate\" is not implemented yet (use \"kerberos\", \"ntlm\", \"basic\" or \"certificate\")"
-                ));
-            }
+
             if p.auth == WsmanAuth::Kerberos && !p.kdc.as_deref().is_some_and(|k| k.starts_with("tcp://")) {
                 return bad(format!("profile '{name}': auth = \"kerberos\" needs kdc = \"tcp://<kdc host>:88\""));
             }
@@ -1266,8 +1263,7 @@ mod tests {
             (p.auth, p.message_encryption, p.spn.as_deref()),
             (WsmanAuth::Ntlm, false, Some("HTTP/ex1.contoso.com"))
         );
-        let err = with("auth = \"negotiate\"").unwrap_err().to_string();
-        assert!(err.contains("not implemented yet") && err.contains("negotiate"), "{err}");
+        assert_eq!(with("auth = \"negotiate\"").unwrap().profiles["onprem"].auth, WsmanAuth::Negotiate);
         let err = with("auth = \"kerberos\"").unwrap_err().to_string();
         assert!(err.contains("needs kdc"), "{err}");
         let p = with("auth = \"kerberos\"\nkdc = \"tcp://dc1.contoso.com:88\"").unwrap().profiles["onprem"].clone();

@@ -108,11 +108,11 @@ fn simulator() -> Simulator {
         close_latency_ms: 0,
         ..SimulatorConfig::default()
     };
-    // The service knows the Kerberos principal as its account; the password is the KDC's
-    // business (the simulator never sees it with Kerberos).
+    // The service knows the Kerberos principal as its account, with the same password for NTLM
+    // (as a domain account has).
     let accounts = vec![
-        SimAccount { upn: format!("alice@{REALM}"), password: "unused".into(), tenants: vec!["*".into()] },
-        SimAccount { upn: format!("bob@{REALM}"), password: "unused".into(), tenants: vec!["*".into()] },
+        SimAccount { upn: format!("alice@{REALM}"), password: "pa".into(), tenants: vec!["*".into()] },
+        SimAccount { upn: format!("bob@{REALM}"), password: "pb".into(), tenants: vec!["*".into()] },
     ];
     Simulator::new(&cfg, accounts, vec![TENANT.into()])
 }
@@ -209,4 +209,41 @@ async fn a_service_whose_clock_disagrees_is_clock_skew() {
     let c = WinrmConnector::new(options(kdc.port)).unwrap();
     let err = c.open_session(&target(addr.port(), &format!("alice@{REALM}"), "pa")).await.unwrap_err();
     assert_eq!(err.class, FaultClass::ClockSkew, "{}", err.message);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn negotiate_prefers_kerberos_and_falls_back_to_ntlm() {
+    let kdc = tokio::task::spawn_blocking(start_kdc).await.unwrap();
+    let sim = simulator();
+    let service = SimKerberos::from_keytab(&kdc.keytab, &format!("HTTP/localhost@{REALM}")).unwrap();
+    let serve = |kerberos: Option<SimKerberos>, ntlm: bool| {
+        let options = WireOptions { basic: false, ntlm, kerberos, ..WireOptions::default() };
+        wire::spawn_with(sim.clone(), "127.0.0.1:0".parse().unwrap(), options)
+    };
+    let negotiate = |kdc: Option<String>| WinrmOptions { auth: WinrmAuth::Negotiate { kdc }, ..options(0) };
+    let alice = |port: u16| target(port, &format!("alice@{REALM}"), "pa");
+    let kdc_url = Some(format!("tcp://127.0.0.1:{}", kdc.port));
+
+    // A Kerberos-only endpoint: Negotiate uses Kerberos.
+    let (kerberos_only, _a) = serve(Some(service.clone()), false).await.unwrap();
+    let c = WinrmConnector::new(negotiate(kdc_url.clone())).unwrap();
+    c.open_session(&alice(kerberos_only.port())).await.unwrap().close().await.unwrap();
+    // Without a KDC to ask, there is no NTLM there to fall back to: refused.
+    let c = WinrmConnector::new(negotiate(None)).unwrap();
+    assert!(c.open_session(&alice(kerberos_only.port())).await.is_err());
+
+    // An NTLM-only endpoint: Kerberos is not offered, Negotiate falls back to NTLM.
+    let (ntlm_only, _b) = serve(None, true).await.unwrap();
+    let c = WinrmConnector::new(negotiate(kdc_url.clone())).unwrap();
+    c.open_session(&alice(ntlm_only.port())).await.unwrap().close().await.unwrap();
+    // A KDC that does not answer: NTLM.
+    let (both, _c) = serve(Some(service), true).await.unwrap();
+    let c = WinrmConnector::new(negotiate(Some(format!("tcp://127.0.0.1:{}", free_port())))).unwrap();
+    c.open_session(&alice(both.port())).await.unwrap().close().await.unwrap();
+    // A wrong password is not retried with NTLM: the KDC's refusal stands.
+    let c = WinrmConnector::new(negotiate(kdc_url)).unwrap();
+    let err = c.open_session(&target(both.port(), &format!("alice@{REALM}"), "wrong")).await.unwrap_err();
+    assert_eq!(err.class, FaultClass::LogonFailed, "{}", err.message);
+    assert!(err.message.contains("Kerberos"), "{}", err.message);
+    assert!(sim.list_shells(&format!("alice@{REALM}")).is_empty());
 }

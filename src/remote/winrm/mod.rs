@@ -144,6 +144,10 @@ pub enum WinrmAuth {
     /// Kerberos (`Authorization: Kerberos`) with tickets from `kdc` (`tcp://host:88`), once per
     /// connection, with message encryption over HTTP.
     Kerberos { kdc: String },
+    /// Kerberos when it can be used (a `kdc` is given, it answers, it knows the principals, the
+    /// endpoint takes it), NTLM otherwise, as Windows' Negotiate chooses. Raw tokens under each
+    /// scheme (no SPNEGO wrapping), which Windows accepts.
+    Negotiate { kdc: Option<String> },
     /// A client certificate over HTTPS (WinRM's certificate mapping): the admin's credential is
     /// a PEM holding the certificate and its private key.
     Certificate,
@@ -161,7 +165,7 @@ impl WinrmOptions {
 
     /// NTLM and Kerberos log on once per connection (and can seal).
     fn logs_on_per_connection(&self) -> bool {
-        matches!(self.auth, WinrmAuth::Ntlm | WinrmAuth::Kerberos { .. })
+        matches!(self.auth, WinrmAuth::Ntlm | WinrmAuth::Kerberos { .. } | WinrmAuth::Negotiate { .. })
     }
 }
 
@@ -250,7 +254,7 @@ impl WinrmConnector {
         }
         let http = http_client(&options).map_err(|e| invalid(&e))?;
         let ntlm_tls = match options.auth {
-            WinrmAuth::Ntlm | WinrmAuth::Kerberos { .. } => {
+            WinrmAuth::Ntlm | WinrmAuth::Kerberos { .. } | WinrmAuth::Negotiate { .. } => {
                 if options.accept_invalid_certs {
                     return Err(invalid("accept_invalid_certs is not supported with auth = \"ntlm\" (use ca_file)"));
                 }
@@ -303,12 +307,14 @@ impl WinrmConnector {
                 http = http_client_with(&self.options, Some(identity)).map_err(protocol)?;
                 reqwest::header::HeaderValue::from_static(CERTIFICATE_AUTH)
             }
-            WinrmAuth::Ntlm | WinrmAuth::Kerberos { .. } if target.tokens.is_some() => {
+            WinrmAuth::Ntlm | WinrmAuth::Kerberos { .. } | WinrmAuth::Negotiate { .. } if target.tokens.is_some() => {
                 return Err(protocol(
                     "an OAuth identity signs in with Basic (bearer tokens), not NTLM or Kerberos".into(),
                 ))
             }
-            WinrmAuth::Ntlm | WinrmAuth::Kerberos { .. } => reqwest::header::HeaderValue::from_static(""),
+            WinrmAuth::Ntlm | WinrmAuth::Kerberos { .. } | WinrmAuth::Negotiate { .. } => {
+                reqwest::header::HeaderValue::from_static("")
+            }
         };
         let mut ctx = RequestContext::powershell(url.as_str(), &target.configuration_name);
         ctx.max_envelope_size = self.options.max_envelope_size;
@@ -324,7 +330,7 @@ impl WinrmConnector {
         );
         match &self.options.auth {
             WinrmAuth::Basic | WinrmAuth::Certificate => Ok(channel),
-            WinrmAuth::Ntlm | WinrmAuth::Kerberos { .. } => {
+            WinrmAuth::Ntlm | WinrmAuth::Kerberos { .. } | WinrmAuth::Negotiate { .. } => {
                 let tls = self.ntlm_tls.clone().ok_or_else(|| protocol("NTLM: no TLS configuration".into()))?;
                 let connection = connection::OwnConnection::new(self.options.request_timeout, tls);
                 let login = negotiate::NtlmLogin {
@@ -334,8 +340,10 @@ impl WinrmConnector {
                     seal: self.options.message_encryption,
                     kerberos_kdc: match &self.options.auth {
                         WinrmAuth::Kerberos { kdc } => Some(kdc.clone()),
+                        WinrmAuth::Negotiate { kdc } => kdc.clone(),
                         _ => None,
                     },
+                    fallback_to_ntlm: matches!(self.options.auth, WinrmAuth::Negotiate { .. }),
                     conversation: tokio::sync::Mutex::new(negotiate::Conversation { connection, context: None }),
                 };
                 Ok(channel.with_ntlm(login))

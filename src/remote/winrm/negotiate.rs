@@ -37,6 +37,10 @@ pub(crate) struct NtlmLogin {
     pub(crate) seal: bool,
     /// `Some(kdc URL)`: Kerberos with that KDC instead of NTLM.
     pub(crate) kerberos_kdc: Option<String>,
+    /// Negotiate: when Kerberos cannot be used (no KDC answers, the KDC does not know the
+    /// principal or the SPN, the endpoint does not take Kerberos), log on with NTLM, as Windows
+    /// does.
+    pub(crate) fallback_to_ntlm: bool,
     pub(crate) conversation: tokio::sync::Mutex<Conversation>,
 }
 
@@ -155,14 +159,24 @@ pub(crate) async fn logon(
     url: &Url,
     cookie: Option<&str>,
     timeout: Duration,
-    on_headers: impl FnMut(&HeaderMap),
+    mut on_headers: impl FnMut(&HeaderMap),
 ) -> Result<Context, RemoteError> {
-    match &login.kerberos_kdc {
-        Some(kdc) => kerberos_logon(login, kdc, connection, url, cookie, timeout, on_headers).await,
-        None => {
-            ntlm_logon(login, connection, url, cookie, timeout, on_headers).await.map(|c| Context::Ntlm(Box::new(c)))
+    if let Some(kdc) = &login.kerberos_kdc {
+        match kerberos_logon(login, kdc, connection, url, cookie, timeout, &mut on_headers).await {
+            Err(e) if login.fallback_to_ntlm && kerberos_unusable(&e) => {
+                tracing::debug!(error = %e.message, "Kerberos cannot be used; falling back to NTLM");
+            }
+            other => return other,
         }
     }
+    ntlm_logon(login, connection, url, cookie, timeout, on_headers).await.map(|c| Context::Ntlm(Box::new(c)))
+}
+
+/// Kerberos failed for a reason NTLM does not share (a wrong password or a locked account is
+/// not one: NTLM would only repeat it).
+fn kerberos_unusable(e: &RemoteError) -> bool {
+    matches!(e.class, FaultClass::IdentityServiceUnreachable | FaultClass::PrincipalUnknown)
+        || (e.class == FaultClass::Protocol && e.message.contains("does not accept Kerberos"))
 }
 
 /// Kerberos: the AP-REQ (tickets from the KDC first) on an empty POST; the server answers 200
@@ -195,10 +209,7 @@ async fn kerberos_logon(
         }
         return Ok(Context::Kerberos(Box::new(client)));
     }
-    if answer.status == StatusCode::UNAUTHORIZED
-        && !offers(&answer.headers, "kerberos")
-        && !offers(&answer.headers, "negotiate")
-    {
+    if answer.status == StatusCode::UNAUTHORIZED && !offers(&answer.headers, "kerberos") {
         return Err(RemoteError::new(
             FaultClass::Protocol,
             format!(

@@ -94,7 +94,9 @@ fn logon(
                 Some(service) if scheme.eq_ignore_ascii_case("kerberos") => {
                     negotiate::kerberos_leg(wire.sim(), peer, service, &token)
                 }
-                _ if wire.options().ntlm => negotiate::leg(wire.sim(), peer, &scheme, &token),
+                _ if wire.options().ntlm && !scheme.eq_ignore_ascii_case("kerberos") => {
+                    negotiate::leg(wire.sim(), peer, &scheme, &token)
+                }
                 _ => return Err(unauthorized(wire, None)),
             };
             match leg {
