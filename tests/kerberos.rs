@@ -7,97 +7,18 @@
 
 mod common;
 
-use common::tools::{free_port, require, run_ok, KillOnDrop};
+use common::kdc::{start_kdc, REALM};
+use common::tools::free_port;
 use psbroker::config::SimulatorConfig;
 use psbroker::remote::winrm::{WinrmAuth, WinrmConnector, WinrmOptions};
 use psbroker::remote::{Command, FaultClass, PsValue, RemoteSession, SessionTarget};
 use psbroker::sim::wire::{self, SimKerberos, WireOptions};
 use psbroker::sim::{SimAccount, Simulator};
 use secrecy::SecretString;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-const REALM: &str = "PSB.TEST";
 const TENANT: &str = "contoso.onmicrosoft.com";
 const USER_QUOTA_TEXT: &str = "The WS-Management service cannot process the request. The maximum number of concurrent shells for this user has been exceeded. Close existing shells or raise the quota for this user.";
-
-/// An MIT KDC for realm PSB.TEST on a loopback port, killed with the test.
-struct Kdc {
-    _process: KillOnDrop,
-    port: u16,
-    keytab: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-fn kadmin(dir: &Path, query: &str) {
-    let kadmin = require("kadmin.local", "PSBROKER_KADMIN_LOCAL", "krb5-admin-server");
-    run_ok(
-        std::process::Command::new(kadmin)
-            .env("KRB5_CONFIG", dir.join("krb5.conf"))
-            .env("KRB5_KDC_PROFILE", dir.join("kdc.conf"))
-            .args(["-r", REALM, "-q", query]),
-        &format!("kadmin.local -q {query:?}"),
-    );
-}
-
-fn start_kdc() -> Kdc {
-    let krb5kdc = require("krb5kdc", "PSBROKER_KRB5KDC", "krb5-kdc");
-    let kdb5_util = require("kdb5_util", "PSBROKER_KDB5_UTIL", "krb5-kdc");
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let port = free_port();
-    std::fs::write(
-        d.join("krb5.conf"),
-        format!(
-            "[libdefaults]\n default_realm = {REALM}\n dns_lookup_kdc = false\n\
-             [realms]\n {REALM} = {{\n  kdc = tcp/127.0.0.1:{port}\n }}\n"
-        ),
-    )
-    .unwrap();
-    // sspi's client insists on pre-authentication (as Active Directory does): every principal
-    // requires it.
-    std::fs::write(
-        d.join("kdc.conf"),
-        format!(
-            "[kdcdefaults]\n kdc_ports = {port}\n kdc_tcp_ports = {port}\n\
-             [realms]\n {REALM} = {{\n  database_name = {db}\n  key_stash_file = {stash}\n  acl_file = {acl}\n  \
-             supported_enctypes = aes256-cts-hmac-sha1-96:normal\n  default_principal_flags = +preauth\n }}\n\
-             [logging]\n kdc = FILE:{log}\n",
-            db = d.join("principal").display(),
-            stash = d.join("stash").display(),
-            acl = d.join("kadm5.acl").display(),
-            log = d.join("kdc.log").display(),
-        ),
-    )
-    .unwrap();
-    run_ok(
-        std::process::Command::new(kdb5_util)
-            .env("KRB5_CONFIG", d.join("krb5.conf"))
-            .env("KRB5_KDC_PROFILE", d.join("kdc.conf"))
-            .args(["create", "-s", "-r", REALM, "-P", "master-password-of-the-test"]),
-        "kdb5_util create",
-    );
-    kadmin(d, &format!("addprinc -pw pa alice@{REALM}"));
-    kadmin(d, &format!("addprinc -pw pb bob@{REALM}"));
-    kadmin(d, &format!("addprinc -randkey HTTP/localhost@{REALM}"));
-    let keytab = d.join("http.keytab");
-    kadmin(d, &format!("ktadd -k {} HTTP/localhost@{REALM}", keytab.display()));
-    let process = std::process::Command::new(krb5kdc)
-        .env("KRB5_CONFIG", d.join("krb5.conf"))
-        .env("KRB5_KDC_PROFILE", d.join("kdc.conf"))
-        .args(["-n", "-r", REALM])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("krb5kdc starts");
-    let process = KillOnDrop(process);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(std::time::Instant::now() < deadline, "the KDC did not listen on {port}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Kdc { _process: process, port, keytab, _dir: dir }
-}
 
 fn simulator() -> Simulator {
     let cfg = SimulatorConfig {

@@ -17,6 +17,10 @@ use std::path::Path;
 use std::time::Duration;
 
 const PYPSRP: &str = "pypsrp==0.9.1";
+/// pyspnego's Kerberos needs MIT's GSSAPI and krb5 bindings (built against Debian's
+/// `libkrb5-dev`; `.ci/run` installs it).
+const GSSAPI: &str = "gssapi==1.12.0";
+const KRB5: &str = "krb5==0.10.0";
 const TENANT: &str = "contoso.onmicrosoft.com";
 const ALICE: &str = "alice@partner.onmicrosoft.com";
 const BOB: &str = "bob@partner.onmicrosoft.com";
@@ -128,16 +132,17 @@ async fn pypsrp_drives_the_wire_simulator() {
     server.abort();
 }
 
-/// The `psbroker sim` binary with NTLM as its only logon method (clear SOAP refused after the
-/// logon, as Windows' AllowUnencrypted=false), on a free loopback port.
-fn ntlm_only_sim(dir: &Path) -> (common::tools::KillOnDrop, u16) {
+/// The `psbroker sim` binary on a free loopback port with the logon methods `logon` sets
+/// (`[simulator]` keys), Alice's account in `realm_user` form; the log line that announces the
+/// listener must name `method`.
+fn sim_binary(dir: &Path, user: &str, logon: &str, method: &str) -> (common::tools::KillOnDrop, u16) {
     let config = dir.join("sim.toml");
     std::fs::write(
         &config,
         format!(
             r#"[[admins]]
 name = "alice"
-upn = "{ALICE}"
+upn = "{user}"
 credential = "literal:pa"
 
 [[tenants]]
@@ -151,11 +156,11 @@ user_shell_cap = 3
 open_latency_ms = 0
 command_latency_ms = 0
 close_latency_ms = 0
-auth = ["ntlm"]
 tenants = ["{TENANT}"]
+{logon}
 
 [[simulator.accounts]]
-upn = "{ALICE}"
+upn = "{user}"
 password = "pa"
 "#
         ),
@@ -176,12 +181,40 @@ password = "pa"
     let port = loop {
         let line = lines.next().expect("psbroker sim exited before listening").unwrap();
         if let Some(addr) = line.split("addr=").nth(1).filter(|_| line.contains("remote PowerShell endpoint")) {
-            assert!(line.contains("NTLM"), "the log names the logon methods: {line}");
+            assert!(line.contains(method), "the log names the logon methods: {line}");
             break addr.trim().rsplit(':').next().unwrap().parse::<u16>().unwrap();
         }
     };
     std::thread::spawn(move || lines.map_while(Result::ok).for_each(drop));
     (child, port)
+}
+
+/// NTLM as the only logon method (clear SOAP refused after the logon, as Windows'
+/// AllowUnencrypted=false).
+fn ntlm_only_sim(dir: &Path) -> (common::tools::KillOnDrop, u16) {
+    sim_binary(dir, ALICE, "auth = [\"ntlm\"]", "NTLM")
+}
+
+/// What pypsrp saw on a logged-on, sealed conversation: the pool opened, Get-Mailbox's
+/// objects, an unknown cmdlet's error record, the fourth pool refused with the quota fault.
+fn assert_sealed_conversation_worked(seen: &Value) {
+    assert!(seen.get("exception").is_none(), "pypsrp raised:\n{}", seen["traceback"].as_str().unwrap_or(""));
+    assert_eq!(seen["pool_state"], 2, "{seen:#}");
+    let mailboxes = seen["mailboxes"].as_array().expect("mailboxes");
+    assert_eq!(mailboxes.len(), 3, "{seen:#}");
+    assert!(mailboxes.iter().all(|m| m["PrimarySmtpAddress"].as_str().is_some_and(|a| a.contains('@'))), "{seen:#}");
+    assert_eq!(seen["mailbox_state"], 4, "{seen:#}");
+    let bad = &seen["bad"];
+    assert_eq!(bad["state"], 5, "{seen:#}");
+    let err = &bad["errors"][0];
+    assert!(err["fqeid"].as_str().unwrap_or("").contains("CommandNotFoundException"), "{seen:#}");
+    assert!(err["message"].as_str().unwrap_or("").contains("is not recognized"), "{seen:#}");
+    let quota = &seen["quota"];
+    assert_eq!(quota["refused"], true, "{seen:#}");
+    assert_eq!(quota["code"], 2_150_859_173u64, "{seen:#}");
+    assert_eq!(quota["message"], USER_QUOTA_TEXT, "{seen:#}");
+    assert!(seen.get("close_errors").is_none(), "{seen:#}");
+    assert_eq!(seen["after_close"].as_array().map(Vec::len), Some(0), "{seen:#}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -209,28 +242,7 @@ async fn pypsrp_over_ntlm_with_message_encryption_drives_psbroker_sim() {
     assert!(out.status.success(), "pypsrp client exited with {}:\n{stdout}\n{stderr}", out.status);
     let seen: Value = serde_json::from_str(&stdout)
         .unwrap_or_else(|e| panic!("pypsrp client printed no JSON ({e}):\n{stdout}\n{stderr}"));
-    assert!(seen.get("exception").is_none(), "pypsrp raised:\n{}", seen["traceback"].as_str().unwrap_or(""));
-
-    assert_eq!(seen["pool_state"], 2, "{seen:#}");
-    let mailboxes = seen["mailboxes"].as_array().expect("mailboxes");
-    assert_eq!(mailboxes.len(), 3, "{seen:#}");
-    assert!(mailboxes.iter().all(|m| m["PrimarySmtpAddress"].as_str().is_some_and(|a| a.contains('@'))), "{seen:#}");
-    assert_eq!(seen["mailbox_state"], 4, "{seen:#}");
-
-    // The error record of an unknown cmdlet.
-    let bad = &seen["bad"];
-    assert_eq!(bad["state"], 5, "{seen:#}");
-    let err = &bad["errors"][0];
-    assert!(err["fqeid"].as_str().unwrap_or("").contains("CommandNotFoundException"), "{seen:#}");
-    assert!(err["message"].as_str().unwrap_or("").contains("is not recognized"), "{seen:#}");
-
-    // The fourth pool is refused with WinRM's quota fault and the service's words.
-    let quota = &seen["quota"];
-    assert_eq!(quota["refused"], true, "{seen:#}");
-    assert_eq!(quota["code"], 2_150_859_173u64, "{seen:#}");
-    assert_eq!(quota["message"], USER_QUOTA_TEXT, "{seen:#}");
-    assert!(seen.get("close_errors").is_none(), "{seen:#}");
-    assert_eq!(seen["after_close"].as_array().map(Vec::len), Some(0), "{seen:#}");
+    assert_sealed_conversation_worked(&seen);
     assert_eq!(seen["large"]["count"], 25, "{seen:#}");
 
     // A wrong password: pypsrp's NTLM logon is refused.
@@ -313,4 +325,52 @@ async fn pypsrp_logs_on_with_a_client_certificate_over_https() {
     assert_eq!(seen["quota"]["message"], USER_QUOTA_TEXT, "{seen:#}");
     assert_eq!(sim.stats().max_by_user.get(ALICE), Some(&3));
     server.abort();
+}
+
+/// pypsrp logs on with Kerberos (pyspnego over MIT's GSSAPI, `Authorization: Kerberos`, tickets
+/// from a real KDC) to the `psbroker sim` binary holding the keytab of `HTTP/localhost`, every
+/// message sealed (`application/HTTP-Kerberos-session-encrypted`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pypsrp_over_kerberos_with_message_encryption_drives_psbroker_sim() {
+    use common::kdc::{start_kdc, REALM};
+    let python = tokio::task::spawn_blocking(|| common::pyenv::venv("pypsrp-kerberos", &[PYPSRP, GSSAPI, KRB5]).python)
+        .await
+        .expect("venv setup task");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/pypsrp_client.py");
+    let kdc = tokio::task::spawn_blocking(start_kdc).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let alice = format!("alice@{REALM}");
+    let logon = format!(
+        "auth = []\nkerberos_principal = \"HTTP/localhost@{REALM}\"\nkerberos_keytab = \"{}\"",
+        kdc.keytab.display()
+    );
+    let (_sim, port) = sim_binary(dir.path(), &alice, &logon, "Kerberos");
+
+    let client = |password: &str| {
+        tokio::process::Command::new(&python)
+            .arg(&script)
+            // `localhost`: the service principal is HTTP/localhost.
+            .args(["--host", "localhost", "--port", &port.to_string(), "--tenant", TENANT])
+            .args(["--user", &alice, "--password", password, "--auth", "kerberos", "--encryption", "always"])
+            .env("KRB5_CONFIG", kdc.krb5_conf())
+            .env("KRB5CCNAME", format!("FILE:{}", kdc.dir().join("ccache").display()))
+            .kill_on_drop(true)
+            .output()
+    };
+    let out = tokio::time::timeout(Duration::from_secs(120), client("pa"))
+        .await
+        .expect("pypsrp client timed out")
+        .expect("run the pypsrp client");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "pypsrp client exited with {}:\n{stdout}\n{stderr}", out.status);
+    let seen: Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("pypsrp client printed no JSON ({e}):\n{stdout}\n{stderr}"));
+    assert!(seen.get("exception").is_none(), "pypsrp raised:\n{}\n{stderr}", seen["traceback"].as_str().unwrap_or(""));
+    assert_sealed_conversation_worked(&seen);
+
+    // A wrong password: the KDC refuses pre-authentication, so pypsrp gets no ticket.
+    let out = client("wrong").await.expect("run the pypsrp client");
+    let seen: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert!(seen.get("exception").is_some() && seen.get("mailboxes").is_none(), "{seen:#}");
 }

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod kdc;
 pub mod pyenv;
 pub mod tools;
 

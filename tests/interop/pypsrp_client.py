@@ -23,6 +23,9 @@ SHELL_URI = "http://schemas.microsoft.com/wbem/wsman/1/windows/shell"
 def connect(args, **kwargs):
     if args.auth == "certificate":
         kwargs.update(certificate_pem=args.cert_pem, certificate_key_pem=args.key_pem)
+    if args.auth in ("kerberos", "negotiate"):
+        # The service principal is HTTP/<host>, as IIS-hosted endpoints (Exchange) register it.
+        kwargs.update(negotiate_service="HTTP")
     return WSMan(
         args.host,
         port=args.port,
