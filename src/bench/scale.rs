@@ -94,7 +94,7 @@ fn rss_mib(pid: u32) -> (f64, f64) {
 
 fn config_text(store_url: &str, dir: &Path, tenants: usize) -> String {
     let mut text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n[store]\nurl = \"{store_url}\"\ndata_dir = \"{}\"\n\
+        "[server]\nlisten = \"127.0.0.1:0\"\n[server.rate_limit]\nitems_per_second = 0\n[store]\nurl = \"{store_url}\"\ndata_dir = \"{}\"\n\
          [scheduler]\ndefault_timeout_seconds = 3600\n\
          [profiles.default]\nkind = \"simulator\"\n\
          [simulator]\nopen_latency_ms = 600000\ncommand_latency_ms = 1\nclose_latency_ms = 1\nmailboxes_per_tenant = 5\n",

@@ -522,8 +522,9 @@ impl Broker {
         let dir = &self.shared.directory;
         let store = &self.shared.store;
         let mut repeated = 0;
-        for rec in store.running().await? {
-            let (job, verdict) = job_from_record(dir, &rec);
+        let (running, redacted) = (store.running().await?, store.queued_redacted().await?);
+        for rec in running.iter().chain(&redacted) {
+            let (job, verdict) = job_from_record(dir, rec);
             match verdict {
                 Some((code, msg)) => self.shared.finish(&job, Outcome::failed(&code, msg)).await,
                 None => {

@@ -193,6 +193,18 @@ impl Store {
         })
     }
 
+    /// Queued invocations whose secret values were redacted (they cannot run after a restart).
+    pub async fn queued_redacted(&self) -> Result<Vec<InvocationRecord>, StoreError> {
+        on!(&self.writer, pool => {
+            let rows = sqlx::query(&format!(
+                "SELECT {COLUMNS} FROM invocations WHERE status = 'queued' AND redacted ORDER BY id"
+            ))
+            .fetch_all(pool)
+            .await?;
+            rows.iter().map(record).collect()
+        })
+    }
+
     /// Invocations that were running when the daemon last stopped.
     pub async fn running(&self) -> Result<Vec<InvocationRecord>, StoreError> {
         on!(&self.writer, pool => {
