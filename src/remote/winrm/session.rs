@@ -180,6 +180,11 @@ async fn patiently<T, F: std::future::Future<Output = Result<T, CallError>>>(
 /// which counts as deleted), so a Delete whose answer was lost, that timed out, or that the
 /// service refused with 503 is repeated a few times before giving up.
 async fn delete_shell(channel: &Channel, shell_id: &str) -> Result<(), RemoteError> {
+    delete_known(channel, shell_id).await.map(drop)
+}
+
+/// [`delete_shell`], telling whether the server knew the shell (`false`: "not found").
+async fn delete_known(channel: &Channel, shell_id: &str) -> Result<bool, RemoteError> {
     let mut attempt = 1;
     loop {
         let result = channel
@@ -191,8 +196,8 @@ async fn delete_shell(channel: &Channel, shell_id: &str) -> Result<(), RemoteErr
             )
             .await;
         let e = match result {
-            Ok(_) => return Ok(()),
-            Err(e) if e.is_shell_not_found() => return Ok(()),
+            Ok(_) => return Ok(true),
+            Err(e) if e.is_shell_not_found() => return Ok(false),
             Err(e) => e,
         };
         let wait = match e.unavailable() {
@@ -472,7 +477,16 @@ pub(crate) async fn open(
             if e.class.outcome_unknown() {
                 // The server may have created the shell and lost the answer: WinRM keeps the
                 // ShellId a PSRP client proposes (the RunspacePool id), so it can be deleted.
-                if let Err(d) = delete_shell(&channel, &upper(rpid)).await {
+                // A Create that timed out may also still be on its way through a busy server,
+                // behind our Delete: if the shell is not there yet, look once more after another
+                // request timeout (the slot stays taken meanwhile, as the shell may hold quota).
+                let shell_id = upper(rpid);
+                let mut known = delete_known(&channel, &shell_id).await;
+                if e.class == FaultClass::Timeout && matches!(known, Ok(false)) {
+                    tokio::time::sleep(channel.request_timeout()).await;
+                    known = delete_known(&channel, &shell_id).await;
+                }
+                if let Err(d) = known {
                     tracing::warn!(error = %d, "a Create whose answer was lost may have left a shell behind");
                 }
             }
