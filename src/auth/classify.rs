@@ -238,9 +238,13 @@ fn has_verb(cmdlet: &str, verbs: &[&str]) -> bool {
     verbs.iter().any(|x| x.eq_ignore_ascii_case(v))
 }
 
+/// The deny-list as globs, built once (authorization runs for every item of a batch).
+static DENIED_GLOBS: std::sync::LazyLock<Vec<(&'static str, Glob)>> =
+    std::sync::LazyLock::new(|| DENIED_CMDLETS.iter().map(|d| (*d, Glob::new(d))).collect());
+
 /// The deny-list entry that matches `cmdlet`, if any.
 pub fn denied_by(cmdlet: &str) -> Option<&'static str> {
-    DENIED_CMDLETS.iter().copied().find(|d| Glob::new(d).matches(cmdlet))
+    DENIED_GLOBS.iter().find(|(_, glob)| glob.matches(cmdlet)).map(|(entry, _)| *entry)
 }
 
 pub fn classify(cmdlet: &str, parameters: &Map<String, Json>) -> Classification {
