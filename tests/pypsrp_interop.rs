@@ -26,6 +26,22 @@ const ALICE: &str = "alice@partner.onmicrosoft.com";
 const BOB: &str = "bob@partner.onmicrosoft.com";
 const USER_QUOTA_TEXT: &str = "The WS-Management service cannot process the request. The maximum number of concurrent shells for this user has been exceeded. Close existing shells or raise the quota for this user.";
 
+/// Runs the pypsrp client script (`cmd`, arguments set) and answers the JSON document it
+/// printed, with its stderr. The script prints JSON whatever pypsrp did (an exception is a field
+/// the caller asserts on); exiting otherwise, or printing no JSON, fails the test here.
+async fn what_pypsrp_saw(mut cmd: tokio::process::Command) -> (Value, String) {
+    let out = tokio::time::timeout(Duration::from_secs(120), cmd.kill_on_drop(true).output())
+        .await
+        .expect("pypsrp client timed out")
+        .expect("run the pypsrp client");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "pypsrp client exited with {}:\n{stdout}\n{stderr}", out.status);
+    let seen = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("pypsrp client printed no JSON ({e}):\n{stdout}\n{stderr}"));
+    (seen, stderr)
+}
+
 fn simulator() -> Simulator {
     let cfg = SimulatorConfig {
         mailboxes_per_tenant: 25,
@@ -53,22 +69,15 @@ async fn pypsrp_drives_the_wire_simulator() {
     let (addr, server) =
         wire::spawn_with(sim.clone(), "127.0.0.1:0".parse().unwrap(), options).await.expect("bind the wire server");
 
-    let child = tokio::process::Command::new(&python)
-        .arg(&script)
-        .args(["--host", "127.0.0.1", "--port", &addr.port().to_string(), "--tenant", TENANT])
-        .args(["--user", ALICE, "--password", "pa"])
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(120), child)
-        .await
-        .expect("pypsrp client timed out")
-        .expect("run the pypsrp client");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "pypsrp client exited with {}:\n{stdout}\n{stderr}", out.status);
-    let seen: Value = serde_json::from_str(&stdout)
-        .unwrap_or_else(|e| panic!("pypsrp client printed no JSON ({e}):\n{stdout}\n{stderr}"));
-    assert!(seen.get("exception").is_none(), "pypsrp raised:\n{}", seen["traceback"].as_str().unwrap_or(""));
+    let mut child = tokio::process::Command::new(&python);
+    child.arg(&script).args(["--host", "127.0.0.1", "--port", &addr.port().to_string(), "--tenant", TENANT]).args([
+        "--user",
+        ALICE,
+        "--password",
+        "pa",
+    ]);
+    let (seen, stderr) = what_pypsrp_saw(child).await;
+    assert!(seen.get("exception").is_none(), "pypsrp raised:\n{}\n{stderr}", seen["traceback"].as_str().unwrap_or(""));
 
     // The pool opened (RunspacePoolState.OPENED = 2).
     assert_eq!(seen["pool_state"], 2, "{seen:#}");
@@ -197,8 +206,8 @@ fn ntlm_only_sim(dir: &Path) -> (common::tools::KillOnDrop, u16) {
 
 /// What pypsrp saw on a logged-on, sealed conversation: the pool opened, Get-Mailbox's
 /// objects, an unknown cmdlet's error record, the fourth pool refused with the quota fault.
-fn assert_sealed_conversation_worked(seen: &Value) {
-    assert!(seen.get("exception").is_none(), "pypsrp raised:\n{}", seen["traceback"].as_str().unwrap_or(""));
+fn assert_sealed_conversation_worked(seen: &Value, stderr: &str) {
+    assert!(seen.get("exception").is_none(), "pypsrp raised:\n{}\n{stderr}", seen["traceback"].as_str().unwrap_or(""));
     assert_eq!(seen["pool_state"], 2, "{seen:#}");
     let mailboxes = seen["mailboxes"].as_array().expect("mailboxes");
     assert_eq!(mailboxes.len(), 3, "{seen:#}");
@@ -226,33 +235,29 @@ async fn pypsrp_over_ntlm_with_message_encryption_drives_psbroker_sim() {
     let (_sim, port) = ntlm_only_sim(dir.path());
 
     let client = |auth: &str, password: &str, encryption: &str| {
-        tokio::process::Command::new(&python)
-            .arg(&script)
-            .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--tenant", TENANT])
-            .args(["--user", ALICE, "--password", password, "--auth", auth, "--encryption", encryption])
-            .kill_on_drop(true)
-            .output()
+        let mut cmd = tokio::process::Command::new(&python);
+        cmd.arg(&script).args(["--host", "127.0.0.1", "--port", &port.to_string(), "--tenant", TENANT]).args([
+            "--user",
+            ALICE,
+            "--password",
+            password,
+            "--auth",
+            auth,
+            "--encryption",
+            encryption,
+        ]);
+        what_pypsrp_saw(cmd)
     };
-    let out = tokio::time::timeout(Duration::from_secs(120), client("ntlm", "pa", "always"))
-        .await
-        .expect("pypsrp client timed out")
-        .expect("run the pypsrp client");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "pypsrp client exited with {}:\n{stdout}\n{stderr}", out.status);
-    let seen: Value = serde_json::from_str(&stdout)
-        .unwrap_or_else(|e| panic!("pypsrp client printed no JSON ({e}):\n{stdout}\n{stderr}"));
-    assert_sealed_conversation_worked(&seen);
+    let (seen, stderr) = client("ntlm", "pa", "always").await;
+    assert_sealed_conversation_worked(&seen, &stderr);
     assert_eq!(seen["large"]["count"], 25, "{seen:#}");
 
     // A wrong password: pypsrp's NTLM logon is refused.
-    let out = client("ntlm", "wrong", "always").await.expect("run the pypsrp client");
-    let seen: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let (seen, _) = client("ntlm", "wrong", "always").await;
     let refused = seen["exception"].as_str().unwrap_or("");
     assert!(refused.contains("AuthenticationError") || refused.contains("401"), "{seen:#}");
     // Basic is not offered by this listener: refused with 401.
-    let out = client("basic", "pa", "never").await.expect("run the pypsrp client");
-    let seen: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let (seen, _) = client("basic", "pa", "never").await;
     let refused = seen["exception"].as_str().unwrap_or("");
     assert!(refused.contains("AuthenticationError") || refused.contains("401"), "Basic must be refused: {seen:#}");
 }
@@ -294,7 +299,8 @@ async fn pypsrp_logs_on_with_a_client_certificate_over_https() {
     let (addr, server) =
         wire::spawn_with(sim.clone(), "127.0.0.1:0".parse().unwrap(), options).await.expect("bind the wire server");
 
-    let child = tokio::process::Command::new(&python)
+    let mut child = tokio::process::Command::new(&python);
+    child
         .arg(&script)
         .args(["--host", "127.0.0.1", "--port", &addr.port().to_string(), "--tenant", TENANT])
         .args(["--user", ALICE, "--password", "unused", "--auth", "certificate"])
@@ -303,18 +309,9 @@ async fn pypsrp_logs_on_with_a_client_certificate_over_https() {
         .arg("--cert-pem")
         .arg(&cert_file)
         .arg("--key-pem")
-        .arg(&key_file)
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(120), child)
-        .await
-        .expect("pypsrp client timed out")
-        .expect("run the pypsrp client");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let seen: Value = serde_json::from_str(&stdout)
-        .unwrap_or_else(|e| panic!("pypsrp client printed no JSON ({e}):\n{stdout}\n{stderr}"));
-    assert!(seen.get("exception").is_none(), "pypsrp raised:\n{}", seen["traceback"].as_str().unwrap_or(""));
+        .arg(&key_file);
+    let (seen, stderr) = what_pypsrp_saw(child).await;
+    assert!(seen.get("exception").is_none(), "pypsrp raised:\n{}\n{stderr}", seen["traceback"].as_str().unwrap_or(""));
     assert_eq!(seen["mailboxes"].as_array().map(Vec::len), Some(3), "{seen:#}");
     assert_eq!(seen["bad"]["state"], 5, "{seen:#}");
     // The shells were the certificate's account's: three, the fourth refused.
@@ -347,30 +344,19 @@ async fn pypsrp_over_kerberos_with_message_encryption_drives_psbroker_sim() {
     let (_sim, port) = sim_binary(dir.path(), &alice, &logon, "Kerberos");
 
     let client = |password: &str| {
-        tokio::process::Command::new(&python)
-            .arg(&script)
+        let mut cmd = tokio::process::Command::new(&python);
+        cmd.arg(&script)
             // `localhost`: the service principal is HTTP/localhost.
             .args(["--host", "localhost", "--port", &port.to_string(), "--tenant", TENANT])
             .args(["--user", &alice, "--password", password, "--auth", "kerberos", "--encryption", "always"])
             .env("KRB5_CONFIG", kdc.krb5_conf())
-            .env("KRB5CCNAME", format!("FILE:{}", kdc.dir().join("ccache").display()))
-            .kill_on_drop(true)
-            .output()
+            .env("KRB5CCNAME", format!("FILE:{}", kdc.dir().join("ccache").display()));
+        what_pypsrp_saw(cmd)
     };
-    let out = tokio::time::timeout(Duration::from_secs(120), client("pa"))
-        .await
-        .expect("pypsrp client timed out")
-        .expect("run the pypsrp client");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "pypsrp client exited with {}:\n{stdout}\n{stderr}", out.status);
-    let seen: Value = serde_json::from_str(&stdout)
-        .unwrap_or_else(|e| panic!("pypsrp client printed no JSON ({e}):\n{stdout}\n{stderr}"));
-    assert!(seen.get("exception").is_none(), "pypsrp raised:\n{}\n{stderr}", seen["traceback"].as_str().unwrap_or(""));
-    assert_sealed_conversation_worked(&seen);
+    let (seen, stderr) = client("pa").await;
+    assert_sealed_conversation_worked(&seen, &stderr);
 
     // A wrong password: the KDC refuses pre-authentication, so pypsrp gets no ticket.
-    let out = client("wrong").await.expect("run the pypsrp client");
-    let seen: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let (seen, _) = client("wrong").await;
     assert!(seen.get("exception").is_some() && seen.get("mailboxes").is_none(), "{seen:#}");
 }

@@ -59,6 +59,10 @@ pub fn venv(name: &str, requirements: &[&str]) -> PyEnv {
     for r in requirements {
         assert!(r.split_once("==").is_some_and(|(n, v)| !n.is_empty() && !v.is_empty()), "pin '{r}' as name==version");
     }
+    // Tests of one binary run in parallel and may ask for the same venv: one builds it, the
+    // others wait and find it done (two `python -m venv` on one folder break each other).
+    static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = BUILDING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let dir = venvs_root().join(name);
     let python = venv_python(&dir);
     if !has_all(&python, requirements) {
