@@ -3,6 +3,12 @@ use psbroker::app::{shutdown_signal, Application};
 use psbroker::cli::{self, BenchCommand, Cli, Command};
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc gives freed memory back to the system soon after it is freed: with glibc's malloc,
+/// the daemon's RSS stayed at the peak of the largest batch it had ever taken (a 100,000-item
+/// NDJSON batch left ~500 MiB behind with nothing queued in memory).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     match run().await {
