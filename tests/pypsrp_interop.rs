@@ -120,15 +120,7 @@ async fn pypsrp_drives_the_wire_simulator() {
         assert_eq!(s["resource_uri"], "http://schemas.microsoft.com/powershell/Microsoft.Exchange");
     }
 
-    // The fourth pool is refused with WinRM's quota fault.
-    let quota = &seen["quota"];
-    assert_eq!(quota["refused"], true, "{seen:#}");
-    assert_eq!(quota["code"], 2_150_859_173u64, "{seen:#}");
-    assert_eq!(quota["message"], USER_QUOTA_TEXT, "{seen:#}");
-
-    // Closing the pools deleted the shells.
-    assert!(seen.get("close_errors").is_none(), "{seen:#}");
-    assert_eq!(seen["after_close"].as_array().map(Vec::len), Some(0), "{seen:#}");
+    assert_fourth_refused_and_pools_closed(&seen);
 
     // 25 mailboxes through a 10 KiB envelope: split over several Receives, nothing lost.
     assert_eq!(seen["large"]["count"], 25, "{seen:#}");
@@ -218,6 +210,12 @@ fn assert_sealed_conversation_worked(seen: &Value, stderr: &str) {
     let err = &bad["errors"][0];
     assert!(err["fqeid"].as_str().unwrap_or("").contains("CommandNotFoundException"), "{seen:#}");
     assert!(err["message"].as_str().unwrap_or("").contains("is not recognized"), "{seen:#}");
+    assert_fourth_refused_and_pools_closed(seen);
+}
+
+/// The fourth pool was refused with WinRM's quota fault and the service's words, and closing
+/// the pools deleted their shells.
+fn assert_fourth_refused_and_pools_closed(seen: &Value) {
     let quota = &seen["quota"];
     assert_eq!(quota["refused"], true, "{seen:#}");
     assert_eq!(quota["code"], 2_150_859_173u64, "{seen:#}");

@@ -238,6 +238,17 @@ pub(super) async fn post(client: &reqwest::Client, url: String, body: Json) -> a
     Ok(json)
 }
 
+/// Polls the batch `id` until it is done; answers its final counts.
+pub(super) async fn batch_done(client: &reqwest::Client, app: &Running, id: &str) -> anyhow::Result<Json> {
+    loop {
+        let counts: Json = client.get(app.url(&format!("/v1/batches/{id}"))).send().await?.json().await?;
+        if counts["done"] == true {
+            return Ok(counts);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 struct Interactive {
     wait: Duration,
     total: Duration,
@@ -325,13 +336,7 @@ async fn run_batch(shape: &Shape, probes: bool) -> anyhow::Result<BatchRun> {
         }
     }
 
-    let counts = loop {
-        let c: Json = client.get(app.url(&format!("/v1/batches/{id}"))).send().await?.json().await?;
-        if c["done"] == true {
-            break c;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let counts = batch_done(&client, &app, &id).await?;
     let makespan = started.elapsed();
     let stats = sim.stats();
     let given_back = if probes { None } else { Some(watch_give_back(&sim, &config, shape.admins).await) };

@@ -7,7 +7,7 @@
 //! (a REST session is a token and a host, no shell). Its REST limits of calls in flight are
 //! the shape's caps, so the broker's caps are what bounds the REST runs too.
 
-use super::bulk::{identity, post, tenant_name, Shape};
+use super::bulk::{batch_done, identity, post, tenant_name, Shape};
 use super::ms;
 use crate::app::Application;
 use crate::config::Config;
@@ -112,13 +112,7 @@ pub async fn run(shape: &Shape, transport: Transport) -> anyhow::Result<Transpor
     let started = Instant::now();
     let batch = post(&client, app.url("/v1/batches"), json!({"items": items})).await?;
     let id = batch["id"].as_str().unwrap_or_default().to_string();
-    let counts = loop {
-        let c: Json = client.get(app.url(&format!("/v1/batches/{id}"))).send().await?.json().await?;
-        if c["done"] == true {
-            break c;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let counts = batch_done(&client, &app, &id).await?;
     let makespan = started.elapsed();
     let remote_calls = match transport {
         Transport::Winrm => sim.stats().shells_opened,
