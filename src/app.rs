@@ -94,7 +94,7 @@ impl Application {
             crate::data_dir::prepare(&dir, &files).with_context(|| format!("data directory {}", dir.display()))?;
         }
         let node = node_id(&config.store)?;
-        let shell_name = format!("psbroker:{node}");
+        let shell_name = crate::broker::cluster::shell_name(&node);
         let store =
             Store::connect(&config.store.url).await.with_context(|| format!("opening store {}", config.store.url))?;
         let metrics = Arc::new(Metrics::new(config.metrics.tenant_labels));
@@ -120,8 +120,17 @@ impl Application {
             tracing::info!(shells = reaped, "deleted shells left open by a previous run");
         }
         let auth = crate::auth::setup(&config, &store).await?;
-        let broker =
-            Arc::new(Broker::start(Arc::new(directory), store, metrics.clone(), config.scheduler.clone(), node).await?);
+        let broker = Arc::new(
+            Broker::start(
+                Arc::new(directory),
+                store,
+                metrics.clone(),
+                config.scheduler.clone(),
+                node,
+                config.cluster.clone(),
+            )
+            .await?,
+        );
         let tls = match &config.server.tls {
             Some(files) => Some((crate::tls::load(files).await?, files.clone())),
             None => None,

@@ -25,6 +25,8 @@ pub struct Config {
     #[serde(default)]
     pub scheduler: SchedulerConfig,
     #[serde(default)]
+    pub cluster: ClusterConfig,
+    #[serde(default)]
     pub metrics: MetricsConfig,
     #[serde(default)]
     pub identity: IdentityConfig,
@@ -210,6 +212,63 @@ pub struct StoreConfig {
 impl Default for StoreConfig {
     fn default() -> Self {
         Self { url: "sqlite://./data/psbroker.db".into(), data_dir: None }
+    }
+}
+
+/// Several nodes on one PostgreSQL store (docs/cluster.md). Used only with `store.url =
+/// "postgres://..."`; every node of a cluster should have the same values.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// How often a node beats: renews its leases, looks at the other nodes' and the queue.
+    pub heartbeat_ms: u64,
+    /// A lease lives this long past its last renewal: a node that dies gives its slots back
+    /// within it, with no operator action.
+    pub lease_ttl_seconds: u64,
+    /// A node silent this long is dead: another node deletes its shells and rescues its work.
+    /// Shorter than the lease, so its slots stay counted until its shells are gone.
+    pub dead_after_seconds: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self { heartbeat_ms: 2_000, lease_ttl_seconds: 15, dead_after_seconds: 10 }
+    }
+}
+
+impl ClusterConfig {
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_ms)
+    }
+
+    pub fn lease_ttl(&self) -> Duration {
+        Duration::from_secs(self.lease_ttl_seconds)
+    }
+
+    pub fn dead_after(&self) -> Duration {
+        Duration::from_secs(self.dead_after_seconds)
+    }
+
+    /// How long after its last renewal a node stops using its leases: two beats before they
+    /// may expire, so it is done before another node may count the slots as free.
+    pub fn fence_after(&self) -> Duration {
+        self.lease_ttl().saturating_sub(self.heartbeat() * 2)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.heartbeat_ms < 100 {
+            return Err("cluster.heartbeat_ms must be at least 100".into());
+        }
+        // A rescuer needs a beat or two between declaring a node dead and the lease's expiry, to
+        // take the leases over before they stop counting.
+        if self.heartbeat() * 3 > self.dead_after() || self.dead_after() + self.heartbeat() * 2 > self.lease_ttl() {
+            return Err(format!(
+                "cluster: need 3 x heartbeat ({} ms) <= dead_after_seconds ({}) and dead_after_seconds + 2 x \
+                 heartbeat <= lease_ttl_seconds ({})",
+                self.heartbeat_ms, self.dead_after_seconds, self.lease_ttl_seconds
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -988,6 +1047,9 @@ impl Config {
             ));
         }
         if let Err(e) = self.server.check_limits() {
+            return bad(e);
+        }
+        if let Err(e) = self.cluster.check() {
             return bad(e);
         }
         if self.admins.is_empty() {

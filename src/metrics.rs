@@ -6,7 +6,8 @@
 //! operator turns `metrics.tenant_labels` on.
 
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// Buckets that fit PowerShell work: from 50 ms to 10 minutes.
@@ -57,6 +58,14 @@ pub struct Metrics {
     /// (`client_credentials`, `refresh_token`, `device_code`) and outcome (`issued`, or the
     /// failure's code: `reauth_required`, `mfa_required`, ...). Cache hits are not requests.
     pub token_requests: IntCounterVec,
+    /// Several nodes on PostgreSQL: the nodes alive, this node's leases, whether it is fenced,
+    /// the slots the database refused it (the other nodes held them), and what it rescued
+    /// from dead nodes (`requeued`, `node_lost`, `shell_deleted`).
+    pub cluster_nodes: IntGauge,
+    pub cluster_leases: IntGauge,
+    pub cluster_fenced: IntGauge,
+    pub admissions_refused: IntCounter,
+    pub rescued: IntCounterVec,
 }
 
 impl Metrics {
@@ -196,6 +205,34 @@ impl Metrics {
                 &["grant", "outcome"],
             )
             .unwrap(),
+            cluster_nodes: IntGauge::new(
+                "psbroker_cluster_nodes",
+                "Nodes alive on the shared PostgreSQL store (0 on SQLite: one node)",
+            )
+            .unwrap(),
+            cluster_leases: IntGauge::new(
+                "psbroker_cluster_leases",
+                "Session leases this node holds in the shared store (one per remote session it holds or opens)",
+            )
+            .unwrap(),
+            cluster_fenced: IntGauge::new(
+                "psbroker_cluster_fenced",
+                "1 while this node could not renew its leases and holds no sessions",
+            )
+            .unwrap(),
+            admissions_refused: IntCounter::new(
+                "psbroker_cluster_admissions_refused_total",
+                "Session opens the shared store refused because other nodes held the rest of a cap",
+            )
+            .unwrap(),
+            rescued: IntCounterVec::new(
+                Opts::new(
+                    "psbroker_cluster_rescued_total",
+                    "What this node took over from dead nodes: invocations requeued, writes ended node_lost, shells deleted",
+                ),
+                &["outcome"],
+            )
+            .unwrap(),
             registry,
         };
         for c in m.collectors() {
@@ -206,6 +243,9 @@ impl Metrics {
         for class in crate::remote::FaultClass::ALL {
             m.remote_faults.with_label_values(&[class.code()]);
             m.retries.with_label_values(&[class.code()]);
+        }
+        for outcome in ["requeued", "node_lost", "shell_deleted"] {
+            m.rescued.with_label_values(&[outcome]);
         }
         for reason in CONNECTION_CLOSE_REASONS {
             m.http_connections_closed.with_label_values(&[reason]);
@@ -245,6 +285,11 @@ impl Metrics {
             Box::new(self.http_connections_closed.clone()),
             Box::new(self.ready.clone()),
             Box::new(self.token_requests.clone()),
+            Box::new(self.cluster_nodes.clone()),
+            Box::new(self.cluster_leases.clone()),
+            Box::new(self.cluster_fenced.clone()),
+            Box::new(self.admissions_refused.clone()),
+            Box::new(self.rescued.clone()),
         ]
     }
 

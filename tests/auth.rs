@@ -481,6 +481,7 @@ async fn broker(config: &Config, sim: &Simulator, store_url: &str, seen: &Record
         Arc::new(Metrics::new(false)),
         config.scheduler.clone(),
         "test-node".into(),
+        config.cluster.clone(),
     )
     .await
     .unwrap()

@@ -3,9 +3,12 @@
 //! It wakes on events (and on a short tick as a safety net), asks the scheduler for a plan, and
 //! executes it by spawning opens, commands and closes whose results come back as events.
 
+use super::cluster::{self, PeerState, Slot};
 use super::directory::{AdminIdx, TenantIdx};
 use super::runner::{self, RunReport};
-use super::scheduler::{Action, Job, Priority, Refill, Scheduler, SessionId, SessionRules, Snapshot, Topology, Tuning};
+use super::scheduler::{
+    Action, Job, LaneKey, Priority, Refill, Scheduler, SessionId, SessionRules, Snapshot, Topology, Tuning,
+};
 use super::{job_from_record, SessionInfo, Shared};
 use crate::remote::{RemoteError, RemoteSession};
 use crate::store::{InvocationRecord, Outcome, Status, StoreError};
@@ -49,6 +52,23 @@ pub enum Event {
         session: SessionId,
         result: Result<Box<dyn RemoteSession>, RemoteError>,
     },
+    /// Several nodes: the store granted the lease an open runs under.
+    Leased {
+        session: SessionId,
+        lease: Uuid,
+    },
+    /// Several nodes: the store refused the slot an open needed (the others hold the rest).
+    Refused {
+        session: SessionId,
+        others_admin: u32,
+        others_tenant: u32,
+    },
+    /// Several nodes: what this node may take from the shared queue, per lane.
+    Census(HashMap<(LaneKey, Priority), usize>),
+    /// Several nodes: what the others hold, wait for and learned.
+    Peers(PeerState),
+    /// Several nodes: this node lost (true) or got back (false) its hold on its leases.
+    Fence(bool),
     CommandDone {
         session: SessionId,
         report: RunReport,
@@ -77,6 +97,8 @@ pub struct Driver {
     tx: mpsc::UnboundedSender<Event>,
     rx: mpsc::UnboundedReceiver<Event>,
     live: HashMap<SessionId, Live>,
+    /// Several nodes: the store's lease behind each session (taken before its open).
+    leases: HashMap<SessionId, Uuid>,
     /// Batches cancelled since start: their jobs never go back into the queue.
     cancelled: HashSet<Uuid>,
     /// Set once shutdown began: when to stop waiting for running commands.
@@ -125,6 +147,7 @@ impl Driver {
             tx,
             rx,
             live: HashMap::new(),
+            leases: HashMap::new(),
             cancelled: HashSet::new(),
             drain_until: None,
             shutdown_reply: None,
@@ -192,7 +215,32 @@ impl Driver {
             Event::Opened { session, result: Err(e) } => {
                 tracing::warn!(session, class = %e.class, message = %e.message, "session open failed");
                 self.shared.metrics.remote_faults.with_label_values(&[e.class.code()]).inc();
+                self.share_cooldown(session, e.class);
                 self.sched.open_failed(session, e.class, &e.message, e.retry_after, now);
+                self.release_lease(session);
+            }
+            Event::Leased { session, lease } => {
+                self.leases.insert(session, lease);
+            }
+            Event::Refused { session, others_admin, others_tenant } => {
+                self.sched.open_refused(session, others_admin, others_tenant);
+            }
+            Event::Census(counts) => self.sched.census(&counts),
+            Event::Peers(peers) => {
+                self.sched.set_peers(peers.admins, peers.tenants);
+                self.sched.set_demand(peers.demand);
+                for (a, t, cap, left) in peers.cooldowns {
+                    self.sched.shared_cooldown(a, t, cap, now + left);
+                }
+            }
+            Event::Fence(fenced) => {
+                self.sched.set_fenced(fenced);
+                if fenced {
+                    self.force_close_all("fenced");
+                } else {
+                    let (shared, started) = (self.shared.clone(), self.sched.started_jobs());
+                    self.shared.writes.spawn(async move { cluster::settle_after_fence(&shared, &started).await });
+                }
             }
             Event::CommandDone { session, report } => {
                 for job in report.requeue {
@@ -234,6 +282,7 @@ impl Driver {
                     tracing::warn!(session, shell = %live.remote_id, "could not delete a shell; it stays remembered");
                 }
                 self.sched.closed(session, now);
+                self.release_lease(session);
             }
             Event::Snapshot(reply) => {
                 let _ = reply.send(self.sched.snapshot(now));
@@ -257,7 +306,11 @@ impl Driver {
         let (shared, tx) = (self.shared.clone(), self.tx.clone());
         tokio::spawn(async move {
             let (priority, want) = (page.priority.as_str(), page.want as i64);
-            let result = shared.store.page_queued(&tenant, admin.as_deref(), priority, &page.exclude, want).await;
+            let store = &shared.store;
+            let result = match &shared.cluster {
+                Some(c) => store.claim_page(&c.node, &tenant, admin.as_deref(), priority, &page.exclude, want).await,
+                None => store.page_queued(&tenant, admin.as_deref(), priority, &page.exclude, want).await,
+            };
             let _ = tx.send(Event::Paged { page, result });
         });
     }
@@ -293,7 +346,28 @@ impl Driver {
                 let admin_name = dir.admins[admin].name.clone();
                 let (tx, metrics) = (self.tx.clone(), self.shared.metrics.clone());
                 let timeout = Duration::from_secs(profile.config.open_timeout_seconds);
+                let (shared, cluster) = (self.shared.clone(), self.shared.cluster.clone());
                 tokio::spawn(async move {
+                    if let Some(cluster) = cluster {
+                        match cluster::acquire(&shared, &cluster, admin, tenant).await {
+                            // Sent before the open's own event: the driver knows the lease first.
+                            Ok(Slot::Granted(lease)) => {
+                                let _ = tx.send(Event::Leased { session, lease });
+                            }
+                            Ok(Slot::Refused { others_admin, others_tenant }) => {
+                                let _ = tx.send(Event::Refused { session, others_admin, others_tenant });
+                                return;
+                            }
+                            Err(e) => {
+                                let result = Err(RemoteError::new(
+                                    crate::remote::FaultClass::ServiceUnavailable,
+                                    format!("cannot take a session slot in the shared store: {e}"),
+                                ));
+                                let _ = tx.send(Event::Opened { session, result });
+                                return;
+                            }
+                        }
+                    }
                     let started = Instant::now();
                     let result = match tokio::time::timeout(timeout, profile.connector.open(&target)).await {
                         Ok(r) => r,
@@ -383,12 +457,11 @@ impl Driver {
             // The drain deadline passed: close even busy sessions; their commands end with
             // connection errors and stay recorded as running for the next start to settle.
             self.forced = true;
-            let ids = self.sched.session_ids();
-            tracing::warn!(sessions = ids.len(), "drain timeout: closing sessions that are still busy");
-            for id in ids {
-                self.sched.command_finished(id, super::scheduler::AfterCommand::Close, None, Instant::now());
-                self.close(id, "shutdown");
-            }
+            tracing::warn!(
+                sessions = self.sched.session_ids().len(),
+                "drain timeout: closing sessions that are still busy"
+            );
+            self.force_close_all("shutdown");
         }
         if self.sched.has_live_sessions() {
             return false;
@@ -399,11 +472,44 @@ impl Driver {
         true
     }
 
+    /// Closes every session, busy or not (their commands end with connection errors).
+    fn force_close_all(&mut self, reason: &str) {
+        for id in self.sched.session_ids() {
+            if self.live.contains_key(&id) {
+                self.sched.command_finished(id, super::scheduler::AfterCommand::Close, None, Instant::now());
+                self.close(id, reason);
+            }
+        }
+    }
+
     /// The session is gone at the server: stop holding it and stop remembering it.
     fn drop_live(&mut self, session: SessionId) {
         if let Some(live) = self.live.remove(&session) {
             self.shared.forget_shell(live.remote_id);
         }
+        self.release_lease(session);
+    }
+
+    /// Several nodes: the session's slot goes back to the store.
+    fn release_lease(&mut self, session: SessionId) {
+        if let (Some(lease), Some(cluster)) = (self.leases.remove(&session), &self.shared.cluster) {
+            cluster::release(&self.shared, cluster, lease);
+        }
+    }
+
+    /// Several nodes: a quota fault at open lowers the cap on every node, not only here.
+    fn share_cooldown(&self, session: SessionId, class: crate::remote::FaultClass) {
+        use super::failure::{after_open_failure, PoolEffect};
+        let (Some(&lease), Some((a, t))) = (self.leases.get(&session), self.sched.session_owner(session)) else {
+            return;
+        };
+        let dir = &self.shared.directory;
+        let scope = match after_open_failure(class) {
+            PoolEffect::LowerAdminCap => format!("admin:{}", dir.admins[a].name),
+            PoolEffect::LowerTenantCap => format!("tenant:{}", dir.tenants[t].domain),
+            _ => return,
+        };
+        cluster::share_quota_cooldown(&self.shared, scope, lease);
     }
 
     fn admin_of(&self, session: SessionId) -> Option<String> {

@@ -4,6 +4,7 @@
 //! the driver task, which owns the [`scheduler::Scheduler`] and the live remote sessions and
 //! executes the scheduler's decisions.
 
+pub mod cluster;
 pub mod directory;
 mod driver;
 pub mod failure;
@@ -45,6 +46,8 @@ pub struct Shared {
     waiters: Arc<waiters::Waiters>,
     /// Result writes that run after their session moved on; shutdown waits for them.
     pub writes: TaskTracker,
+    /// Several nodes share the store (PostgreSQL): this node's membership.
+    pub cluster: Option<Arc<cluster::Cluster>>,
 }
 
 impl Shared {
@@ -200,24 +203,58 @@ pub struct Broker {
     tx: mpsc::UnboundedSender<Event>,
     accepting: AtomicBool,
     driver: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Several nodes: stops the cluster task (heartbeats) once the driver is done.
+    cluster_stop: Option<tokio::sync::watch::Sender<bool>>,
+    cluster_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Broker {
-    /// Starts the driver and resumes what a previous run left queued or running.
+    /// Starts the driver and resumes what a previous run left queued or running. On a shared
+    /// store (PostgreSQL) the node joins the cluster (see [`cluster`]) with `cluster_config`.
     pub async fn start(
         directory: Arc<Directory>,
         store: Store,
         metrics: Arc<Metrics>,
         tuning: SchedulerConfig,
         node: String,
+        cluster_config: crate::config::ClusterConfig,
     ) -> Result<Broker, StoreError> {
         metrics.init_admins(directory.admins.iter().map(|a| a.name.as_str()));
         let waiters = Arc::default();
-        let shared = Arc::new(Shared { store, metrics, directory, tuning, node, waiters, writes: TaskTracker::new() });
+        let store = store.for_node(&node);
+        let cluster = store.is_shared().then(|| Arc::new(cluster::Cluster::new(node.clone(), cluster_config)));
+        let shared = Arc::new(Shared {
+            store,
+            metrics,
+            directory,
+            tuning,
+            node,
+            waiters,
+            writes: TaskTracker::new(),
+            cluster: cluster.clone(),
+        });
+        if let Some(c) = &cluster {
+            cluster::join(&shared, c).await?;
+        }
         let (tx, rx) = mpsc::unbounded_channel();
         let driver = driver::Driver::new(shared.clone(), tx.clone(), rx);
         let handle = tokio::spawn(driver.run());
-        let broker = Broker { shared, tx, accepting: AtomicBool::new(true), driver: Mutex::new(Some(handle)) };
+        let (cluster_stop, cluster_task) = match &cluster {
+            Some(c) => {
+                let (stop, stopped) = tokio::sync::watch::channel(false);
+                let task = tokio::spawn(cluster::run(shared.clone(), c.clone(), tx.clone(), stopped));
+                (Some(stop), Some(task))
+            }
+            None => (None, None),
+        };
+        let broker = Broker {
+            shared,
+            tx,
+            accepting: AtomicBool::new(true),
+            driver: Mutex::new(Some(handle)),
+            cluster_stop,
+            cluster_task: Mutex::new(cluster_task),
+        };
         broker.recover().await?;
         broker.shared.metrics.ready.set(1);
         Ok(broker)
@@ -311,7 +348,12 @@ impl Broker {
             if record.as_ref().is_none_or(|r| r.status.is_final()) {
                 return Ok(record);
             }
-            if tokio::time::timeout_at(deadline, ended).await.is_err() {
+            // Another node may run it: its end wakes nobody here, so look again now and then.
+            let until = match self.shared.cluster {
+                Some(_) => deadline.min(tokio::time::Instant::now() + cluster::REMOTE_END_POLL),
+                None => deadline,
+            };
+            if tokio::time::timeout_at(until, ended).await.is_err() && until == deadline {
                 return Ok(record);
             }
         }
@@ -405,6 +447,13 @@ impl Broker {
     pub async fn shutdown(&self, drain: Duration) {
         self.accepting.store(false, Ordering::SeqCst);
         self.shared.metrics.ready.set(0);
+        if let Some(c) = &self.shared.cluster {
+            // What this node paged in but has not started goes to the other nodes now.
+            match self.shared.store.unclaim_queued(&c.node).await {
+                Ok(n) => tracing::info!(handed_over = n, "draining: queued work handed to the other nodes"),
+                Err(e) => tracing::warn!(error = %e, "cannot hand queued work to the other nodes; a rescue will"),
+            }
+        }
         let (reply, rx) = oneshot::channel();
         if self.tx.send(Event::Shutdown { drain, reply }).is_ok() {
             let _ = rx.await;
@@ -414,6 +463,15 @@ impl Broker {
         }
         self.shared.writes.close();
         self.shared.writes.wait().await;
+        if let (Some(stop), Some(c)) = (&self.cluster_stop, &self.shared.cluster) {
+            let _ = stop.send(true);
+            if let Some(task) = self.cluster_task.lock().await.take() {
+                let _ = task.await;
+            }
+            if let Err(e) = self.shared.store.leave(&c.node).await {
+                tracing::warn!(error = %e, "cannot leave the cluster; the others will see this node as dead");
+            }
+        }
     }
 
     fn check_accepting(&self) -> Result<(), SubmitError> {
@@ -431,9 +489,29 @@ impl Broker {
         if !secret.is_empty() {
             let _ = self.tx.send(Event::Submit(secret.into_iter().map(|(j, _)| j).collect()));
         }
-        if !stored.is_empty() {
-            let _ = self.tx.send(Event::SubmitStored(stored.into_iter().map(|(j, _)| j).collect()));
+        if stored.is_empty() {
+            return;
         }
+        let (mine, shared): (Vec<_>, Vec<_>) = stored.into_iter().partition(|(j, _)| self.runs_here(j));
+        if !mine.is_empty() {
+            let _ = self.tx.send(Event::SubmitStored(mine.into_iter().map(|(j, _)| j).collect()));
+        }
+        if !shared.is_empty() {
+            // Any node may take them: every node (this one too) counts the queue when woken.
+            let store = self.shared.store.clone();
+            self.shared.writes.spawn(async move {
+                if let Err(e) = store.notify_queued().await {
+                    tracing::debug!(error = %e, "cannot wake the nodes; they look on their next beat");
+                }
+            });
+        }
+    }
+
+    /// Whether a stored job is this node's from the start: always with one node; with several,
+    /// single invocations (the caller waits: no detour through the shared queue) but not batch
+    /// items, which any node may take.
+    fn runs_here(&self, job: &Job) -> bool {
+        self.shared.cluster.is_none() || job.batch.is_none()
     }
 
     /// Records a refused request in the audit. A failure to write is logged, not answered: the
@@ -478,6 +556,8 @@ impl Broker {
             param_names: stored.keys().cloned().collect(),
             params_hash: secrets::values_hash(salt, &stored),
             owner: caller.name.clone(),
+            // Secret values live only in this process; a single invocation runs here at once.
+            node: (redacted || batch.is_none()).then(|| self.shared.node.clone()),
             accepted: Accepted {
                 id: Uuid::now_v7(),
                 batch_id: batch,
@@ -532,6 +612,13 @@ impl Broker {
                     repeated += 1;
                 }
             }
+        }
+        if self.shared.cluster.is_some() {
+            // The queue is shared: the cluster task's census tells the scheduler what to take.
+            if repeated > 0 {
+                tracing::info!(repeated, "resuming invocations this node left running");
+            }
+            return Ok(());
         }
         let mut queued = 0;
         for lane in store.queued_lanes().await? {

@@ -122,6 +122,11 @@ pub enum CloseReason {
     /// The session failed under a command and may be in any state.
     Broken,
     Shutdown,
+    /// This node could not renew its leases: it stops using slots the other nodes may soon
+    /// count as free.
+    Fenced,
+    /// Another node waits for this admin's slot and this node has had its turn with it.
+    Yielded,
 }
 
 impl CloseReason {
@@ -136,6 +141,8 @@ impl CloseReason {
             CloseReason::EasedOff => "eased_off",
             CloseReason::Broken => "broken",
             CloseReason::Shutdown => "shutdown",
+            CloseReason::Fenced => "fenced",
+            CloseReason::Yielded => "yielded",
         }
     }
 }
@@ -219,7 +226,7 @@ struct Session {
     running: Vec<Uuid>,
 }
 
-type LaneKey = (TenantIdx, Option<AdminIdx>);
+pub type LaneKey = (TenantIdx, Option<AdminIdx>);
 
 /// Invocations with identical routing: same tenant, same admin pin.
 #[derive(Debug, Default)]
@@ -365,6 +372,12 @@ pub struct Scheduler {
     queued: [usize; 2],
     next_sweep: Option<Instant>,
     shutting_down: bool,
+    /// Several nodes: the sessions the other nodes hold per admin and per tenant (their share
+    /// of the caps), the admins another node waits for, and whether this node is fenced.
+    admin_peers: Vec<u32>,
+    tenant_peers: Vec<u32>,
+    admin_demand: Vec<bool>,
+    fenced: bool,
     /// Jobs kept in memory per lane and priority when the queue lives in a store; `None`
     /// (the default) keeps every job in memory.
     window: Option<usize>,
@@ -404,6 +417,10 @@ impl Scheduler {
             queued: [0, 0],
             next_sweep: None,
             shutting_down: false,
+            admin_peers: vec![0; na],
+            tenant_peers: vec![0; nt],
+            admin_demand: vec![false; na],
+            fenced: false,
             window: None,
         }
     }
@@ -557,12 +574,16 @@ impl Scheduler {
         match after_open_failure(class) {
             // Believe the service and lower the cap to what we hold now, for a cool-down.
             PoolEffect::LowerAdminCap => {
-                self.admin_lowered[a] =
-                    Some(Lowered { cap: self.admin_open[a], until: now + self.tuning.quota_cooldown });
+                self.admin_lowered[a] = Some(Lowered {
+                    cap: self.admin_open[a] + self.admin_peers[a],
+                    until: now + self.tuning.quota_cooldown,
+                });
             }
             PoolEffect::LowerTenantCap => {
-                self.tenant_lowered[t] =
-                    Some(Lowered { cap: self.tenant_open[t], until: now + self.tuning.quota_cooldown });
+                self.tenant_lowered[t] = Some(Lowered {
+                    cap: self.tenant_open[t] + self.tenant_peers[t],
+                    until: now + self.tuning.quota_cooldown,
+                });
             }
             PoolEffect::BlockTenant => self.tenant_blocked[t] = Some(auth_block),
             PoolEffect::BlockAdmin => self.admin_blocked[a] = Some(auth_block),
@@ -598,7 +619,7 @@ impl Scheduler {
     /// over the lowered cap close at the next plan ([`CloseReason::EasedOff`]).
     fn ease_off(&mut self, a: AdminIdx, retry_after: Option<Duration>, now: Instant) {
         let live = self.live_sessions(a);
-        let cap = live.saturating_sub(1).max(1).min(self.eff_admin_cap(a, now));
+        let cap = live.saturating_sub(1).max(1).min(self.eff_admin_cap(a, now)) + self.admin_peers[a];
         let asked = retry_after.unwrap_or_default().min(MAX_RETRY_AFTER);
         let until = now + self.tuning.quota_cooldown.max(asked);
         let until = self.admin_lowered[a].filter(|l| l.until > now).map_or(until, |l| l.until.max(until));
@@ -663,6 +684,76 @@ impl Scheduler {
         self.shutting_down = true;
     }
 
+    // ----- several nodes ------------------------------------------------------------------
+
+    /// What the other nodes hold now, per admin and per tenant.
+    pub fn set_peers(&mut self, admins: Vec<u32>, tenants: Vec<u32>) {
+        if admins.len() == self.admin_peers.len() && tenants.len() == self.tenant_peers.len() {
+            (self.admin_peers, self.tenant_peers) = (admins, tenants);
+        }
+    }
+
+    /// The admins another node waits for a slot of.
+    pub fn set_demand(&mut self, demand: Vec<bool>) {
+        if demand.len() == self.admin_demand.len() {
+            self.admin_demand = demand;
+        }
+    }
+
+    /// A quota cool-down another node learned: `cap` sessions over all nodes until `until`
+    /// (a lower or longer one in force stays).
+    pub fn shared_cooldown(&mut self, admin: Option<AdminIdx>, tenant: Option<TenantIdx>, cap: u32, until: Instant) {
+        let slot = match (admin, tenant) {
+            (Some(a), _) => &mut self.admin_lowered[a],
+            (None, Some(t)) => &mut self.tenant_lowered[t],
+            (None, None) => return,
+        };
+        *slot = Some(match *slot {
+            Some(l) if l.until > until && l.cap <= cap => l,
+            Some(l) => Lowered { cap: cap.min(l.cap), until: until.max(l.until) },
+            None => Lowered { cap, until },
+        });
+    }
+
+    /// The store refused the slot an open needed: the other nodes hold the rest of the cap.
+    /// The session is dropped without a failure, and the effective caps leave the others
+    /// their share until the next look at the cluster.
+    pub fn open_refused(&mut self, id: SessionId, others_admin: u32, others_tenant: u32) {
+        let Some(s) = self.remove_session(id) else { return };
+        self.admin_peers[s.admin] = self.admin_peers[s.admin].max(others_admin);
+        self.tenant_peers[s.tenant] = self.tenant_peers[s.tenant].max(others_tenant);
+    }
+
+    /// Fenced, this node starts nothing and closes its idle sessions (the driver closes the
+    /// busy ones); unfenced, it goes on.
+    pub fn set_fenced(&mut self, fenced: bool) {
+        self.fenced = fenced;
+    }
+
+    /// What the store holds for this node to take, per lane: each lane's count of work waiting
+    /// only in the store becomes the census less what is in memory (lanes being paged keep
+    /// theirs; the page's answer corrects them).
+    pub fn census(&mut self, counts: &HashMap<(LaneKey, Priority), usize>) {
+        if self.window.is_none() {
+            return;
+        }
+        for &(key, _) in counts.keys() {
+            self.lanes.entry(key).or_default();
+        }
+        for (key, lane) in self.lanes.iter_mut() {
+            for priority in [Priority::Interactive, Priority::Batch] {
+                let slot = priority.slot();
+                if lane.paging[slot] {
+                    continue;
+                }
+                let n = counts.get(&(*key, priority)).copied().unwrap_or(0);
+                let stored = n.saturating_sub(lane.queues[slot].len());
+                self.queued[slot] = self.queued[slot] + stored - lane.stored[slot];
+                lane.stored[slot] = stored;
+            }
+        }
+    }
+
     // ----- planning -----------------------------------------------------------------------
 
     /// Decides what to do now. Call after every batch of events and on a periodic tick.
@@ -675,7 +766,7 @@ impl Scheduler {
         }
         self.fail_unservable(&mut actions);
         self.retire_idle(now, &mut actions);
-        if self.shutting_down {
+        if self.shutting_down || self.fenced {
             return actions;
         }
         self.give_back_idle(now, &mut actions);
@@ -742,6 +833,8 @@ impl Scheduler {
             let rules = &self.topo.rules[s.tenant];
             let reason = if self.shutting_down {
                 Some(CloseReason::Shutdown)
+            } else if self.fenced {
+                Some(CloseReason::Fenced)
             } else if now.saturating_duration_since(s.opened_at) >= s.max_age {
                 Some(CloseReason::MaxAge)
             } else if s.commands >= rules.max_commands {
@@ -793,7 +886,9 @@ impl Scheduler {
     fn give_back_idle(&mut self, now: Instant, actions: &mut Vec<Action>) {
         let linger = self.tuning.idle_linger;
         let is_idle = |s: &Session| s.state == SessionState::Idle;
-        if !self.sessions.values().any(|s| is_idle(s) && now.saturating_duration_since(s.last_used) >= linger) {
+        // An admin another node waits for keeps nothing warm and lingers not at all here.
+        let linger_of = |s: &Session| if self.admin_demand[s.admin] { Duration::ZERO } else { linger };
+        if !self.sessions.values().any(|s| is_idle(s) && now.saturating_duration_since(s.last_used) >= linger_of(s)) {
             return;
         }
         let has_work = self.admins_with_queued_work();
@@ -807,7 +902,9 @@ impl Scheduler {
         idle.sort_by_key(|&(a, used, id)| (a, std::cmp::Reverse(used), id));
         let mut kept = vec![0u32; has_work.len()];
         for (a, used, id) in idle {
-            if kept[a] < self.tuning.warm_sessions_per_admin {
+            let (warm, linger) =
+                if self.admin_demand[a] { (0, Duration::ZERO) } else { (self.tuning.warm_sessions_per_admin, linger) };
+            if kept[a] < warm {
                 kept[a] += 1;
             } else if now.saturating_duration_since(used) >= linger {
                 actions.push(self.begin_close(id, CloseReason::GivenBack, now));
@@ -838,6 +935,10 @@ impl Scheduler {
             let (a, t) = (s.admin, s.tenant);
             if let Some(lane_key) = self.owed_lane(id, now) {
                 actions.push(self.make_room(id, lane_key, CloseReason::Preempted, now));
+                continue;
+            }
+            if self.owed_to_peer(id, now) {
+                actions.push(self.begin_close(id, CloseReason::Yielded, now));
                 continue;
             }
             // Prefer interactive work, then the older head, across the unpinned and pinned lane.
@@ -878,6 +979,16 @@ impl Scheduler {
         }
         self.queued[Priority::Batch.slot()] -= more.len();
         more
+    }
+
+    /// Whether this idle session's slot should go to another node that waits for its admin:
+    /// it has had its fairness quantum, and this node keeps another session of the admin (so
+    /// every node that has work goes on, and the slots are shared out across the nodes).
+    fn owed_to_peer(&self, id: SessionId, now: Instant) -> bool {
+        let s = &self.sessions[&id];
+        self.admin_demand[s.admin]
+            && now.saturating_duration_since(s.opened_at) >= self.tuning.fairness_quantum
+            && self.live_sessions(s.admin) > 1
     }
 
     /// A blocked lane of another tenant that this idle session should make room for.
@@ -1132,18 +1243,22 @@ impl Scheduler {
         self.lanes.range((t, None)..=(t, Some(usize::MAX)))
     }
 
+    /// The admin's cap (lowered during a cool-down; a lowered cap counts every node's
+    /// sessions), less what the other nodes hold.
     fn eff_admin_cap(&self, a: AdminIdx, now: Instant) -> u32 {
-        match self.admin_lowered[a] {
+        let cap = match self.admin_lowered[a] {
             Some(l) if l.until > now => l.cap.min(self.topo.admin_caps[a]),
             _ => self.topo.admin_caps[a],
-        }
+        };
+        cap.saturating_sub(self.admin_peers[a])
     }
 
     fn eff_tenant_cap(&self, t: TenantIdx, now: Instant) -> u32 {
-        match self.tenant_lowered[t] {
+        let cap = match self.tenant_lowered[t] {
             Some(l) if l.until > now => l.cap.min(self.topo.tenant_caps[t]),
             _ => self.topo.tenant_caps[t],
-        }
+        };
+        cap.saturating_sub(self.tenant_peers[t])
     }
 
     fn expire_cooldowns(&mut self, now: Instant) {

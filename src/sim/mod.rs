@@ -171,6 +171,9 @@ pub struct SimStats {
     pub requests: u64,
     /// Shell creations that passed the service's own checks (credentials, permission, policy).
     pub creates: u64,
+    /// Creations refused because the account or the tenant held its cap of shells (not the
+    /// injected refusals): a client that respects the caps never sees one.
+    pub quota_refusals: u64,
 }
 
 /// One live shell, as [`Simulator::list_shells`] shows it.
@@ -308,6 +311,7 @@ struct State {
     shells: HashMap<String, Shell>,
     max_by_user: BTreeMap<String, u32>,
     max_by_tenant: BTreeMap<String, u32>,
+    quota_refusals: u64,
     executions: HashMap<Uuid, u32>,
     /// The parameters of the latest commands as the service received them, by pipeline id.
     received: VecDeque<Received>,
@@ -476,6 +480,7 @@ impl Simulator {
             shells: HashMap::new(),
             max_by_user: BTreeMap::new(),
             max_by_tenant: BTreeMap::new(),
+            quota_refusals: 0,
             executions: HashMap::new(),
             received: VecDeque::new(),
             tenant_ids,
@@ -632,6 +637,7 @@ impl Simulator {
             pipeline_faults: injector.by_pipeline(),
             requests: injector.seen().0,
             creates: injector.seen().1,
+            quota_refusals: st.quota_refusals,
         }
     }
 
@@ -847,10 +853,12 @@ impl Simulator {
         }
         let by_user = st.shells.values().filter(|s| s.owner_key == upn_key).count() as u32;
         if by_user >= st.user_cap {
+            st.quota_refusals += 1;
             return Err(SimFault::service(500, Some(WSMAN_QUOTA_LIMIT), text_shell_quota("user")));
         }
         let by_tenant = st.shells.values().filter(|s| s.tenant_key == tenant_key).count() as u32;
         if by_tenant >= st.tenant_cap {
+            st.quota_refusals += 1;
             return Err(SimFault::service(500, None, text_shell_quota("tenant")));
         }
         let domain = st.tenants[&tenant_key].domain.clone();

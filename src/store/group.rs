@@ -42,7 +42,7 @@ const MAX_GROUP: usize = 256;
 /// One write of the invocation path, with its values already rendered.
 pub(super) enum Op {
     Insert(Box<NewInvocation>),
-    Claim { id: Uuid, attempt: i64, at: i64, session: String, admin: String },
+    Claim { id: Uuid, attempt: i64, at: i64, session: String, admin: String, node: Option<String> },
     Finish(Box<Finish>),
     Audit(Box<AuditEntry>),
 }
@@ -228,15 +228,16 @@ async fn apply(conn: &mut Conn<'_>, ops: &[Op]) -> Result<Vec<Answer>, StoreErro
         let won = on!(conn, c => {
         let mut qb = QueryBuilder::new(
             "UPDATE invocations SET status = 'running', attempts = v.column2, started_at = v.column3, \
-             session_id = v.column4, admin_used = v.column5 FROM (",
+             session_id = v.column4, admin_used = v.column5, node = v.column6 FROM (",
         );
         values(&mut qb, &claims.candidates, |b, op| {
-            if let Op::Claim { id, attempt, at, session, admin } = op {
+            if let Op::Claim { id, attempt, at, session, admin, node } = op {
                 b.push_bind(id.to_string())
                     .push_bind(*attempt)
                     .push_bind(*at)
                     .push_bind(session.clone())
-                    .push_bind(admin.clone());
+                    .push_bind(admin.clone())
+                    .push_bind(node.clone());
             }
         });
         qb.push(") AS v WHERE invocations.id = v.column1 AND invocations.status = 'queued' RETURNING id");
@@ -374,6 +375,7 @@ impl Store {
             at: now_ms(),
             session: session.to_string(),
             admin: admin.to_string(),
+            node: self.node.as_deref().map(str::to_string),
         };
         self.group.write(claim).await.map(Done::changed)
     }

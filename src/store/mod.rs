@@ -6,6 +6,7 @@
 //! refresh tokens ([`identity`]) and the operators' read-only views ([`views`]).
 
 mod audit;
+pub mod cluster;
 mod db;
 mod group;
 mod identity;
@@ -47,6 +48,8 @@ pub enum StoreError {
     WriterStopped,
     #[error("unsupported store URL '{0}': use sqlite://PATH, sqlite::memory: or postgres://...")]
     UnsupportedUrl(String),
+    #[error("several nodes share a store only on PostgreSQL")]
+    NeedsPostgres,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,6 +116,9 @@ pub struct NewInvocation {
     /// Parameter names and the salted hash of their (redacted) values, for the audit.
     pub param_names: Vec<String>,
     pub params_hash: String,
+    /// The node it belongs to from the start (it holds secrets only that node has, or that
+    /// node runs it at once); `None`: any node of the cluster may take it.
+    pub node: Option<String>,
 }
 
 /// A stored invocation and how far it got.
@@ -235,6 +241,8 @@ pub struct Store {
     reads: Pool,
     /// Random per database; salts the hashes of parameter values (audit, idempotency).
     salt: Arc<str>,
+    /// The node whose claims this handle records (`open_shells`, `invocations.node`).
+    node: Option<Arc<str>>,
 }
 
 /// Whether a store URL names PostgreSQL (anything else is SQLite's).
@@ -257,7 +265,18 @@ impl Store {
         };
         let salt = audit::load_salt(&writer).await?;
         let group = group::GroupWriter::spawn(writer.clone());
-        Ok(Store { writer, group, reads, salt })
+        Ok(Store { writer, group, reads, salt, node: None })
+    }
+
+    /// This handle, recording `node` as the runner of what it claims.
+    pub fn for_node(mut self, node: &str) -> Store {
+        self.node = Some(node.into());
+        self
+    }
+
+    /// Whether several nodes may share this store (PostgreSQL).
+    pub fn is_shared(&self) -> bool {
+        self.writer.is_postgres()
     }
 
     /// Which backend this is, for logs and benchmarks.
@@ -356,6 +375,7 @@ pub(crate) mod tests {
             owner: "tester".into(),
             param_names: vec!["ResultSize".into()],
             params_hash: "h".into(),
+            node: None,
         }
     }
 

@@ -193,24 +193,28 @@ impl Store {
         })
     }
 
-    /// Queued invocations whose secret values were redacted (they cannot run after a restart).
+    /// Queued invocations whose secret values were redacted (they cannot run after a restart):
+    /// of this node, when several share the store.
     pub async fn queued_redacted(&self) -> Result<Vec<InvocationRecord>, StoreError> {
-        on!(&self.writer, pool => {
-            let rows = sqlx::query(&format!(
-                "SELECT {COLUMNS} FROM invocations WHERE status = 'queued' AND redacted ORDER BY id"
-            ))
-            .fetch_all(pool)
-            .await?;
-            rows.iter().map(record).collect()
-        })
+        self.left_by_this_node("status = 'queued' AND redacted").await
     }
 
-    /// Invocations that were running when the daemon last stopped.
+    /// Invocations that were running when the daemon (this node, when several share the
+    /// store; the others' are theirs, or a rescuer's) last stopped.
     pub async fn running(&self) -> Result<Vec<InvocationRecord>, StoreError> {
+        self.left_by_this_node("status = 'running'").await
+    }
+
+    async fn left_by_this_node(&self, condition: &str) -> Result<Vec<InvocationRecord>, StoreError> {
+        let node = self.node.as_deref().filter(|_| self.is_shared());
+        let mine = if node.is_some() { " AND (node = $1 OR node IS NULL)" } else { "" };
         on!(&self.writer, pool => {
-            let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM invocations WHERE status = 'running' ORDER BY id"))
-                .fetch_all(pool)
-                .await?;
+            let sql = format!("SELECT {COLUMNS} FROM invocations WHERE {condition}{mine} ORDER BY id");
+            let mut query = sqlx::query(&sql);
+            if let Some(node) = node {
+                query = query.bind(node);
+            }
+            let rows = query.fetch_all(pool).await?;
             rows.iter().map(record).collect()
         })
     }
@@ -288,7 +292,7 @@ pub(super) async fn insert_rows<'a>(
     on!(conn, c => {
         let mut qb = QueryBuilder::new(
             "INSERT INTO invocations (id, batch_id, seq, idempotency_key, request_hash, tenant, admin, cmdlet, parameters, \
-             priority, idempotent, status, attempts, created_at, deadline_at, owner, param_names, params_hash, redacted) ",
+             priority, idempotent, status, attempts, created_at, deadline_at, owner, param_names, params_hash, redacted, node) ",
         );
         qb.push_values(items, |mut b, new| {
             let s = &new.accepted;
@@ -310,7 +314,8 @@ pub(super) async fn insert_rows<'a>(
                 .push_bind(new.owner.clone())
                 .push_bind(Json::from(new.param_names.clone()).to_string())
                 .push_bind(new.params_hash.clone())
-                .push_bind(s.redacted);
+                .push_bind(s.redacted)
+                .push_bind(new.node.clone());
         });
         qb.push(" ON CONFLICT DO NOTHING RETURNING id");
         let rows = qb.build().fetch_all(&mut **c).await?;
