@@ -228,11 +228,15 @@ pub struct ClusterConfig {
     /// A node silent this long is dead: another node deletes its shells and rescues its work.
     /// Shorter than the lease, so its slots stay counted until its shells are gone.
     pub dead_after_seconds: u64,
+    /// The database's own address for LISTEN, when `store.url` goes through a pooler in
+    /// transaction mode (PgBouncer), which cannot carry it. Default: `store.url`. Without
+    /// working notifications the nodes still see new work and freed slots on every beat.
+    pub listen_url: Option<String>,
 }
 
 impl Default for ClusterConfig {
     fn default() -> Self {
-        Self { heartbeat_ms: 2_000, lease_ttl_seconds: 15, dead_after_seconds: 10 }
+        Self { heartbeat_ms: 2_000, lease_ttl_seconds: 15, dead_after_seconds: 10, listen_url: None }
     }
 }
 

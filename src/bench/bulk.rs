@@ -240,8 +240,13 @@ pub(super) async fn post(client: &reqwest::Client, url: String, body: Json) -> a
 
 /// Polls the batch `id` until it is done; answers its final counts.
 pub(super) async fn batch_done(client: &reqwest::Client, app: &Running, id: &str) -> anyhow::Result<Json> {
+    batch_done_at(client, &app.url(""), id).await
+}
+
+/// [`batch_done`] on the daemon at `base` (`http://host:port`).
+pub(super) async fn batch_done_at(client: &reqwest::Client, base: &str, id: &str) -> anyhow::Result<Json> {
     loop {
-        let counts: Json = client.get(app.url(&format!("/v1/batches/{id}"))).send().await?.json().await?;
+        let counts: Json = client.get(format!("{base}/v1/batches/{id}")).send().await?.json().await?;
         if counts["done"] == true {
             return Ok(counts);
         }

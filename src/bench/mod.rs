@@ -4,6 +4,7 @@ pub mod api;
 pub mod bulk;
 pub mod chaos;
 pub mod codec;
+pub mod nodes;
 pub mod scale;
 pub mod transports;
 

@@ -27,13 +27,15 @@ pub struct ScaleArgs {
     /// (default postgres://postgres@127.0.0.1:5432/test), dropped afterwards.
     #[arg(long, default_value = "both")]
     pub backend: String,
+    #[command(flatten)]
+    pub nodes: super::nodes::NodesArgs,
 }
 
 /// A directory removed when dropped.
-struct TempDir(std::path::PathBuf);
+pub(super) struct TempDir(pub(super) std::path::PathBuf);
 
 impl TempDir {
-    fn path(&self) -> &Path {
+    pub(super) fn path(&self) -> &Path {
         &self.0
     }
 }
@@ -44,9 +46,9 @@ impl Drop for TempDir {
     }
 }
 
-struct Daemon {
-    child: Child,
-    url: String,
+pub(super) struct Daemon {
+    pub(super) child: Child,
+    pub(super) url: String,
 }
 
 impl Drop for Daemon {
@@ -57,7 +59,7 @@ impl Drop for Daemon {
 }
 
 /// Starts `psbroker serve` and waits for the line that says where it listens.
-fn spawn(config: &Path) -> anyhow::Result<(Daemon, Duration)> {
+pub(super) fn spawn(config: &Path) -> anyhow::Result<(Daemon, Duration)> {
     let started = Instant::now();
     let mut child = Command::new(std::env::current_exe()?)
         .args(["serve", "--config"])
@@ -213,6 +215,9 @@ pub async fn run(args: ScaleArgs) -> anyhow::Result<()> {
     );
     for backend in backends {
         one(backend, &args).await?;
+    }
+    if backends.contains(&"postgres") {
+        super::nodes::run(&args.nodes).await?;
     }
     Ok(())
 }

@@ -140,7 +140,8 @@ pub async fn run(
     let mut next_beat = tokio::time::Instant::now();
     loop {
         if wakeups.is_none() {
-            wakeups = tokio::time::timeout(beat_every, shared.store.wakeups()).await.ok().and_then(Result::ok);
+            let listen = shared.store.wakeups(cluster.config.listen_url.as_deref());
+            wakeups = tokio::time::timeout(beat_every, listen).await.ok().and_then(Result::ok);
         }
         tokio::select! {
             _ = tokio::time::sleep_until(next_beat) => {
@@ -150,9 +151,10 @@ pub async fn run(
                 rescue(&shared, &cluster).await;
             }
             woken = next_wakeup(&mut wakeups) => match woken {
-                Ok(Some(what)) => look(&shared, &cluster, &tx, what == "queued", what == "lease").await,
-                // Notifications may have been missed while the listener reconnected.
-                Ok(None) => look(&shared, &cluster, &tx, true, true).await,
+                Ok(first) => {
+                    let (queue, peers) = coalesce(&mut wakeups, first).await;
+                    look(&shared, &cluster, &tx, queue, peers).await;
+                }
                 Err(e) => {
                     tracing::debug!(error = %e, "lost the notification listener; polling until it is back");
                     wakeups = None;
@@ -162,6 +164,27 @@ pub async fn run(
         }
     }
 }
+
+/// Notifications come in bursts (a session closing per command on a busy node): what arrives
+/// within [`COALESCE`] of the first is answered by one look. Returns whether to count the
+/// queue and whether to read the peers. `None` (the listener reconnected, notifications may
+/// have been missed) asks for both.
+async fn coalesce(wakeups: &mut Option<Wakeups>, first: Option<String>) -> (bool, bool) {
+    let mut want = (false, false);
+    let mut note = |what: Option<String>| match what.as_deref() {
+        Some("queued") => want.0 = true,
+        Some("lease") => want.1 = true,
+        _ => want = (true, true),
+    };
+    note(first);
+    let until = tokio::time::Instant::now() + COALESCE;
+    while let Ok(Ok(more)) = tokio::time::timeout_at(until, next_wakeup(wakeups)).await {
+        note(more);
+    }
+    want
+}
+
+const COALESCE: Duration = Duration::from_millis(50);
 
 async fn next_wakeup(wakeups: &mut Option<Wakeups>) -> Result<Option<String>, StoreError> {
     match wakeups {

@@ -449,8 +449,13 @@ async fn notify(tx: &mut sqlx::PgConnection, what: &str) -> Result<(), StoreErro
 pub struct Wakeups(sqlx::postgres::PgListener);
 
 impl Store {
-    pub async fn wakeups(&self) -> Result<Wakeups, StoreError> {
-        let mut listener = sqlx::postgres::PgListener::connect_with(self.postgres()?).await?;
+    /// Listens on the store's own connection, or on `direct_url` (a pooler in transaction
+    /// mode, such as PgBouncer, cannot carry LISTEN: give the database's own address there).
+    pub async fn wakeups(&self, direct_url: Option<&str>) -> Result<Wakeups, StoreError> {
+        let mut listener = match direct_url {
+            Some(url) => sqlx::postgres::PgListener::connect(url).await?,
+            None => sqlx::postgres::PgListener::connect_with(self.postgres()?).await?,
+        };
         listener.listen(&self.notify_channel().await?).await?;
         Ok(Wakeups(listener))
     }

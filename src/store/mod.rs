@@ -254,7 +254,11 @@ impl Store {
     /// Opens (creating if needed) the database and applies migrations.
     pub async fn connect(url: &str) -> Result<Store, StoreError> {
         let (writer, reads) = if is_postgres_url(url) {
-            let pool = PgPoolOptions::new().max_connections(POSTGRES_CONNECTIONS).connect(url).await?;
+            // A node that hangs inside a transaction must not keep the scope locks of the
+            // cluster's admission (store::cluster) for longer than this.
+            let options = sqlx::postgres::PgConnectOptions::from_str(url)?
+                .options([("idle_in_transaction_session_timeout", "10s")]);
+            let pool = PgPoolOptions::new().max_connections(POSTGRES_CONNECTIONS).connect_with(options).await?;
             sqlx::migrate!("./migrations/postgres").run(&pool).await?;
             (Backend::Postgres(pool.clone()), Backend::Postgres(pool))
         } else if url.starts_with("sqlite:") {
