@@ -659,6 +659,21 @@ fn compose_file_validates_and_agrees_with_the_code() {
         "the token is in the nodes' store"
     );
     assert_eq!(prometheus.depends_on(maker.name), Some("service_completed_successfully"));
+    // And Prometheus itself accepts the file, with the container's paths pointing at what is
+    // mounted there (the token: any file, as the volume would hold).
+    let promtool = common::tools::require("promtool", "PSBROKER_PROMTOOL", "prometheus");
+    let scratch = tempfile::tempdir().unwrap();
+    let token = scratch.path().join("token");
+    std::fs::write(&token, "psb_placeholder\n").unwrap();
+    let mut text = std::fs::read_to_string(deploy.join("compose/prometheus.yml")).unwrap();
+    for rule in prom["rule_files"].as_array().unwrap() {
+        let rule = rule.as_str().unwrap();
+        text = text.replace(rule, prometheus.host_file(rule).to_str().unwrap());
+    }
+    text = text.replace(credentials, token.to_str().unwrap());
+    let checked = scratch.path().join("prometheus.yml");
+    std::fs::write(&checked, text).unwrap();
+    common::tools::run_ok(Command::new(promtool).args(["check", "config"]).arg(&checked), "promtool check config");
 
     // Grafana: the Prometheus service as data source, the dashboard provisioned from the repository.
     let grafana = services
