@@ -247,6 +247,7 @@ const ALERT_EXPECTATIONS: &[(&str, Expect)] = &[
     ("PsbrokerFailureRateHigh", Expect::Data),
     ("PsbrokerNotReady", Expect::Empty("the daemon is ready")),
     ("PsbrokerTargetDown", Expect::Data),
+    ("PsbrokerNodeFenced", Expect::Empty("one node on SQLite: never fenced")),
     ("PsbrokerMetricsAbsent", Expect::Empty("the daemon exports its metrics")),
 ];
 
