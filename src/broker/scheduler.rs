@@ -947,6 +947,10 @@ impl Scheduler {
             }
             if self.owed_to_peer(id, now) {
                 actions.push(self.begin_close(id, CloseReason::Yielded, now));
+                // The slot is the waiting node's: counted as its until the next look at the
+                // cluster says who holds it, so that this node does not open it again at once.
+                self.admin_peers[a] += 1;
+                self.tenant_peers[t] += 1;
                 continue;
             }
             // Prefer interactive work, then the older head, across the unpinned and pinned lane.
