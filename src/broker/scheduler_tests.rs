@@ -1166,3 +1166,33 @@ fn a_shared_cooldown_after_an_ended_one_is_taken_as_it_is() {
     h.sched.shared_cooldown(Some(0), None, 2, later + Duration::from_secs(5), later);
     assert_eq!(h.sched.snapshot(later).admins[0].effective_cap, 2);
 }
+
+/// Several nodes: a node learns of the shared queue's work only from the census taken on each
+/// beat (nothing is submitted to it); pages bring the work in and every job runs once.
+#[test]
+fn work_known_only_from_the_census_is_paged_in_and_runs_once() {
+    let mut h = Harness::paged(topology(&[3, 3], 4, 20, |_, _| true), 4);
+    let jobs: Vec<Job> = (0..200).map(|i| h.job(i % 4, Priority::Batch)).collect();
+    h.store = Some(jobs.clone());
+    let census = |h: &Harness| {
+        let mut counts: HashMap<(LaneKey, Priority), usize> = HashMap::new();
+        for j in h.store.as_ref().unwrap() {
+            *counts.entry(((j.tenant, j.admin), j.priority)).or_default() += 1;
+        }
+        counts
+    };
+    for _ in 0..100 {
+        let counts = census(&h);
+        h.sched.census(&counts);
+        h.sched.check_invariants().unwrap();
+        h.run_for(200 * MS);
+        if h.executed.len() == jobs.len() && h.sched.queued() == 0 {
+            break;
+        }
+    }
+    assert!(jobs.iter().all(|j| h.executed.get(&j.id) == Some(&1)), "every job ran once");
+    assert_eq!(h.sched.queued(), 0);
+    assert!(h.pages > 0 && h.failed.is_empty());
+    // 200 × 20 ms over 6 sessions is under a second; a census every 200 ms keeps them fed.
+    assert!(h.elapsed() < Duration::from_secs(3), "took {:?}", h.elapsed());
+}

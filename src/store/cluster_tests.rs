@@ -508,7 +508,7 @@ async fn sqlite_is_one_node_and_says_so() {
 }
 
 #[tokio::test]
-async fn a_release_and_a_leave_wake_the_listeners() {
+async fn releases_and_stored_work_wake_the_listeners_of_this_schema() {
     let (store, _schema) = pg().await;
     let mut wakeups = store.wakeups().await.unwrap();
     let (lease, _) = take(&store, "n1", "alice", "t1", (9, 9)).await;
