@@ -230,7 +230,7 @@ impl Driver {
                 self.sched.set_peers(peers.admins, peers.tenants);
                 self.sched.set_demand(peers.demand);
                 for (a, t, cap, left) in peers.cooldowns {
-                    self.sched.shared_cooldown(a, t, cap, now + left);
+                    self.sched.shared_cooldown(a, t, cap, now + left, now);
                 }
             }
             Event::Fence(fenced) => {

@@ -701,14 +701,22 @@ impl Scheduler {
     }
 
     /// A quota cool-down another node learned: `cap` sessions over all nodes until `until`
-    /// (a lower or longer one in force stays).
-    pub fn shared_cooldown(&mut self, admin: Option<AdminIdx>, tenant: Option<TenantIdx>, cap: u32, until: Instant) {
+    /// (a lower or longer one in force at `now` stays; one that ended, not yet cleared by a
+    /// plan, lowers nothing).
+    pub fn shared_cooldown(
+        &mut self,
+        admin: Option<AdminIdx>,
+        tenant: Option<TenantIdx>,
+        cap: u32,
+        until: Instant,
+        now: Instant,
+    ) {
         let slot = match (admin, tenant) {
             (Some(a), _) => &mut self.admin_lowered[a],
             (None, Some(t)) => &mut self.tenant_lowered[t],
             (None, None) => return,
         };
-        *slot = Some(match *slot {
+        *slot = Some(match slot.filter(|l| l.until > now) {
             Some(l) if l.until > until && l.cap <= cap => l,
             Some(l) => Lowered { cap: cap.min(l.cap), until: until.max(l.until) },
             None => Lowered { cap, until },
@@ -939,6 +947,10 @@ impl Scheduler {
             }
             if self.owed_to_peer(id, now) {
                 actions.push(self.begin_close(id, CloseReason::Yielded, now));
+                // The slot is the waiting node's: counted as its until the next look at the
+                // cluster says who holds it, so that this node does not open it again at once.
+                self.admin_peers[a] += 1;
+                self.tenant_peers[t] += 1;
                 continue;
             }
             // Prefer interactive work, then the older head, across the unpinned and pinned lane.

@@ -46,6 +46,15 @@ struct Harness {
     failed: HashMap<Uuid, Failure>,
     opens: u32,
     closes: Vec<CloseReason>,
+    /// With a window: the queued jobs the (fake) store holds, in its order, that answer pages.
+    store: Option<Vec<Job>>,
+    pages: u32,
+    /// Commands started, and the most sessions each admin and tenant held at once.
+    runs: u32,
+    most_admin: Vec<u32>,
+    most_tenant: Vec<u32>,
+    /// Checks that every session yielded to another node had its fairness quantum.
+    check_yields: bool,
 }
 
 fn rules(max_age: Duration, max_commands: u32) -> SessionRules {
@@ -81,7 +90,7 @@ fn tuning() -> Tuning {
 impl Harness {
     fn new(topo: Topology) -> Self {
         let start = Instant::now();
-        let admins = topo.admin_caps.len();
+        let (admins, tenants) = (topo.admin_caps.len(), topo.tenant_caps.len());
         Harness {
             sched: Scheduler::new(topo, tuning()),
             h: Harness0 { now: start, start, remote_by_admin: vec![0; admins] },
@@ -101,7 +110,42 @@ impl Harness {
             failed: HashMap::new(),
             opens: 0,
             closes: Vec::new(),
+            store: None,
+            pages: 0,
+            runs: 0,
+            most_admin: vec![0; admins],
+            most_tenant: vec![0; tenants],
+            check_yields: false,
         }
+    }
+
+    /// A scheduler that keeps `window` jobs per lane in memory, the rest in a fake store that
+    /// answers its pages the way `claim_page` does (oldest first, but the excluded ids).
+    fn paged(topo: Topology, window: usize) -> Self {
+        let mut h = Harness::new(topo);
+        h.sched = Scheduler::new(h.sched.topo.clone(), tuning()).with_window(window);
+        h.store = Some(Vec::new());
+        h
+    }
+
+    /// Answers the pages the scheduler asks for; returns how many.
+    fn answer_pages(&mut self) -> usize {
+        let Some(store) = &self.store else { return 0 };
+        let pages = self.sched.refills();
+        for page in &pages {
+            let rows: Vec<Job> = store
+                .iter()
+                .filter(|j| (j.tenant, j.admin, j.priority) == (page.tenant, page.admin, page.priority))
+                .filter(|j| !page.exclude.contains(&j.id))
+                .take(page.want)
+                .cloned()
+                .collect();
+            let taken = rows.len();
+            self.sched.refilled(page, rows, 0, taken);
+            self.pages += 1;
+        }
+        self.sched.check_invariants().unwrap();
+        pages.len()
     }
 
     fn job(&self, tenant: TenantIdx, priority: Priority) -> Job {
@@ -123,7 +167,13 @@ impl Harness {
     fn submit(&mut self, tenant: TenantIdx, priority: Priority) -> Uuid {
         let job = self.job(tenant, priority);
         let id = job.id;
-        self.sched.submit(job);
+        match &mut self.store {
+            Some(store) => {
+                store.push(job.clone());
+                self.sched.submit_stored(job);
+            }
+            None => self.sched.submit(job),
+        }
         id
     }
 
@@ -150,10 +200,20 @@ impl Harness {
                 }
                 Action::Run { session, job, more } => {
                     assert!(more.is_empty(), "no tenant here sends work together");
+                    if let Some(store) = &mut self.store {
+                        // Running, it is no longer queued in the store.
+                        store.retain(|j| j.id != job.id);
+                    }
+                    self.runs += 1;
                     self.started_at.entry(job.id).or_insert(self.h.now);
                     self.after(self.cmd_cost, Ev::CmdDone(session, job));
                 }
                 Action::Close { session, reason } => {
+                    if reason == CloseReason::Yielded && self.check_yields {
+                        let s = &self.sched.sessions[&session];
+                        let quantum = self.sched.tuning.fairness_quantum;
+                        assert!(self.h.now - s.opened_at >= quantum, "yielded before its quantum");
+                    }
                     self.closes.push(reason);
                     self.after(self.close_cost, Ev::Closed(session));
                 }
@@ -163,6 +223,9 @@ impl Harness {
             }
         }
         self.sched.check_invariants().unwrap();
+        let most = |most: &mut Vec<u32>, now: &Vec<u32>| most.iter_mut().zip(now).for_each(|(m, &n)| *m = (*m).max(n));
+        most(&mut self.most_admin, &self.sched.admin_open);
+        most(&mut self.most_tenant, &self.sched.tenant_open);
     }
 
     fn deliver(&mut self, ev: Ev) {
@@ -198,6 +261,10 @@ impl Harness {
         loop {
             let actions = self.sched.plan(self.h.now);
             self.apply(actions);
+            if self.answer_pages() > 0 {
+                // The driver plans again as soon as a page is in.
+                continue;
+            }
             let next = self.queue.peek().map(|Reverse((t, _))| *t);
             match next {
                 Some(t) if t <= end => {
@@ -234,9 +301,8 @@ fn lower_bound(h: &Harness, tenants: usize, per_tenant: usize, slots: u32, tenan
     (work * tenants as u32 / slots).max(h.open_cost + h.cmd_cost * per_tenant as u32 / tenant_cap.min(slots))
 }
 
-#[test]
-fn bulk_batch_meets_the_lower_bound_and_never_exceeds_caps() {
-    let mut h = Harness::new(topology(&[3, 3, 3], 60, 20, |_, _| true));
+fn bulk_batch_meets_the_lower_bound_and_never_exceeds_caps_on(mk: fn(Topology) -> Harness) -> Harness {
+    let mut h = mk(topology(&[3, 3, 3], 60, 20, |_, _| true));
     let makespan = run_bulk(&mut h, 60, 20);
     // 60 · 600 ms / 9 = 4000 ms.
     let lb = lower_bound(&h, 60, 20, 9, 20);
@@ -244,13 +310,13 @@ fn bulk_batch_meets_the_lower_bound_and_never_exceeds_caps() {
     eprintln!("makespan {makespan:?} is {ratio:.3} × LB {lb:?}, opens {}", h.opens);
     assert!(ratio <= 1.10, "makespan {makespan:?} is {ratio:.3} × LB {lb:?}");
     assert!(h.opens <= 66, "opened {} sessions for 60 tenants", h.opens);
+    h
 }
 
 /// Exchange Online-like latencies: 20 tenants × 20 cmdlets on 9 slots leave two tenants for the
 /// last wave. Their work must spread over the slots that finished tenants leave idle.
-#[test]
-fn the_tail_of_a_bulk_job_spreads_over_every_free_slot() {
-    let mut h = Harness::new(topology(&[3, 3, 3], 20, 20, |_, _| true));
+fn the_tail_of_a_bulk_job_spreads_over_every_free_slot_on(mk: fn(Topology) -> Harness) -> Harness {
+    let mut h = mk(topology(&[3, 3, 3], 20, 20, |_, _| true));
     (h.open_cost, h.cmd_cost, h.close_cost) = (3000 * MS, 300 * MS, 100 * MS);
     // The default quantum: a whole tenant (9 s) is well within it.
     h.sched.tuning.fairness_quantum = Duration::from_secs(30);
@@ -264,13 +330,18 @@ fn the_tail_of_a_bulk_job_spreads_over_every_free_slot() {
     assert!(careful.as_secs_f64() / makespan.as_secs_f64() >= 1.15, "makespan {makespan:?} vs careful {careful:?}");
     assert!(ratio <= 1.15, "makespan {makespan:?} is {ratio:.3} × LB {lb:?}");
     assert_eq!(h.closes.iter().filter(|&&r| r == CloseReason::Evicted).count() as u32, h.opens - 9);
+    h
 }
 
 /// Nine tenants leave one idle session each on every slot; then one tenant brings a backlog.
 fn nine_idle_sessions_then_one_backlog(tenant_cap: u32, backlog: usize) -> Harness {
+    nine_idle_sessions_then_one_backlog_on(Harness::new, tenant_cap, backlog)
+}
+
+fn nine_idle_sessions_then_one_backlog_on(mk: fn(Topology) -> Harness, tenant_cap: u32, backlog: usize) -> Harness {
     let mut topo = topology(&[3, 3, 3], 10, 20, |_, _| true);
     topo.tenant_caps[9] = tenant_cap;
-    let mut h = Harness::new(topo);
+    let mut h = mk(topo);
     run_bulk(&mut h, 9, 1);
     assert_eq!(h.sched.snapshot(h.h.now).sessions.len(), 9);
     // What a few minutes of traffic would have taught it.
@@ -283,7 +354,17 @@ fn nine_idle_sessions_then_one_backlog(tenant_cap: u32, backlog: usize) -> Harne
 
 #[test]
 fn idle_sessions_of_finished_tenants_become_more_sessions_up_to_the_tenant_cap() {
-    let mut h = nine_idle_sessions_then_one_backlog(4, 400);
+    idle_sessions_of_finished_tenants_become_more_sessions_on(Harness::new);
+}
+
+#[test]
+fn idle_sessions_of_finished_tenants_become_more_sessions_with_a_window() {
+    let h = idle_sessions_of_finished_tenants_become_more_sessions_on(windowed);
+    assert!(h.pages > 0, "the work was paged in");
+}
+
+fn idle_sessions_of_finished_tenants_become_more_sessions_on(mk: fn(Topology) -> Harness) -> Harness {
+    let mut h = nine_idle_sessions_then_one_backlog_on(mk, 4, 400);
     let mut most = 0;
     while h.sched.queued() > 0 {
         h.run_for(50 * MS);
@@ -294,6 +375,7 @@ fn idle_sessions_of_finished_tenants_become_more_sessions_up_to_the_tenant_cap()
     assert_eq!(h.closes.iter().filter(|&&r| r == CloseReason::Evicted).count(), 4);
     // 400 × 20 ms over 4 sessions, after one close and one open.
     assert!(h.elapsed() < Duration::from_millis(2_000 + 210 + 300), "took {:?}", h.elapsed());
+    h
 }
 
 #[test]
@@ -306,9 +388,8 @@ fn a_short_backlog_keeps_one_session_and_leaves_the_others_warm() {
     assert_eq!(h.closes, vec![CloseReason::Evicted]);
 }
 
-#[test]
-fn idle_sessions_beyond_the_warm_reserve_are_given_back_after_the_linger() {
-    let mut h = Harness::new(topology(&[3, 3, 3], 9, 20, |_, _| true));
+fn idle_sessions_beyond_the_warm_reserve_are_given_back_after_the_linger_on(mk: fn(Topology) -> Harness) -> Harness {
+    let mut h = mk(topology(&[3, 3, 3], 9, 20, |_, _| true));
     run_bulk(&mut h, 9, 20);
     let open = |h: &Harness| h.sched.snapshot(h.h.now).admins.iter().map(|a| a.open).collect::<Vec<_>>();
     assert_eq!(open(&h), [3, 3, 3]);
@@ -332,6 +413,7 @@ fn idle_sessions_beyond_the_warm_reserve_are_given_back_after_the_linger() {
     h.wait(Duration::from_secs(301));
     assert_eq!(open(&h), [0, 0, 0]);
     assert_eq!(h.closes.iter().filter(|&&r| r == CloseReason::IdleTimeout).count(), 3);
+    h
 }
 
 #[test]
@@ -352,9 +434,8 @@ fn an_admin_with_queued_work_keeps_its_idle_sessions_for_it() {
     assert!(h.sched.queued() > 0, "admin 1 still has work");
 }
 
-#[test]
-fn interactive_call_mid_batch_waits_at_most_one_command_a_close_and_an_open() {
-    let mut h = Harness::new(topology(&[3, 3, 3], 20, 20, |_, _| true));
+fn interactive_call_mid_batch_waits_at_most_one_command_a_close_and_an_open_on(mk: fn(Topology) -> Harness) -> Harness {
+    let mut h = mk(topology(&[3, 3, 3], 20, 20, |_, _| true));
     for t in 0..19 {
         for _ in 0..2000 {
             h.submit(t, Priority::Batch);
@@ -367,11 +448,11 @@ fn interactive_call_mid_batch_waits_at_most_one_command_a_close_and_an_open() {
     let wait = h.started_at[&id] - submitted;
     assert!(wait <= h.cmd_cost + h.close_cost + h.open_cost + 5 * MS, "interactive waited {wait:?}");
     assert!(h.closes.contains(&CloseReason::Preempted));
+    h
 }
 
-#[test]
-fn a_small_tenant_is_not_starved_by_a_huge_batch() {
-    let mut h = Harness::new(topology(&[3, 3, 3], 10, 20, |_, _| true));
+fn a_small_tenant_is_not_starved_by_a_huge_batch_on(mk: fn(Topology) -> Harness) -> Harness {
+    let mut h = mk(topology(&[3, 3, 3], 10, 20, |_, _| true));
     for t in 0..9 {
         for _ in 0..5000 {
             h.submit(t, Priority::Batch);
@@ -384,17 +465,18 @@ fn a_small_tenant_is_not_starved_by_a_huge_batch() {
     let wait = h.started_at[&id] - submitted;
     // At most one fairness quantum plus a command, a close and an open.
     assert!(wait <= tuning().fairness_quantum + 300 * MS, "small tenant waited {wait:?}");
+    h
 }
 
-#[test]
-fn a_huge_batch_for_one_tenant_uses_every_admin_slot() {
-    let mut h = Harness::new(topology(&[3, 3, 3], 1, 20, |_, _| true));
+fn a_huge_batch_for_one_tenant_uses_every_admin_slot_on(mk: fn(Topology) -> Harness) -> Harness {
+    let mut h = mk(topology(&[3, 3, 3], 1, 20, |_, _| true));
     for _ in 0..2000 {
         h.submit(0, Priority::Batch);
     }
     h.run_for(Duration::from_secs(2));
     let snap = h.sched.snapshot(h.h.now);
     assert_eq!(snap.tenants[0].open, 9, "{:?}", snap.tenants[0]);
+    h
 }
 
 #[test]
@@ -709,4 +791,408 @@ fn a_window_keeps_a_bounded_part_of_a_lane_in_memory_and_pages_the_rest() {
     s.refilled(&page, vec![], 0, 0);
     assert_eq!(s.queued(), 0, "the short page says there is nothing left");
     s.check_invariants().unwrap();
+}
+
+// ----- the key scenarios again, with the queue paged in from a store ---------------------------
+
+/// A window of 4 jobs per lane and priority: far smaller than the backlogs and than the
+/// sessions a lane may have, so pages are asked for all the time.
+fn windowed(topo: Topology) -> Harness {
+    Harness::paged(topo, 4)
+}
+
+#[test]
+fn bulk_batch_meets_the_lower_bound_and_never_exceeds_caps() {
+    bulk_batch_meets_the_lower_bound_and_never_exceeds_caps_on(Harness::new);
+}
+
+#[test]
+fn bulk_batch_meets_the_lower_bound_and_never_exceeds_caps_with_a_window() {
+    let h = bulk_batch_meets_the_lower_bound_and_never_exceeds_caps_on(windowed);
+    assert!(h.pages > 0, "the work was paged in");
+}
+
+#[test]
+fn the_tail_of_a_bulk_job_spreads_over_every_free_slot() {
+    the_tail_of_a_bulk_job_spreads_over_every_free_slot_on(Harness::new);
+}
+
+#[test]
+fn the_tail_of_a_bulk_job_spreads_over_every_free_slot_with_a_window() {
+    let h = the_tail_of_a_bulk_job_spreads_over_every_free_slot_on(windowed);
+    assert!(h.pages > 0, "the work was paged in");
+}
+
+#[test]
+fn interactive_call_mid_batch_waits_at_most_one_command_a_close_and_an_open() {
+    interactive_call_mid_batch_waits_at_most_one_command_a_close_and_an_open_on(Harness::new);
+}
+
+#[test]
+fn interactive_call_mid_batch_waits_at_most_one_command_a_close_and_an_open_with_a_window() {
+    let h = interactive_call_mid_batch_waits_at_most_one_command_a_close_and_an_open_on(windowed);
+    assert!(h.pages > 0, "the work was paged in");
+}
+
+#[test]
+fn a_small_tenant_is_not_starved_by_a_huge_batch() {
+    a_small_tenant_is_not_starved_by_a_huge_batch_on(Harness::new);
+}
+
+#[test]
+fn a_small_tenant_is_not_starved_by_a_huge_batch_with_a_window() {
+    let h = a_small_tenant_is_not_starved_by_a_huge_batch_on(windowed);
+    assert!(h.pages > 0, "the work was paged in");
+}
+
+#[test]
+fn a_huge_batch_for_one_tenant_uses_every_admin_slot() {
+    a_huge_batch_for_one_tenant_uses_every_admin_slot_on(Harness::new);
+}
+
+#[test]
+fn a_huge_batch_for_one_tenant_uses_every_admin_slot_with_a_window() {
+    let h = a_huge_batch_for_one_tenant_uses_every_admin_slot_on(windowed);
+    assert!(h.pages > 0, "the work was paged in");
+}
+
+#[test]
+fn idle_sessions_beyond_the_warm_reserve_are_given_back_after_the_linger() {
+    idle_sessions_beyond_the_warm_reserve_are_given_back_after_the_linger_on(Harness::new);
+}
+
+#[test]
+fn idle_sessions_beyond_the_warm_reserve_are_given_back_after_the_linger_with_a_window() {
+    let h = idle_sessions_beyond_the_warm_reserve_are_given_back_after_the_linger_on(windowed);
+    assert!(h.pages > 0, "the work was paged in");
+}
+
+// ----- several nodes ------------------------------------------------------------------------
+
+fn count(closes: &[CloseReason], reason: CloseReason) -> usize {
+    closes.iter().filter(|&&r| r == reason).count()
+}
+
+/// What the other nodes hold comes off this node's caps: it opens no session beyond
+/// cap − peers, and takes the rest once they give them back.
+#[test]
+fn the_other_nodes_sessions_lower_the_effective_caps() {
+    let mut topo = topology(&[3, 3], 2, 20, |_, _| true);
+    topo.tenant_caps[1] = 4;
+    let mut h = Harness::new(topo);
+    // Other nodes hold 2 of admin 0's 3 slots and 3 of tenant 1's 4.
+    h.sched.set_peers(vec![2, 0], vec![0, 3]);
+    h.sched.set_peers(vec![9], vec![9, 9]); // the wrong shape is ignored
+    for _ in 0..500 {
+        h.submit(0, Priority::Batch);
+        h.submit(1, Priority::Batch);
+    }
+    h.run_for(Duration::from_secs(3));
+    let snap = h.sched.snapshot(h.h.now);
+    assert_eq!((snap.admins[0].effective_cap, snap.tenants[1].effective_cap), (1, 1));
+    assert_eq!(h.most_admin, [1, 3], "admin 0 never beyond 3 − 2");
+    assert_eq!(h.most_tenant[1], 1, "tenant 1 never beyond 4 − 3");
+    assert!(h.sched.queued() > 0);
+    // The others gave their sessions back: this node takes the slots.
+    h.sched.set_peers(vec![0, 0], vec![0, 0]);
+    h.run_for(Duration::from_secs(2));
+    assert_eq!(h.sched.snapshot(h.h.now).admins[0].open, 3);
+    assert!(h.failed.is_empty());
+}
+
+/// The store refusing a slot is not a failure: the session goes without a backoff, the
+/// others' counts lower the caps, and the work waits for a slot.
+#[test]
+fn an_open_the_store_refused_is_dropped_without_a_failure_and_leaves_the_others_their_share() {
+    let mut h = Harness::new(topology(&[3], 1, 20, |_, _| true));
+    for _ in 0..200 {
+        h.submit(0, Priority::Batch);
+    }
+    let now = h.h.now;
+    let opens = |actions: &[Action]| -> Vec<SessionId> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Open { session, .. } => Some(*session),
+                Action::Fail { .. } => panic!("nothing fails: {a:?}"),
+                _ => None,
+            })
+            .collect()
+    };
+    let first = opens(&h.sched.plan(now));
+    assert_eq!(first.len(), 3, "a backlog this long pays for every slot");
+    h.sched.open_refused(first[0], 2, 1);
+    // A later, smaller count (another refusal that raced) does not undo the first.
+    h.sched.open_refused(first[1], 1, 0);
+    h.sched.open_refused(99, 3, 3); // unknown session: nothing
+    let snap = h.sched.snapshot(now);
+    assert_eq!((snap.admins[0].open, snap.admins[0].effective_cap, snap.tenants[0].effective_cap), (1, 1, 19));
+    assert_eq!(h.sched.queued(), 200, "the work waits");
+    h.sched.check_invariants().unwrap();
+    // The last one is refused too: at once (no backoff, no failure) one open for the slot left.
+    h.sched.open_refused(first[2], 2, 1);
+    let again = opens(&h.sched.plan(now));
+    assert_eq!(again.len(), 1);
+    h.sched.open_succeeded(again[0], now);
+    let actions = h.sched.plan(now);
+    assert!(opens(&actions).is_empty(), "no open beyond cap − peers");
+    assert!(matches!(actions[..], [Action::Run { session, .. }] if session == again[0]));
+    // The next look at the cluster says the others let go.
+    h.sched.set_peers(vec![0], vec![0]);
+    assert_eq!(opens(&h.sched.plan(now)).len(), 2);
+}
+
+/// The census of the shared queue sets each lane's count of work waiting in the store (less
+/// what is in memory); lanes it no longer lists drop to nothing; lanes being paged keep theirs
+/// until the page answers.
+#[test]
+fn a_census_sets_the_stored_counts_that_pages_are_asked_for() {
+    let now = Instant::now();
+    let topo = topology(&[3], 3, 20, |_, _| true);
+    let mut unpaged = Scheduler::new(topo.clone(), tuning());
+    let lane0 = ((0, None), Priority::Batch);
+    let lane1 = ((1, Some(0)), Priority::Interactive);
+    unpaged.census(&HashMap::from([(lane0, 10)]));
+    assert_eq!(unpaged.queued(), 0, "without a window every job is in memory: a census means nothing");
+
+    let mut s = Scheduler::new(topo, tuning()).with_window(4);
+    s.census(&HashMap::from([(lane0, 10), (lane1, 3)]));
+    assert_eq!(s.queued(), 13);
+    s.check_invariants().unwrap();
+    let mut pages = s.refills();
+    pages.sort_by_key(|p| p.tenant);
+    let asked: Vec<_> = pages.iter().map(|p| (p.tenant, p.admin, p.priority, p.want)).collect();
+    assert_eq!(asked, [(0, None, Priority::Batch, 4), (1, Some(0), Priority::Interactive, 4)]);
+    assert!(s.refills().is_empty(), "each lane is asked once");
+    let job = |tenant: TenantIdx, admin: Option<AdminIdx>, priority: Priority| Job {
+        id: Uuid::now_v7(),
+        tenant,
+        admin,
+        priority,
+        spec: Arc::new(JobSpec { cmdlet: "Get-User".into(), parameters: vec![] }),
+        idempotent: true,
+        batch: None,
+        enqueued_at: now,
+        deadline: now + Duration::from_secs(3600),
+        attempts: 0,
+        not_before: None,
+    };
+    // Lane 2 learned of one more stored job; a census taken meanwhile does not list it (another
+    // node took it) nor change the lanes being paged.
+    s.add_stored(2, None, Priority::Batch, 1);
+    s.census(&HashMap::from([(lane0, 2)]));
+    assert_eq!(s.lanes[&(2, None)].stored[1], 0, "absent from the census: nothing left for this node");
+    assert_eq!((s.lanes[&(0, None)].stored[1], s.lanes[&(1, Some(0))].stored[0]), (10, 3), "being paged");
+    assert_eq!(s.queued(), 13);
+    s.check_invariants().unwrap();
+    // The pages answer; the next census counts what is in memory as not waiting in the store.
+    let rows: Vec<Job> = (0..4).map(|_| job(0, None, Priority::Batch)).collect();
+    s.refilled(&pages[0], rows, 0, 4);
+    let rows: Vec<Job> = (0..3).map(|_| job(1, Some(0), Priority::Interactive)).collect();
+    s.refilled(&pages[1], rows, 0, 3);
+    s.census(&HashMap::from([(lane0, 12), (lane1, 3)]));
+    assert_eq!((s.lanes[&(0, None)].stored[1], s.lanes[&(1, Some(0))].stored[0]), (8, 0));
+    assert_eq!(s.queued(), 15);
+    s.check_invariants().unwrap();
+    // A census below what memory holds (run elsewhere, cancelled) leaves nothing stored.
+    s.census(&HashMap::from([(lane0, 1)]));
+    assert_eq!(s.queued(), 7, "the 7 jobs in memory");
+    s.check_invariants().unwrap();
+    assert!(s.refills().is_empty(), "nothing is left in the store");
+    s.census(&HashMap::from([(lane0, 20)]));
+    assert_eq!(s.refills().len(), 0, "the window is full: no page yet");
+    assert!(s.plan(now).iter().any(|a| matches!(a, Action::Open { .. })), "the work gets sessions");
+}
+
+/// Fenced, a node starts nothing and closes every idle session (busy ones finish their
+/// command first here; the driver closes them at once); unfenced, the work goes on.
+#[test]
+fn a_fenced_node_starts_nothing_and_closes_its_sessions_until_unfenced() {
+    let mut h = Harness::new(topology(&[3, 3], 2, 20, |_, _| true));
+    let ids: Vec<Uuid> = (0..600).map(|i| h.submit(i % 2, Priority::Batch)).collect();
+    h.run_for(Duration::from_secs(1));
+    let open = h.sched.snapshot(h.h.now).sessions.len();
+    assert!(open >= 4, "{open} sessions");
+    h.sched.set_fenced(true);
+    let (runs, opens, queued) = (h.runs, h.opens, h.sched.queued());
+    h.run_for(Duration::from_secs(3));
+    assert_eq!((h.runs, h.opens), (runs, opens), "no command starts, no session opens");
+    assert!(!h.sched.has_live_sessions());
+    assert_eq!(count(&h.closes, CloseReason::Fenced), open);
+    assert_eq!(h.sched.queued(), queued, "the work waits, nothing fails");
+    assert!(h.failed.is_empty());
+    h.sched.set_fenced(false);
+    h.run_for(Duration::from_secs(60));
+    assert!(ids.iter().all(|id| h.executed.get(id) == Some(&1)), "every job ran once");
+}
+
+/// An admin another node waits for keeps nothing warm: its idle sessions close at once,
+/// while the other admins keep theirs through the linger.
+#[test]
+fn idle_sessions_of_an_admin_another_node_waits_for_are_given_back_at_once() {
+    let mut h = Harness::new(topology(&[3, 3], 9, 20, |_, _| true));
+    run_bulk(&mut h, 9, 20);
+    let open = |h: &Harness| h.sched.snapshot(h.h.now).admins.iter().map(|a| a.open).collect::<Vec<_>>();
+    assert_eq!(open(&h), [3, 3]);
+    let before = h.closes.len();
+    h.sched.set_demand(vec![true, false]);
+    h.sched.set_demand(vec![true]); // the wrong shape is ignored
+    h.wait(100 * MS);
+    assert_eq!(open(&h), [0, 3], "no warm reserve, no linger for admin 0");
+    assert_eq!(h.closes[before..], [CloseReason::GivenBack; 3]);
+    // The demand ends: admin 1 goes back to the normal reserve after the linger.
+    h.sched.set_demand(vec![false, false]);
+    h.wait(Duration::from_secs(11));
+    assert_eq!(open(&h), [0, 1]);
+}
+
+/// A busy node yields a slot of an admin another node waits for only after its fairness
+/// quantum, and never its last session of that admin.
+#[test]
+fn a_busy_node_yields_to_a_waiting_node_after_its_quantum_and_keeps_one_session() {
+    let mut h = Harness::new(topology(&[3], 1, 20, |_, _| true));
+    h.check_yields = true;
+    for _ in 0..5000 {
+        h.submit(0, Priority::Batch);
+    }
+    h.run_for(Duration::from_secs(1));
+    assert_eq!(h.sched.snapshot(h.h.now).admins[0].open, 3);
+    h.sched.set_demand(vec![true]);
+    // The sessions opened at about 0.2 s: their quantum (2 s) is not over before 2.2 s.
+    h.run_for(Duration::from_millis(1100));
+    assert_eq!(count(&h.closes, CloseReason::Yielded), 0, "no yield within the quantum");
+    h.run_for(Duration::from_secs(10));
+    // (`apply` checks each yield came after the session's quantum.)
+    assert_eq!(count(&h.closes, CloseReason::Yielded), 2, "{:?}", h.closes);
+    let snap = h.sched.snapshot(h.h.now);
+    assert_eq!((snap.admins[0].open, snap.admins[0].effective_cap), (1, 1));
+    let runs = h.runs;
+    h.run_for(Duration::from_secs(2));
+    assert!(h.runs > runs, "the node goes on with its one session");
+    assert!(h.failed.is_empty());
+}
+
+/// Having yielded, a node leaves the slots to the node that waits: it does not open them
+/// again until a look at the cluster says the other node did not take them.
+#[test]
+fn a_node_that_yielded_does_not_take_the_slots_back_while_another_node_waits() {
+    let mut h = Harness::new(topology(&[3], 1, 20, |_, _| true));
+    for _ in 0..5000 {
+        h.submit(0, Priority::Batch);
+    }
+    h.run_for(Duration::from_secs(1));
+    let opens = h.opens;
+    assert_eq!((opens, h.sched.snapshot(h.h.now).admins[0].open), (3, 3));
+    h.sched.set_demand(vec![true]);
+    h.run_for(Duration::from_secs(6));
+    assert_eq!(count(&h.closes, CloseReason::Yielded), 2, "{:?}", h.closes);
+    assert_eq!(h.opens, opens, "the yielded slots are not opened again here");
+    assert_eq!(h.sched.snapshot(h.h.now).admins[0].open, 1);
+    // The next look: nobody took them, nobody waits any more. Free slots are used again.
+    h.sched.set_peers(vec![0], vec![0]);
+    h.sched.set_demand(vec![false]);
+    h.run_for(Duration::from_secs(1));
+    assert_eq!(h.sched.snapshot(h.h.now).admins[0].open, 3);
+}
+
+/// Demand alone keeps no node from slots that are free: it opens what its backlog pays for.
+#[test]
+fn demand_keeps_no_node_from_free_slots() {
+    let mut h = Harness::new(topology(&[3], 1, 20, |_, _| true));
+    h.sched.set_demand(vec![true]);
+    for _ in 0..5000 {
+        h.submit(0, Priority::Batch);
+    }
+    h.run_for(Duration::from_secs(1));
+    assert_eq!((h.opens, h.sched.snapshot(h.h.now).admins[0].open), (3, 3));
+    assert!(h.runs > 0);
+}
+
+/// A node with one session of the admin does not yield it, however long it works.
+#[test]
+fn a_node_with_one_session_of_the_admin_does_not_yield_it() {
+    let mut h = Harness::new(topology(&[3], 1, 1, |_, _| true));
+    for _ in 0..1000 {
+        h.submit(0, Priority::Batch);
+    }
+    h.sched.set_demand(vec![true]);
+    h.run_for(Duration::from_secs(10));
+    assert_eq!(count(&h.closes, CloseReason::Yielded), 0);
+    assert_eq!(h.opens, 1);
+}
+
+/// A cool-down another node learned lowers this node's caps; a higher or shorter one does
+/// not undo it; it ends on time.
+#[test]
+fn a_shared_cooldown_lowers_the_caps_and_the_lower_longer_one_wins() {
+    let mut h = Harness::new(topology(&[3, 3], 2, 20, |_, _| true));
+    let now = h.h.now;
+    let secs = Duration::from_secs;
+    let caps = |h: &Harness, at: Instant| {
+        let snap = h.sched.snapshot(at);
+        (snap.admins[0].effective_cap, snap.tenants[1].effective_cap)
+    };
+    h.sched.shared_cooldown(Some(0), None, 1, now + secs(5), now);
+    h.sched.shared_cooldown(None, Some(1), 2, now + secs(5), now);
+    h.sched.shared_cooldown(None, None, 0, now + secs(5), now); // no scope: nothing
+    assert_eq!(caps(&h, now), (1, 2));
+    h.sched.shared_cooldown(Some(0), None, 3, now + secs(1), now);
+    assert_eq!(caps(&h, now + secs(2)), (1, 2), "a higher, shorter one does not undo it");
+    h.sched.shared_cooldown(Some(0), None, 2, now + secs(8), now);
+    assert_eq!(caps(&h, now + secs(6)), (1, 20), "the lower cap stays, the later end wins");
+    assert_eq!(caps(&h, now + secs(9)), (3, 20));
+    // With the peers: the lowered cap counts every node's sessions.
+    let mut h = Harness::new(topology(&[3, 3], 2, 20, |_, _| true));
+    let now = h.h.now;
+    h.sched.set_peers(vec![1, 0], vec![0, 0]);
+    h.sched.shared_cooldown(Some(0), None, 2, now + secs(5), now);
+    assert_eq!(caps(&h, now), (1, 20));
+    // Work sees it: admin 0 opens one session, admin 1 the rest.
+    for _ in 0..500 {
+        h.submit(0, Priority::Batch);
+    }
+    h.run_for(Duration::from_secs(3));
+    assert_eq!(h.most_admin, [1, 3]);
+}
+
+/// A shared cool-down arriving after the local one ended (before a plan cleared it) is taken
+/// as it is, not lowered further by the one that ended.
+#[test]
+fn a_shared_cooldown_after_an_ended_one_is_taken_as_it_is() {
+    let mut h = Harness::new(topology(&[3], 1, 20, |_, _| true));
+    let now = h.h.now;
+    h.sched.shared_cooldown(Some(0), None, 0, now + Duration::from_secs(1), now);
+    let later = now + Duration::from_secs(2);
+    h.sched.shared_cooldown(Some(0), None, 2, later + Duration::from_secs(5), later);
+    assert_eq!(h.sched.snapshot(later).admins[0].effective_cap, 2);
+}
+
+/// Several nodes: a node learns of the shared queue's work only from the census taken on each
+/// beat (nothing is submitted to it); pages bring the work in and every job runs once.
+#[test]
+fn work_known_only_from_the_census_is_paged_in_and_runs_once() {
+    let mut h = Harness::paged(topology(&[3, 3], 4, 20, |_, _| true), 4);
+    let jobs: Vec<Job> = (0..200).map(|i| h.job(i % 4, Priority::Batch)).collect();
+    h.store = Some(jobs.clone());
+    let census = |h: &Harness| {
+        let mut counts: HashMap<(LaneKey, Priority), usize> = HashMap::new();
+        for j in h.store.as_ref().unwrap() {
+            *counts.entry(((j.tenant, j.admin), j.priority)).or_default() += 1;
+        }
+        counts
+    };
+    for _ in 0..100 {
+        let counts = census(&h);
+        h.sched.census(&counts);
+        h.sched.check_invariants().unwrap();
+        h.run_for(200 * MS);
+        if h.executed.len() == jobs.len() && h.sched.queued() == 0 {
+            break;
+        }
+    }
+    assert!(jobs.iter().all(|j| h.executed.get(&j.id) == Some(&1)), "every job ran once");
+    assert_eq!(h.sched.queued(), 0);
+    assert!(h.pages > 0 && h.failed.is_empty());
+    // 200 × 20 ms over 6 sessions is under a second; a census every 200 ms keeps them fed.
+    assert!(h.elapsed() < Duration::from_secs(3), "took {:?}", h.elapsed());
 }

@@ -468,3 +468,7 @@ impl Wakeups {
         Ok(self.0.try_recv().await?.map(|n| n.payload().to_string()))
     }
 }
+
+#[cfg(test)]
+#[path = "cluster_tests.rs"]
+mod tests;
