@@ -93,6 +93,19 @@ pub async fn acquire(shared: &Shared, cluster: &Cluster, a: AdminIdx, t: TenantI
     }
 }
 
+/// Says that this node waits for slots of `admins` that the other nodes hold (see
+/// `Scheduler::starved_admins`), so they give idle sessions back and yield busy ones.
+pub fn ask_for_slots(shared: &Arc<Shared>, cluster: &Arc<Cluster>, admins: Vec<String>) {
+    let (shared, cluster) = (shared.clone(), cluster.clone());
+    shared.clone().writes.spawn(async move {
+        for admin in admins {
+            if let Err(e) = shared.store.record_demand(&admin, &cluster.node, DEMAND_TTL).await {
+                tracing::debug!(error = %e, "cannot record the wait for a slot");
+            }
+        }
+    });
+}
+
 /// Gives a slot back (off the caller's path; shutdown waits for it). If the store cannot be
 /// told, the lease expires by itself.
 pub fn release(shared: &Arc<Shared>, cluster: &Arc<Cluster>, lease: Uuid) {

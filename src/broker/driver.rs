@@ -232,6 +232,11 @@ impl Driver {
                 for (a, t, cap, left) in peers.cooldowns {
                     self.sched.shared_cooldown(a, t, cap, now + left, now);
                 }
+                let starved = self.sched.starved_admins(now);
+                if let (Some(c), false) = (&self.shared.cluster, starved.is_empty()) {
+                    let names = starved.iter().map(|&a| self.shared.directory.admins[a].name.clone()).collect();
+                    cluster::ask_for_slots(&self.shared, c, names);
+                }
             }
             Event::Fence(fenced) => {
                 self.sched.set_fenced(fenced);

@@ -732,6 +732,27 @@ impl Scheduler {
         self.tenant_peers[s.tenant] = self.tenant_peers[s.tenant].max(others_tenant);
     }
 
+    /// The admins this node waits for because other nodes hold their slots: a lane with ready
+    /// work and no session could use them, and this node holds less than the admin's cap. The
+    /// node says so (demand) so the others give idle sessions back and yield busy ones; a node
+    /// that sees an admin full never asks the store for a slot, so a refusal alone would not.
+    pub fn starved_admins(&self, now: Instant) -> Vec<AdminIdx> {
+        let mut starved = vec![false; self.admin_peers.len()];
+        for (&(t, pin), lane) in &self.lanes {
+            if !lane.has_ready(now) || self.serving((t, pin)) > 0 {
+                continue;
+            }
+            for a in self.candidates(t, pin) {
+                let full_by_others = self.admin_peers[a] > 0 && self.admin_open[a] >= self.eff_admin_cap(a, now);
+                if full_by_others && self.admin_refusal(a, t).is_none() && self.admin_open[a] < self.topo.admin_caps[a]
+                {
+                    starved[a] = true;
+                }
+            }
+        }
+        (0..starved.len()).filter(|&a| starved[a]).collect()
+    }
+
     /// Fenced, this node starts nothing and closes its idle sessions (the driver closes the
     /// busy ones); unfenced, it goes on.
     pub fn set_fenced(&mut self, fenced: bool) {

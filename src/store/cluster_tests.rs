@@ -503,14 +503,14 @@ async fn sqlite_is_one_node_and_says_so() {
     needs(store.leave("n").await);
     needs(store.rescue_dead("n", TTL, TTL).await.map(drop));
     needs(store.requeue_rescued(id).await);
-    needs(store.wakeups().await.map(drop));
+    needs(store.wakeups(None).await.map(drop));
     assert!(!store.is_shared());
 }
 
 #[tokio::test]
 async fn releases_and_stored_work_wake_the_listeners_of_this_schema() {
     let (store, _schema) = pg().await;
-    let mut wakeups = store.wakeups().await.unwrap();
+    let mut wakeups = store.wakeups(None).await.unwrap();
     let (lease, _) = take(&store, "n1", "alice", "t1", (9, 9)).await;
     store.release_leases(&[lease.to_string()]).await.unwrap();
     store.notify_queued().await.unwrap();
