@@ -733,7 +733,8 @@ impl Scheduler {
     }
 
     /// The admins this node waits for because other nodes hold their slots: a lane with ready
-    /// work and no session could use them, and this node holds less than the admin's cap. The
+    /// work and no session has no usable admin with room here, and these are the ones the other
+    /// nodes hold (this node holding less than their cap). The
     /// node says so (demand) so the others give idle sessions back and yield busy ones; a node
     /// that sees an admin full never asks the store for a slot, so a refusal alone would not.
     pub fn starved_admins(&self, now: Instant) -> Vec<AdminIdx> {
@@ -742,10 +743,13 @@ impl Scheduler {
             if !lane.has_ready(now) || self.serving((t, pin)) > 0 {
                 continue;
             }
-            for a in self.candidates(t, pin) {
-                let full_by_others = self.admin_peers[a] > 0 && self.admin_open[a] >= self.eff_admin_cap(a, now);
-                if full_by_others && self.admin_refusal(a, t).is_none() && self.admin_open[a] < self.topo.admin_caps[a]
-                {
+            let usable: Vec<AdminIdx> =
+                self.candidates(t, pin).into_iter().filter(|&a| self.admin_refusal(a, t).is_none()).collect();
+            if usable.iter().any(|&a| self.admin_open[a] < self.eff_admin_cap(a, now)) {
+                continue; // the lane can have a session here (or waits for its tenant, not an admin)
+            }
+            for a in usable {
+                if self.admin_peers[a] > 0 && self.admin_open[a] < self.topo.admin_caps[a] {
                     starved[a] = true;
                 }
             }

@@ -1196,3 +1196,24 @@ fn work_known_only_from_the_census_is_paged_in_and_runs_once() {
     // 200 × 20 ms over 6 sessions is under a second; a census every 200 ms keeps them fed.
     assert!(h.elapsed() < Duration::from_secs(3), "took {:?}", h.elapsed());
 }
+
+/// A node that sees an admin full because of the other nodes never asks the store for a slot,
+/// so no refusal would say it waits: the scheduler names the admins its waiting lanes need, and
+/// only those the others hold (not those it holds itself, nor free ones).
+#[test]
+fn the_admins_a_node_waits_for_are_those_the_others_hold() {
+    let mut h = Harness::new(topology(&[3, 3], 2, 20, |_, _| true));
+    h.sched.set_peers(vec![3, 0], vec![0, 0]);
+    assert!(h.sched.starved_admins(h.h.now).is_empty(), "no work, no wait");
+    for _ in 0..50 {
+        h.submit(0, Priority::Batch);
+    }
+    assert!(h.sched.starved_admins(h.h.now).is_empty(), "admin 1 is free: the lane is not starved");
+    h.sched.set_peers(vec![3, 3], vec![0, 0]);
+    assert_eq!(h.sched.starved_admins(h.h.now), vec![0, 1], "both admins are held elsewhere");
+    // Once the others let go of admin 1, this node opens a session and waits for nobody.
+    h.sched.set_peers(vec![3, 0], vec![0, 0]);
+    h.run_for(Duration::from_secs(1));
+    assert!(h.sched.starved_admins(h.h.now).is_empty());
+    assert!(h.failed.is_empty());
+}
