@@ -228,17 +228,7 @@ async fn three_nodes_share_the_caps_survive_a_sigkill_and_a_drain() {
     assert!(n2_shells.is_empty() && n2_leases == 0, "a drained node leaves no shell and no lease behind");
     assert!(ended(&batch_counts(&client, &n1, &batch).await) < 5_000 || before_drain < 5_000);
 
-    let counts = {
-        let deadline = Instant::now() + Duration::from_secs(180);
-        loop {
-            let c = batch_counts(&client, &n1, &batch).await;
-            if c["done"] == true {
-                break c;
-            }
-            assert!(Instant::now() < deadline, "batch not finished on the surviving node: {c}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    };
+    let counts = common::wait_batch_at(&client, &n1.daemon.url, &batch, Duration::from_secs(180)).await;
     assert_eq!(ended(&counts), 5_000, "every item reached a terminal state: {counts}");
 
     // The caps held over all nodes together, and the service never had to refuse a shell.
@@ -254,23 +244,7 @@ async fn three_nodes_share_the_caps_survive_a_sigkill_and_a_drain() {
     // No write ran twice; the writes node 3 was running end `node_lost`; every read succeeded.
     let results =
         client.get(format!("{}/v1/batches/{batch}/results", n1.daemon.url)).send().await.unwrap().text().await.unwrap();
-    let mut lost = 0;
-    for line in results.lines() {
-        let r: Json = serde_json::from_str(line).unwrap();
-        let id: uuid::Uuid = r["id"].as_str().unwrap().parse().unwrap();
-        let runs = stats.executions.get(&id).copied().unwrap_or(0);
-        if r["cmdlet"] == "Set-Mailbox" {
-            assert!(runs <= 1, "write {id} ran {runs} times");
-            if r["status"] == "failed" {
-                assert_eq!(r["error"]["code"], "node_lost", "{r}");
-                lost += 1;
-            } else {
-                assert_eq!(runs, 1, "{r}");
-            }
-        } else {
-            assert_eq!(r["status"], "succeeded", "reads are repeated, never lost: {r}");
-        }
-    }
+    let lost = common::writes_ran_at_most_once(&results, &stats, "node_lost");
     eprintln!("{:?}: batch done: {counts}; {lost} writes node_lost; {:?}", started.elapsed(), stats.max_by_user);
     assert!(lost <= 12, "at most one write per session of node 3 was in flight: {lost}");
     assert!(metric(&client, &n1, "psbroker_cluster_nodes").await >= 1.0);
@@ -364,15 +338,7 @@ async fn a_node_that_cannot_renew_its_leases_closes_its_sessions_before_they_exp
         metric(&client, &node, "psbroker_cluster_fenced").await == 0.0
     })
     .await;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let counts = loop {
-        let c = batch_counts(&client, &node, &batch).await;
-        if c["done"] == true {
-            break c;
-        }
-        assert!(Instant::now() < deadline, "batch not finished after the fence lifted: {c}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let counts = common::wait_batch_at(&client, &node.daemon.url, &batch, Duration::from_secs(120)).await;
     assert_eq!(ended(&counts), 3_000, "{counts}");
     let stats = sim.stats();
     let results = client

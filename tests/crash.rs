@@ -107,15 +107,7 @@ async fn sigkill_mid_batch_loses_nothing_repeats_no_write_and_leaves_no_orphan_s
     );
     assert!(now.contains(&foreign), "a shell the broker does not own was deleted");
 
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let counts = loop {
-        let c = get(&client, format!("{}/v1/batches/{batch}", daemon.url)).await;
-        if c["done"] == true {
-            break c;
-        }
-        assert!(Instant::now() < deadline, "batch not finished after restart: {c}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let counts = common::wait_batch_at(&client, &daemon.url, &batch, Duration::from_secs(180)).await;
     assert_eq!(counts["total"], 10_000);
     let (ok, failed) = (counts["succeeded"].as_i64().unwrap(), counts["failed"].as_i64().unwrap());
     assert_eq!(ok + failed, 10_000, "every item reached a terminal state: {counts}");
@@ -124,23 +116,7 @@ async fn sigkill_mid_batch_loses_nothing_repeats_no_write_and_leaves_no_orphan_s
     let results =
         client.get(format!("{}/v1/batches/{batch}/results", daemon.url)).send().await.unwrap().text().await.unwrap();
     let stats = sim.stats();
-    let mut interrupted = 0;
-    for line in results.lines() {
-        let r: Json = serde_json::from_str(line).unwrap();
-        let id: uuid::Uuid = r["id"].as_str().unwrap().parse().unwrap();
-        let runs = stats.executions.get(&id).copied().unwrap_or(0);
-        if r["cmdlet"] == "Set-Mailbox" {
-            assert!(runs <= 1, "write {id} ran {runs} times");
-            if r["status"] == "failed" {
-                assert_eq!(r["error"]["code"], "interrupted", "{r}");
-                interrupted += 1;
-            } else {
-                assert_eq!(runs, 1, "{r}");
-            }
-        } else {
-            assert_eq!(r["status"], "succeeded", "reads are repeated, never lost: {r}");
-        }
-    }
+    let interrupted = common::writes_ran_at_most_once(&results, &stats, "interrupted");
     assert!(interrupted <= 3, "at most one write per session was in flight: {interrupted}");
 
     // Graceful stop closes what it opened; the foreign shell is still there.

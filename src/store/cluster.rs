@@ -263,16 +263,7 @@ impl Store {
         .bind(node)
         .fetch_all(self.postgres()?)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(LaneCount {
-                    tenant: r.col("tenant")?,
-                    admin: r.col("admin")?,
-                    priority: r.col("priority")?,
-                    count: r.col("n")?,
-                })
-            })
-            .collect()
+        rows.iter().map(LaneCount::from_row).collect()
     }
 
     /// Claims for `node` up to `limit` queued invocations of one lane that no other node holds,
@@ -388,16 +379,8 @@ impl Store {
         .fetch_all(&mut *tx)
         .await?
         .iter()
-        .map(|r| {
-            Ok(OpenShell {
-                shell_id: r.col("shell_id")?,
-                node: r.col("node")?,
-                admin: r.col("admin")?,
-                tenant: r.col("tenant")?,
-                token: r.col("token")?,
-            })
-        })
-        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        .map(OpenShell::from_row)
+        .collect::<Result<Vec<_>, _>>()?;
         // Redacted queued work dies with the node that held its secrets; the rest is anyone's.
         sqlx::query("UPDATE invocations SET node = NULL WHERE status = 'queued' AND node = ANY($1) AND NOT redacted")
             .bind(&dead)

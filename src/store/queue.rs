@@ -20,6 +20,18 @@ pub struct LaneCount {
     pub count: i64,
 }
 
+impl LaneCount {
+    /// From a row of `tenant, admin, priority, n`.
+    pub(super) fn from_row(r: &impl Cols) -> Result<LaneCount, StoreError> {
+        Ok(LaneCount {
+            tenant: r.col("tenant")?,
+            admin: r.col("admin")?,
+            priority: r.col("priority")?,
+            count: r.col("n")?,
+        })
+    }
+}
+
 pub(super) const COLUMNS: &str = "id, batch_id, seq, idempotency_key, tenant, admin, cmdlet, parameters, priority, idempotent, status, attempts, created_at, deadline_at, started_at, finished_at, session_id, admin_used, output, errors, warnings, error_code, error_message, owner, redacted, request_id";
 
 impl Store {
@@ -180,16 +192,7 @@ impl Store {
             )
             .fetch_all(pool)
             .await?;
-            rows.iter()
-                .map(|r| {
-                    Ok(LaneCount {
-                        tenant: r.col("tenant")?,
-                        admin: r.col("admin")?,
-                        priority: r.col("priority")?,
-                        count: r.col("n")?,
-                    })
-                })
-                .collect()
+            rows.iter().map(LaneCount::from_row).collect()
         })
     }
 

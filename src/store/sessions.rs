@@ -40,17 +40,20 @@ impl Store {
                 .bind(node)
                 .fetch_all(pool)
                 .await?;
-            rows.iter()
-                .map(|r| {
-                    Ok(OpenShell {
-                        shell_id: r.col("shell_id")?,
-                        node: r.col("node")?,
-                        admin: r.col("admin")?,
-                        tenant: r.col("tenant")?,
-                        token: r.col("token")?,
-                    })
-                })
-                .collect()
+            rows.iter().map(OpenShell::from_row).collect()
+        })
+    }
+}
+
+impl OpenShell {
+    /// From a row of `shell_id, node, admin, tenant, token`.
+    pub(super) fn from_row(r: &impl Cols) -> Result<OpenShell, StoreError> {
+        Ok(OpenShell {
+            shell_id: r.col("shell_id")?,
+            node: r.col("node")?,
+            admin: r.col("admin")?,
+            tenant: r.col("tenant")?,
+            token: r.col("token")?,
         })
     }
 }

@@ -168,19 +168,49 @@ impl TestApp {
     }
 
     pub async fn wait_batch(&self, id: &str, limit: Duration) -> Json {
-        let end = Instant::now() + limit;
-        loop {
-            let (_, c) = self.get(&format!("/v1/batches/{id}")).await;
-            if c["done"] == true {
-                return c;
-            }
-            assert!(Instant::now() < end, "batch not done in {limit:?}: {c}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_batch_at(&self.client, &self.url(""), id, limit).await
     }
 
     pub async fn stop(mut self) -> DataDir {
         self.app.take().unwrap().stop().await.unwrap();
         self.dir
     }
+}
+
+/// Polls the batch `id` on the daemon at `base` until it is done; its final counts.
+pub async fn wait_batch_at(client: &reqwest::Client, base: &str, id: &str, limit: Duration) -> Json {
+    let end = Instant::now() + limit;
+    loop {
+        let c: Json = client.get(format!("{base}/v1/batches/{id}")).send().await.unwrap().json().await.unwrap();
+        if c["done"] == true {
+            return c;
+        }
+        assert!(Instant::now() < end, "batch not done in {limit:?}: {c}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Checks a finished batch of reads (`Get-Mailbox`) and writes (`Set-Mailbox`) against what the
+/// simulator executed: every read succeeded (reads are repeated, never lost), no write ran
+/// twice, a write that succeeded ran once, and a write that failed did so with `lost_code` (it
+/// may have run). Returns how many writes ended `lost_code`.
+pub fn writes_ran_at_most_once(results: &str, stats: &psbroker::sim::SimStats, lost_code: &str) -> usize {
+    let mut lost = 0;
+    for line in results.lines() {
+        let r: Json = serde_json::from_str(line).unwrap();
+        let id: uuid::Uuid = r["id"].as_str().unwrap().parse().unwrap();
+        let runs = stats.executions.get(&id).copied().unwrap_or(0);
+        if r["cmdlet"] == "Set-Mailbox" {
+            assert!(runs <= 1, "write {id} ran {runs} times");
+            if r["status"] == "failed" {
+                assert_eq!(r["error"]["code"], lost_code, "{r}");
+                lost += 1;
+            } else {
+                assert_eq!(runs, 1, "{r}");
+            }
+        } else {
+            assert_eq!(r["status"], "succeeded", "reads are repeated, never lost: {r}");
+        }
+    }
+    lost
 }
