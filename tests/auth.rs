@@ -523,7 +523,7 @@ async fn the_secret_reaches_the_remote_side_but_is_not_resumed_after_a_restart()
     let b = broker(&config, &sim, &url, &seen).await;
 
     let one = b.submit(&new_mail_user(0), &operator()).await.unwrap();
-    let r = b.wait_for(one.id, Duration::from_secs(10)).await.unwrap().unwrap();
+    let r = b.wait_for(&one, Duration::from_secs(10)).await.unwrap().unwrap();
     assert_eq!(r.status, Status::Succeeded, "{r:?}");
     assert_eq!(r.accepted.parameters["Password"], "***");
     let sent = seen.0.lock().unwrap().iter().find(|c| c.invocation_id == one.id).unwrap().clone();

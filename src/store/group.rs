@@ -554,6 +554,35 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_result_hands_back_the_record_it_committed_once() {
+        for store in crate::store::tests::backends().await {
+            let (waited, unwaited) = (item(None, "Get-User"), item(None, "Get-Group"));
+            for new in [&waited, &unwaited] {
+                store.insert_invocation(new).await.unwrap();
+                assert!(store.mark_running(new.accepted.id, 1, "s1", "alice").await.unwrap());
+            }
+            let mut ok = Outcome::failed("x", "y");
+            (ok.status, ok.error_code, ok.error_message) = (Status::Succeeded, None, None);
+            ok.output = serde_json::json!([{"Name": "a"}]);
+            let before = audit_rows(&store).await;
+            // In one group: one result wants its record, the other does not.
+            let (got, plain) =
+                tokio::join!(store.finish_returning(waited.accepted.id, &ok), store.finish(unwaited.accepted.id, &ok));
+            let got = got.unwrap().expect("the result ended it");
+            assert!(plain.unwrap());
+            assert_eq!(audit_rows(&store).await - before, 2, "each audited in the same transaction");
+            let stored = store.get(waited.accepted.id).await.unwrap().unwrap();
+            assert_eq!(
+                (got.status, got.attempts, got.session_id.as_deref(), &got.output, got.finished_at),
+                (Status::Succeeded, 1, Some("s1"), &stored.output, stored.finished_at),
+                "the record as committed"
+            );
+            assert_eq!(got.accepted.cmdlet, "Get-User");
+            assert!(store.finish_returning(waited.accepted.id, &ok).await.unwrap().is_none(), "final stays final");
+        }
+    }
+
+    #[tokio::test]
     async fn a_failed_write_fails_alone_and_does_not_poison_the_next_group() {
         for store in crate::store::tests::backends().await {
             let poison_trigger: &[&str] = if store.writer.is_postgres() {
