@@ -33,7 +33,7 @@ pub async fn create(
     };
     let record = state
         .broker
-        .wait_for(submitted.id, wait)
+        .wait_for(&submitted, wait)
         .await?
         .ok_or_else(|| ApiError::internal("stored invocation vanished"))?;
     if record.status.is_final() {

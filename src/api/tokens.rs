@@ -78,7 +78,10 @@ pub async fn revoke(
             format!("token '{name}' is the one making this request and cannot revoke itself; use another admin token or 'psbroker token revoke'"),
         ));
     }
-    if !state.broker.store().revoke_token(&name).await? {
+    let revoked = state.broker.store().revoke_token(&name).await?;
+    // Revoked through this node: refused here from the next request, not after TOKEN_TRUST.
+    state.auth.forget(&name);
+    if !revoked {
         return Err(ApiError::not_found("active token"));
     }
     tracing::info!(by = %caller.name, token = %name, "API token revoked");

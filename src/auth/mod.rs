@@ -20,7 +20,9 @@ pub use policy::{Constraint, Principal, Refusal, Role, Rule, OPERATOR_VERBS};
 
 use crate::store::{now_ms, Store, StoreError};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// Why a request is not authenticated (all are 401 `unauthenticated`).
 #[derive(Debug, thiserror::Error)]
@@ -39,17 +41,48 @@ pub enum AuthError {
 /// rarely enough that busy callers do not queue behind the one SQLite writer.
 const TOUCH_EVERY_MS: i64 = 60_000;
 
-/// Resolves bearer tokens to callers. Tokens are read from the store on every request, so a
-/// token created or revoked with the CLI (even while the daemon runs) counts at once.
+/// How long a token found valid in the store is trusted without reading it again. A token
+/// revoked elsewhere (`psbroker token revoke`, another node on the same PostgreSQL) is refused
+/// by this node within this time; one revoked through this node's API at once. Short, because
+/// revocation must bite promptly; long enough that a busy caller's requests skip the lookup.
+pub const TOKEN_TRUST: Duration = Duration::from_secs(1);
+
+/// Above this many remembered tokens, the expired ones are dropped (only valid tokens are
+/// remembered, so this bounds memory against many distinct valid tokens, not guesses).
+const TRUSTED_MAX: usize = 1024;
+
+/// Resolves bearer tokens to callers. A token is read from the store at its first use and at
+/// most once per [`TOKEN_TRUST`] after that, so a token created with the CLI while the daemon
+/// runs counts at once and a revoked one stops within [`TOKEN_TRUST`]. Unknown and revoked
+/// tokens are never remembered: each attempt with one reads the store.
 pub struct Authenticator {
     store: Store,
     enabled: bool,
     touched: Mutex<HashMap<String, i64>>,
+    /// Valid tokens by digest: the caller they stand for and when the store said so.
+    trusted: Mutex<HashMap<String, (Arc<Principal>, Instant)>>,
+    /// Counts [`Authenticator::forget`]s: a lookup that began before one does not remember
+    /// what it read (the row may predate the revocation).
+    forgets: AtomicU64,
 }
 
 impl Authenticator {
     pub fn new(store: Store, enabled: bool) -> Authenticator {
-        Authenticator { store, enabled, touched: Mutex::new(HashMap::new()) }
+        Authenticator {
+            store,
+            enabled,
+            touched: Mutex::new(HashMap::new()),
+            trusted: Mutex::new(HashMap::new()),
+            forgets: AtomicU64::new(0),
+        }
+    }
+
+    /// Stops trusting the token named `name` (revoked through this node): its next use reads
+    /// the store.
+    pub fn forget(&self, name: &str) {
+        let mut trusted = self.trusted.lock().expect("trusted tokens");
+        self.forgets.fetch_add(1, Ordering::SeqCst);
+        trusted.retain(|_, (p, _)| p.name != name);
     }
 
     pub fn enabled(&self) -> bool {
@@ -70,16 +103,39 @@ impl Authenticator {
         if !token.starts_with(token::TOKEN_PREFIX) || token.len() > 200 {
             return Err(AuthError::Invalid);
         }
-        let row = self.store.token_by_hash(&token::digest(token)).await?.ok_or(AuthError::Invalid)?;
+        let digest = token::digest(token);
+        let now = Instant::now();
+        let known = self.trusted.lock().expect("trusted tokens").get(&digest).cloned();
+        if let Some((principal, _)) = known.filter(|(_, since)| now.duration_since(*since) < TOKEN_TRUST) {
+            self.touch(&principal.name).await;
+            return Ok(principal);
+        }
+        let forgets = self.forgets.load(Ordering::SeqCst);
+        let row = self.store.token_by_hash(&digest).await?.ok_or(AuthError::Invalid)?;
         if row.revoked_at.is_some() {
+            self.trusted.lock().expect("trusted tokens").remove(&digest);
             return Err(AuthError::Revoked);
         }
-        let principal = token::principal(&row).map_err(|e| {
+        let principal = Arc::new(token::principal(&row).map_err(|e| {
             tracing::error!(token = %row.name, error = %e, "stored token does not parse; refusing it");
             AuthError::Invalid
-        })?;
+        })?);
+        self.trust(digest, principal.clone(), now, forgets);
         self.touch(&row.name).await;
-        Ok(Arc::new(principal))
+        Ok(principal)
+    }
+
+    /// Remembers a token read at `at`, unless a revocation through this node came since the
+    /// read began (`forgets` was the count then).
+    fn trust(&self, digest: String, principal: Arc<Principal>, at: Instant, forgets: u64) {
+        let mut trusted = self.trusted.lock().expect("trusted tokens");
+        if self.forgets.load(Ordering::SeqCst) != forgets {
+            return;
+        }
+        if trusted.len() >= TRUSTED_MAX {
+            trusted.retain(|_, (_, since)| at.duration_since(*since) < TOKEN_TRUST);
+        }
+        trusted.insert(digest, (principal, at));
     }
 
     async fn touch(&self, name: &str) {

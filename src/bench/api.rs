@@ -1,10 +1,12 @@
 //! `psbroker bench api`: invocations per second and latency through the HTTP API, on the
 //! simulator with zero latency, next to an axum hello-world served and loaded the same way in
-//! the same run (so the figures say what the broker adds, on this machine, today).
+//! the same run (so the figures say what the broker adds, on this machine, today). The
+//! in-process path runs on SQLite and on PostgreSQL (a scratch schema, dropped afterwards).
 
 use super::{ms, quantile};
 use crate::app::Application;
 use crate::config::Config;
+use crate::store::scratch::{self, ScratchSchema};
 use serde_json::{json, Value as Json};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -16,18 +18,26 @@ pub struct ApiArgs {
     pub requests: u32,
     #[arg(long, default_value_t = 16)]
     pub concurrency: u32,
+    /// The PostgreSQL server of the in-process PostgreSQL row (a scratch schema is created in
+    /// it and dropped afterwards); `none` leaves the row out.
+    #[arg(long, env = "PSBROKER_BENCH_PG", default_value_t = scratch::server_url())]
+    pub postgres: String,
+    /// Only the in-process rows (no WS-Man paths): what a profile of the broker's own path wants.
+    #[arg(long)]
+    pub in_process_only: bool,
 }
 
 const TENANTS: u32 = 12;
 
 /// Four admins of cap 3 over twelve tenants: twelve sessions, so the sessions are not what limits
 /// (nor the per-token intake rate limit, which is off: the bench is one token).
-fn config(store_url: &str, extra_profile: &str, extra_sim: &str) -> Config {
+fn config(store_url: &str, data_dir: &std::path::Path, extra_profile: &str, extra_sim: &str) -> Config {
     let mut text = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\n[server.rate_limit]\nrequests_per_second = 0\nitems_per_second = 0\n\
-         [store]\nurl = \"{store_url}\"\n\
+         [store]\nurl = \"{store_url}\"\ndata_dir = \"{}\"\n\
          [profiles.default]\n{extra_profile}\n\
-         [simulator]\nopen_latency_ms = 0\ncommand_latency_ms = 0\nclose_latency_ms = 0\nmailboxes_per_tenant = 5\n{extra_sim}\n"
+         [simulator]\nopen_latency_ms = 0\ncommand_latency_ms = 0\nclose_latency_ms = 0\nmailboxes_per_tenant = 5\n{extra_sim}\n",
+        data_dir.display()
     );
     for a in 0..4 {
         text += &format!("[[admins]]\nname = \"a{a}\"\nupn = \"a{a}@bench\"\ncredential = \"literal:pw{a}\"\n");
@@ -90,10 +100,44 @@ fn report(name: &str, l: &Load) {
     );
 }
 
-async fn broker_path(args: &ApiArgs, name: &str, profile: &str, sim: &str) -> anyhow::Result<Load> {
+/// Where a broker path keeps its data: a SQLite file, or a scratch schema on this server.
+enum Backend<'a> {
+    Sqlite,
+    Postgres(&'a str),
+}
+
+async fn broker_path(
+    args: &ApiArgs,
+    name: &str,
+    backend: Backend<'_>,
+    profile: &str,
+    sim: &str,
+) -> anyhow::Result<Load> {
     let dir = tempfile_dir(name)?;
-    let store_url = format!("sqlite://{}", dir.join("bench.db").display());
-    let app = Application::build(config(&store_url, profile, sim)).await?.spawn();
+    let schema = match backend {
+        Backend::Sqlite => None,
+        Backend::Postgres(server) => Some(ScratchSchema::try_create_on(server).await?),
+    };
+    let store_url = match &schema {
+        Some(s) => s.url(),
+        None => format!("sqlite://{}", dir.join("bench.db").display()),
+    };
+    let result = broker_run(args, &dir, &store_url, profile, sim).await;
+    if let Some(s) = schema {
+        s.drop_now().await;
+    }
+    std::fs::remove_dir_all(&dir).ok();
+    result
+}
+
+async fn broker_run(
+    args: &ApiArgs,
+    dir: &std::path::Path,
+    store_url: &str,
+    profile: &str,
+    sim: &str,
+) -> anyhow::Result<Load> {
+    let app = Application::build(config(store_url, dir, profile, sim)).await?.spawn();
     // The daemon wrote its bootstrap admin token next to the database: the bench pays for auth.
     let token = std::fs::read_to_string(dir.join(crate::auth::token::TOKEN_FILE))?;
     let client = crate::cli_token::bearer_client(&token)?;
@@ -104,7 +148,6 @@ async fn broker_path(args: &ApiArgs, name: &str, profile: &str, sim: &str) -> an
     }
     let result = load(client, app.url("/v1/invocations"), args).await;
     app.stop().await?;
-    std::fs::remove_dir_all(&dir).ok();
     Ok(result)
 }
 
@@ -134,17 +177,28 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
     );
     let hello = hello_world(&args).await?;
     report("axum hello-world (same client)", &hello);
-    let in_process = broker_path(&args, "inproc", "kind = \"simulator\"", "").await?;
+    let in_process = broker_path(&args, "inproc", Backend::Sqlite, "kind = \"simulator\"", "").await?;
     report("psbroker, in-process simulator", &in_process);
+    if args.postgres != "none" {
+        let on_pg =
+            broker_path(&args, "inproc-pg", Backend::Postgres(&args.postgres), "kind = \"simulator\"", "").await;
+        match on_pg {
+            Ok(l) => report("psbroker, in-process simulator, PostgreSQL", &l),
+            Err(e) => println!("  psbroker, in-process simulator, PostgreSQL: not run ({e})"),
+        }
+    }
+    if args.in_process_only {
+        return Ok(());
+    }
     let wire_profile = "kind = \"wsman\"\nallow_plain_http = true\n\
                         connection_uri = \"http://{simulator}/powershell-liveid?DelegatedOrg={tenant}\"";
-    let wire = broker_path(&args, "wire", wire_profile, "").await?;
+    let wire = broker_path(&args, "wire", Backend::Sqlite, wire_profile, "").await?;
     report("psbroker, WS-Man/PSRP to the simulator", &wire);
     // The same path with the on-premises default: NTLM logon per connection, every message
     // sealed (MS-WSMV message encryption) over plain HTTP.
     let ntlm_profile = "kind = \"wsman\"\nauth = \"ntlm\"\n\
                         connection_uri = \"http://{simulator}/powershell-liveid?DelegatedOrg={tenant}\"";
-    let ntlm = broker_path(&args, "ntlm", ntlm_profile, "auth = [\"ntlm\"]").await?;
+    let ntlm = broker_path(&args, "ntlm", Backend::Sqlite, ntlm_profile, "auth = [\"ntlm\"]").await?;
     report("psbroker, WS-Man/PSRP, NTLM + encryption", &ntlm);
     Ok(())
 }

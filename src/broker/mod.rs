@@ -82,8 +82,16 @@ impl Shared {
     /// ends here (single or batch item, success, failure, recovery verdict), and the store
     /// appends its audit record in the same transaction as its final status.
     pub async fn finish(&self, job: &Job, outcome: Outcome) {
-        match self.store.finish(job.id, &outcome).await {
-            Ok(true) => {
+        // A caller waiting for this end gets the committed record with the wake-up.
+        let ended = if self.waiters.watched(job.id) {
+            self.store.finish_returning(job.id, &outcome).await.map(|r| (r.is_some(), r))
+        } else {
+            self.store.finish(job.id, &outcome).await.map(|ended| (ended, None))
+        };
+        let mut record = None;
+        match ended {
+            Ok((true, final_record)) => {
+                record = final_record;
                 let code = outcome.error_code.as_deref().unwrap_or("");
                 self.metrics.invocations.with_label_values(&[outcome.status.as_str(), code]).inc();
                 self.metrics
@@ -91,10 +99,10 @@ impl Shared {
                     .with_label_values(&[job.priority.as_str()])
                     .observe(job.enqueued_at.elapsed().as_secs_f64());
             }
-            Ok(false) => {}
+            Ok((false, _)) => {}
             Err(e) => tracing::error!(invocation = %job.id, error = %e, "cannot store the invocation's result"),
         }
-        self.waiters.ended(job.id);
+        self.waiters.ended(job.id, record);
     }
 }
 
@@ -128,6 +136,9 @@ impl From<StoreError> for SubmitError {
 pub struct Submitted {
     pub id: Uuid,
     pub replayed: bool,
+    /// Watching the invocation's end since before it was queued (a new one), so
+    /// [`Broker::wait_for`] misses no end and need not read the row to learn it is not final.
+    waiter: Option<waiters::Waiter>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -286,11 +297,12 @@ impl Broker {
         let valid = req.validate(&self.shared.directory, self.shared.tuning.default_timeout_seconds)?;
         let new = self.new_invocation(req, &valid, None, 0, caller);
         match self.shared.store.insert_invocation(&new).await? {
-            Inserted::Existing(r) => Ok(Submitted { id: r.accepted.id, replayed: true }),
+            Inserted::Existing(r) => Ok(Submitted { id: r.accepted.id, replayed: true, waiter: None }),
             Inserted::New => {
                 let redacted = new.accepted.redacted;
+                let waiter = Some(self.shared.waiters.watch(new.accepted.id));
                 self.enqueue(vec![(self.job(&new, valid), redacted)]);
-                Ok(Submitted { id: new.accepted.id, replayed: false })
+                Ok(Submitted { id: new.accepted.id, replayed: false, waiter })
             }
         }
     }
@@ -337,24 +349,47 @@ impl Broker {
         Ok((batch, items.len()))
     }
 
-    /// Waits until the invocation is final or `wait` passes; returns its latest record.
-    pub async fn wait_for(&self, id: Uuid, wait: Duration) -> Result<Option<InvocationRecord>, StoreError> {
-        let waiter = self.shared.waiters.watch(id);
+    /// Waits until the submitted invocation is final or `wait` passes; returns its latest
+    /// record. A new invocation's end usually brings its committed record (no read); the store
+    /// is read when it did not, and at the deadline.
+    pub async fn wait_for(
+        &self,
+        submitted: &Submitted,
+        wait: Duration,
+    ) -> Result<Option<InvocationRecord>, StoreError> {
+        let id = submitted.id;
+        let watching;
+        let (waiter, mut read) = match &submitted.waiter {
+            // Watched since before it was queued: it is not final unless an end says so.
+            Some(w) => (w, false),
+            None => {
+                watching = self.shared.waiters.watch(id);
+                (&watching, true)
+            }
+        };
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            // Armed before the read: an end between the read and the wait still counts.
+            // Armed before looking: an end between the look and the wait still counts.
             let ended = waiter.ended();
-            let record = self.shared.store.get(id).await?;
-            if record.as_ref().is_none_or(|r| r.status.is_final()) {
-                return Ok(record);
+            if let Some(record) = waiter.record() {
+                return Ok(Some(InvocationRecord::clone(&record)));
             }
+            if read {
+                let record = self.shared.store.get(id).await?;
+                if record.as_ref().is_none_or(|r| r.status.is_final()) {
+                    return Ok(record);
+                }
+            }
+            // After any wake-up without a record (or a look at another node's work), the store
+            // says what happened.
+            read = true;
             // Another node may run it: its end wakes nobody here, so look again now and then.
             let until = match self.shared.cluster {
                 Some(_) => deadline.min(tokio::time::Instant::now() + cluster::REMOTE_END_POLL),
                 None => deadline,
             };
             if tokio::time::timeout_at(until, ended).await.is_err() && until == deadline {
-                return Ok(record);
+                return self.shared.store.get(id).await;
             }
         }
     }

@@ -19,17 +19,21 @@
 //!
 //! Other writes (batches, cancellation, tokens, sessions) use the writer pool directly; the
 //! task holds the single writer connection only while it commits a group. On PostgreSQL the
-//! same task saves a commit (a WAL flush) per write just as well.
+//! same saves a commit (a WAL flush) per write just as well, and a few such tasks commit
+//! groups side by side ([`POSTGRES_WRITERS`]).
+//!
+//! A result's statement can hand back the final record it wrote (`RETURNING`), for a caller
+//! waiting for that end ([`Store::finish_returning`]): the waiter then reads nothing.
 //!
 //! This module is where the queue's and the audit's SQL meet (a result and its audit record
 //! are one transaction); neither of them knows about it.
 
 use super::audit;
 use super::db::{on, uuid_text, Cols, Conn, Pool};
-use super::queue::{insert_rows, replay_in};
-use super::{now_ms, AuditEntry, Inserted, NewInvocation, Outcome, Store, StoreError};
+use super::queue::{insert_rows, record, replay_in, COLUMNS};
+use super::{now_ms, AuditEntry, Inserted, InvocationRecord, NewInvocation, Outcome, Store, StoreError};
 use sqlx::QueryBuilder;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
@@ -57,13 +61,16 @@ pub(super) struct Finish {
     pub error_code: Option<String>,
     pub error_message: Option<String>,
     pub request_id: Option<String>,
+    /// Answer with the final record as committed (someone waits for it and need not read it).
+    pub want_record: bool,
 }
 
 impl Finish {
-    pub fn new(id: Uuid, at: i64, outcome: &Outcome) -> Finish {
+    pub fn new(id: Uuid, at: i64, outcome: &Outcome, want_record: bool) -> Finish {
         Finish {
             id,
             at,
+            want_record,
             status: outcome.status.as_str(),
             output: outcome.output.to_string(),
             errors: outcome.errors.to_string(),
@@ -81,12 +88,14 @@ pub(super) enum Done {
     Inserted(Inserted),
     /// The claim won / the result ended the invocation.
     Changed(bool),
+    /// The result ended the invocation; here is its final record, if it was asked for.
+    Ended(Option<Box<InvocationRecord>>),
     Appended,
 }
 
 impl Done {
     pub fn changed(self) -> bool {
-        matches!(self, Done::Changed(true))
+        matches!(self, Done::Changed(true) | Done::Ended(_))
     }
 }
 
@@ -107,11 +116,25 @@ pub(super) struct GroupWriter {
     groups: Arc<AtomicU64>,
 }
 
+/// Groups committed at once on PostgreSQL. SQLite has one writer, so one group at a time; on
+/// PostgreSQL each commit waits for its WAL flush, and a commit in flight while the next group
+/// forms lets those flushes overlap (the server merges concurrent flushes). Concurrent groups
+/// are safe for the same reason several nodes on one database are: every write is one
+/// conditional statement under row locks (a claim or a result re-checks the status it
+/// expects after waiting for a concurrent one), and inserts resolve key conflicts in the
+/// statement. A deadlock between two groups (an id in both, locked in opposite orders) fails
+/// one of them, whose writes are then retried one by one like any failed group.
+const POSTGRES_WRITERS: usize = 4;
+
 impl GroupWriter {
     pub fn spawn(pool: Pool) -> GroupWriter {
         let (queue, requests) = mpsc::unbounded_channel();
         let groups = Arc::new(AtomicU64::new(0));
-        tokio::spawn(run(pool, requests, groups.clone()));
+        let writers = if pool.is_postgres() { POSTGRES_WRITERS } else { 1 };
+        let requests = Arc::new(tokio::sync::Mutex::new(requests));
+        for _ in 0..writers {
+            tokio::spawn(run(pool.clone(), requests.clone(), groups.clone()));
+        }
         GroupWriter { queue, groups }
     }
 
@@ -128,14 +151,20 @@ impl GroupWriter {
     }
 }
 
-async fn run(pool: Pool, mut requests: mpsc::UnboundedReceiver<Request>, groups: Arc<AtomicU64>) {
+/// One committer: takes what is queued (the queue is shared by the committers, one takes at a
+/// time), commits it, answers, again.
+async fn run(pool: Pool, requests: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Request>>>, groups: Arc<AtomicU64>) {
     let mut group: Vec<Request> = Vec::new();
-    while let Some(first) = requests.recv().await {
-        group.push(first);
-        while group.len() < MAX_GROUP {
-            match requests.try_recv() {
-                Ok(r) => group.push(r),
-                Err(_) => break,
+    loop {
+        {
+            let mut requests = requests.lock().await;
+            let Some(first) = requests.recv().await else { return };
+            group.push(first);
+            while group.len() < MAX_GROUP {
+                match requests.try_recv() {
+                    Ok(r) => group.push(r),
+                    Err(_) => break,
+                }
             }
         }
         // A caller that stopped waiting (its request was dropped) gets nothing written: the same
@@ -253,6 +282,9 @@ async fn apply(conn: &mut Conn<'_>, ops: &[Op]) -> Result<Vec<Answer>, StoreErro
         _ => None,
     });
     if !finishes.candidates.is_empty() {
+        // The final records come back from the same statement, for the results someone waits for.
+        let want_records = finishes.candidates.iter().any(|(_, op)| matches!(op, Op::Finish(f) if f.want_record));
+        let returning = if want_records { COLUMNS } else { "id" };
         let ended = on!(conn, c => {
         let mut qb = QueryBuilder::new(
             "UPDATE invocations SET status = v.column2, finished_at = v.column3, output = v.column4, \
@@ -272,14 +304,20 @@ async fn apply(conn: &mut Conn<'_>, ops: &[Op]) -> Result<Vec<Answer>, StoreErro
                     .push_bind(f.request_id.clone());
             }
         });
-        qb.push(") AS v WHERE invocations.id = v.column1 AND invocations.status IN ('queued', 'running') RETURNING id");
-        returned_ids(qb.build().fetch_all(&mut **c).await?)?
+        qb.push(") AS v WHERE invocations.id = v.column1 AND invocations.status IN ('queued', 'running') RETURNING ");
+        qb.push(returning);
+        let rows = qb.build().fetch_all(&mut **c).await?;
+        if want_records {
+            rows.iter().map(|r| record(r).map(|r| (r.accepted.id, Some(r)))).collect::<Result<HashMap<_, _>, _>>()?
+        } else {
+            returned_ids(rows)?.into_iter().map(|id| (id, None)).collect()
+        }
         });
         if !ended.is_empty() {
-            let ids: Vec<Uuid> = ended.iter().copied().collect();
+            let ids: Vec<Uuid> = ended.keys().copied().collect();
             audit::audit_finished(conn, &ids).await?;
         }
-        finishes.answer(&mut answers, &ended);
+        finishes.answer_ended(&mut answers, ended);
     }
 
     let audits: Vec<(usize, &AuditEntry)> = ops
@@ -312,6 +350,20 @@ impl Candidates<'_> {
     fn answer(&self, answers: &mut [Option<Answer>], changed: &HashSet<Uuid>) {
         for ((i, _), id) in self.candidates.iter().zip(&self.ids) {
             answers[*i] = Some(Ok(Done::Changed(changed.contains(id))));
+        }
+        for i in &self.duplicates {
+            answers[*i] = Some(Ok(Done::Changed(false)));
+        }
+    }
+
+    /// [`Candidates::answer`] for results: those that ended get their record if they asked.
+    fn answer_ended(&self, answers: &mut [Option<Answer>], mut ended: HashMap<Uuid, Option<InvocationRecord>>) {
+        for ((i, op), id) in self.candidates.iter().zip(&self.ids) {
+            let wanted = matches!(op, Op::Finish(f) if f.want_record);
+            answers[*i] = Some(Ok(match ended.remove(id) {
+                Some(record) => Done::Ended(record.filter(|_| wanted).map(Box::new)),
+                None => Done::Changed(false),
+            }));
         }
         for i in &self.duplicates {
             answers[*i] = Some(Ok(Done::Changed(false)));
@@ -383,8 +435,20 @@ impl Store {
     /// Records the end of an invocation that is not already final, and appends its audit record
     /// in the same transaction (so an ended invocation always has one, and only one).
     pub async fn finish(&self, id: Uuid, outcome: &Outcome) -> Result<bool, StoreError> {
-        let finish = Finish::new(id, now_ms(), outcome);
+        let finish = Finish::new(id, now_ms(), outcome, false);
         self.group.write(Op::Finish(Box::new(finish))).await.map(Done::changed)
+    }
+
+    /// [`Store::finish`], answering with the final record as committed when this result ended
+    /// the invocation (`None`: it was already final). Read from the statement that wrote it, so
+    /// whoever waits for the end need not read the row back.
+    pub async fn finish_returning(&self, id: Uuid, outcome: &Outcome) -> Result<Option<InvocationRecord>, StoreError> {
+        let finish = Finish::new(id, now_ms(), outcome, true);
+        match self.group.write(Op::Finish(Box::new(finish))).await? {
+            Done::Ended(record) => Ok(record.map(|r| *r)),
+            Done::Changed(false) => Ok(None),
+            other => unreachable!("a result answered {other:?}"),
+        }
     }
 
     /// Appends one audit record (a request refused by authorization; ended invocations are
@@ -486,6 +550,35 @@ mod tests {
             );
             let a_row = store.get(a).await.unwrap().unwrap();
             assert_eq!(a_row.error_code.as_deref(), Some("x"), "the first result is the one kept");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_result_hands_back_the_record_it_committed_once() {
+        for store in crate::store::tests::backends().await {
+            let (waited, unwaited) = (item(None, "Get-User"), item(None, "Get-Group"));
+            for new in [&waited, &unwaited] {
+                store.insert_invocation(new).await.unwrap();
+                assert!(store.mark_running(new.accepted.id, 1, "s1", "alice").await.unwrap());
+            }
+            let mut ok = Outcome::failed("x", "y");
+            (ok.status, ok.error_code, ok.error_message) = (Status::Succeeded, None, None);
+            ok.output = serde_json::json!([{"Name": "a"}]);
+            let before = audit_rows(&store).await;
+            // In one group: one result wants its record, the other does not.
+            let (got, plain) =
+                tokio::join!(store.finish_returning(waited.accepted.id, &ok), store.finish(unwaited.accepted.id, &ok));
+            let got = got.unwrap().expect("the result ended it");
+            assert!(plain.unwrap());
+            assert_eq!(audit_rows(&store).await - before, 2, "each audited in the same transaction");
+            let stored = store.get(waited.accepted.id).await.unwrap().unwrap();
+            assert_eq!(
+                (got.status, got.attempts, got.session_id.as_deref(), &got.output, got.finished_at),
+                (Status::Succeeded, 1, Some("s1"), &stored.output, stored.finished_at),
+                "the record as committed"
+            );
+            assert_eq!(got.accepted.cmdlet, "Get-User");
+            assert!(store.finish_returning(waited.accepted.id, &ok).await.unwrap().is_none(), "final stays final");
         }
     }
 

@@ -320,14 +320,15 @@ async fn connect_sqlite(url: &str) -> Result<(sqlx::SqlitePool, sqlx::SqlitePool
         .synchronous(SqliteSynchronous::Normal)
         .busy_timeout(Duration::from_secs(10))
         .foreign_keys(true);
-    let writer = SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await?;
+    // No ping before each acquire (sqlx's default): a SQLite connection is a local file that
+    // does not drop, and the ping is one more round trip to the connection's worker thread on
+    // every read and every group commit.
+    let pool = || SqlitePoolOptions::new().test_before_acquire(false);
+    let writer = pool().max_connections(1).connect_with(options.clone()).await?;
     sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
     // An in-memory database exists per connection: there, reads share the one connection.
-    let reads = if memory {
-        writer.clone()
-    } else {
-        SqlitePoolOptions::new().max_connections(4).connect_with(options.read_only(true)).await?
-    };
+    let reads =
+        if memory { writer.clone() } else { pool().max_connections(4).connect_with(options.read_only(true)).await? };
     Ok((writer, reads))
 }
 

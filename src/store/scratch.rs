@@ -21,15 +21,21 @@ impl ScratchSchema {
     /// test that needs it must fail, not pass by skipping.
     pub async fn create() -> ScratchSchema {
         let server = server_url();
-        let name = format!("psbroker_test_{}", uuid::Uuid::new_v4().simple());
-        let mut conn = PgConnection::connect(&server).await.unwrap_or_else(|e| {
+        ScratchSchema::try_create_on(&server).await.unwrap_or_else(|e| {
             panic!(
                 "PostgreSQL does not answer at {server} ({e}); the PostgreSQL tests need it \
                  (set PSBROKER_TEST_POSTGRES to another server, or start this one)"
             )
-        });
-        sqlx::query(&format!("CREATE SCHEMA {name}")).execute(&mut conn).await.expect("create the test schema");
-        ScratchSchema { name, server }
+        })
+    }
+
+    /// A fresh schema in the database at `server`, or why not (for a benchmark, which goes on
+    /// without it).
+    pub async fn try_create_on(server: &str) -> Result<ScratchSchema, sqlx::Error> {
+        let name = format!("psbroker_test_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = PgConnection::connect(server).await?;
+        sqlx::query(&format!("CREATE SCHEMA {name}")).execute(&mut conn).await?;
+        Ok(ScratchSchema { name, server: server.to_string() })
     }
 
     /// Adopts a schema created earlier (a daemon restarted on the same database).
