@@ -443,6 +443,10 @@ fn delete_in_background(shell: &Arc<Shell>) {
 /// Opens a shell: (affinity probe,) Create, extra pool fragments if any, Receive until Opened. On
 /// failure after the Create, or when the Create's answer was lost, the shell is deleted before
 /// the error is returned, so a failed open does not hold quota.
+/// How many more times a timed-out Create's shell is looked for (and deleted) before it is
+/// taken as never created.
+const LATE_CREATE_LOOKS: u32 = 3;
+
 pub(crate) async fn open(
     channel: Channel,
     name: &str,
@@ -478,12 +482,16 @@ pub(crate) async fn open(
                 // The server may have created the shell and lost the answer: WinRM keeps the
                 // ShellId a PSRP client proposes (the RunspacePool id), so it can be deleted.
                 // A Create that timed out may also still be on its way through a busy server,
-                // behind our Delete: if the shell is not there yet, look once more after another
-                // request timeout (the slot stays taken meanwhile, as the shell may hold quota).
+                // behind our Delete: if the shell is not there yet, look again after one, two and
+                // three more request timeouts (the slot stays taken meanwhile, as the shell may
+                // hold quota; a server that busy answers late, not never).
                 let shell_id = upper(rpid);
                 let mut known = delete_known(&channel, &shell_id).await;
-                if e.class == FaultClass::Timeout && matches!(known, Ok(false)) {
-                    tokio::time::sleep(channel.request_timeout()).await;
+                for wait in 1..=LATE_CREATE_LOOKS {
+                    if e.class != FaultClass::Timeout || !matches!(known, Ok(false)) {
+                        break;
+                    }
+                    tokio::time::sleep(channel.request_timeout() * wait).await;
                     known = delete_known(&channel, &shell_id).await;
                 }
                 if let Err(d) = known {
