@@ -527,12 +527,13 @@ impl Broker {
         if stored.is_empty() {
             return;
         }
-        // With several nodes, batch items are stored for any node (see `new_invocation`): the
-        // others are woken to take their share, while this node starts on them at once (the
-        // claim at the start of a run decides who runs each).
-        let for_any_node = self.shared.cluster.is_some() && stored.iter().any(|(j, _)| j.batch.is_some());
-        let _ = self.tx.send(Event::SubmitStored(stored.into_iter().map(|(j, _)| j).collect()));
-        if for_any_node {
+        let (mine, shared): (Vec<_>, Vec<_>) = stored.into_iter().partition(|(j, _)| self.runs_here(j));
+        if !mine.is_empty() {
+            let _ = self.tx.send(Event::SubmitStored(mine.into_iter().map(|(j, _)| j).collect()));
+        }
+        if !shared.is_empty() {
+            // Any node may take them: every node (this one too) counts the queue when woken, so
+            // they all start on their share at once instead of this node taking every lane.
             let store = self.shared.store.clone();
             self.shared.writes.spawn(async move {
                 if let Err(e) = store.notify_queued().await {
@@ -540,6 +541,13 @@ impl Broker {
                 }
             });
         }
+    }
+
+    /// Whether a stored job is this node's from the start: always with one node; with several,
+    /// single invocations (the caller waits: no detour through the shared queue) but not batch
+    /// items, which any node may take.
+    fn runs_here(&self, job: &Job) -> bool {
+        self.shared.cluster.is_none() || job.batch.is_none()
     }
 
     /// Records a refused request in the audit. A failure to write is logged, not answered: the
