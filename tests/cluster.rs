@@ -94,6 +94,20 @@ fn items(n: u32) -> Vec<Json> {
         .collect()
 }
 
+/// Submits a batch to `node`; its id.
+async fn submit(client: &reqwest::Client, node: &Node, items: Vec<Json>) -> String {
+    let resp: Json = client
+        .post(format!("{}/v1/batches", node.daemon.url))
+        .json(&json!({ "items": items }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    resp["id"].as_str().expect("batch accepted").to_string()
+}
+
 async fn get(client: &reqwest::Client, url: String) -> Json {
     client.get(url).send().await.unwrap().json().await.unwrap()
 }
@@ -167,16 +181,7 @@ async fn three_nodes_share_the_caps_survive_a_sigkill_and_a_drain() {
     let client = psbroker::cli_token::bearer_client(token.trim()).unwrap();
     let [n1, n2, n3] = <[Node; 3]>::try_from(nodes).ok().unwrap();
 
-    let resp: Json = client
-        .post(format!("{}/v1/batches", n1.daemon.url))
-        .json(&json!({"items": items(5_000)}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let batch = resp["id"].as_str().expect("batch accepted").to_string();
+    let batch = submit(&client, &n1, items(5_000)).await;
     let started = Instant::now();
 
     // Every node takes part; then node 3 dies without warning, mid-batch.
@@ -308,16 +313,7 @@ async fn a_node_that_cannot_renew_its_leases_closes_its_sessions_before_they_exp
     let node = start_node(dir.path(), &url, sim_addr);
     let token = std::fs::read_to_string(dir.path().join("api-token")).expect("bootstrap token");
     let client = psbroker::cli_token::bearer_client(token.trim()).unwrap();
-    let resp: Json = client
-        .post(format!("{}/v1/batches", node.daemon.url))
-        .json(&json!({"items": items(3_000)}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let batch = resp["id"].as_str().expect("batch accepted").to_string();
+    let batch = submit(&client, &node, items(3_000)).await;
     wait_until("the node holds sessions", Duration::from_secs(30), || async { !live_shells(&sim).is_empty() }).await;
 
     // The database goes away: fence_after (lease 5 s − 2 beats = 4 s) after its last renewal the
