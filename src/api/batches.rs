@@ -5,6 +5,7 @@ use super::auth::Caller;
 use super::error::{body_error, ApiError};
 use super::{body_kind, check_parameter_values, parse_id, read_body, scan_json, ApiState, BodyKind, InvocationView};
 use crate::broker::request::InvocationRequest;
+use crate::broker::{BatchError, BATCH_CHUNK};
 use crate::store::{BatchCounts, Store};
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
@@ -21,24 +22,6 @@ struct BatchBody {
     items: Vec<InvocationRequest>,
 }
 
-fn parse_items(kind: BodyKind, bytes: &Bytes) -> Result<Vec<InvocationRequest>, ApiError> {
-    match kind {
-        BodyKind::Ndjson => {
-            let text = std::str::from_utf8(bytes)
-                .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", "the body is not UTF-8"))?;
-            text.lines()
-                .enumerate()
-                .filter(|(_, l)| !l.trim().is_empty())
-                .map(|(i, l)| serde_json::from_str(l).map_err(|e| body_error(e, Some(i + 1))))
-                .collect()
-        }
-        BodyKind::Json => {
-            let body: BatchBody = serde_json::from_slice(bytes).map_err(|e| body_error(e, None))?;
-            Ok(body.items)
-        }
-    }
-}
-
 pub async fn create(
     State(state): State<ApiState>,
     caller: Caller,
@@ -51,36 +34,96 @@ pub async fn create(
     let bytes = read_body(&headers, body, limits.batch_bytes, limits.body_timeout).await?;
     // Every item together, before any is parsed: a hostile body costs its bytes, no more.
     scan_json(&bytes, limits.batch_json())?;
-    let items = parse_items(kind, &bytes)?;
-    drop(bytes);
-    if items.is_empty() {
-        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "empty_batch", "a batch needs at least one item"));
-    }
-    if items.len() > limits.batch_items {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "batch_too_large",
-            format!("{} items; at most {} per batch", items.len(), limits.batch_items),
-        ));
-    }
-    for (index, item) in items.iter().enumerate() {
-        check_parameter_values(item, limits.parameter_values, Some(index))?;
-    }
-    state.intake.admit_items(&caller.name, items.len())?;
-    if let Some(i) = items.iter().position(|i| i.wait.is_some()) {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_request",
-            format!("item {i}: 'wait' applies to single invocations; follow a batch with GET /v1/batches/{{id}}"),
-        ));
-    }
-    let (id, total) = state.broker.submit_batch(&items, &caller).await?;
+    // Items are parsed a chunk at a time as the broker takes them (it stores one chunk while the
+    // next is parsed); only their number is known first.
+    let (id, total) = match kind {
+        BodyKind::Ndjson => {
+            let text = std::str::from_utf8(&bytes)
+                .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", "the body is not UTF-8"))?;
+            let lines = || text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
+            let total = admit_size(&state, &caller, lines().count())?;
+            let items = lines().map(|(i, l)| serde_json::from_str(l).map_err(|e| body_error(e, Some(i + 1))));
+            (submit(&state, &caller, total, items).await?, total)
+        }
+        BodyKind::Json => {
+            let body: BatchBody = serde_json::from_slice(&bytes).map_err(|e| body_error(e, None))?;
+            drop(bytes);
+            let total = admit_size(&state, &caller, body.items.len())?;
+            (submit(&state, &caller, total, body.items.into_iter().map(Ok)).await?, total)
+        }
+    };
     Ok((
         StatusCode::ACCEPTED,
         [(header::LOCATION, format!("/v1/batches/{id}"))],
         Json(json!({"id": id, "total": total})),
     )
         .into_response())
+}
+
+/// Refuses an empty or oversized batch, then takes `items` from the caller's item budget.
+fn admit_size(state: &ApiState, caller: &Caller, items: usize) -> Result<usize, ApiError> {
+    if items == 0 {
+        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "empty_batch", "a batch needs at least one item"));
+    }
+    let limit = state.limits.batch_items;
+    if items > limit {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "batch_too_large",
+            format!("{items} items; at most {limit} per batch"),
+        ));
+    }
+    state.intake.admit_items(&caller.name, items)?;
+    Ok(items)
+}
+
+/// Hands `items` to the broker in chunks, each item checked as it is taken.
+async fn submit(
+    state: &ApiState,
+    caller: &Caller,
+    total: usize,
+    items: impl Iterator<Item = Result<InvocationRequest, ApiError>> + Send,
+) -> Result<Uuid, ApiError> {
+    let values = state.limits.parameter_values;
+    let checked = items.enumerate().map(|(index, item)| {
+        let item = item?;
+        check_parameter_values(&item, values, Some(index))?;
+        if item.wait.is_some() {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request",
+                format!(
+                    "item {index}: 'wait' applies to single invocations; follow a batch with GET /v1/batches/{{id}}"
+                ),
+            ));
+        }
+        Ok(item)
+    });
+    let chunks = chunked(checked, BATCH_CHUNK);
+    state.broker.submit_batch_chunks(total, chunks, caller).await.map_err(|e| match e {
+        BatchError::Source(e) => e,
+        BatchError::Submit(e) => e.into(),
+    })
+}
+
+/// Groups `items` into chunks of `size`; the first error ends the chunks with that error.
+fn chunked<T, E>(
+    mut items: impl Iterator<Item = Result<T, E>>,
+    size: usize,
+) -> impl Iterator<Item = Result<Vec<T>, E>> {
+    std::iter::from_fn(move || {
+        let mut chunk = Vec::with_capacity(size);
+        for item in items.by_ref() {
+            match item {
+                Ok(item) => chunk.push(item),
+                Err(e) => return Some(Err(e)),
+            }
+            if chunk.len() == size {
+                break;
+            }
+        }
+        (!chunk.is_empty()).then_some(Ok(chunk))
+    })
 }
 
 /// The batch's counts, if the caller may see it: someone else's batch is 404, as if it did not

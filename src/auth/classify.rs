@@ -242,9 +242,22 @@ fn has_verb(cmdlet: &str, verbs: &[&str]) -> bool {
 static DENIED_GLOBS: std::sync::LazyLock<Vec<(&'static str, Glob)>> =
     std::sync::LazyLock::new(|| DENIED_CMDLETS.iter().map(|d| (*d, Glob::new(d))).collect());
 
+thread_local! {
+    /// The last cmdlet looked up on this thread and its answer: a batch repeats one cmdlet
+    /// thousands of times, and the deny-list has over a hundred globs to try.
+    static LAST_LOOKUP: std::cell::RefCell<(String, Option<&'static str>)> = const { std::cell::RefCell::new((String::new(), None)) };
+}
+
 /// The deny-list entry that matches `cmdlet`, if any.
 pub fn denied_by(cmdlet: &str) -> Option<&'static str> {
-    DENIED_GLOBS.iter().find(|(_, glob)| glob.matches(cmdlet)).map(|(entry, _)| *entry)
+    LAST_LOOKUP.with_borrow_mut(|(last, answer)| {
+        if last != cmdlet || last.is_empty() {
+            *answer = DENIED_GLOBS.iter().find(|(_, glob)| glob.matches(cmdlet)).map(|(entry, _)| *entry);
+            last.clear();
+            last.push_str(cmdlet);
+        }
+        *answer
+    })
 }
 
 pub fn classify(cmdlet: &str, parameters: &Map<String, Json>) -> Classification {
@@ -351,6 +364,18 @@ mod tests {
         assert_eq!(class("Search-Mailbox", json!({"TargetMailbox": "x", "Del": true})), Class::Destructive);
         assert_eq!(class("Search-Mailbox", json!({"SearchQuery": "x"})), Class::Read);
         assert_eq!(class("New-ComplianceSearchAction", json!({"Purge": true})), Class::Destructive);
+    }
+
+    #[test]
+    fn the_remembered_lookup_answers_for_the_cmdlet_asked() {
+        for _ in 0..2 {
+            assert_eq!(denied_by("Invoke-Expression"), Some("Invoke-*"));
+            assert_eq!(denied_by("Invoke-Expression"), Some("Invoke-*"), "the same cmdlet again");
+            assert_eq!(denied_by("Set-Mailbox"), None);
+            assert_eq!(denied_by("set-mailbox"), None);
+            assert_eq!(denied_by("invoke-command"), Some("Invoke-*"), "another cmdlet, another answer");
+            assert_eq!(denied_by(""), None);
+        }
     }
 
     #[test]

@@ -20,11 +20,25 @@ impl Glob {
     /// folded byte by byte, without a lower-case copy (this runs for every batch item against
     /// every deny-list entry).
     pub fn matches(&self, text: &str) -> bool {
-        if text.is_ascii() {
-            wildcard(self.0.as_bytes(), text.as_bytes(), u8::to_ascii_lowercase)
-        } else {
-            wildcard(self.0.as_bytes(), text.to_lowercase().as_bytes(), |b| *b)
+        if !text.is_ascii() {
+            return wildcard(self.0.as_bytes(), text.to_lowercase().as_bytes(), |b| *b);
         }
+        let (pattern, text) = (self.0.as_bytes(), text.as_bytes());
+        let Some(first_star) = pattern.iter().position(|&c| c == b'*') else {
+            return pattern.eq_ignore_ascii_case(text);
+        };
+        // The literal ends of the pattern must be the ends of the text: nearly every text fails
+        // one of these two comparisons at once, before any backtracking.
+        let last_star = pattern.iter().rposition(|&c| c == b'*').unwrap_or(first_star);
+        let (head, tail) = (&pattern[..first_star], &pattern[last_star + 1..]);
+        text.len() >= head.len() + tail.len()
+            && text[..head.len()].eq_ignore_ascii_case(head)
+            && text[text.len() - tail.len()..].eq_ignore_ascii_case(tail)
+            && wildcard(
+                &pattern[first_star..=last_star],
+                &text[head.len()..text.len() - tail.len()],
+                u8::to_ascii_lowercase,
+            )
     }
 }
 
@@ -127,6 +141,15 @@ mod tests {
         assert!(Patterns::parse("").is_err());
         assert!(Patterns::parse("a b").is_err());
         assert!(Patterns::any().is_any() && !p.is_any());
+    }
+
+    proptest::proptest! {
+        /// The shortcut on the pattern's literal ends decides as the plain match would.
+        #[test]
+        fn literal_ends_shortcut_agrees_with_the_plain_match(pattern in "[ab*-]{0,7}", text in "[abAB-]{0,9}") {
+            let plain = wildcard(pattern.to_lowercase().as_bytes(), text.as_bytes(), u8::to_ascii_lowercase);
+            proptest::prop_assert_eq!(Glob::new(&pattern).matches(&text), plain);
+        }
     }
 
     #[test]

@@ -138,37 +138,56 @@ pub fn redact(parameters: &Map<String, Json>) -> (Map<String, Json>, bool) {
 /// parameters give equal text whatever order the caller wrote them in.
 pub fn canonical(value: &Json) -> Json {
     match value {
-        Json::Object(map) => {
-            let mut entries: Vec<(&String, &Json)> = map.iter().collect();
-            entries.sort_by(|a, b| a.0.to_ascii_lowercase().cmp(&b.0.to_ascii_lowercase()).then(a.0.cmp(b.0)));
-            Json::Object(entries.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), canonical(v))).collect())
-        }
+        Json::Object(map) => canonical_object(map),
         Json::Array(items) => Json::Array(items.iter().map(canonical).collect()),
         other => other.clone(),
     }
 }
 
+fn canonical_object(map: &Map<String, Json>) -> Json {
+    let mut entries: Vec<(&String, &Json)> = map.iter().collect();
+    entries.sort_by(|a, b| a.0.to_ascii_lowercase().cmp(&b.0.to_ascii_lowercase()).then(a.0.cmp(b.0)));
+    Json::Object(entries.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), canonical(v))).collect())
+}
+
+/// The canonical text of a parameter map: what the digests of parameter values are taken of.
+pub fn canonical_text(parameters: &Map<String, Json>) -> String {
+    canonical_object(parameters).to_string()
+}
+
 /// Hex SHA-256 of `salt` followed by `data`. The salt is per database, random, so equal values
 /// in two databases hash differently and no precomputed table applies.
 pub fn salted_sha256(salt: &str, data: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut h = Sha256::new();
     h.update(salt.as_bytes());
     h.update([0u8]);
     h.update(data);
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    let mut hex = String::with_capacity(64);
+    for b in h.finalize() {
+        hex.push(HEX[usize::from(b >> 4)] as char);
+        hex.push(HEX[usize::from(b & 0xf)] as char);
+    }
+    hex
 }
 
 /// The audit's digest of the parameter values: salted SHA-256 of the canonical, already
 /// redacted parameters (secret values never enter it).
 pub fn values_hash(salt: &str, redacted_parameters: &Map<String, Json>) -> String {
-    let canonical = canonical(&Json::Object(redacted_parameters.clone()));
-    salted_sha256(salt, canonical.to_string().as_bytes())
+    salted_sha256(salt, canonical_text(redacted_parameters).as_bytes())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn salted_digests_are_lower_hex_sha256_of_salt_nul_data() {
+        let want = format!("{:x}", Sha256::digest(b"salt\0data"));
+        assert_eq!(salted_sha256("salt", b"data"), want);
+        assert_eq!(want.len(), 64);
+    }
 
     #[test]
     fn secret_names_include_abbreviations() {

@@ -4,6 +4,7 @@
 //! the driver task, which owns the [`scheduler::Scheduler`] and the live remote sessions and
 //! executes the scheduler's decisions.
 
+mod batch_intake;
 pub mod cluster;
 pub mod directory;
 mod driver;
@@ -32,6 +33,7 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
+pub use batch_intake::{BatchError, BATCH_CHUNK};
 pub use driver::{Event, CLOSE_TIMEOUT};
 
 /// State shared by the handle, the driver and the command runners.
@@ -307,48 +309,6 @@ impl Broker {
         }
     }
 
-    /// Authorizes and validates every item (nothing is stored if one is refused or bad), stores
-    /// them in one transaction, then queues them. Returns the batch id and its size.
-    pub async fn submit_batch(
-        &self,
-        items: &[InvocationRequest],
-        caller: &Principal,
-    ) -> Result<(Uuid, usize), SubmitError> {
-        self.check_accepting()?;
-        for (index, req) in items.iter().enumerate() {
-            if let Err(refusal) = caller.authorize(&req.tenant, &req.cmdlet, &req.parameters) {
-                self.audit_refusal(caller, req, &refusal).await;
-                return Err(SubmitError::Forbidden { index: Some(index), refusal });
-            }
-        }
-        let batch = Uuid::now_v7();
-        let mut valid = Vec::with_capacity(items.len());
-        for (index, req) in items.iter().enumerate() {
-            let mut v = req
-                .validate(&self.shared.directory, self.shared.tuning.default_timeout_seconds)
-                .map_err(|error| SubmitError::InvalidItem { index, error })?;
-            // Batch items are batch work unless the caller says otherwise.
-            v.priority = req.priority.unwrap_or(Priority::Batch);
-            valid.push(v);
-        }
-        let news: Vec<NewInvocation> = items
-            .iter()
-            .zip(&valid)
-            .enumerate()
-            .map(|(i, (req, v))| self.new_invocation(req, v, Some(batch), i as i64, caller))
-            .collect();
-        let inserted = self.shared.store.insert_batch(batch, &caller.name, &news).await?;
-        let inserted: std::collections::HashSet<Uuid> = inserted.into_iter().collect();
-        let jobs = news
-            .iter()
-            .zip(valid)
-            .filter(|(n, _)| inserted.contains(&n.accepted.id))
-            .map(|(n, v)| (self.job(n, v), n.accepted.redacted))
-            .collect();
-        self.enqueue(jobs);
-        Ok((batch, items.len()))
-    }
-
     /// Waits until the submitted invocation is final or `wait` passes; returns its latest
     /// record. A new invocation's end usually brings its committed record (no read); the store
     /// is read when it did not, and at the deadline.
@@ -587,10 +547,11 @@ impl Broker {
         let now = now_ms();
         let salt = self.shared.store.salt();
         let (stored, redacted) = secrets::redact(&req.parameters);
+        let (request_hash, params_hash) = req.digests(salt, &stored);
         NewInvocation {
-            request_hash: req.content_hash(salt),
+            request_hash,
             param_names: stored.keys().cloned().collect(),
-            params_hash: secrets::values_hash(salt, &stored),
+            params_hash,
             owner: caller.name.clone(),
             // Secret values live only in this process; a single invocation runs here at once.
             node: (redacted || batch.is_none()).then(|| self.shared.node.clone()),

@@ -254,21 +254,49 @@ impl InvocationRequest {
     /// only in a secret value count as the same request). Names are compared ignoring case, as
     /// PowerShell does; validation refuses names that collide that way, so on an accepted
     /// request the canonical form keeps every name and value apart.
-    pub fn content_hash(&self, salt: &str) -> String {
-        let (parameters, _) = crate::auth::secrets::redact(&self.parameters);
-        let canonical = serde_json::json!([
-            self.tenant.to_ascii_lowercase(),
-            self.cmdlet.to_ascii_lowercase(),
-            crate::auth::secrets::canonical(&Json::Object(parameters)),
-            self.admin.as_ref().map(|a| a.to_ascii_lowercase()),
-        ]);
-        crate::auth::secrets::salted_sha256(salt, canonical.to_string().as_bytes())
+    ///
+    /// Returned with the digest of the parameter values alone (the audit's): both are taken of
+    /// the one canonical text of `stored`, the parameters as stored (secret values redacted).
+    pub fn digests(&self, salt: &str, stored: &Map<String, Json>) -> (String, String) {
+        let parameters = crate::auth::secrets::canonical_text(stored);
+        let lower = |s: &str| Json::String(s.to_ascii_lowercase()).to_string();
+        let admin = self.admin.as_deref().map_or_else(|| "null".to_string(), lower);
+        // The compact JSON of [tenant, cmdlet, parameters, admin], written out.
+        let request = format!("[{},{},{parameters},{admin}]", lower(&self.tenant), lower(&self.cmdlet));
+        let hash = |text: &str| crate::auth::secrets::salted_sha256(salt, text.as_bytes());
+        (hash(&request), hash(&parameters))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The digests are those of the canonical JSON (stored digests must keep matching).
+    #[test]
+    fn digests_are_taken_of_the_canonical_json() {
+        use crate::auth::secrets::{canonical, redact, salted_sha256};
+        for admin in [None, Some("Ops@Contoso.com")] {
+            let req: InvocationRequest = serde_json::from_value(serde_json::json!({
+                "tenant": "Contoso.onmicrosoft.com", "cmdlet": "Set-Mailbox", "admin": admin,
+                "parameters": {"Identity": "a\"b\u{e9}", "password": "x", "B": [2, {"z": 1, "A": true}], "a": null}
+            }))
+            .unwrap();
+            let (stored, redacted) = redact(&req.parameters);
+            assert!(redacted);
+            let whole = serde_json::json!([
+                "contoso.onmicrosoft.com",
+                "set-mailbox",
+                canonical(&Json::Object(stored.clone())),
+                admin.map(str::to_ascii_lowercase),
+            ]);
+            let params = canonical(&Json::Object(stored.clone())).to_string();
+            assert_eq!(
+                req.digests("salt", &stored),
+                (salted_sha256("salt", whole.to_string().as_bytes()), salted_sha256("salt", params.as_bytes()))
+            );
+        }
+    }
 
     #[test]
     fn cmdlet_names_must_be_verb_noun() {

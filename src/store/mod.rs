@@ -18,7 +18,7 @@ mod views;
 
 pub use audit::{AuditEntry, AuditQuery, AuditRecord};
 pub use identity::SealedRefreshToken;
-pub use queue::LaneCount;
+pub use queue::{BatchInsert, LaneCount};
 pub use tokens::TokenRow;
 pub use views::{BatchSummary, FailureGroup, FailureMessage, FailureQuery, TenantCount};
 

@@ -5,7 +5,7 @@
 //! Inserts, claims and results are committed in groups ([`super::group`], which uses the SQL
 //! here); the rest runs on the pools directly.
 
-use super::db::{on, uuid_text, Cols, Conn};
+use super::db::{on, uuid_text, Backend, Cols, Conn};
 use super::{now_ms, Accepted, BatchCounts, InvocationRecord, NewInvocation, Status, Store, StoreError};
 use serde_json::Value as Json;
 use sqlx::QueryBuilder;
@@ -34,38 +34,75 @@ impl LaneCount {
 
 pub(super) const COLUMNS: &str = "id, batch_id, seq, idempotency_key, tenant, admin, cmdlet, parameters, priority, idempotent, status, attempts, created_at, deadline_at, started_at, finished_at, session_id, admin_used, output, errors, warnings, error_code, error_message, owner, redacted, request_id";
 
+/// A batch being stored: one transaction, written chunk by chunk while the caller prepares the
+/// next chunk, committed by [`BatchInsert::commit`]. Dropped uncommitted, it is rolled back and
+/// nothing of the batch is stored.
+pub struct BatchInsert {
+    tx: Backend<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Transaction<'static, sqlx::Postgres>>,
+}
+
+/// Rows per INSERT statement (a row binds 20 values; SQLite allows 32,766 per statement).
+const ROWS_PER_STATEMENT: usize = 500;
+
+impl BatchInsert {
+    /// Stores `items`; returns the ids that were new (items whose idempotency key was seen before,
+    /// in this batch too, are not stored again and must not run again).
+    pub async fn insert(&mut self, items: &[NewInvocation]) -> Result<Vec<Uuid>, StoreError> {
+        on!(&mut self.tx, tx => {
+            let mut conn = Backend::from(&mut **tx);
+            let mut inserted = Vec::with_capacity(items.len());
+            for chunk in items.chunks(ROWS_PER_STATEMENT) {
+                inserted.extend(insert_rows(&mut conn, chunk).await?);
+            }
+            if inserted.len() < items.len() {
+                // Replayed keys must carry the same request; a different one is the caller's mistake.
+                let inserted: std::collections::HashSet<&Uuid> = inserted.iter().collect();
+                for item in items.iter().filter(|i| !inserted.contains(&i.accepted.id)) {
+                    replay_in(&mut conn, item).await?;
+                }
+            }
+            Ok(inserted)
+        })
+    }
+
+    pub async fn commit(self) -> Result<(), StoreError> {
+        on!(self.tx, tx => tx.commit().await?);
+        Ok(())
+    }
+}
+
 impl Store {
-    /// Stores a batch and its items in one transaction. Returns the ids that were new (items
-    /// whose idempotency key was seen before are not stored again and must not run again).
+    /// Opens the transaction that stores batch `batch_id` of `total` items (see [`BatchInsert`]).
+    /// It holds the writer until committed or dropped.
+    pub async fn begin_batch(&self, batch_id: Uuid, owner: &str, total: usize) -> Result<BatchInsert, StoreError> {
+        let tx = match &self.writer {
+            Backend::Sqlite(pool) => Backend::Sqlite(pool.begin().await?),
+            Backend::Postgres(pool) => Backend::Postgres(pool.begin().await?),
+        };
+        let mut batch = BatchInsert { tx };
+        on!(&mut batch.tx, tx => {
+            sqlx::query("INSERT INTO batches (id, created_at, total, owner) VALUES ($1, $2, $3, $4)")
+                .bind(batch_id.to_string())
+                .bind(now_ms())
+                .bind(total as i64)
+                .bind(owner)
+                .execute(&mut **tx)
+                .await?;
+        });
+        Ok(batch)
+    }
+
+    /// Stores a batch and its items in one transaction. Returns the ids that were new.
     pub async fn insert_batch(
         &self,
         batch_id: Uuid,
         owner: &str,
         items: &[NewInvocation],
     ) -> Result<Vec<Uuid>, StoreError> {
-        on!(&self.writer, pool => {
-            let mut tx = pool.begin().await?;
-            sqlx::query("INSERT INTO batches (id, created_at, total, owner) VALUES ($1, $2, $3, $4)")
-                .bind(batch_id.to_string())
-                .bind(now_ms())
-                .bind(items.len() as i64)
-                .bind(owner)
-                .execute(&mut *tx)
-                .await?;
-            let mut conn = super::db::Backend::from(&mut *tx);
-            let mut inserted = Vec::with_capacity(items.len());
-            for chunk in items.chunks(500) {
-                inserted.extend(insert_rows(&mut conn, chunk).await?);
-            }
-            if inserted.len() < items.len() {
-                // Replayed keys must carry the same request; a different one is the caller's mistake.
-                for item in items.iter().filter(|i| !inserted.contains(&i.accepted.id)) {
-                    replay_in(&mut conn, item).await?;
-                }
-            }
-            tx.commit().await?;
-            Ok(inserted)
-        })
+        let mut batch = self.begin_batch(batch_id, owner, items.len()).await?;
+        let inserted = batch.insert(items).await?;
+        batch.commit().await?;
+        Ok(inserted)
     }
 
     pub async fn get(&self, id: Uuid) -> Result<Option<InvocationRecord>, StoreError> {
