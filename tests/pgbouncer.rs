@@ -14,7 +14,7 @@ use common::tools::{free_port, KillOnDrop};
 use futures::future::join_all;
 use psbroker::store::cluster::Admission;
 use psbroker::store::scratch::{server_url, ScratchDatabase};
-use psbroker::store::{Accepted, NewInvocation, Outcome, Status, Store};
+use psbroker::store::{Accepted, NewInvocation, Outcome, Status, Store, StoreError};
 use serde_json::json;
 use sqlx::postgres::{PgConnectOptions, PgRow};
 use sqlx::{ConnectOptions, Connection, PgConnection, Row};
@@ -77,7 +77,12 @@ struct PgBouncer {
 }
 
 impl PgBouncer {
+    /// Started with the settings docs/cluster.md requires.
     fn start() -> PgBouncer {
+        PgBouncer::start_with(200)
+    }
+
+    fn start_with(max_prepared_statements: u32) -> PgBouncer {
         let server = reqwest::Url::parse(&server_url()).expect("PSBROKER_TEST_POSTGRES is a URL");
         let (host, port) = (server.host_str().unwrap_or("127.0.0.1"), server.port().unwrap_or(5432));
         let user = if server.username().is_empty() { "postgres" } else { server.username() };
@@ -88,7 +93,7 @@ impl PgBouncer {
             "[databases]\n* = host={host} port={port}\n\
              [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {listen}\nunix_socket_dir =\n\
              auth_type = trust\nauth_file = {dir}/users.txt\nadmin_users = {user}\n\
-             pool_mode = transaction\nmax_prepared_statements = 200\ndefault_pool_size = {POOL_SIZE}\n\
+             pool_mode = transaction\nmax_prepared_statements = {max_prepared_statements}\ndefault_pool_size = {POOL_SIZE}\n\
              max_client_conn = 200\nlogfile = {dir}/pgbouncer.log\n",
             dir = dir.path().display()
         );
@@ -231,6 +236,20 @@ async fn nodes_share_caps_and_work_through_a_few_server_connections() {
         "the nodes held {clients} connections to PgBouncer: more than its pool of {POOL_SIZE}"
     );
     eprintln!("{clients} client connections shared {servers} server connections");
+}
+
+#[tokio::test]
+async fn a_pooler_that_loses_prepared_statements_is_refused_at_start() {
+    let db = ScratchDatabase::create().await;
+    let bouncer = PgBouncer::start_with(0);
+    match Store::open(&db.url_via(bouncer.addr), Some(&db.url())).await {
+        Err(e @ StoreError::PoolerPreparedStatements(_)) => {
+            let said = e.to_string();
+            assert!(said.contains("max_prepared_statements") && said.contains("1.21"), "{said}");
+        }
+        Err(e) => panic!("not the pooler's error: {e}"),
+        Ok(_) => panic!("a store opened behind a pooler that does not track prepared statements"),
+    }
 }
 
 const FLEET: Fleet = Fleet { admins: 2, tenants: 10 };

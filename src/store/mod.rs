@@ -51,6 +51,12 @@ pub enum StoreError {
     UnsupportedUrl(String),
     #[error("several nodes share a store only on PostgreSQL")]
     NeedsPostgres,
+    #[error(
+        "the pooler in front of PostgreSQL loses prepared statements ({0}): with store.pgbouncer = true, \
+         PgBouncer must be 1.21 or later with max_prepared_statements > 0 and pool_mode = transaction \
+         (docs/cluster.md, \"Behind PgBouncer\")"
+    )]
+    PoolerPreparedStatements(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -285,6 +291,9 @@ impl Store {
                 }
                 None => POSTGRES_MIGRATIONS.run(&pool).await?,
             }
+            if direct.is_some() {
+                check_pooler(&pool).await?;
+            }
             (Backend::Postgres(pool.clone()), Backend::Postgres(pool))
         } else if direct.is_some() {
             return Err(StoreError::NeedsPostgres);
@@ -330,6 +339,28 @@ impl Store {
         });
         Ok(())
     }
+}
+
+/// sqlx prepares every statement with arguments under a name of its connection's own
+/// (`sqlx_s_1`, ...) and binds it after a Sync, where a pooler in transaction mode may switch
+/// server connections: that works only if the pooler tracks prepared statements (PgBouncer
+/// 1.21+ with `max_prepared_statements`). Two fresh connections preparing the same name one
+/// after the other on an idle pool show it now (an untracking pooler hands the second the
+/// server the first prepared on, or the Bind lands on another) rather than on some later query.
+async fn check_pooler(pool: &sqlx::PgPool) -> Result<(), StoreError> {
+    let mut first = pool.acquire().await?;
+    let mut second = pool.acquire().await?;
+    for conn in [&mut first, &mut second] {
+        let probe = sqlx::query("SELECT $1::int4").bind(1).execute(&mut **conn).await;
+        if let Err(sqlx::Error::Database(e)) = &probe {
+            // 42P05 duplicate_prepared_statement, 26000 invalid_sql_statement_name.
+            if matches!(e.code().as_deref(), Some("42P05" | "26000")) {
+                return Err(StoreError::PoolerPreparedStatements(e.message().to_string()));
+            }
+        }
+        probe?;
+    }
+    Ok(())
 }
 
 /// SQLite's single writer connection and its pool of readers.
