@@ -68,21 +68,14 @@ pub struct Rescue {
 
 const NOTIFY: &str = "psbroker";
 
-/// How long a transaction of the cluster's may idle before PostgreSQL ends it.
-pub(crate) const IDLE_IN_TRANSACTION: &str = "10s";
-
 /// Begins a transaction of the cluster's. Its locks are waited for by other nodes (the scope
 /// locks of admission, the rows a rescuer takes over), so a node that hangs inside it (stopped,
-/// cut off) must not keep them: PostgreSQL ends the transaction once it idles for
-/// [`IDLE_IN_TRANSACTION`]. `SET LOCAL` lasts exactly the transaction, so it holds behind a
-/// pooler in transaction mode too, where a session setting would stay on a server connection
-/// that other clients then use.
+/// cut off) must not keep them: PostgreSQL ends the transaction once it idles for 10 s.
+/// `SET LOCAL` lasts exactly the transaction, so it holds behind a pooler in transaction mode
+/// too, where a session setting would stay on a server connection that other clients then use.
+/// Sent with the `BEGIN`, in one round trip.
 async fn begin(pool: &PgPool) -> Result<Transaction<'static, Postgres>, StoreError> {
-    let mut tx = pool.begin().await?;
-    sqlx::query(&format!("SET LOCAL idle_in_transaction_session_timeout = '{IDLE_IN_TRANSACTION}'"))
-        .execute(&mut *tx)
-        .await?;
-    Ok(tx)
+    Ok(pool.begin_with("BEGIN; SET LOCAL idle_in_transaction_session_timeout = '10s'").await?)
 }
 
 impl Store {
