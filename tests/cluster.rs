@@ -58,7 +58,7 @@ async fn three_nodes_share_the_caps_survive_a_sigkill_and_a_drain() {
     let client = client(dirs[0].path());
     let [n1, n2, n3] = <[Node; 3]>::try_from(nodes).ok().unwrap();
 
-    let batch = submit(&client, &n1, FLEET.items(5_000)).await;
+    let batch = submit(&client, &n1.daemon.url, FLEET.items(5_000)).await;
     let started = Instant::now();
 
     // Every node takes part; then node 3 dies without warning, mid-batch.
@@ -69,7 +69,7 @@ async fn three_nodes_share_the_caps_survive_a_sigkill_and_a_drain() {
     })
     .await;
     wait_until("a fifth of the batch ends", Duration::from_secs(60), || async {
-        ended(&batch_counts(&client, &n1, &batch).await) >= 1_000
+        ended(&batch_counts(&client, &n1.daemon.url, &batch).await) >= 1_000
     })
     .await;
     let (n3_shells, _) = held_by(&url, &n3.id).await;
@@ -98,17 +98,17 @@ async fn three_nodes_share_the_caps_survive_a_sigkill_and_a_drain() {
 
     // Node 2 drains on SIGTERM while node 1 goes on.
     wait_until("half the batch ends", Duration::from_secs(90), || async {
-        ended(&batch_counts(&client, &n1, &batch).await) >= 2_500
+        ended(&batch_counts(&client, &n1.daemon.url, &batch).await) >= 2_500
     })
     .await;
-    let before_drain = ended(&batch_counts(&client, &n1, &batch).await);
+    let before_drain = ended(&batch_counts(&client, &n1.daemon.url, &batch).await);
     eprintln!("{:?}: slots back {back:?} after the kill; draining node 2 at {before_drain}", started.elapsed());
     let drain_started = Instant::now();
     assert!(n2.daemon.terminate(), "SIGTERM drains node 2 and it exits 0");
     eprintln!("node 2 drained in {:?}", drain_started.elapsed());
     let (n2_shells, n2_leases) = held_by(&url, &n2.id).await;
     assert!(n2_shells.is_empty() && n2_leases == 0, "a drained node leaves no shell and no lease behind");
-    assert!(ended(&batch_counts(&client, &n1, &batch).await) < 5_000 || before_drain < 5_000);
+    assert!(ended(&batch_counts(&client, &n1.daemon.url, &batch).await) < 5_000 || before_drain < 5_000);
 
     let counts = common::wait_batch_at(&client, &n1.daemon.url, &batch, Duration::from_secs(180)).await;
     assert_eq!(ended(&counts), 5_000, "every item reached a terminal state: {counts}");
@@ -118,7 +118,7 @@ async fn three_nodes_share_the_caps_survive_a_sigkill_and_a_drain() {
     caps_held(&stats, 3, 20);
 
     // No write ran twice; the writes node 3 was running end `node_lost`; every read succeeded.
-    let lost = common::writes_ran_at_most_once(&results(&client, &n1, &batch).await, &stats, "node_lost");
+    let lost = common::writes_ran_at_most_once(&results(&client, &n1.daemon.url, &batch).await, &stats, "node_lost");
     eprintln!("{:?}: batch done: {counts}; {lost} writes node_lost; {:?}", started.elapsed(), stats.max_by_user);
     assert!(lost <= 12, "at most one write per session of node 3 was in flight: {lost}");
     assert!(metric(&client, &n1, "psbroker_cluster_nodes").await >= 1.0);
@@ -181,7 +181,7 @@ async fn a_node_that_cannot_renew_its_leases_closes_its_sessions_before_they_exp
     let dir = tempfile::tempdir().unwrap();
     let node = start_node(dir.path(), &url, sim_addr);
     let client = client(dir.path());
-    let batch = submit(&client, &node, FLEET.items(3_000)).await;
+    let batch = submit(&client, &node.daemon.url, FLEET.items(3_000)).await;
     wait_until("the node holds sessions", Duration::from_secs(30), || async { !live_shells(&sim).is_empty() }).await;
 
     // The database goes away: fence_after (lease 5 s − 2 beats = 4 s) after its last renewal the
@@ -210,7 +210,7 @@ async fn a_node_that_cannot_renew_its_leases_closes_its_sessions_before_they_exp
     let counts = common::wait_batch_at(&client, &node.daemon.url, &batch, Duration::from_secs(120)).await;
     assert_eq!(ended(&counts), 3_000, "{counts}");
     let stats = sim.stats();
-    for line in results(&client, &node, &batch).await.lines() {
+    for line in results(&client, &node.daemon.url, &batch).await.lines() {
         let r: Json = serde_json::from_str(line).unwrap();
         let id: uuid::Uuid = r["id"].as_str().unwrap().parse().unwrap();
         assert!(stats.executions.get(&id).copied().unwrap_or(0) <= 1 || r["cmdlet"] == "Get-Mailbox", "{r}");

@@ -266,10 +266,10 @@ async fn two_daemons_behind_pgbouncer_run_a_batch_within_the_caps() {
     let client = client(dirs[0].path());
     let started = Instant::now();
 
-    let batch = submit(&client, &nodes[0], FLEET.items(1_000)).await;
+    let batch = submit(&client, &nodes[0].daemon.url, FLEET.items(1_000)).await;
     let counts = common::wait_batch_at(&client, &nodes[1].daemon.url, &batch, Duration::from_secs(60)).await;
     assert_eq!(ended(&counts), 1_000, "every item reached a terminal state: {counts}");
-    assert_eq!(counts, batch_counts(&client, &nodes[0], &batch).await, "both nodes read the same batch");
+    assert_eq!(counts, batch_counts(&client, &nodes[0].daemon.url, &batch).await, "both nodes read the same batch");
     let per_node = [ended_here(&client, &nodes[0]).await, ended_here(&client, &nodes[1]).await];
     eprintln!("{:?}: batch done: {counts}; ended per node {per_node:?}", started.elapsed());
     // Both beat through PgBouncer and see each other. (Which node runs which lane is a race
@@ -280,7 +280,8 @@ async fn two_daemons_behind_pgbouncer_run_a_batch_within_the_caps() {
 
     let stats = sim.stats();
     caps_held(&stats, 3, 20);
-    let lost = common::writes_ran_at_most_once(&results(&client, &nodes[0], &batch).await, &stats, "node_lost");
+    let lost =
+        common::writes_ran_at_most_once(&results(&client, &nodes[0].daemon.url, &batch).await, &stats, "node_lost");
     assert_eq!(lost, 0, "no node died, so no write was lost");
 
     for node in nodes {

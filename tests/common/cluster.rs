@@ -1,7 +1,8 @@
-//! Several `psbroker` daemons on one PostgreSQL against one simulated service in the test
-//! process (tests/cluster.rs, tests/pgbouncer.rs): the simulator outlives the nodes and
-//! testifies how many shells each admin and tenant held at most, whether it refused a shell for
-//! a cap, and how often each command ran.
+//! `psbroker` daemons as child processes (several on one PostgreSQL: tests/cluster.rs,
+//! tests/pgbouncer.rs; one killed and restarted: tests/crash.rs) against one simulated service
+//! in the test process: the simulator outlives them and testifies how many shells each admin
+//! and tenant held at most, whether it refused a shell for a cap, and how often each command
+//! ran.
 
 use super::daemon::Daemon;
 use super::tenant;
@@ -105,10 +106,10 @@ pub fn client(dir: &Path) -> reqwest::Client {
     psbroker::cli_token::bearer_client(token.trim()).unwrap()
 }
 
-/// Submits a batch to `node`; its id.
-pub async fn submit(client: &reqwest::Client, node: &Node, items: Vec<Json>) -> String {
+/// Submits a batch to the daemon at `base`; its id.
+pub async fn submit(client: &reqwest::Client, base: &str, items: Vec<Json>) -> String {
     let resp: Json = client
-        .post(format!("{}/v1/batches", node.daemon.url))
+        .post(format!("{base}/v1/batches"))
         .json(&json!({ "items": items }))
         .send()
         .await
@@ -119,14 +120,13 @@ pub async fn submit(client: &reqwest::Client, node: &Node, items: Vec<Json>) -> 
     resp["id"].as_str().expect("batch accepted").to_string()
 }
 
-pub async fn batch_counts(client: &reqwest::Client, node: &Node, batch: &str) -> Json {
-    client.get(format!("{}/v1/batches/{batch}", node.daemon.url)).send().await.unwrap().json().await.unwrap()
+pub async fn batch_counts(client: &reqwest::Client, base: &str, batch: &str) -> Json {
+    client.get(format!("{base}/v1/batches/{batch}")).send().await.unwrap().json().await.unwrap()
 }
 
 /// The batch's results, one JSON line per item.
-pub async fn results(client: &reqwest::Client, node: &Node, batch: &str) -> String {
-    let url = format!("{}/v1/batches/{batch}/results", node.daemon.url);
-    client.get(url).send().await.unwrap().text().await.unwrap()
+pub async fn results(client: &reqwest::Client, base: &str, batch: &str) -> String {
+    client.get(format!("{base}/v1/batches/{batch}/results")).send().await.unwrap().text().await.unwrap()
 }
 
 pub fn ended(c: &Json) -> i64 {
