@@ -15,9 +15,12 @@ if [ -x "$bin" ]; then
 fi
 # Build dependencies, installed when missing (c-ares and pandoc are optional: left out).
 missing=()
-for pkg in build-essential libevent-dev libssl-dev pkg-config curl ca-certificates; do
-  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
-done
+command -v cc >/dev/null || missing+=(gcc libc6-dev)
+command -v make >/dev/null || missing+=(make)
+command -v curl >/dev/null || missing+=(curl ca-certificates)
+command -v pkg-config >/dev/null || missing+=(pkg-config)
+pkg-config --exists libevent 2>/dev/null || missing+=(libevent-dev)
+pkg-config --exists openssl 2>/dev/null || missing+=(libssl-dev)
 if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
 fi

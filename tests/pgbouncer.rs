@@ -72,6 +72,8 @@ fn run_as_nobody_if_root(dir: &std::path::Path) -> String {
 /// Killed when dropped.
 struct PgBouncer {
     addr: SocketAddr,
+    /// The server's user, PgBouncer's admin too.
+    user: String,
     _process: KillOnDrop,
     dir: tempfile::TempDir,
 }
@@ -87,43 +89,49 @@ impl PgBouncer {
         let (host, port) = (server.host_str().unwrap_or("127.0.0.1"), server.port().unwrap_or(5432));
         let user = if server.username().is_empty() { "postgres" } else { server.username() };
         let dir = tempfile::tempdir().unwrap();
-        let listen = free_port();
         std::fs::write(dir.path().join("users.txt"), format!("\"{user}\" \"\"\n")).unwrap();
-        let ini = format!(
-            "[databases]\n* = host={host} port={port}\n\
-             [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {listen}\nunix_socket_dir =\n\
-             auth_type = trust\nauth_file = {dir}/users.txt\nadmin_users = {user}\n\
-             pool_mode = transaction\nmax_prepared_statements = {max_prepared_statements}\ndefault_pool_size = {POOL_SIZE}\n\
-             max_client_conn = 200\nlogfile = {dir}/pgbouncer.log\n",
-            dir = dir.path().display()
-        );
-        let ini = ini + &run_as_nobody_if_root(dir.path());
-        let config = dir.path().join("pgbouncer.ini");
-        std::fs::write(&config, ini).unwrap();
-        let child = Command::new(pgbouncer_binary())
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("pgbouncer starts");
-        let mut process = KillOnDrop(child);
-        let addr = SocketAddr::from(([127, 0, 0, 1], listen));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(addr).is_err() {
-            let log = || std::fs::read_to_string(dir.path().join("pgbouncer.log")).unwrap_or_default();
-            if let Ok(Some(status)) = process.0.try_wait() {
-                panic!("pgbouncer exited ({status}):\n{}", log());
+        let log = || std::fs::read_to_string(dir.path().join("pgbouncer.log")).unwrap_or_default();
+        // A free port may be taken by the time PgBouncer binds it: then it exits, and another is tried.
+        for attempt in 1.. {
+            let listen = free_port();
+            let ini = format!(
+                "[databases]\n* = host={host} port={port}\n\
+                 [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {listen}\nunix_socket_dir =\n\
+                 auth_type = trust\nauth_file = {dir}/users.txt\nadmin_users = {user}\n\
+                 pool_mode = transaction\nmax_prepared_statements = {max_prepared_statements}\n\
+                 default_pool_size = {POOL_SIZE}\nmax_client_conn = 200\nlogfile = {dir}/pgbouncer.log\n{nobody}",
+                dir = dir.path().display(),
+                nobody = run_as_nobody_if_root(dir.path()),
+            );
+            let config = dir.path().join("pgbouncer.ini");
+            std::fs::write(&config, ini).unwrap();
+            let child = Command::new(pgbouncer_binary())
+                .arg(&config)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("pgbouncer starts");
+            let mut process = KillOnDrop(child);
+            let addr = SocketAddr::from(([127, 0, 0, 1], listen));
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if std::net::TcpStream::connect(addr).is_ok() {
+                    return PgBouncer { addr, user: user.to_string(), _process: process, dir };
+                }
+                if let Ok(Some(status)) = process.0.try_wait() {
+                    assert!(attempt < 3, "pgbouncer exited ({status}):\n{}", log());
+                    break;
+                }
+                assert!(Instant::now() < deadline, "pgbouncer does not listen on {addr}:\n{}", log());
+                std::thread::sleep(Duration::from_millis(50));
             }
-            assert!(Instant::now() < deadline, "pgbouncer does not listen on {addr}:\n{}", log());
-            std::thread::sleep(Duration::from_millis(50));
         }
-        PgBouncer { addr, _process: process, dir }
+        unreachable!()
     }
 
-    /// One line per row of `SHOW what` on the admin console (simple queries only), each
-    /// column read as text.
+    /// The rows of `SHOW what` on the admin console (simple queries only).
     async fn show(&self, what: &str) -> Vec<PgRow> {
-        let options = PgConnectOptions::from_str(&format!("postgres://postgres@{}/pgbouncer", self.addr))
+        let options = PgConnectOptions::from_str(&format!("postgres://{}@{}/pgbouncer", self.user, self.addr))
             .unwrap()
             .extra_float_digits(None);
         let mut console = options.connect().await.expect("PgBouncer's admin console");
