@@ -323,13 +323,13 @@ fn exo_connector(profile: &ProfileConfig) -> anyhow::Result<Arc<dyn Connector>> 
     Ok(Arc::new(ExoConnector::new(options).map_err(|e| anyhow::anyhow!(e.message))?))
 }
 
-/// A stable identity for this daemon, kept next to its database (`node-id`), so the shells it
-/// names after itself can be found again after a crash and told apart from other nodes' shells.
 /// Opens the configured store (through PgBouncer when `store.pgbouncer` says so).
 pub async fn open_store(store: &crate::config::StoreConfig) -> anyhow::Result<Store> {
     Store::open(&store.url, store.direct()).await.with_context(|| format!("opening store {}", store.url))
 }
 
+/// A stable identity for this daemon, kept next to its database (`node-id`), so the shells it
+/// names after itself can be found again after a crash and told apart from other nodes' shells.
 fn node_id(store: &crate::config::StoreConfig) -> anyhow::Result<String> {
     let Some(dir) = crate::auth::token::data_dir(store) else {
         return Ok(uuid::Uuid::new_v4().simple().to_string());

@@ -288,11 +288,9 @@ impl Store {
                     let mut conn = sqlx::PgConnection::connect(direct).await?;
                     POSTGRES_MIGRATIONS.run(&mut conn).await?;
                     conn.close().await?;
+                    check_pooler(&pool).await?;
                 }
                 None => POSTGRES_MIGRATIONS.run(&pool).await?,
-            }
-            if direct.is_some() {
-                check_pooler(&pool).await?;
             }
             (Backend::Postgres(pool.clone()), Backend::Postgres(pool))
         } else if direct.is_some() {
