@@ -95,8 +95,7 @@ impl Application {
         }
         let node = node_id(&config.store)?;
         let shell_name = crate::broker::cluster::shell_name(&node);
-        let store =
-            Store::connect(&config.store.url).await.with_context(|| format!("opening store {}", config.store.url))?;
+        let store = open_store(&config.store).await?;
         let metrics = Arc::new(Metrics::new(config.metrics.tenant_labels));
         let (_token_service, token_sources) =
             crate::identity::TokenService::from_config(&config, Some(store.clone()), Some(metrics.clone()))?;
@@ -322,6 +321,11 @@ fn exo_connector(profile: &ProfileConfig) -> anyhow::Result<Arc<dyn Connector>> 
         },
     };
     Ok(Arc::new(ExoConnector::new(options).map_err(|e| anyhow::anyhow!(e.message))?))
+}
+
+/// Opens the configured store (through PgBouncer when `store.pgbouncer` says so).
+pub async fn open_store(store: &crate::config::StoreConfig) -> anyhow::Result<Store> {
+    Store::open(&store.url, store.direct()).await.with_context(|| format!("opening store {}", store.url))
 }
 
 /// A stable identity for this daemon, kept next to its database (`node-id`), so the shells it

@@ -8,7 +8,6 @@ use crate::config::{Config, OAuthGrant};
 use crate::identity::grants::IdpClient;
 use crate::identity::service::RefreshTokens;
 use crate::identity::{Identity, TokenService};
-use crate::store::Store;
 use anyhow::{bail, Context};
 use std::io::Write;
 use std::path::Path;
@@ -29,8 +28,7 @@ pub async fn login(admin: &str, config_path: Option<&Path>) -> anyhow::Result<()
         bail!("oauth.login_url names {{simulator}}, which only the daemon knows: point it at the identity provider (e.g. `psbroker sim`'s http://127.0.0.1:5985)");
     }
     let identity = Identity::from_config(entry, oauth).map_err(|e| anyhow::anyhow!("admin '{admin}': {e}"))?;
-    let store =
-        Store::connect(&config.store.url).await.with_context(|| format!("opening store {}", config.store.url))?;
+    let store = crate::app::open_store(&config.store).await?;
     let refresh_tokens = RefreshTokens::from_config(&config, store)?
         .context("[identity] refresh_token_key is not set: it seals the refresh token in the store")?;
     let idp = IdpClient::new(Duration::from_secs(config.identity.request_timeout_seconds), None)

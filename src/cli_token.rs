@@ -50,7 +50,7 @@ pub enum TokenCommand {
 
 async fn open_store(config: Option<&Path>) -> anyhow::Result<Store> {
     let config = Config::load(config)?;
-    Store::connect(&config.store.url).await.with_context(|| format!("opening store {}", config.store.url))
+    crate::app::open_store(&config.store).await
 }
 
 fn date(ms: Option<i64>) -> String {

@@ -207,11 +207,42 @@ pub struct StoreConfig {
     /// This node's own files (the bootstrap API token, the node id). Default: the SQLite
     /// file's directory, or `./data` with PostgreSQL.
     pub data_dir: Option<std::path::PathBuf>,
+    /// `url` goes through PgBouncer (or another pooler) in transaction mode: then `direct_url`
+    /// is required, and no startup parameter is sent (docs/cluster.md, "Behind PgBouncer").
+    pub pgbouncer: bool,
+    /// PostgreSQL's own address, for what needs a session of its own and so must not go through
+    /// the pooler: the migrations at start (under sqlx's session-level lock) and LISTEN (one
+    /// connection per node). Only with `pgbouncer = true`.
+    pub direct_url: Option<String>,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        Self { url: "sqlite://./data/psbroker.db".into(), data_dir: None }
+        Self { url: "sqlite://./data/psbroker.db".into(), data_dir: None, pgbouncer: false, direct_url: None }
+    }
+}
+
+impl StoreConfig {
+    /// PostgreSQL's own address when `url` goes through a pooler in transaction mode.
+    pub fn direct(&self) -> Option<&str> {
+        self.direct_url.as_deref().filter(|_| self.pgbouncer)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let postgres = crate::store::is_postgres_url(&self.url);
+        match (self.pgbouncer, &self.direct_url) {
+            (true, _) if !postgres => Err("store.pgbouncer = true needs store.url = \"postgres://...\"".into()),
+            (true, None) => Err("store.pgbouncer = true needs store.direct_url: PostgreSQL's own address (not \
+                 PgBouncer's), for the migrations and LISTEN, which need a session of their own"
+                .into()),
+            (true, Some(direct)) if !crate::store::is_postgres_url(direct) => {
+                Err("store.direct_url must be a postgres:// URL (PostgreSQL's own address)".into())
+            }
+            (false, Some(_)) => Err("store.direct_url is used only with store.pgbouncer = true (store.url going \
+                 through PgBouncer in transaction mode)"
+                .into()),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -228,15 +259,11 @@ pub struct ClusterConfig {
     /// A node silent this long is dead: another node deletes its shells and rescues its work.
     /// Shorter than the lease, so its slots stay counted until its shells are gone.
     pub dead_after_seconds: u64,
-    /// The database's own address for LISTEN, when `store.url` goes through a pooler in
-    /// transaction mode (PgBouncer), which cannot carry it. Default: `store.url`. Without
-    /// working notifications the nodes still see new work and freed slots on every beat.
-    pub listen_url: Option<String>,
 }
 
 impl Default for ClusterConfig {
     fn default() -> Self {
-        Self { heartbeat_ms: 2_000, lease_ttl_seconds: 15, dead_after_seconds: 10, listen_url: None }
+        Self { heartbeat_ms: 2_000, lease_ttl_seconds: 15, dead_after_seconds: 10 }
     }
 }
 
@@ -1053,6 +1080,9 @@ impl Config {
         if let Err(e) = self.server.check_limits() {
             return bad(e);
         }
+        if let Err(e) = self.store.check() {
+            return bad(e);
+        }
         if let Err(e) = self.cluster.check() {
             return bad(e);
         }
@@ -1352,6 +1382,30 @@ mod tests {
         let c = Config::from_toml(&text).unwrap();
         assert_eq!(c.profiles["exo"].kind, ProfileKind::ExoRest);
         assert_eq!(c.simulator.rest.tenant_hosts.len(), 1);
+    }
+
+    #[test]
+    fn pgbouncer_needs_postgresql_and_its_direct_address() {
+        let with =
+            |store: &str| Config::from_toml(&EMBEDDED_DEMO.replacen("url = \"sqlite://./data/psbroker.db\"", store, 1));
+        let pooled = "url = \"postgres://psbroker@pgbouncer:6432/psbroker\"\npgbouncer = true\n";
+        let invalid = |store: &str| match with(store) {
+            Err(ConfigError::Invalid(m)) => m,
+            other => panic!("{store}: {other:?}"),
+        };
+        let m = invalid(pooled);
+        assert!(m.contains("store.pgbouncer") && m.contains("store.direct_url"), "names both settings: {m}");
+        let c = with(&format!("{pooled}direct_url = \"postgres://psbroker@db:5432/psbroker\"")).unwrap();
+        assert_eq!(c.store.direct(), Some("postgres://psbroker@db:5432/psbroker"));
+        assert!(invalid(&format!("{pooled}direct_url = \"db:5432\"")).contains("store.direct_url"));
+        assert!(invalid("url = \"sqlite://x.db\"\npgbouncer = true\ndirect_url = \"postgres://db/p\"")
+            .contains("postgres://"));
+        let unpooled = invalid("url = \"postgres://db/p\"\ndirect_url = \"postgres://db/p\"");
+        assert!(unpooled.contains("store.pgbouncer = true"), "{unpooled}");
+        // The demo's commented example, uncommented, is valid.
+        let example = commented_block("# pgbouncer = true");
+        let c = with(&format!("url = \"postgres://psbroker@pgbouncer:6432/psbroker\"\n{example}")).unwrap();
+        assert!(c.store.pgbouncer && c.store.direct().is_some());
     }
 
     #[test]

@@ -6,23 +6,15 @@
 
 mod common;
 
+use common::cluster::{batch_counts, client, results, submit, Fleet};
 use common::daemon::Daemon;
-use psbroker::config::SimulatorConfig;
-use psbroker::sim::{SimAccount, Simulator};
-use serde_json::{json, Value as Json};
+use common::tenant;
+use psbroker::sim::Simulator;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 const UPN: &str = "a0@partner.onmicrosoft.com";
-const TENANTS: u32 = 4;
-
-fn tenant(i: u32) -> String {
-    format!("t{i:03}.onmicrosoft.com")
-}
-
-async fn get(client: &reqwest::Client, url: String) -> Json {
-    client.get(url).send().await.unwrap().json().await.unwrap()
-}
+const FLEET: Fleet = Fleet { admins: 1, tenants: 4 };
 
 fn shells(sim: &Simulator) -> HashSet<String> {
     sim.list_shells(UPN).into_iter().map(|s| s.shell_id).collect()
@@ -30,16 +22,7 @@ fn shells(sim: &Simulator) -> HashSet<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_batch_loses_nothing_repeats_no_write_and_leaves_no_orphan_shells() {
-    let cfg = SimulatorConfig {
-        open_latency_ms: 20,
-        command_latency_ms: 1,
-        close_latency_ms: 1,
-        mailboxes_per_tenant: 10,
-        ..SimulatorConfig::default()
-    };
-    let account = SimAccount { upn: UPN.into(), password: "pw0".into(), tenants: vec!["*".into()] };
-    let sim = Simulator::new(&cfg, vec![account], (0..TENANTS).map(tenant).collect());
-    let (sim_addr, _server) = psbroker::sim::wire::spawn(sim.clone(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let (sim, sim_addr, _server) = FLEET.simulator(1).await;
     // A shell this admin holds through another tool: the broker must leave it alone.
     let foreign = sim.open_shell(UPN, "pw0", &tenant(0), "Microsoft.Exchange").unwrap();
 
@@ -51,7 +34,7 @@ async fn sigkill_mid_batch_loses_nothing_repeats_no_write_and_leaves_no_orphan_s
          [[admins]]\nname = \"a0\"\nupn = \"{UPN}\"\ncredential = \"literal:pw0\"\n",
         dir.store_toml()
     );
-    for t in 0..TENANTS {
+    for t in 0..FLEET.tenants {
         text += &format!("[[tenants]]\ndomain = \"{}\"\n", tenant(t));
     }
     let config = dir.path().join("psbroker.toml");
@@ -59,34 +42,14 @@ async fn sigkill_mid_batch_loses_nothing_repeats_no_write_and_leaves_no_orphan_s
 
     let daemon = Daemon::start(&config, "info");
     // The daemon is secure by default: it wrote an admin token next to its database.
-    let token = std::fs::read_to_string(dir.path().join("api-token")).expect("bootstrap token");
-    let client = psbroker::cli_token::bearer_client(token.trim()).unwrap();
+    let client = client(dir.path());
     // Half reads (safe to repeat), half writes (must never run twice).
-    let items: Vec<Json> = (0..10_000u32)
-        .map(|i| {
-            let t = tenant(i % TENANTS);
-            if i % 2 == 0 {
-                json!({"tenant": t, "cmdlet": "Get-Mailbox", "parameters": {"Identity": "user001"}})
-            } else {
-                json!({"tenant": t, "cmdlet": "Set-Mailbox", "parameters": {"Identity": format!("user{:03}", i % 10 + 1), "CustomAttribute1": format!("v{i}")}})
-            }
-        })
-        .collect();
-    let resp: Json = client
-        .post(format!("{}/v1/batches", daemon.url))
-        .json(&json!({"items": items}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let batch = resp["id"].as_str().unwrap().to_string();
+    let batch = submit(&client, &daemon.url, FLEET.items(10_000)).await;
 
     // Let it get going, then kill it without warning.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let c = get(&client, format!("{}/v1/batches/{batch}", daemon.url)).await;
+        let c = batch_counts(&client, &daemon.url, &batch).await;
         if c["succeeded"].as_i64().unwrap_or(0) >= 1500 {
             break;
         }
@@ -113,10 +76,9 @@ async fn sigkill_mid_batch_loses_nothing_repeats_no_write_and_leaves_no_orphan_s
     assert_eq!(ok + failed, 10_000, "every item reached a terminal state: {counts}");
 
     // Writes ran at most once; a write that may have run at the crash failed `interrupted`.
-    let results =
-        client.get(format!("{}/v1/batches/{batch}/results", daemon.url)).send().await.unwrap().text().await.unwrap();
     let stats = sim.stats();
-    let interrupted = common::writes_ran_at_most_once(&results, &stats, "interrupted");
+    let interrupted =
+        common::writes_ran_at_most_once(&results(&client, &daemon.url, &batch).await, &stats, "interrupted");
     assert!(interrupted <= 3, "at most one write per session was in flight: {interrupted}");
 
     // Graceful stop closes what it opened; the foreign shell is still there.

@@ -177,13 +177,17 @@ mod tests {
 
     #[test]
     fn data_dir_is_the_sqlite_files_directory() {
-        let dir = |url: &str| data_dir(&StoreConfig { url: url.into(), data_dir: None });
+        let dir = |url: &str| data_dir(&StoreConfig { url: url.into(), ..StoreConfig::default() });
         assert_eq!(dir("sqlite://./data/psbroker.db"), Some(PathBuf::from("./data")));
         assert_eq!(dir("sqlite:///var/lib/psbroker/x.db?mode=rwc"), Some(PathBuf::from("/var/lib/psbroker")));
         assert_eq!(dir("sqlite://x.db"), Some(PathBuf::from(".")));
         assert_eq!(dir("sqlite::memory:"), None);
         assert_eq!(dir("postgres://db.example/psbroker"), Some(PathBuf::from("./data")));
-        let set = StoreConfig { url: "postgres://db.example/psbroker".into(), data_dir: Some("/var/lib/x".into()) };
+        let set = StoreConfig {
+            url: "postgres://db.example/psbroker".into(),
+            data_dir: Some("/var/lib/x".into()),
+            ..StoreConfig::default()
+        };
         assert_eq!(data_dir(&set), Some(PathBuf::from("/var/lib/x")));
     }
 

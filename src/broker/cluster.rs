@@ -153,7 +153,7 @@ pub async fn run(
     let mut next_beat = tokio::time::Instant::now();
     loop {
         if wakeups.is_none() {
-            let listen = shared.store.wakeups(cluster.config.listen_url.as_deref());
+            let listen = shared.store.wakeups();
             wakeups = tokio::time::timeout(beat_every, listen).await.ok().and_then(Result::ok);
         }
         tokio::select! {

@@ -3,13 +3,15 @@
 //! order, quota cool-downs, slot demand, the queue's claims and the rescue of a dead node.
 //!
 //! Every time is the database's `now()`. Locks are transaction-scoped (row locks,
-//! `pg_advisory_xact_lock`), never session-level, so the statements work behind PgBouncer in
-//! transaction mode. SQLite is one node: these calls answer [`StoreError::NeedsPostgres`].
+//! `pg_advisory_xact_lock`), never session-level, and every transaction here sets its own
+//! idle timeout ([`begin`]), so the statements work behind PgBouncer in transaction mode (only
+//! LISTEN needs a session: [`Wakeups`]). SQLite is one node: these calls answer
+//! [`StoreError::NeedsPostgres`].
 
 use super::db::{Backend, Cols};
 use super::queue::{record, COLUMNS};
 use super::{InvocationRecord, LaneCount, OpenShell, Store, StoreError};
-use sqlx::{PgPool, QueryBuilder};
+use sqlx::{PgPool, Postgres, QueryBuilder, Transaction};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -66,6 +68,16 @@ pub struct Rescue {
 
 const NOTIFY: &str = "psbroker";
 
+/// Begins a transaction of the cluster's. Its locks are waited for by other nodes (the scope
+/// locks of admission, the rows a rescuer takes over), so a node that hangs inside it (stopped,
+/// cut off) must not keep them: PostgreSQL ends the transaction once it idles for 10 s.
+/// `SET LOCAL` lasts exactly the transaction, so it holds behind a pooler in transaction mode
+/// too, where a session setting would stay on a server connection that other clients then use.
+/// Sent with the `BEGIN`, in one round trip.
+async fn begin(pool: &PgPool) -> Result<Transaction<'static, Postgres>, StoreError> {
+    Ok(pool.begin_with("BEGIN; SET LOCAL idle_in_transaction_session_timeout = '10s'").await?)
+}
+
 impl Store {
     fn postgres(&self) -> Result<&PgPool, StoreError> {
         match &self.writer {
@@ -84,7 +96,7 @@ impl Store {
     /// Beats for `node` and renews its leases to `ttl` from now. Returns the leases renewed.
     pub async fn beat(&self, node: &str, ttl: Duration) -> Result<Vec<String>, StoreError> {
         let pool = self.postgres()?;
-        let mut tx = pool.begin().await?;
+        let mut tx = begin(pool).await?;
         sqlx::query("INSERT INTO nodes (node_id) VALUES ($1) ON CONFLICT (node_id) DO UPDATE SET heartbeat_at = now()")
             .bind(node)
             .execute(&mut *tx)
@@ -117,7 +129,7 @@ impl Store {
         ttl: Duration,
     ) -> Result<Admission, StoreError> {
         let pool = self.postgres()?;
-        let mut tx = pool.begin().await?;
+        let mut tx = begin(pool).await?;
         for key in [format!("admin:{admin}"), format!("tenant:{tenant}")] {
             sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended(current_schema() || ':' || $1, 0))")
                 .bind(key)
@@ -166,7 +178,7 @@ impl Store {
     /// Gives slots back and wakes the nodes waiting for one.
     pub async fn release_leases(&self, leases: &[String]) -> Result<(), StoreError> {
         let pool = self.postgres()?;
-        let mut tx = pool.begin().await?;
+        let mut tx = begin(pool).await?;
         sqlx::query("DELETE FROM session_leases WHERE lease_id = ANY($1)").bind(leases).execute(&mut *tx).await?;
         notify(&mut tx, "lease").await?;
         tx.commit().await?;
@@ -302,7 +314,7 @@ impl Store {
 
     /// Hands `node`'s queued claims back to every node (a draining node), and wakes them.
     pub async fn unclaim_queued(&self, node: &str) -> Result<u64, StoreError> {
-        let mut tx = self.postgres()?.begin().await?;
+        let mut tx = begin(self.postgres()?).await?;
         let n =
             sqlx::query("UPDATE invocations SET node = NULL WHERE status = 'queued' AND node = $1 AND NOT redacted")
                 .bind(node)
@@ -316,7 +328,7 @@ impl Store {
 
     /// Wakes every node to look at the queue (after work was stored for any node to take).
     pub async fn notify_queued(&self) -> Result<(), StoreError> {
-        let mut tx = self.postgres()?.begin().await?;
+        let mut tx = begin(self.postgres()?).await?;
         notify(&mut tx, "queued").await?;
         tx.commit().await?;
         Ok(())
@@ -325,7 +337,7 @@ impl Store {
     /// A node's leases and heartbeat go (it stopped cleanly, or starts again after its shells
     /// were deleted).
     pub async fn leave(&self, node: &str) -> Result<(), StoreError> {
-        let mut tx = self.postgres()?.begin().await?;
+        let mut tx = begin(self.postgres()?).await?;
         sqlx::query("DELETE FROM session_leases WHERE node_id = $1").bind(node).execute(&mut *tx).await?;
         sqlx::query("DELETE FROM lease_demand WHERE node_id = $1").bind(node).execute(&mut *tx).await?;
         sqlx::query("DELETE FROM nodes WHERE node_id = $1").bind(node).execute(&mut *tx).await?;
@@ -345,7 +357,7 @@ impl Store {
         dead_after: Duration,
         reap_ttl: Duration,
     ) -> Result<Rescue, StoreError> {
-        let mut tx = self.postgres()?.begin().await?;
+        let mut tx = begin(self.postgres()?).await?;
         let dead: Vec<String> = sqlx::query_scalar(
             "SELECT node_id FROM nodes WHERE heartbeat_at < now() - make_interval(secs => $1) AND node_id <> $2 \
              FOR UPDATE SKIP LOCKED",
@@ -432,10 +444,11 @@ async fn notify(tx: &mut sqlx::PgConnection, what: &str) -> Result<(), StoreErro
 pub struct Wakeups(sqlx::postgres::PgListener);
 
 impl Store {
-    /// Listens on the store's own connection, or on `direct_url` (a pooler in transaction
-    /// mode, such as PgBouncer, cannot carry LISTEN: give the database's own address there).
-    pub async fn wakeups(&self, direct_url: Option<&str>) -> Result<Wakeups, StoreError> {
-        let mut listener = match direct_url {
+    /// Listens on a connection taken from the store's pool, or on one to PostgreSQL's own
+    /// address when the pool goes through a pooler in transaction mode (there a connection
+    /// lasts one transaction: the notifications would reach whichever client holds it next).
+    pub async fn wakeups(&self) -> Result<Wakeups, StoreError> {
+        let mut listener = match self.direct.as_deref() {
             Some(url) => sqlx::postgres::PgListener::connect(url).await?,
             None => sqlx::postgres::PgListener::connect_with(self.postgres()?).await?,
         };

@@ -503,14 +503,14 @@ async fn sqlite_is_one_node_and_says_so() {
     needs(store.leave("n").await);
     needs(store.rescue_dead("n", TTL, TTL).await.map(drop));
     needs(store.requeue_rescued(id).await);
-    needs(store.wakeups(None).await.map(drop));
+    needs(store.wakeups().await.map(drop));
     assert!(!store.is_shared());
 }
 
 #[tokio::test]
 async fn releases_and_stored_work_wake_the_listeners_of_this_schema() {
     let (store, _schema) = pg().await;
-    let mut wakeups = store.wakeups(None).await.unwrap();
+    let mut wakeups = store.wakeups().await.unwrap();
     let (lease, _) = take(&store, "n1", "alice", "t1", (9, 9)).await;
     store.release_leases(&[lease.to_string()]).await.unwrap();
     store.notify_queued().await.unwrap();
@@ -521,4 +521,19 @@ async fn releases_and_stored_work_wake_the_listeners_of_this_schema() {
     // Another schema's nodes do not hear them.
     let (other, _other_schema) = pg().await;
     assert_ne!(other.notify_channel().await.unwrap(), store.notify_channel().await.unwrap());
+}
+
+#[tokio::test]
+async fn the_clusters_transactions_set_their_idle_timeout_for_themselves_only() {
+    let (_store, schema) = pg().await;
+    // One connection, so the statement after the commit runs where the transaction ran.
+    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&schema.url()).await.unwrap();
+    let show = "SHOW idle_in_transaction_session_timeout";
+    let before: String = sqlx::query_scalar(show).fetch_one(&pool).await.unwrap();
+    let mut tx = begin(&pool).await.unwrap();
+    let inside: String = sqlx::query_scalar(show).fetch_one(&mut *tx).await.unwrap();
+    assert_eq!(inside, "10s", "a node hung inside it cannot keep its locks");
+    tx.commit().await.unwrap();
+    let after: String = sqlx::query_scalar(show).fetch_one(&pool).await.unwrap();
+    assert_eq!(after, before, "nothing stays on the connection (behind a pooler, another client's next)");
 }

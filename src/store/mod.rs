@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::Connection;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,6 +51,12 @@ pub enum StoreError {
     UnsupportedUrl(String),
     #[error("several nodes share a store only on PostgreSQL")]
     NeedsPostgres,
+    #[error(
+        "the pooler in front of PostgreSQL loses prepared statements ({0}): with store.pgbouncer = true, \
+         PgBouncer must be 1.21 or later with max_prepared_statements > 0 and pool_mode = transaction \
+         (docs/cluster.md, \"Behind PgBouncer\")"
+    )]
+    PoolerPreparedStatements(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -243,6 +250,9 @@ pub struct Store {
     salt: Arc<str>,
     /// The node whose claims this handle records (`open_shells`, `invocations.node`).
     node: Option<Arc<str>>,
+    /// PostgreSQL's own address when the pool goes through a pooler in transaction mode: where
+    /// this node LISTENs ([`cluster::Wakeups`]).
+    direct: Option<Arc<str>>,
 }
 
 /// Whether a store URL names PostgreSQL (anything else is SQLite's).
@@ -250,17 +260,41 @@ pub fn is_postgres_url(url: &str) -> bool {
     url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
 
+/// PostgreSQL's migrations. They run under sqlx's session-level advisory lock, so on a direct
+/// connection when the pool goes through a pooler in transaction mode.
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
 impl Store {
     /// Opens (creating if needed) the database and applies migrations.
     pub async fn connect(url: &str) -> Result<Store, StoreError> {
+        Store::open(url, None).await
+    }
+
+    /// Like [`Store::connect`]; with `direct` (PostgreSQL's own address), `url` goes through a
+    /// pooler in transaction mode such as PgBouncer (docs/cluster.md, "Behind PgBouncer"): a
+    /// connection then lasts one transaction, so what needs a session of its own (the
+    /// migrations' lock, LISTEN) goes to `direct` instead, and no startup parameter the pooler
+    /// would refuse is sent.
+    pub async fn open(url: &str, direct: Option<&str>) -> Result<Store, StoreError> {
         let (writer, reads) = if is_postgres_url(url) {
-            // A node that hangs inside a transaction must not keep the scope locks of the
-            // cluster's admission (store::cluster) for longer than this.
-            let options = sqlx::postgres::PgConnectOptions::from_str(url)?
-                .options([("idle_in_transaction_session_timeout", "10s")]);
+            let mut options = sqlx::postgres::PgConnectOptions::from_str(url)?;
+            if direct.is_some() {
+                // PgBouncer refuses startup parameters it does not track, and sqlx sends this one.
+                options = options.extra_float_digits(None);
+            }
             let pool = PgPoolOptions::new().max_connections(POSTGRES_CONNECTIONS).connect_with(options).await?;
-            sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+            match direct {
+                Some(direct) => {
+                    let mut conn = sqlx::PgConnection::connect(direct).await?;
+                    POSTGRES_MIGRATIONS.run(&mut conn).await?;
+                    conn.close().await?;
+                    check_pooler(&pool).await?;
+                }
+                None => POSTGRES_MIGRATIONS.run(&pool).await?,
+            }
             (Backend::Postgres(pool.clone()), Backend::Postgres(pool))
+        } else if direct.is_some() {
+            return Err(StoreError::NeedsPostgres);
         } else if url.starts_with("sqlite:") {
             let (writer, reads) = connect_sqlite(url).await?;
             (Backend::Sqlite(writer), Backend::Sqlite(reads))
@@ -269,7 +303,7 @@ impl Store {
         };
         let salt = audit::load_salt(&writer).await?;
         let group = group::GroupWriter::spawn(writer.clone());
-        Ok(Store { writer, group, reads, salt, node: None })
+        Ok(Store { writer, group, reads, salt, node: None, direct: direct.map(Arc::from) })
     }
 
     /// This handle, recording `node` as the runner of what it claims.
@@ -303,6 +337,28 @@ impl Store {
         });
         Ok(())
     }
+}
+
+/// sqlx prepares every statement with arguments under a name of its connection's own
+/// (`sqlx_s_1`, ...) and binds it after a Sync, where a pooler in transaction mode may switch
+/// server connections: that works only if the pooler tracks prepared statements (PgBouncer
+/// 1.21+ with `max_prepared_statements`). Two fresh connections preparing the same name one
+/// after the other on an idle pool show it now (an untracking pooler hands the second the
+/// server the first prepared on, or the Bind lands on another) rather than on some later query.
+async fn check_pooler(pool: &sqlx::PgPool) -> Result<(), StoreError> {
+    let mut first = pool.acquire().await?;
+    let mut second = pool.acquire().await?;
+    for conn in [&mut first, &mut second] {
+        let probe = sqlx::query("SELECT $1::int4").bind(1).execute(&mut **conn).await;
+        if let Err(sqlx::Error::Database(e)) = &probe {
+            // 42P05 duplicate_prepared_statement, 26000 invalid_sql_statement_name.
+            if matches!(e.code().as_deref(), Some("42P05" | "26000")) {
+                return Err(StoreError::PoolerPreparedStatements(e.message().to_string()));
+            }
+        }
+        probe?;
+    }
+    Ok(())
 }
 
 /// SQLite's single writer connection and its pool of readers.

@@ -1,6 +1,8 @@
 //! Throwaway PostgreSQL schemas, for the tests and benchmarks that run on PostgreSQL: each gets
 //! a schema of its own in one shared database (`PSBROKER_TEST_POSTGRES`, by default the
 //! machine's `postgres://postgres@127.0.0.1:5432/test`), dropped when it is no longer needed.
+//! Behind PgBouncer a schema cannot be chosen per connection (it refuses the `search_path`
+//! startup option), so those tests get a throwaway database instead ([`ScratchDatabase`]).
 
 use sqlx::{Connection, PgConnection};
 
@@ -61,19 +63,82 @@ impl ScratchSchema {
 
 impl Drop for ScratchSchema {
     fn drop(&mut self) {
-        // Drop may run inside a runtime (a test's): the schema is dropped from a thread of its own.
-        let (server, name) = (self.server.clone(), self.name.clone());
-        let done = std::thread::spawn(move || {
-            if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                rt.block_on(drop_schema(&server, &name));
-            }
-        });
-        let _ = done.join();
+        drop_on(&self.server, format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name));
     }
 }
 
 async fn drop_schema(server: &str, name: &str) {
+    run_on(server, &format!("DROP SCHEMA IF EXISTS {name} CASCADE")).await;
+}
+
+/// A database created for one test on the scratch server, for a store behind a pooler.
+/// Dropping the value drops the database (closing what is still connected to it).
+pub struct ScratchDatabase {
+    name: String,
+    server: String,
+}
+
+impl ScratchDatabase {
+    /// Creates a fresh database. Panics with a clear message when PostgreSQL does not answer.
+    pub async fn create() -> ScratchDatabase {
+        let server = server_url();
+        let name = format!("psbroker_test_{}", uuid::Uuid::new_v4().simple());
+        let created = async {
+            let mut conn = PgConnection::connect(&server).await?;
+            sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await
+        };
+        if let Err(e) = created.await {
+            panic!(
+                "cannot create a database at {server} ({e}); the PostgreSQL tests need it (set PSBROKER_TEST_POSTGRES)"
+            );
+        }
+        ScratchDatabase { name, server }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its URL on the server itself.
+    pub fn url(&self) -> String {
+        self.server_url().to_string()
+    }
+
+    /// Its URL through `addr` (a pooler in front of the server), with the server's user.
+    pub fn url_via(&self, addr: std::net::SocketAddr) -> String {
+        let mut url = self.server_url();
+        url.set_host(Some(&addr.ip().to_string())).expect("a postgres:// URL has a host");
+        url.set_port(Some(addr.port())).expect("a postgres:// URL has a port");
+        url.to_string()
+    }
+
+    fn server_url(&self) -> reqwest::Url {
+        let mut url = reqwest::Url::parse(&self.server).expect("PSBROKER_TEST_POSTGRES is a URL");
+        url.set_path(&self.name);
+        url
+    }
+}
+
+impl Drop for ScratchDatabase {
+    fn drop(&mut self) {
+        drop_on(&self.server, format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+    }
+}
+
+/// Runs `sql` on `server` from a thread of its own: Drop may run inside a runtime (a test's).
+fn drop_on(server: &str, sql: String) {
+    let server = server.to_string();
+    let done = std::thread::spawn(move || {
+        if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            rt.block_on(run_on(&server, &sql));
+        }
+    });
+    let _ = done.join();
+}
+
+/// Runs one statement on `server`, best effort (cleanup).
+async fn run_on(server: &str, sql: &str) {
     if let Ok(mut conn) = PgConnection::connect(server).await {
-        let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {name} CASCADE")).execute(&mut conn).await;
+        let _ = sqlx::query(sql).execute(&mut conn).await;
     }
 }

@@ -1,6 +1,7 @@
 //! Test harness: the real daemon on 127.0.0.1:0 with its store in a temp dir, driven over HTTP.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod daemon;
 pub mod kdc;
 pub mod pyenv;
