@@ -325,7 +325,9 @@ fn exo_connector(profile: &ProfileConfig) -> anyhow::Result<Arc<dyn Connector>> 
 
 /// Opens the configured store (through PgBouncer when `store.pgbouncer` says so).
 pub async fn open_store(store: &crate::config::StoreConfig) -> anyhow::Result<Store> {
-    Store::open(&store.url, store.direct()).await.with_context(|| format!("opening store {}", store.url))
+    Store::open(&store.url, store.direct())
+        .await
+        .with_context(|| format!("opening store {}", crate::store::redacted_url(&store.url)))
 }
 
 /// A stable identity for this daemon, kept next to its database (`node-id`), so the shells it

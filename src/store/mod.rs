@@ -255,6 +255,32 @@ pub struct Store {
     direct: Option<Arc<str>>,
 }
 
+/// A store URL fit for logs and error messages: a password in it (`user:password@`, or a
+/// `password=` query parameter) is replaced by `***`.
+pub fn redacted_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:***@{host}"),
+            None => authority.to_string(),
+        },
+        None => authority.to_string(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let hide = |p: &str| match p.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                _ => p.to_string(),
+            };
+            format!("{path}?{}", query.split('&').map(hide).collect::<Vec<_>>().join("&"))
+        }
+        None => tail.to_string(),
+    };
+    format!("{scheme}://{authority}{tail}")
+}
+
 /// Whether a store URL names PostgreSQL (anything else is SQLite's).
 pub fn is_postgres_url(url: &str) -> bool {
     url.starts_with("postgres://") || url.starts_with("postgresql://")
@@ -447,6 +473,20 @@ pub(crate) mod tests {
             (new.accepted.batch_id, new.accepted.seq) = (Some(id), seq);
         }
         new
+    }
+
+    #[test]
+    fn urls_in_messages_carry_no_password() {
+        assert_eq!(
+            redacted_url("postgres://app:s3cr3t@db:5432/psb?sslmode=require"),
+            "postgres://app:***@db:5432/psb?sslmode=require"
+        );
+        assert_eq!(
+            redacted_url("postgres://db/psb?user=app&password=s3cr3t"),
+            "postgres://db/psb?user=app&password=***"
+        );
+        assert_eq!(redacted_url("postgres://app@db/psb"), "postgres://app@db/psb");
+        assert_eq!(redacted_url("sqlite://./data/psbroker.db"), "sqlite://./data/psbroker.db");
     }
 
     #[tokio::test]
