@@ -326,6 +326,37 @@ async fn ndjson_batches_and_bad_items_lose_nothing() {
     let (s, b) = app.post_raw("/v1/batches", "application/x-ndjson", "{\"tenant\": \"a\"\n").await;
     assert_eq!((s, b["error"]["code"].as_str()), (400, Some("invalid_json")), "{b}");
     assert!(b["error"]["message"].as_str().unwrap().starts_with("line 1"));
+
+    // Items are stored a chunk at a time inside one transaction: a bad item far past the first
+    // chunks still leaves nothing of its batch behind.
+    let item = |i: usize| json!({"tenant": tenant(i as u32 % 2), "cmdlet": "Get-User", "parameters": {"Identity": format!("u{i}")}});
+    let lines = |bad_at: usize, bad: &str| {
+        (0..1600)
+            .map(|i| if i == bad_at { bad.to_string() } else { item(i).to_string() })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let unknown = json!({"tenant": "x.example", "cmdlet": "Get-User"}).to_string();
+    for (body, status, code, index) in [
+        (lines(1234, &unknown), 422, "unknown_tenant", Some(1234)),
+        (
+            lines(1599, &json!({"tenant": tenant(0), "cmdlet": "Invoke-Expression"}).to_string()),
+            403,
+            "cmdlet_denied",
+            Some(1599),
+        ),
+        (lines(1300, "{\"tenant\": "), 400, "invalid_json", None),
+    ] {
+        let (s, b) = app.post_raw("/v1/batches", "application/x-ndjson", body).await;
+        assert_eq!((s, b["error"]["code"].as_str()), (status, Some(code)), "{b}");
+        if let Some(index) = index {
+            assert_eq!(b["error"]["details"]["index"], index, "{b}");
+        } else {
+            assert!(b["error"]["message"].as_str().unwrap().starts_with("line 1301"), "{b}");
+        }
+    }
+    let (_, list) = app.get("/v1/batches").await;
+    assert_eq!(list["batches"].as_array().unwrap().len(), 1, "only the first good batch was stored: {list}");
     app.stop().await;
 }
 

@@ -166,9 +166,16 @@ async fn one(backend: &str, args: &ScaleArgs) -> anyhow::Result<()> {
         anyhow::ensure!(r.status().as_u16() == 202, "batch refused: {} {}", r.status(), r.text().await?);
     }
     let intake = started.elapsed();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // A cluster node (PostgreSQL) counts the shared queue on its heartbeat: give it a few.
+    let mut depth = 0f64;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        depth = metric(&client, &daemon.url, "psbroker_queue_depth").await?;
+        if depth >= args.items as f64 {
+            break;
+        }
+    }
     let (queued_rss, queued_peak) = rss_mib(daemon.child.id());
-    let depth = metric(&client, &daemon.url, "psbroker_queue_depth").await?;
     drop(daemon); // SIGKILL
 
     tokio::time::sleep(Duration::from_secs(5)).await;

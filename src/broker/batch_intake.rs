@@ -1,20 +1,23 @@
 //! Taking in a batch: every item authorized and validated, all stored in one transaction, then
-//! queued. Items come in chunks, and each chunk is written by a task of its own while the next
-//! one is parsed, authorized and prepared here: the store's writer (SQLite's thread, or the
-//! PostgreSQL server) and the request's CPU work overlap instead of taking turns. Nothing is
-//! stored unless every item passes: the first refusal or bad item drops the transaction.
+//! queued. Items come in chunks; each chunk's INSERT is handed to the store's writer (SQLite's
+//! thread, or the PostgreSQL server) and, while it runs, the next chunk is parsed, authorized
+//! and prepared here: the two overlap instead of taking turns. (Not a spawned task for the
+//! write: tokio would keep it in this thread's LIFO slot, unstealable, until the preparing
+//! task yields.) Nothing is stored unless every item passes: the first refusal or bad item
+//! drops the transaction.
 
 use super::request::InvocationRequest;
 use super::scheduler::Job;
 use super::{Broker, SubmitError};
 use crate::auth::Principal;
-use crate::store::{BatchInsert, NewInvocation, StoreError};
+use crate::store::{NewInvocation, StoreError};
 use std::collections::HashSet;
-use tokio::task::JoinHandle;
+use std::task::Poll;
 use uuid::Uuid;
 
-/// Items per chunk when the caller hands over a whole list.
-pub const BATCH_CHUNK: usize = 1_000;
+/// Items per chunk: one INSERT statement's worth (a chunk written in one statement is what
+/// overlaps with preparing the next).
+pub const BATCH_CHUNK: usize = crate::store::ROWS_PER_STATEMENT;
 
 /// Why a batch was not taken: its items' source failed (`Source`: the API's parse error of an
 /// item, say), or the broker refused it.
@@ -42,9 +45,6 @@ struct Prepared {
     jobs: Vec<Job>,
 }
 
-/// A chunk being written; hands back the transaction and the rows with the outcome.
-type Writing = JoinHandle<(BatchInsert, Vec<NewInvocation>, Result<Vec<Uuid>, StoreError>)>;
-
 impl Broker {
     /// [`Broker::submit_batch_chunks`] of a list already parsed. Returns the batch id and size.
     pub async fn submit_batch(
@@ -70,42 +70,42 @@ impl Broker {
     ) -> Result<Uuid, BatchError<E>> {
         self.check_accepting()?;
         let batch = Uuid::now_v7();
-        let mut idle = Some(self.shared.store.begin_batch(batch, &caller.name, total).await?);
-        let mut writing: Option<(Writing, Vec<Job>)> = None;
+        let mut tx = self.shared.store.begin_batch(batch, &caller.name, total).await?;
         let mut jobs = Vec::with_capacity(total);
         let mut next_index = 0;
+        let mut ready: Option<Prepared> = None;
         loop {
-            // Prepared while the previous chunk is written.
-            let prepared = match chunks.next() {
+            let mut prepare = || match chunks.next() {
                 None => None,
                 Some(Err(e)) => Some(Err(Refused::Source(e))),
                 Some(Ok(items)) => Some(self.prepare_chunk(items, batch, &mut next_index, caller)),
             };
-            if let Some((w, chunk_jobs)) = writing.take() {
-                let (tx, rows, written) = w.await.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
-                idle = Some(tx);
-                let new: HashSet<Uuid> = written?.into_iter().collect();
-                jobs.extend(
-                    rows.iter()
-                        .zip(chunk_jobs)
-                        .filter(|(n, _)| new.contains(&n.accepted.id))
-                        .map(|(n, job)| (job, n.accepted.redacted)),
-                );
-            }
+            let prepared = match ready.take() {
+                None => prepare(),
+                Some(Prepared { rows, jobs: chunk_jobs }) => {
+                    // The write is started (its statement handed to the writer) before the next
+                    // chunk is prepared here, and its answer collected after.
+                    let write = tx.insert(&rows);
+                    tokio::pin!(write);
+                    let early = futures::poll!(&mut write);
+                    let prepared = prepare();
+                    let written = match early {
+                        Poll::Ready(written) => written,
+                        Poll::Pending => write.await,
+                    };
+                    let new: HashSet<Uuid> = written?.into_iter().collect();
+                    let stored = rows.iter().zip(chunk_jobs).filter(|(n, _)| new.contains(&n.accepted.id));
+                    jobs.extend(stored.map(|(n, job)| (job, n.accepted.redacted)));
+                    prepared
+                }
+            };
             match prepared {
                 None => break,
-                Some(Ok(Prepared { rows, jobs: chunk_jobs })) => {
-                    let mut tx = idle.take().expect("the transaction is back from the last write");
-                    let write = tokio::spawn(async move {
-                        let written = tx.insert(&rows).await;
-                        (tx, rows, written)
-                    });
-                    writing = Some((write, chunk_jobs));
-                }
+                Some(Ok(chunk)) => ready = Some(chunk),
                 Some(Err(refused)) => {
                     // Rolled back before the refusal is audited: on SQLite the audit needs the
                     // writer this transaction holds.
-                    drop(idle);
+                    drop(tx);
                     return Err(match refused {
                         Refused::Source(e) => BatchError::Source(e),
                         Refused::Item(e, None) => BatchError::Submit(e),
@@ -119,7 +119,7 @@ impl Broker {
                 }
             }
         }
-        idle.expect("no write in flight after the last chunk").commit().await?;
+        tx.commit().await?;
         self.enqueue(jobs);
         Ok(batch)
     }

@@ -41,8 +41,8 @@ pub struct BatchInsert {
     tx: Backend<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Transaction<'static, sqlx::Postgres>>,
 }
 
-/// Rows per INSERT statement (a row binds 20 values; SQLite allows 32,766 per statement).
-const ROWS_PER_STATEMENT: usize = 500;
+/// Rows per INSERT statement (a row binds 18 values; SQLite allows 32,766 per statement).
+pub const ROWS_PER_STATEMENT: usize = 500;
 
 impl BatchInsert {
     /// Stores `items`; returns the ids that were new (items whose idempotency key was seen before,
@@ -329,12 +329,16 @@ pub(super) async fn insert_rows<'a>(
     conn: &mut Conn<'_>,
     items: impl IntoIterator<Item = &'a NewInvocation>,
 ) -> Result<Vec<Uuid>, StoreError> {
+    let items: Vec<&NewInvocation> = items.into_iter().collect();
+    // Only an idempotency key can make a row of fresh ids collide; without one every row is
+    // stored, and the statement need not hand each id back (a row at a time, on SQLite).
+    let keyed = items.iter().any(|n| n.accepted.idempotency_key.is_some());
     on!(conn, c => {
         let mut qb = QueryBuilder::new(
             "INSERT INTO invocations (id, batch_id, seq, idempotency_key, request_hash, tenant, admin, cmdlet, parameters, \
              priority, idempotent, status, attempts, created_at, deadline_at, owner, param_names, params_hash, redacted, node) ",
         );
-        qb.push_values(items, |mut b, new| {
+        qb.push_values(&items, |mut b, new| {
             let s = &new.accepted;
             b.push_bind(s.id.to_string())
                 .push_bind(s.batch_id.map(|b| b.to_string()))
@@ -347,8 +351,8 @@ pub(super) async fn insert_rows<'a>(
                 .push_bind(s.parameters.to_string())
                 .push_bind(s.priority.clone())
                 .push_bind(s.idempotent)
-                .push_bind("queued")
-                .push_bind(0i64)
+                .push("'queued'")
+                .push("0")
                 .push_bind(s.created_at)
                 .push_bind(s.deadline_at)
                 .push_bind(new.owner.clone())
@@ -357,6 +361,11 @@ pub(super) async fn insert_rows<'a>(
                 .push_bind(s.redacted)
                 .push_bind(new.node.clone());
         });
+        if !keyed {
+            // No ON CONFLICT: a colliding id would be an error, not a row silently left out.
+            qb.build().execute(&mut **c).await?;
+            return Ok(items.iter().map(|n| n.accepted.id).collect());
+        }
         qb.push(" ON CONFLICT DO NOTHING RETURNING id");
         let rows = qb.build().fetch_all(&mut **c).await?;
         rows.iter().map(|r| Ok(uuid_text(&r.col::<String>("id")?)?)).collect()
