@@ -280,10 +280,13 @@ impl ClusterConfig {
         Duration::from_secs(self.dead_after_seconds)
     }
 
-    /// How long after its last renewal a node stops using its leases: two beats before they
-    /// may expire, so it is done before another node may count the slots as free.
+    /// How long after its last renewal a node stops using its leases: a beat before the others
+    /// may count it dead. The store stamps a beat after the node sent it, so the node's count
+    /// starts first; the beat to spare covers the stop itself. A rescue (which re-queues the
+    /// node's reads and ends its writes) then never meets a node still running them, and the
+    /// leases, which live `dead_after` + 2 beats at least, are long unused when they expire.
     pub fn fence_after(&self) -> Duration {
-        self.lease_ttl().saturating_sub(self.heartbeat() * 2)
+        self.dead_after().saturating_sub(self.heartbeat())
     }
 
     fn check(&self) -> Result<(), String> {
@@ -1546,5 +1549,27 @@ mod tests {
         assert_eq!(secret.expose_secret(), "s3cret");
         assert!(!format!("{secret:?}").contains("s3cret"));
         std::fs::remove_file(dir).unwrap();
+    }
+
+    #[test]
+    fn every_valid_cluster_timing_fences_before_a_rescue_and_long_before_expiry() {
+        let mut valid = 0;
+        for heartbeat_ms in [100, 250, 500, 1_000, 2_000, 5_000] {
+            for dead_after_seconds in 1..=30 {
+                for lease_ttl_seconds in 1..=40 {
+                    let c = ClusterConfig { heartbeat_ms, lease_ttl_seconds, dead_after_seconds };
+                    if c.check().is_err() {
+                        continue;
+                    }
+                    valid += 1;
+                    let (beat, fence) = (c.heartbeat(), c.fence_after());
+                    assert!(fence + beat <= c.dead_after(), "{c:?}: a beat to spare before a rescue may start");
+                    assert!(fence >= beat * 2, "{c:?}: one late beat alone does not fence");
+                    assert!(fence + beat * 3 <= c.lease_ttl(), "{c:?}");
+                }
+            }
+        }
+        assert!(valid > 100, "the loop saw {valid} valid timings");
+        assert_eq!(ClusterConfig::default().fence_after(), Duration::from_secs(8));
     }
 }

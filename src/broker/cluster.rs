@@ -10,8 +10,9 @@
 //! - **Death.** A node silent for `dead_after` is rescued by another: its shells are deleted
 //!   while their leases still count, then the slots are freed; its running reads go back to
 //!   the queue and its running writes end `node_lost` (they may have run).
-//! - **Fencing.** A node that cannot renew its leases for `fence_after` (two beats before they
-//!   expire), or finds one taken over, stops using them: it closes every session.
+//! - **Fencing.** A node that cannot renew its leases for `fence_after` (a beat before the
+//!   others may count it dead, so before any rescue), or finds one taken over, stops using
+//!   them: it closes every session.
 
 use super::directory::{AdminIdx, Directory, TenantIdx};
 use super::driver::Event;
@@ -145,28 +146,62 @@ pub async fn run(
     shared: Arc<Shared>,
     cluster: Arc<Cluster>,
     tx: mpsc::UnboundedSender<Event>,
+    stop: watch::Receiver<bool>,
+) {
+    // One task, three futures: renewals keep their beat however long the looks take, and the
+    // watchdog's timer fires even while a beat waits on a store that does not answer.
+    let (renewed, renewals) = watch::channel(Instant::now());
+    tokio::join!(
+        renew(&shared, &cluster, &tx, renewed, stop.clone()),
+        looks(&shared, &cluster, &tx, stop.clone()),
+        watchdog(&shared, &cluster, &tx, renewals, stop)
+    );
+}
+
+/// Renews this node's leases every heartbeat.
+async fn renew(
+    shared: &Shared,
+    cluster: &Cluster,
+    tx: &mpsc::UnboundedSender<Event>,
+    renewed: watch::Sender<Instant>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut every = tokio::time::interval(cluster.config.heartbeat());
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => beat(shared, cluster, tx, &renewed).await,
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Every heartbeat, and whenever a notification says something changed: reads the queue's
+/// census and the other nodes' state; every heartbeat also rescues nodes that stopped beating.
+async fn looks(
+    shared: &Arc<Shared>,
+    cluster: &Cluster,
+    tx: &mpsc::UnboundedSender<Event>,
     mut stop: watch::Receiver<bool>,
 ) {
     let beat_every = cluster.config.heartbeat();
     let mut wakeups: Option<Wakeups> = None;
-    let mut last_renewed = Instant::now();
-    let mut next_beat = tokio::time::Instant::now();
+    let mut next_look = tokio::time::Instant::now();
     loop {
         if wakeups.is_none() {
             let listen = shared.store.wakeups();
             wakeups = tokio::time::timeout(beat_every, listen).await.ok().and_then(Result::ok);
         }
         tokio::select! {
-            _ = tokio::time::sleep_until(next_beat) => {
-                next_beat = tokio::time::Instant::now() + beat_every;
-                beat(&shared, &cluster, &tx, &mut last_renewed).await;
-                look(&shared, &cluster, &tx, true, true).await;
-                rescue(&shared, &cluster).await;
+            _ = tokio::time::sleep_until(next_look) => {
+                next_look = tokio::time::Instant::now() + beat_every;
+                look(shared, cluster, tx, true, true).await;
+                rescue(shared, cluster).await;
             }
             woken = next_wakeup(&mut wakeups) => match woken {
                 Ok(first) => {
                     let (queue, peers) = coalesce(&mut wakeups, first).await;
-                    look(&shared, &cluster, &tx, queue, peers).await;
+                    look(shared, cluster, tx, queue, peers).await;
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "lost the notification listener; polling until it is back");
@@ -176,6 +211,44 @@ pub async fn run(
             _ = stop.changed() => return,
         }
     }
+}
+
+/// Fences the node `fence_after` past its last full renewal (as sent), whatever its beats are
+/// doing then: a beat stuck on a slow store must not keep a node using leases that another
+/// node may be about to count as dead.
+async fn watchdog(
+    shared: &Shared,
+    cluster: &Cluster,
+    tx: &mpsc::UnboundedSender<Event>,
+    mut renewals: watch::Receiver<Instant>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let fence_after = cluster.config.fence_after();
+    loop {
+        let deadline = *renewals.borrow_and_update() + fence_after;
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline.into()) => {
+                fence(shared, cluster, tx, format!("cannot renew this node's leases for {fence_after:?}"));
+                // Fenced until a beat renews everything again.
+                tokio::select! {
+                    changed = renewals.changed() => if changed.is_err() { return },
+                    _ = stop.changed() => return,
+                }
+            }
+            changed = renewals.changed() => if changed.is_err() { return },
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+fn fence(shared: &Shared, cluster: &Cluster, tx: &mpsc::UnboundedSender<Event>, why: String) {
+    if cluster.fenced.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    tracing::error!(node = %cluster.node, "{why}; fencing: closing every session until the store answers");
+    cluster.held().clear();
+    shared.metrics.cluster_fenced.set(1);
+    let _ = tx.send(Event::Fence(true));
 }
 
 /// Notifications come in bursts (a session closing per command on a busy node): what arrives
@@ -206,45 +279,28 @@ async fn next_wakeup(wakeups: &mut Option<Wakeups>) -> Result<Option<String>, St
     }
 }
 
-/// Renews this node's leases. Fences the node when it could not for `fence_after`, or when
-/// the store no longer holds a lease it was granted before this beat (a rescuer took it over:
-/// the others count the node as dead); lifts the fence once a beat renews everything again.
-async fn beat(shared: &Shared, cluster: &Cluster, tx: &mpsc::UnboundedSender<Event>, last_renewed: &mut Instant) {
+/// Renews this node's leases and tells the watchdog when everything was renewed. Fences the
+/// node at once when the store no longer holds a lease it was granted before this beat (a
+/// rescuer took it over: the others count the node as dead); lifts the fence once a beat renews
+/// everything again.
+async fn beat(shared: &Shared, cluster: &Cluster, tx: &mpsc::UnboundedSender<Event>, renewed: &watch::Sender<Instant>) {
     let sent = Instant::now();
     let answer =
         tokio::time::timeout(cluster.config.heartbeat(), shared.store.beat(&cluster.node, cluster.config.lease_ttl()));
-    let problem = match answer.await {
-        Ok(Ok(renewed)) => {
-            let renewed: HashSet<String> = renewed.into_iter().collect();
-            let lost = cluster.held().iter().filter(|(id, at)| **at < sent && !renewed.contains(*id)).count();
-            if lost == 0 {
-                *last_renewed = sent;
-                None
-            } else {
-                Some(format!("the store no longer holds {lost} of this node's leases (another node took them over)"))
-            }
-        }
-        Ok(Err(e)) => (sent.duration_since(*last_renewed) >= cluster.config.fence_after())
-            .then(|| format!("cannot renew this node's leases: {e}")),
-        Err(_) => (sent.duration_since(*last_renewed) >= cluster.config.fence_after())
-            .then(|| "cannot renew this node's leases: the store does not answer".to_string()),
-    };
-    let renewing = *last_renewed == sent;
-    match problem {
-        Some(why) if !cluster.is_fenced() => {
-            tracing::error!(node = %cluster.node, "{why}; fencing: closing every session until the store answers");
-            cluster.fenced.store(true, Ordering::SeqCst);
-            cluster.held().clear();
-            shared.metrics.cluster_fenced.set(1);
-            let _ = tx.send(Event::Fence(true));
-        }
-        None if renewing && cluster.is_fenced() => {
-            tracing::warn!(node = %cluster.node, "leases renewed again; lifting the fence");
-            cluster.fenced.store(false, Ordering::SeqCst);
-            shared.metrics.cluster_fenced.set(0);
-            let _ = tx.send(Event::Fence(false));
-        }
-        _ => {}
+    // A failed or late beat changes nothing here: the watchdog fences when they add up.
+    let Ok(Ok(renewed_ids)) = answer.await else { return };
+    let renewed_ids: HashSet<String> = renewed_ids.into_iter().collect();
+    let lost = cluster.held().iter().filter(|(id, at)| **at < sent && !renewed_ids.contains(*id)).count();
+    if lost > 0 {
+        let why = format!("the store no longer holds {lost} of this node's leases (another node took them over)");
+        fence(shared, cluster, tx, why);
+        return;
+    }
+    renewed.send_replace(sent);
+    if cluster.fenced.swap(false, Ordering::SeqCst) {
+        tracing::warn!(node = %cluster.node, "leases renewed again; lifting the fence");
+        shared.metrics.cluster_fenced.set(0);
+        let _ = tx.send(Event::Fence(false));
     }
 }
 
