@@ -52,6 +52,8 @@ struct Load {
     elapsed: Duration,
     latencies: Vec<Duration>,
     failures: u32,
+    /// The broker's own account of the run (where a request's time went), if it is one.
+    breakdown: Option<String>,
 }
 
 /// `concurrency` clients POST to `url` until `requests` have been sent.
@@ -87,7 +89,7 @@ async fn load(client: reqwest::Client, url: String, args: &ApiArgs) -> Load {
         failures += f;
     }
     latencies.sort();
-    Load { elapsed: started.elapsed(), latencies, failures }
+    Load { elapsed: started.elapsed(), latencies, failures, breakdown: None }
 }
 
 fn report(name: &str, l: &Load) {
@@ -98,6 +100,9 @@ fn report(name: &str, l: &Load) {
         ms(quantile(&l.latencies, 0.99)),
         l.failures
     );
+    if let Some(b) = &l.breakdown {
+        println!("      {b}");
+    }
 }
 
 /// Where a broker path keeps its data: a SQLite file, or a scratch schema on this server.
@@ -146,9 +151,59 @@ async fn broker_run(
         let body = json!({"tenant": format!("t{t}.bench"), "cmdlet": "Get-AcceptedDomain"});
         client.post(app.url("/v1/invocations")).json(&body).send().await?;
     }
-    let result = load(client, app.url("/v1/invocations"), args).await;
+    let before = Account::now(&app.broker);
+    let mut result = load(client, app.url("/v1/invocations"), args).await;
+    result.breakdown = Some(Account::now(&app.broker).since(&before, result.elapsed));
     app.stop().await?;
     Ok(result)
+}
+
+/// The broker's histograms and the store's committers, read before and after a run: the means
+/// of the run's phases, and how busy the single writer was.
+struct Account {
+    queue_wait: (f64, u64),
+    run: (f64, u64),
+    total: (f64, u64),
+    writer: crate::store::WriterStats,
+}
+
+impl Account {
+    fn now(broker: &crate::broker::Broker) -> Account {
+        let m = broker.metrics();
+        Account {
+            queue_wait: sum_count(&m.queue_wait_seconds),
+            run: sum_count(&m.run_seconds),
+            total: sum_count(&m.invocation_seconds),
+            writer: broker.store().writer_stats(),
+        }
+    }
+
+    fn since(&self, before: &Account, elapsed: Duration) -> String {
+        let mean = |now: (f64, u64), then: (f64, u64)| (now.0 - then.0) * 1000.0 / (now.1 - then.1).max(1) as f64;
+        let (groups, writes) = (self.writer.groups - before.writer.groups, self.writer.writes - before.writer.writes);
+        let busy = self.writer.busy.saturating_sub(before.writer.busy);
+        format!(
+            "mean ms: accepted→on a session {:.2}, command {:.2}, accepted→result stored {:.2}; store: {:.0} \
+             commits/s, {:.1} writes each, {:.2} ms each, committer busy {:.0} %",
+            mean(self.queue_wait, before.queue_wait),
+            mean(self.run, before.run),
+            mean(self.total, before.total),
+            groups as f64 / elapsed.as_secs_f64(),
+            writes as f64 / groups.max(1) as f64,
+            ms(busy / groups.max(1) as u32),
+            100.0 * busy.as_secs_f64() / elapsed.as_secs_f64(),
+        )
+    }
+}
+
+/// Sum and count of a histogram over all its labels.
+fn sum_count(h: &prometheus::HistogramVec) -> (f64, u64) {
+    use prometheus::core::Collector;
+    h.collect()
+        .iter()
+        .flat_map(|family| family.get_metric())
+        .map(|m| (m.get_histogram().get_sample_sum(), m.get_histogram().get_sample_count()))
+        .fold((0.0, 0), |(s, c), (s2, c2)| (s + s2, c + c2))
 }
 
 fn tempfile_dir(name: &str) -> std::io::Result<std::path::PathBuf> {

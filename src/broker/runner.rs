@@ -30,19 +30,21 @@ pub async fn run(
     command_timeout: Duration,
 ) -> RunReport {
     let attempt = job.attempts + 1;
+    observe_queue_wait(&shared, &job);
     let claim = shared.store.mark_running(job.id, attempt, &session_label, &admin);
     let command = command_of(&job);
+    // The command's own time (what fairness charges the lane), not the claim's commit.
     let invoke = async {
         let started = Instant::now();
         let result = match tokio::time::timeout(command_timeout, session.invoke(&command)).await {
             Ok(r) => r,
             Err(_) => Err(RemoteError::new(FaultClass::Timeout, format!("no answer within {command_timeout:?}"))),
         };
-        (started, result)
+        (started.elapsed(), result)
     };
     // A write must be recorded as running before it runs, so that after a crash it is known to
     // have possibly run. A read need not wait: if the daemon dies, running it again is harmless.
-    let (claimed, (started, result)) = if job.idempotent {
+    let (claimed, (ran_for, result)) = if job.idempotent {
         tokio::join!(claim, invoke)
     } else {
         let claimed = claim.await;
@@ -56,8 +58,16 @@ pub async fn run(
         report.after = result.as_ref().err().map_or(AfterCommand::Keep, |e| session_after(e.class));
         return report;
     }
-    let ran_for = started.elapsed();
     settle(&shared, job, attempt, result, ran_for).await
+}
+
+/// Acceptance to the moment a session takes the invocation (each attempt: a retry waited again).
+fn observe_queue_wait(shared: &Shared, job: &Job) {
+    shared
+        .metrics
+        .queue_wait_seconds
+        .with_label_values(&[job.priority.as_str()])
+        .observe(job.enqueued_at.elapsed().as_secs_f64());
 }
 
 /// Several batch invocations of one tenant on one session, sent together where the transport
@@ -72,6 +82,7 @@ pub async fn run_many(
     jobs: Vec<Job>,
     command_timeout: Duration,
 ) -> RunReport {
+    jobs.iter().for_each(|job| observe_queue_wait(&shared, job));
     let claims = futures::future::join_all(
         jobs.iter().map(|job| shared.store.mark_running(job.id, job.attempts + 1, &session_label, &admin)),
     )
@@ -137,11 +148,6 @@ async fn settle(
     result: Result<CommandOutput, RemoteError>,
     ran_for: Duration,
 ) -> RunReport {
-    shared
-        .metrics
-        .queue_wait_seconds
-        .with_label_values(&[job.priority.as_str()])
-        .observe(job.enqueued_at.elapsed().as_secs_f64());
     shared.metrics.run_seconds.with_label_values(&[job.priority.as_str()]).observe(ran_for.as_secs_f64());
     log_request_id(&job, attempt, &result);
     match result {

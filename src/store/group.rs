@@ -110,10 +110,26 @@ struct Request {
 #[derive(Clone)]
 pub(super) struct GroupWriter {
     queue: mpsc::UnboundedSender<Request>,
-    /// Groups committed so far (one transaction, or one autocommit statement, each); the tests
-    /// read it to see that concurrent writes were committed together.
-    #[cfg_attr(not(test), allow(dead_code))]
-    groups: Arc<AtomicU64>,
+    stats: Arc<Counters>,
+}
+
+/// What the committers did so far: the tests read `groups` to see that concurrent writes were
+/// committed together; `bench api` reads all three to say where a request's time goes.
+#[derive(Default)]
+struct Counters {
+    /// Groups committed (one transaction, or one autocommit statement, each).
+    groups: AtomicU64,
+    writes: AtomicU64,
+    /// Time spent committing (from the first statement to the answers), summed over committers.
+    busy_ns: AtomicU64,
+}
+
+/// [`Counters`] as read at one moment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WriterStats {
+    pub groups: u64,
+    pub writes: u64,
+    pub busy: std::time::Duration,
 }
 
 /// Groups committed at once on PostgreSQL. SQLite has one writer, so one group at a time; on
@@ -129,18 +145,26 @@ const POSTGRES_WRITERS: usize = 4;
 impl GroupWriter {
     pub fn spawn(pool: Pool) -> GroupWriter {
         let (queue, requests) = mpsc::unbounded_channel();
-        let groups = Arc::new(AtomicU64::new(0));
+        let stats = Arc::new(Counters::default());
         let writers = if pool.is_postgres() { POSTGRES_WRITERS } else { 1 };
         let requests = Arc::new(tokio::sync::Mutex::new(requests));
         for _ in 0..writers {
-            tokio::spawn(run(pool.clone(), requests.clone(), groups.clone()));
+            tokio::spawn(run(pool.clone(), requests.clone(), stats.clone()));
         }
-        GroupWriter { queue, groups }
+        GroupWriter { queue, stats }
     }
 
     #[cfg(test)]
     pub fn groups(&self) -> u64 {
-        self.groups.load(Ordering::Relaxed)
+        self.stats.groups.load(Ordering::Relaxed)
+    }
+
+    pub fn stats(&self) -> WriterStats {
+        WriterStats {
+            groups: self.stats.groups.load(Ordering::Relaxed),
+            writes: self.stats.writes.load(Ordering::Relaxed),
+            busy: std::time::Duration::from_nanos(self.stats.busy_ns.load(Ordering::Relaxed)),
+        }
     }
 
     /// Queues one write and waits until the group holding it is committed.
@@ -153,7 +177,7 @@ impl GroupWriter {
 
 /// One committer: takes what is queued (the queue is shared by the committers, one takes at a
 /// time), commits it, answers, again.
-async fn run(pool: Pool, requests: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Request>>>, groups: Arc<AtomicU64>) {
+async fn run(pool: Pool, requests: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Request>>>, stats: Arc<Counters>) {
     let mut group: Vec<Request> = Vec::new();
     loop {
         {
@@ -174,6 +198,7 @@ async fn run(pool: Pool, requests: Arc<tokio::sync::Mutex<mpsc::UnboundedReceive
             continue;
         }
         let (ops, replies): (Vec<Op>, Vec<_>) = group.drain(..).map(|r| (r.op, r.reply)).unzip();
+        let started = std::time::Instant::now();
         let answers = match commit(&pool, &ops).await {
             Ok(answers) => answers,
             Err(e) if ops.len() == 1 => vec![Err(e)],
@@ -189,10 +214,12 @@ async fn run(pool: Pool, requests: Arc<tokio::sync::Mutex<mpsc::UnboundedReceive
                 answers
             }
         };
-        groups.fetch_add(1, Ordering::Relaxed);
+        stats.groups.fetch_add(1, Ordering::Relaxed);
+        stats.writes.fetch_add(replies.len() as u64, Ordering::Relaxed);
         for (reply, answer) in replies.into_iter().zip(answers) {
             let _ = reply.send(answer);
         }
+        stats.busy_ns.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
     }
 }
 

@@ -17,6 +17,7 @@ mod tokens;
 mod views;
 
 pub use audit::{AuditEntry, AuditQuery, AuditRecord};
+pub use group::WriterStats;
 pub use identity::SealedRefreshToken;
 pub use queue::{BatchInsert, LaneCount, ROWS_PER_STATEMENT};
 pub use tokens::TokenRow;
@@ -336,6 +337,11 @@ impl Store {
     pub fn for_node(mut self, node: &str) -> Store {
         self.node = Some(node.into());
         self
+    }
+
+    /// What the group committers did so far (for `bench api`).
+    pub fn writer_stats(&self) -> WriterStats {
+        self.group.stats()
     }
 
     /// Whether several nodes may share this store (PostgreSQL).
