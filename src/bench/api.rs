@@ -183,8 +183,8 @@ impl Account {
         let (groups, writes) = (self.writer.groups - before.writer.groups, self.writer.writes - before.writer.writes);
         let busy = self.writer.busy.saturating_sub(before.writer.busy);
         format!(
-            "mean ms: accepted→on a session {:.2}, command {:.2}, accepted→result stored {:.2}; store: {:.0} \
-             commits/s, {:.1} writes each, {:.2} ms each, committer busy {:.0} %",
+            "mean ms from the insert's commit: to a session {:.2}, command {:.2}, to the result's commit {:.2}; \
+             store: {:.0} commits/s, {:.1} writes each, {:.2} ms each, committers busy {:.0} %",
             mean(self.queue_wait, before.queue_wait),
             mean(self.run, before.run),
             mean(self.total, before.total),
