@@ -215,15 +215,7 @@ async fn nodes_share_caps_and_work_through_a_few_server_connections() {
     let claimed = stores[1].claim_page("n1", "t.example", None, "batch", &[], 10).await.unwrap();
     assert_eq!(claimed.iter().map(|r| r.accepted.id).collect::<Vec<_>>(), vec![new.accepted.id]);
     assert!(stores[1].mark_running(new.accepted.id, 1, "s1", "alice").await.unwrap());
-    let outcome = Outcome {
-        status: Status::Succeeded,
-        output: json!([{"Name": "user001"}]),
-        errors: json!([]),
-        warnings: json!([]),
-        error_code: None,
-        error_message: None,
-        request_id: None,
-    };
+    let outcome = Outcome::succeeded(json!([{"Name": "user001"}]));
     assert!(stores[1].finish(new.accepted.id, &outcome).await.unwrap());
     let done = stores[2].get(new.accepted.id).await.unwrap().expect("stored");
     assert_eq!((done.status, done.attempts), (Status::Succeeded, 1));

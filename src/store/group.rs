@@ -588,9 +588,7 @@ mod tests {
                 store.insert_invocation(new).await.unwrap();
                 assert!(store.mark_running(new.accepted.id, 1, "s1", "alice").await.unwrap());
             }
-            let mut ok = Outcome::failed("x", "y");
-            (ok.status, ok.error_code, ok.error_message) = (Status::Succeeded, None, None);
-            ok.output = serde_json::json!([{"Name": "a"}]);
+            let ok = Outcome::succeeded(serde_json::json!([{"Name": "a"}]));
             let before = audit_rows(&store).await;
             // In one group: one result wants its record, the other does not.
             let (got, plain) =

@@ -165,6 +165,19 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// A pipeline that completed with `output` and no error record.
+    pub fn succeeded(output: Json) -> Outcome {
+        Outcome {
+            status: Status::Succeeded,
+            output,
+            errors: Json::Array(vec![]),
+            warnings: Json::Array(vec![]),
+            error_code: None,
+            error_message: None,
+            request_id: None,
+        }
+    }
+
     pub fn failed(code: &str, message: impl Into<String>) -> Outcome {
         Outcome {
             status: Status::Failed,
@@ -517,15 +530,8 @@ pub(crate) mod tests {
 
             assert!(store.mark_running(first.accepted.id, 1, "s1", "alice").await.unwrap());
             assert!(!store.mark_running(first.accepted.id, 1, "s1", "alice").await.unwrap(), "claim is exclusive");
-            let outcome = Outcome {
-                status: Status::Succeeded,
-                output: json!([{"Name": "a"}]),
-                errors: json!([]),
-                warnings: json!([]),
-                error_code: None,
-                error_message: None,
-                request_id: Some("0d6f9c1e-request".into()),
-            };
+            let outcome =
+                Outcome { request_id: Some("0d6f9c1e-request".into()), ..Outcome::succeeded(json!([{"Name": "a"}])) };
             assert!(store.finish(first.accepted.id, &outcome).await.unwrap());
             assert!(!store.finish(first.accepted.id, &Outcome::failed("x", "y")).await.unwrap(), "final stays final");
             let r = store.get(first.accepted.id).await.unwrap().unwrap();
