@@ -31,6 +31,7 @@ pub async fn run(
 ) -> RunReport {
     let attempt = job.attempts + 1;
     observe_queue_wait(&shared, &job);
+    // Queued for the committer here, before the command runs.
     let claim = shared.store.mark_running(job.id, attempt, &session_label, &admin);
     let command = command_of(&job);
     // The command's own time (what fairness charges the lane), not the claim's commit.
@@ -44,7 +45,24 @@ pub async fn run(
     };
     // A write must be recorded as running before it runs, so that after a crash it is known to
     // have possibly run. A read need not wait: if the daemon dies, running it again is harmless.
-    let (claimed, (ran_for, result)) = if job.idempotent {
+    let (claimed, (ran_for, result)) = if job.idempotent && shared.store.writes_in_order() {
+        // One committer applies the writes in the order they were queued (SQLite): a result
+        // queued after the claim commits with it or after it, so a read's success is handed over
+        // without waiting for the claim's commit, and the session is free at once.
+        let (ran_for, result) = invoke.await;
+        if result.is_ok() {
+            let id = job.id;
+            shared.writes.spawn(async move {
+                // Lost only to a cancellation or an end that came first, which the result then
+                // loses to as well; a store failure leaves the result to record the end alone.
+                if let Err(e) = claim.await {
+                    tracing::error!(invocation = %id, error = %e, "cannot mark invocation running");
+                }
+            });
+            return settle(&shared, job, attempt, result, ran_for).await;
+        }
+        (claim.await, (ran_for, result))
+    } else if job.idempotent {
         tokio::join!(claim, invoke)
     } else {
         let claimed = claim.await;

@@ -93,15 +93,19 @@ pub(super) async fn load_salt(writer: &Pool) -> Result<Arc<str>, StoreError> {
     Ok(salt.into())
 }
 
+/// The head of an audit record's INSERT, its values in [`AuditEntry`]'s order.
+pub(super) const AUDIT_INSERT: &str = "INSERT INTO audit (at, token, tenant, cmdlet, param_names, params_hash, \
+     status, code, duration_ms, session_id, admin, invocation_id, batch_id) ";
+
+/// The audit record of an ended invocation, from its row (the columns of [`AUDIT_INSERT`]).
+pub(super) const AUDIT_OF_ENDED: &str = "SELECT finished_at, owner, tenant, cmdlet, COALESCE(param_names, '[]'), \
+     COALESCE(params_hash, ''), status, error_code, finished_at - started_at, session_id, admin_used, id, batch_id \
+     FROM invocations";
+
 /// Appends the audit records of invocations that just ended (inside their result's transaction).
 pub(super) async fn audit_finished(conn: &mut Conn<'_>, ids: &[Uuid]) -> Result<(), StoreError> {
     on!(conn, c => {
-        let mut qb = QueryBuilder::new(
-            "INSERT INTO audit (at, token, tenant, cmdlet, param_names, params_hash, status, code, duration_ms, \
-             session_id, admin, invocation_id, batch_id) \
-             SELECT finished_at, owner, tenant, cmdlet, COALESCE(param_names, '[]'), COALESCE(params_hash, ''), status, \
-             error_code, finished_at - started_at, session_id, admin_used, id, batch_id FROM invocations WHERE id IN (",
-        );
+        let mut qb = QueryBuilder::new(format!("{AUDIT_INSERT}{AUDIT_OF_ENDED} WHERE id IN ("));
         let mut list = qb.separated(", ");
         for id in ids {
             list.push_bind(id.to_string());
@@ -118,10 +122,7 @@ pub(super) async fn insert_audit<'a>(
     entries: impl IntoIterator<Item = &'a AuditEntry>,
 ) -> Result<(), StoreError> {
     on!(conn, c => {
-        let mut qb = QueryBuilder::new(
-            "INSERT INTO audit (at, token, tenant, cmdlet, param_names, params_hash, status, code, duration_ms, \
-             session_id, admin, invocation_id, batch_id) ",
-        );
+        let mut qb = QueryBuilder::new(AUDIT_INSERT);
         qb.push_values(entries, |mut b, e| {
             b.push_bind(e.at)
                 .push_bind(e.token.clone())

@@ -46,12 +46,19 @@ impl Pool {
     }
 }
 
-/// A value both drivers can decode.
+/// A value every driver can decode (rusqlite too: the SQLite group committer's rows).
 pub(crate) trait Column:
-    for<'r> Decode<'r, Sqlite> + Type<Sqlite> + for<'r> Decode<'r, Postgres> + Type<Postgres>
+    for<'r> Decode<'r, Sqlite> + Type<Sqlite> + for<'r> Decode<'r, Postgres> + Type<Postgres> + rusqlite::types::FromSql
 {
 }
-impl<T> Column for T where T: for<'r> Decode<'r, Sqlite> + Type<Sqlite> + for<'r> Decode<'r, Postgres> + Type<Postgres> {}
+impl<T> Column for T where
+    T: for<'r> Decode<'r, Sqlite>
+        + Type<Sqlite>
+        + for<'r> Decode<'r, Postgres>
+        + Type<Postgres>
+        + rusqlite::types::FromSql
+{
+}
 
 /// Reads a column by name from a row of either backend, so one function decodes both.
 pub(crate) trait Cols {
@@ -67,6 +74,12 @@ impl Cols for SqliteRow {
 impl Cols for PgRow {
     fn col<T: Column>(&self, name: &str) -> Result<T, sqlx::Error> {
         self.try_get(name)
+    }
+}
+
+impl Cols for rusqlite::Row<'_> {
+    fn col<T: Column>(&self, name: &str) -> Result<T, sqlx::Error> {
+        self.get(name).map_err(|e| sqlx::Error::ColumnDecode { index: name.to_string(), source: Box::new(e) })
     }
 }
 

@@ -99,7 +99,7 @@ impl Done {
     }
 }
 
-type Answer = Result<Done, StoreError>;
+pub(super) type Answer = Result<Done, StoreError>;
 
 struct Request {
     op: Op,
@@ -111,6 +111,7 @@ struct Request {
 pub(super) struct GroupWriter {
     queue: mpsc::UnboundedSender<Request>,
     stats: Arc<Counters>,
+    committers: usize,
 }
 
 /// What the committers did so far: the tests read `groups` to see that concurrent writes were
@@ -143,15 +144,25 @@ pub struct WriterStats {
 const POSTGRES_WRITERS: usize = 4;
 
 impl GroupWriter {
-    pub fn spawn(pool: Pool) -> GroupWriter {
+    /// `sqlite`: on SQLite, the connection the (single) committer writes on.
+    pub fn spawn(pool: Pool, sqlite: Option<super::sqlite_group::SqliteCommitter>) -> GroupWriter {
         let (queue, requests) = mpsc::unbounded_channel();
         let stats = Arc::new(Counters::default());
-        let writers = if pool.is_postgres() { POSTGRES_WRITERS } else { 1 };
         let requests = Arc::new(tokio::sync::Mutex::new(requests));
-        for _ in 0..writers {
-            tokio::spawn(run(pool.clone(), requests.clone(), stats.clone()));
-        }
-        GroupWriter { queue, stats }
+        let committers = match pool {
+            Pool::Sqlite(_) => {
+                let sqlite = sqlite.expect("SQLite's committer writes on a connection of its own");
+                tokio::spawn(run(pool, Some(sqlite), requests, stats.clone()));
+                1
+            }
+            Pool::Postgres(_) => {
+                for _ in 0..POSTGRES_WRITERS {
+                    tokio::spawn(run(pool.clone(), None, requests.clone(), stats.clone()));
+                }
+                POSTGRES_WRITERS
+            }
+        };
+        GroupWriter { queue, stats, committers }
     }
 
     #[cfg(test)]
@@ -169,20 +180,50 @@ impl GroupWriter {
 
     /// Queues one write and waits until the group holding it is committed.
     pub async fn write(&self, op: Op) -> Answer {
+        self.queue_now(op).await
+    }
+
+    /// Queues one write at once (not when first polled: writes queued one after the other are
+    /// committed in that order on SQLite); the future answers once its group is committed. Dropped
+    /// before that, the write is not made (unless its group is already being committed).
+    pub fn queue_now(&self, op: Op) -> impl std::future::Future<Output = Answer> + Send + 'static {
         let (reply, answer) = oneshot::channel();
-        self.queue.send(Request { op, reply }).map_err(|_| StoreError::WriterStopped)?;
-        answer.await.map_err(|_| StoreError::WriterStopped)?
+        let queued = self.queue.send(Request { op, reply });
+        async move {
+            queued.map_err(|_| StoreError::WriterStopped)?;
+            answer.await.map_err(|_| StoreError::WriterStopped)?
+        }
+    }
+
+    /// Whether writes are committed in the order they were queued: one committer (SQLite).
+    pub fn in_order(&self) -> bool {
+        self.committers == 1
     }
 }
 
 /// One committer: takes what is queued (the queue is shared by the committers, one takes at a
 /// time), commits it, answers, again.
-async fn run(pool: Pool, requests: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Request>>>, stats: Arc<Counters>) {
+async fn run(
+    pool: Pool,
+    mut sqlite: Option<super::sqlite_group::SqliteCommitter>,
+    requests: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Request>>>,
+    stats: Arc<Counters>,
+) {
     let mut group: Vec<Request> = Vec::new();
     loop {
         {
             let mut requests = requests.lock().await;
-            let Some(first) = requests.recv().await else { return };
+            let first = match requests.try_recv() {
+                Ok(first) => first,
+                Err(_) => {
+                    // Nothing to write: the other writers may go while this one waits.
+                    if let Some(sqlite) = sqlite.as_mut() {
+                        sqlite.yield_turn();
+                    }
+                    let Some(first) = requests.recv().await else { return };
+                    first
+                }
+            };
             group.push(first);
             while group.len() < MAX_GROUP {
                 match requests.try_recv() {
@@ -199,14 +240,14 @@ async fn run(pool: Pool, requests: Arc<tokio::sync::Mutex<mpsc::UnboundedReceive
         }
         let (ops, replies): (Vec<Op>, Vec<_>) = group.drain(..).map(|r| (r.op, r.reply)).unzip();
         let started = std::time::Instant::now();
-        let answers = match commit(&pool, &ops).await {
+        let answers = match commit(&pool, sqlite.as_mut(), &ops).await {
             Ok(answers) => answers,
             Err(e) if ops.len() == 1 => vec![Err(e)],
             Err(e) => {
                 tracing::warn!(writes = ops.len(), error = %e, "group commit failed; committing its writes one by one");
                 let mut answers = Vec::with_capacity(ops.len());
                 for op in &ops {
-                    answers.push(match commit(&pool, std::slice::from_ref(op)).await {
+                    answers.push(match commit(&pool, sqlite.as_mut(), std::slice::from_ref(op)).await {
                         Ok(mut one) => one.pop().expect("one answer per write"),
                         Err(e) => Err(e),
                     });
@@ -224,30 +265,40 @@ async fn run(pool: Pool, requests: Arc<tokio::sync::Mutex<mpsc::UnboundedReceive
 }
 
 /// Applies `ops` and commits them together: all are written, or none.
-async fn commit(pool: &Pool, ops: &[Op]) -> Result<Vec<Answer>, StoreError> {
+async fn commit(
+    pool: &Pool,
+    sqlite: Option<&mut super::sqlite_group::SqliteCommitter>,
+    ops: &[Op],
+) -> Result<Vec<Answer>, StoreError> {
     // One statement alone needs no BEGIN/COMMIT (autocommit is atomic); a result needs its audit
     // record in the same transaction.
     let single_statement = matches!(ops, [Op::Claim { .. }] | [Op::Audit(_)] | [Op::Insert(_)]);
-    on!(pool, p => {
-        if single_statement {
-            let mut conn = p.acquire().await?;
-            return apply(&mut Conn::from(&mut *conn), ops).await;
+    let p = match pool {
+        Pool::Sqlite(p) => {
+            let committer = sqlite.expect("SQLite's committer has its connection");
+            return committer.commit(p, ops, single_statement).await;
         }
-        let mut tx = p.begin().await?;
-        match apply(&mut Conn::from(&mut *tx), ops).await {
-            Ok(answers) => {
-                tx.commit().await?;
-                Ok(answers)
-            }
-            Err(e) => {
-                let _ = tx.rollback().await;
-                Err(e)
-            }
+        Pool::Postgres(p) => p,
+    };
+    if single_statement {
+        let mut conn = p.acquire().await?;
+        return apply(&mut Conn::from(&mut *conn), ops).await;
+    }
+    let mut tx = p.begin().await?;
+    match apply(&mut Conn::from(&mut *tx), ops).await {
+        Ok(answers) => {
+            tx.commit().await?;
+            Ok(answers)
         }
-    })
+        Err(e) => {
+            let _ = tx.rollback().await;
+            Err(e)
+        }
+    }
 }
 
-/// Runs the writes of a group; `Err` means the group must not be committed. A caller's own
+/// Runs the writes of a group on PostgreSQL (SQLite's run in [`super::sqlite_group`]), one
+/// multi-row statement per kind; `Err` means the group must not be committed. A caller's own
 /// refusal (an idempotency key reused for another request) is its answer, not the group's error.
 async fn apply(conn: &mut Conn<'_>, ops: &[Op]) -> Result<Vec<Answer>, StoreError> {
     let mut answers: Vec<Option<Answer>> = (0..ops.len()).map(|_| None).collect();
@@ -367,14 +418,14 @@ async fn apply(conn: &mut Conn<'_>, ops: &[Op]) -> Result<Vec<Answer>, StoreErro
 
 /// The writes of one kind in a group: those tried (first of their id) and the later duplicates,
 /// which lose whatever the first did (a claimed or final row cannot be claimed or ended again).
-struct Candidates<'a> {
-    candidates: Vec<(usize, &'a Op)>,
+pub(super) struct Candidates<'a> {
+    pub candidates: Vec<(usize, &'a Op)>,
     duplicates: Vec<usize>,
     ids: Vec<Uuid>,
 }
 
 impl Candidates<'_> {
-    fn answer(&self, answers: &mut [Option<Answer>], changed: &HashSet<Uuid>) {
+    pub fn answer(&self, answers: &mut [Option<Answer>], changed: &HashSet<Uuid>) {
         for ((i, _), id) in self.candidates.iter().zip(&self.ids) {
             answers[*i] = Some(Ok(Done::Changed(changed.contains(id))));
         }
@@ -384,7 +435,7 @@ impl Candidates<'_> {
     }
 
     /// [`Candidates::answer`] for results: those that ended get their record if they asked.
-    fn answer_ended(&self, answers: &mut [Option<Answer>], mut ended: HashMap<Uuid, Option<InvocationRecord>>) {
+    pub fn answer_ended(&self, answers: &mut [Option<Answer>], mut ended: HashMap<Uuid, Option<InvocationRecord>>) {
         for ((i, op), id) in self.candidates.iter().zip(&self.ids) {
             let wanted = matches!(op, Op::Finish(f) if f.want_record);
             answers[*i] = Some(Ok(match ended.remove(id) {
@@ -398,7 +449,7 @@ impl Candidates<'_> {
     }
 }
 
-fn first_of_each_id(ops: &[Op], id_of: impl Fn(&Op) -> Option<Uuid>) -> Candidates<'_> {
+pub(super) fn first_of_each_id(ops: &[Op], id_of: impl Fn(&Op) -> Option<Uuid>) -> Candidates<'_> {
     let mut seen = HashSet::new();
     let mut c = Candidates { candidates: Vec::new(), duplicates: Vec::new(), ids: Vec::new() };
     for (i, op) in ops.iter().enumerate() {
@@ -447,7 +498,14 @@ impl Store {
     }
 
     /// Claims a queued invocation for a session. False if it is no longer queued (cancelled).
-    pub async fn mark_running(&self, id: Uuid, attempt: u32, session: &str, admin: &str) -> Result<bool, StoreError> {
+    /// Queued for the committer when called ([`GroupWriter::queue_now`]).
+    pub fn mark_running(
+        &self,
+        id: Uuid,
+        attempt: u32,
+        session: &str,
+        admin: &str,
+    ) -> impl std::future::Future<Output = Result<bool, StoreError>> + Send + 'static {
         let claim = Op::Claim {
             id,
             attempt: attempt as i64,
@@ -456,7 +514,14 @@ impl Store {
             admin: admin.to_string(),
             node: self.node.as_deref().map(str::to_string),
         };
-        self.group.write(claim).await.map(Done::changed)
+        let answer = self.group.queue_now(claim);
+        async move { answer.await.map(Done::changed) }
+    }
+
+    /// Whether the invocation path's writes commit in the order they were queued (SQLite's one
+    /// committer): a result queued after its claim then cannot overtake it.
+    pub fn writes_in_order(&self) -> bool {
+        self.group.in_order()
     }
 
     /// Records the end of an invocation that is not already final, and appends its audit record
@@ -617,7 +682,8 @@ mod tests {
                     "CREATE TRIGGER poison BEFORE INSERT ON audit FOR EACH ROW EXECUTE FUNCTION poison()",
                 ]
             } else {
-                &["CREATE TEMP TRIGGER poison BEFORE INSERT ON audit WHEN NEW.cmdlet = 'Poison' \
+                // Not TEMP: the committer writes on a connection of its own.
+                &["CREATE TRIGGER poison BEFORE INSERT ON audit WHEN NEW.cmdlet = 'Poison' \
                BEGIN SELECT RAISE(ABORT, 'poisoned audit record'); END"]
             };
             for statement in poison_trigger {

@@ -6,6 +6,7 @@
 //! refresh tokens ([`identity`]) and the operators' read-only views ([`views`]).
 
 mod audit;
+mod checkpointer;
 pub mod cluster;
 mod db;
 mod group;
@@ -13,6 +14,7 @@ mod identity;
 mod queue;
 pub mod scratch;
 mod sessions;
+mod sqlite_group;
 mod tokens;
 mod views;
 
@@ -38,6 +40,9 @@ use uuid::Uuid;
 pub enum StoreError {
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
+    /// From the SQLite group committer's statements (`store::sqlite_group`).
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("idempotency key '{0}' was already used for a different request")]
@@ -316,6 +321,8 @@ impl Store {
     /// migrations' lock, LISTEN) goes to `direct` instead, and no startup parameter the pooler
     /// would refuse is sent.
     pub async fn open(url: &str, direct: Option<&str>) -> Result<Store, StoreError> {
+        // SQLite's group committer writes on a connection of its own (`sqlite_group`).
+        let mut direct_sqlite = None;
         let (writer, reads) = if is_postgres_url(url) {
             let mut options = sqlx::postgres::PgConnectOptions::from_str(url)?;
             if direct.is_some() {
@@ -336,13 +343,14 @@ impl Store {
         } else if direct.is_some() {
             return Err(StoreError::NeedsPostgres);
         } else if url.starts_with("sqlite:") {
-            let (writer, reads) = connect_sqlite(url).await?;
+            let (writer, reads, committer) = connect_sqlite(url).await?;
+            direct_sqlite = Some(committer);
             (Backend::Sqlite(writer), Backend::Sqlite(reads))
         } else {
             return Err(StoreError::UnsupportedUrl(url.split('@').next_back().unwrap_or_default().to_string()));
         };
         let salt = audit::load_salt(&writer).await?;
-        let group = group::GroupWriter::spawn(writer.clone());
+        let group = group::GroupWriter::spawn(writer.clone(), direct_sqlite);
         Ok(Store { writer, group, reads, salt, node: None, direct: direct.map(Arc::from) })
     }
 
@@ -409,8 +417,14 @@ async fn check_pooler(pool: &sqlx::PgPool) -> Result<(), StoreError> {
 /// SQLite's single writer connection and its pool of readers.
 /// The SQLite writer's page cache, in the form `PRAGMA cache_size` takes (negative: KiB).
 const WRITER_CACHE_KIB: &str = "-65536";
+/// How long a SQLite connection waits for another's write lock (only the migrations of another
+/// process on the same file contend: this one writes through one connection at a time).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
-async fn connect_sqlite(url: &str) -> Result<(sqlx::SqlitePool, sqlx::SqlitePool), StoreError> {
+/// The writer pool (one connection), the readers, and the group committer's own connection.
+async fn connect_sqlite(
+    url: &str,
+) -> Result<(sqlx::SqlitePool, sqlx::SqlitePool, sqlite_group::SqliteCommitter), StoreError> {
     let memory = url.contains(":memory:");
     if let Some(path) = url.strip_prefix("sqlite://").filter(|_| !memory) {
         let path = path.split('?').next().unwrap_or(path);
@@ -422,7 +436,7 @@ async fn connect_sqlite(url: &str) -> Result<(sqlx::SqlitePool, sqlx::SqlitePool
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Normal)
-        .busy_timeout(Duration::from_secs(10))
+        .busy_timeout(BUSY_TIMEOUT)
         .foreign_keys(true);
     // No ping before each acquire (sqlx's default): a SQLite connection is a local file that
     // does not drop, and the ping is one more round trip to the connection's worker thread on
@@ -431,13 +445,20 @@ async fn connect_sqlite(url: &str) -> Result<(sqlx::SqlitePool, sqlx::SqlitePool
     // The writer's page cache holds a whole NDJSON batch's pages (~65 MB for 100,000 items):
     // a smaller one spills them to the WAL mid-transaction and reads them back for the next
     // rows. Statement journals (one per multi-row INSERT) stay in memory too.
-    let writer_options = options.clone().pragma("cache_size", WRITER_CACHE_KIB).pragma("temp_store", "memory");
+    // No checkpoint inside a writer's commit: `sqlite_group`'s checkpointer runs them beside.
+    let writer_options = options
+        .clone()
+        .pragma("cache_size", WRITER_CACHE_KIB)
+        .pragma("temp_store", "memory")
+        .pragma("wal_autocheckpoint", "0");
     let writer = pool().max_connections(1).connect_with(writer_options).await?;
     sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
-    // An in-memory database exists per connection: there, reads share the one connection.
+    let committer = sqlite_group::SqliteCommitter::open(&options, memory, BUSY_TIMEOUT)?;
+    // An in-memory database lives in one shared cache, whose table locks would make readers and
+    // the writer wait on each other: there, reads share the writer's connection.
     let reads =
         if memory { writer.clone() } else { pool().max_connections(4).connect_with(options.read_only(true)).await? };
-    Ok((writer, reads))
+    Ok((writer, reads, committer))
 }
 
 #[cfg(test)]

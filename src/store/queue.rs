@@ -323,6 +323,12 @@ pub(super) async fn replay_in(conn: &mut Conn<'_>, new: &NewInvocation) -> Resul
     Ok(record)
 }
 
+/// The head of an invocation's INSERT: its values are the [`NewInvocation`]'s, in this order,
+/// with `status` 'queued' and `attempts` 0.
+pub(super) const INSERT_INTO: &str = "INSERT INTO invocations (id, batch_id, seq, idempotency_key, request_hash, \
+     tenant, admin, cmdlet, parameters, priority, idempotent, status, attempts, created_at, deadline_at, owner, \
+     param_names, params_hash, redacted, node) ";
+
 /// Inserts new invocations in one statement; returns the ids stored (not those whose
 /// idempotency key was taken).
 pub(super) async fn insert_rows<'a>(
@@ -334,10 +340,7 @@ pub(super) async fn insert_rows<'a>(
     // stored, and the statement need not hand each id back (a row at a time, on SQLite).
     let keyed = items.iter().any(|n| n.accepted.idempotency_key.is_some());
     on!(conn, c => {
-        let mut qb = QueryBuilder::new(
-            "INSERT INTO invocations (id, batch_id, seq, idempotency_key, request_hash, tenant, admin, cmdlet, parameters, \
-             priority, idempotent, status, attempts, created_at, deadline_at, owner, param_names, params_hash, redacted, node) ",
-        );
+        let mut qb = QueryBuilder::new(INSERT_INTO);
         qb.push_values(&items, |mut b, new| {
             let s = &new.accepted;
             b.push_bind(s.id.to_string())
