@@ -108,15 +108,17 @@ pub fn ask_for_slots(shared: &Arc<Shared>, cluster: &Arc<Cluster>, admins: Vec<S
 }
 
 /// Gives a slot back (off the caller's path; shutdown waits for it). If the store cannot be
-/// told, the lease expires by itself.
+/// told, the lease expires by itself. It stops counting as held first: a heartbeat that finds
+/// a held lease gone from the store fences the node, and the store's delete may commit before
+/// such a beat reads the leases.
 pub fn release(shared: &Arc<Shared>, cluster: &Arc<Cluster>, lease: Uuid) {
-    let (shared, cluster) = (shared.clone(), cluster.clone());
-    shared.clone().writes.spawn(async move {
-        if let Err(e) = shared.store.release_leases(&[lease.to_string()]).await {
+    cluster.held().remove(&lease.to_string());
+    shared.metrics.cluster_leases.set(cluster.held().len() as i64);
+    let shared2 = shared.clone();
+    shared.writes.spawn(async move {
+        if let Err(e) = shared2.store.release_leases(&[lease.to_string()]).await {
             tracing::warn!(error = %e, "cannot release a session lease; it expires by itself");
         }
-        cluster.held().remove(&lease.to_string());
-        shared.metrics.cluster_leases.set(cluster.held().len() as i64);
     });
 }
 

@@ -89,6 +89,9 @@ pub enum Event {
 struct Live {
     remote: Arc<dyn RemoteSession>,
     remote_id: String,
+    /// The write that puts the shell on the list of open shells: its removal waits for it (two
+    /// spawned writes may otherwise land in either order, and leave a closed shell listed).
+    remembered: Option<tokio::task::JoinHandle<()>>,
 }
 
 pub struct Driver {
@@ -199,17 +202,18 @@ impl Driver {
             Event::Opened { session, result: Ok(remote) } => {
                 let remote: Arc<dyn RemoteSession> = Arc::from(remote);
                 let remote_id = remote.remote_id();
+                let mut remembered = None;
                 if let (Some(token), Some((admin, tenant))) = (remote.resume_token(), self.sched.session_owner(session))
                 {
                     let dir = &self.shared.directory;
-                    self.shared.remember_shell(
+                    remembered = Some(self.shared.remember_shell(
                         remote_id.clone(),
                         &dir.admins[admin].name,
                         &dir.tenants[tenant].domain,
                         token,
-                    );
+                    ));
                 }
-                self.live.insert(session, Live { remote, remote_id });
+                self.live.insert(session, Live { remote, remote_id, remembered });
                 self.sched.open_succeeded(session, now);
             }
             Event::Opened { session, result: Err(e) } => {
@@ -490,7 +494,7 @@ impl Driver {
     /// The session is gone at the server: stop holding it and stop remembering it.
     fn drop_live(&mut self, session: SessionId) {
         if let Some(live) = self.live.remove(&session) {
-            self.shared.forget_shell(live.remote_id);
+            self.shared.forget_shell(live.remote_id, live.remembered);
         }
         self.release_lease(session);
     }

@@ -55,7 +55,13 @@ pub struct Shared {
 impl Shared {
     /// Files an opened session under this node so a crash cannot orphan it (written off the
     /// critical path; shutdown waits for it).
-    fn remember_shell(self: &Arc<Self>, shell_id: String, admin: &str, tenant: &str, token: String) {
+    fn remember_shell(
+        self: &Arc<Self>,
+        shell_id: String,
+        admin: &str,
+        tenant: &str,
+        token: String,
+    ) -> tokio::task::JoinHandle<()> {
         let shell = OpenShell {
             shell_id,
             node: self.node.clone(),
@@ -68,12 +74,16 @@ impl Shared {
             if let Err(e) = shared.store.remember_shell(&shell).await {
                 tracing::warn!(error = %e, "cannot remember an open shell");
             }
-        });
+        })
     }
 
-    fn forget_shell(self: &Arc<Self>, shell_id: String) {
+    /// Takes a closed shell off the list, after the write that put it there (`remembered`).
+    fn forget_shell(self: &Arc<Self>, shell_id: String, remembered: Option<tokio::task::JoinHandle<()>>) {
         let shared = self.clone();
         self.writes.spawn(async move {
+            if let Some(remembered) = remembered {
+                let _ = remembered.await;
+            }
             if let Err(e) = shared.store.forget_shell(&shell_id).await {
                 tracing::warn!(error = %e, "cannot forget a closed shell");
             }

@@ -78,6 +78,9 @@ async fn begin(pool: &PgPool) -> Result<Transaction<'static, Postgres>, StoreErr
     Ok(pool.begin_with("BEGIN; SET LOCAL idle_in_transaction_session_timeout = '10s'").await?)
 }
 
+/// Hands a node's queued, unredacted claims back to every node.
+const UNCLAIM: &str = "UPDATE invocations SET node = NULL WHERE status = 'queued' AND node = $1 AND NOT redacted";
+
 impl Store {
     fn postgres(&self) -> Result<&PgPool, StoreError> {
         match &self.writer {
@@ -313,14 +316,10 @@ impl Store {
     }
 
     /// Hands `node`'s queued claims back to every node (a draining node), and wakes them.
+    /// Redacted work stays: only this node holds its secret values.
     pub async fn unclaim_queued(&self, node: &str) -> Result<u64, StoreError> {
         let mut tx = begin(self.postgres()?).await?;
-        let n =
-            sqlx::query("UPDATE invocations SET node = NULL WHERE status = 'queued' AND node = $1 AND NOT redacted")
-                .bind(node)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
+        let n = sqlx::query(UNCLAIM).bind(node).execute(&mut *tx).await?.rows_affected();
         notify(&mut tx, "queued").await?;
         tx.commit().await?;
         Ok(n)
@@ -338,6 +337,10 @@ impl Store {
     /// were deleted).
     pub async fn leave(&self, node: &str) -> Result<(), StoreError> {
         let mut tx = begin(self.postgres()?).await?;
+        // What the node claimed after its drain handed its queue over (a page read meanwhile, a
+        // retry put back) goes to the others too: with its row gone, no rescue would find it.
+        sqlx::query(UNCLAIM).bind(node).execute(&mut *tx).await?;
+        notify(&mut tx, "queued").await?;
         sqlx::query("DELETE FROM session_leases WHERE node_id = $1").bind(node).execute(&mut *tx).await?;
         sqlx::query("DELETE FROM lease_demand WHERE node_id = $1").bind(node).execute(&mut *tx).await?;
         sqlx::query("DELETE FROM nodes WHERE node_id = $1").bind(node).execute(&mut *tx).await?;

@@ -327,10 +327,7 @@ async fn apply(conn: &mut Conn<'_>, ops: &[Op]) -> Result<Vec<Answer>, StoreErro
     }
 
     // Claims: one UPDATE … FROM (VALUES …) for the first claim of each id.
-    let claims = first_of_each_id(ops, |op| match op {
-        Op::Claim { id, .. } => Some(*id),
-        _ => None,
-    });
+    let claims = claims(ops);
     if !claims.candidates.is_empty() {
         let won = on!(conn, c => {
         let mut qb = QueryBuilder::new(
@@ -355,10 +352,7 @@ async fn apply(conn: &mut Conn<'_>, ops: &[Op]) -> Result<Vec<Answer>, StoreErro
 
     // Results: one UPDATE for the first result of each id, then one audit INSERT for those that
     // ended (an ended invocation has exactly one audit record, in the same transaction).
-    let finishes = first_of_each_id(ops, |op| match op {
-        Op::Finish(f) => Some(f.id),
-        _ => None,
-    });
+    let finishes = finishes(ops);
     if !finishes.candidates.is_empty() {
         // The final records come back from the same statement, for the results someone waits for.
         let want_records = finishes.candidates.iter().any(|(_, op)| matches!(op, Op::Finish(f) if f.want_record));
@@ -398,14 +392,7 @@ async fn apply(conn: &mut Conn<'_>, ops: &[Op]) -> Result<Vec<Answer>, StoreErro
         finishes.answer_ended(&mut answers, ended);
     }
 
-    let audits: Vec<(usize, &AuditEntry)> = ops
-        .iter()
-        .enumerate()
-        .filter_map(|(i, op)| match op {
-            Op::Audit(e) => Some((i, &**e)),
-            _ => None,
-        })
-        .collect();
+    let audits = audits(ops);
     if !audits.is_empty() {
         audit::insert_audit(conn, audits.iter().map(|(_, e)| *e)).await?;
         for (i, _) in audits {
@@ -449,7 +436,34 @@ impl Candidates<'_> {
     }
 }
 
-pub(super) fn first_of_each_id(ops: &[Op], id_of: impl Fn(&Op) -> Option<Uuid>) -> Candidates<'_> {
+/// The group's claims: the first of each id tried, later ones lose.
+pub(super) fn claims(ops: &[Op]) -> Candidates<'_> {
+    first_of_each_id(ops, |op| match op {
+        Op::Claim { id, .. } => Some(*id),
+        _ => None,
+    })
+}
+
+/// The group's results: the first of each id tried, later ones lose.
+pub(super) fn finishes(ops: &[Op]) -> Candidates<'_> {
+    first_of_each_id(ops, |op| match op {
+        Op::Finish(f) => Some(f.id),
+        _ => None,
+    })
+}
+
+/// The group's audit appends, with their places in the group.
+pub(super) fn audits(ops: &[Op]) -> Vec<(usize, &AuditEntry)> {
+    ops.iter()
+        .enumerate()
+        .filter_map(|(i, op)| match op {
+            Op::Audit(e) => Some((i, &**e)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn first_of_each_id(ops: &[Op], id_of: impl Fn(&Op) -> Option<Uuid>) -> Candidates<'_> {
     let mut seen = HashSet::new();
     let mut c = Candidates { candidates: Vec::new(), duplicates: Vec::new(), ids: Vec::new() };
     for (i, op) in ops.iter().enumerate() {
@@ -642,6 +656,29 @@ mod tests {
             );
             let a_row = store.get(a).await.unwrap().unwrap();
             assert_eq!(a_row.error_code.as_deref(), Some("x"), "the first result is the one kept");
+        }
+    }
+
+    /// What lets the runner queue a read's result without waiting for its claim's commit.
+    #[tokio::test]
+    async fn on_one_committer_a_result_queued_after_its_claim_never_overtakes_it() {
+        for store in crate::store::tests::backends().await {
+            if !store.writes_in_order() {
+                assert!(store.writer.is_postgres(), "several committers: no order between groups");
+                continue;
+            }
+            let ok = Outcome::succeeded(serde_json::json!([]));
+            for _ in 0..50 {
+                let new = item(None, "Get-User");
+                store.insert_invocation(&new).await.unwrap();
+                let id = new.accepted.id;
+                // Queued when called; not awaited until the result is in.
+                let claim = store.mark_running(id, 1, "s1", "alice");
+                let ended = store.finish_returning(id, &ok).await.unwrap().expect("the result ended it");
+                assert!(claim.await.unwrap(), "the claim was applied first");
+                assert_eq!((ended.attempts, ended.session_id.as_deref()), (1, Some("s1")));
+                assert!(ended.started_at.is_some() && ended.status == Status::Succeeded);
+            }
         }
     }
 

@@ -17,9 +17,9 @@
 
 use super::audit::{AUDIT_INSERT, AUDIT_OF_ENDED};
 use super::checkpointer::Checkpointer;
-use super::group::{first_of_each_id, Answer, Done, Op};
+use super::group::{audits, claims, finishes, Answer, Done, Op};
 use super::queue::{record, COLUMNS, INSERT_INTO};
-use super::{AuditEntry, Inserted, InvocationRecord, NewInvocation, StoreError};
+use super::{Inserted, InvocationRecord, NewInvocation, StoreError};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde_json::Value as Json;
 use sqlx::pool::PoolConnection;
@@ -134,10 +134,7 @@ fn apply(db: &Connection, ops: &[Op]) -> Result<Vec<Answer>, StoreError> {
         });
     }
 
-    let claims = first_of_each_id(ops, |op| match op {
-        Op::Claim { id, .. } => Some(*id),
-        _ => None,
-    });
+    let claims = claims(ops);
     if !claims.candidates.is_empty() {
         let mut claim = db.prepare_cached(
             "UPDATE invocations SET status = 'running', attempts = ?2, started_at = ?3, session_id = ?4, \
@@ -155,10 +152,7 @@ fn apply(db: &Connection, ops: &[Op]) -> Result<Vec<Answer>, StoreError> {
     }
 
     // Results, each with its audit record when it ended the invocation (in the same transaction).
-    let finishes = first_of_each_id(ops, |op| match op {
-        Op::Finish(f) => Some(f.id),
-        _ => None,
-    });
+    let finishes = finishes(ops);
     if !finishes.candidates.is_empty() {
         let mut ended: HashMap<Uuid, Option<InvocationRecord>> = HashMap::new();
         let mut audit = db.prepare_cached(&format!("{AUDIT_INSERT}{AUDIT_OF_ENDED} WHERE id = ?1"))?;
@@ -192,14 +186,7 @@ fn apply(db: &Connection, ops: &[Op]) -> Result<Vec<Answer>, StoreError> {
         finishes.answer_ended(&mut answers, ended);
     }
 
-    let audits: Vec<(usize, &AuditEntry)> = ops
-        .iter()
-        .enumerate()
-        .filter_map(|(i, op)| match op {
-            Op::Audit(e) => Some((i, &**e)),
-            _ => None,
-        })
-        .collect();
+    let audits = audits(ops);
     if !audits.is_empty() {
         let mut append = db.prepare_cached(&format!(
             "{AUDIT_INSERT} VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
