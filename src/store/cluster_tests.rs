@@ -359,6 +359,25 @@ async fn leave_drops_the_nodes_leases_demand_and_heartbeat_only() {
     assert_eq!(store.cluster_view("n2", TTL).await.unwrap().live_nodes, 1);
 }
 
+/// What a draining node claimed after its hand-over (a page read, a retry put back) must not
+/// stay its own once it has left: with its heartbeat row gone, no rescue would find it.
+#[tokio::test]
+async fn leave_hands_back_queued_claims_made_after_the_drain() {
+    let (store, _schema) = pg().await;
+    store.beat("n1", TTL).await.unwrap();
+    let mut items: Vec<_> = (0..3).map(|_| lane_item("t1", None, "batch")).collect();
+    items.iter_mut().for_each(|i| i.node = Some("n1".into()));
+    items[2].accepted.redacted = true;
+    insert(&store, &items).await;
+    store.leave("n1").await.unwrap();
+    assert_eq!(scalar(&store, "SELECT count(*) FROM invocations WHERE node IS NULL").await, 2);
+    assert_eq!(
+        scalar(&store, "SELECT count(*) FROM invocations WHERE node = 'n1' AND redacted").await,
+        1,
+        "redacted work stays: its secret values were only on that node"
+    );
+}
+
 #[tokio::test]
 async fn the_view_shows_the_others_leases_demand_and_live_nodes_but_not_its_own() {
     let (store, _schema) = pg().await;
