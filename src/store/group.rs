@@ -1,8 +1,9 @@
 //! Group commit: the hot writes of the invocation path (inserts, claims, results, audit
 //! appends) go to one task, which takes whatever is queued at that moment and commits it as ONE
-//! transaction, with one multi-row statement per kind of write, then answers each caller with
-//! its own result. SQLite has a single writer, and the cost per write is mostly per statement
-//! and per commit, not per row.
+//! transaction, then answers each caller with its own result. SQLite has a single writer, and
+//! the cost per write is mostly per commit (and, through sqlx, per statement), not per row: on
+//! SQLite the group runs in one go on the committer's own connection ([`super::sqlite_group`]);
+//! on PostgreSQL with one multi-row statement per kind of write ([`apply`]).
 //!
 //! Semantics are those of the one-statement-per-call path it replaces:
 //! - a caller is answered only after its write is committed (a claim is durable before the
@@ -29,10 +30,10 @@
 //! are one transaction); neither of them knows about it.
 
 use super::audit;
-use super::db::{on, uuid_text, Cols, Conn, Pool};
+use super::db::{uuid_text, Cols, Conn, Pool};
 use super::queue::{insert_rows, record, replay_in, COLUMNS};
 use super::{now_ms, AuditEntry, Inserted, InvocationRecord, NewInvocation, Outcome, Store, StoreError};
-use sqlx::QueryBuilder;
+use sqlx::{PgConnection, QueryBuilder};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -282,10 +283,10 @@ async fn commit(
     };
     if single_statement {
         let mut conn = p.acquire().await?;
-        return apply(&mut Conn::from(&mut *conn), ops).await;
+        return apply(&mut conn, ops).await;
     }
     let mut tx = p.begin().await?;
-    match apply(&mut Conn::from(&mut *tx), ops).await {
+    match apply(&mut tx, ops).await {
         Ok(answers) => {
             tx.commit().await?;
             Ok(answers)
@@ -300,7 +301,7 @@ async fn commit(
 /// Runs the writes of a group on PostgreSQL (SQLite's run in [`super::sqlite_group`]), one
 /// multi-row statement per kind; `Err` means the group must not be committed. A caller's own
 /// refusal (an idempotency key reused for another request) is its answer, not the group's error.
-async fn apply(conn: &mut Conn<'_>, ops: &[Op]) -> Result<Vec<Answer>, StoreError> {
+async fn apply(pg: &mut PgConnection, ops: &[Op]) -> Result<Vec<Answer>, StoreError> {
     let mut answers: Vec<Option<Answer>> = (0..ops.len()).map(|_| None).collect();
 
     let inserts: Vec<(usize, &NewInvocation)> = ops
@@ -312,12 +313,13 @@ async fn apply(conn: &mut Conn<'_>, ops: &[Op]) -> Result<Vec<Answer>, StoreErro
         })
         .collect();
     if !inserts.is_empty() {
-        let stored: HashSet<Uuid> = insert_rows(conn, inserts.iter().map(|(_, n)| *n)).await?.into_iter().collect();
+        let stored: HashSet<Uuid> =
+            insert_rows(&mut Conn::from(&mut *pg), inserts.iter().map(|(_, n)| *n)).await?.into_iter().collect();
         for (i, new) in inserts {
             answers[i] = Some(if stored.contains(&new.accepted.id) {
                 Ok(Done::Inserted(Inserted::New))
             } else {
-                match replay_in(conn, new).await {
+                match replay_in(&mut Conn::from(&mut *pg), new).await {
                     Ok(record) => Ok(Done::Inserted(Inserted::Existing(Box::new(record)))),
                     Err(e @ StoreError::IdempotencyConflict(_)) => Err(e),
                     Err(e) => return Err(e),
@@ -329,24 +331,24 @@ async fn apply(conn: &mut Conn<'_>, ops: &[Op]) -> Result<Vec<Answer>, StoreErro
     // Claims: one UPDATE … FROM (VALUES …) for the first claim of each id.
     let claims = claims(ops);
     if !claims.candidates.is_empty() {
-        let won = on!(conn, c => {
-        let mut qb = QueryBuilder::new(
-            "UPDATE invocations SET status = 'running', attempts = v.column2, started_at = v.column3, \
+        let won = {
+            let mut qb = QueryBuilder::new(
+                "UPDATE invocations SET status = 'running', attempts = v.column2, started_at = v.column3, \
              session_id = v.column4, admin_used = v.column5, node = v.column6 FROM (",
-        );
-        values(&mut qb, &claims.candidates, |b, op| {
-            if let Op::Claim { id, attempt, at, session, admin, node } = op {
-                b.push_bind(id.to_string())
-                    .push_bind(*attempt)
-                    .push_bind(*at)
-                    .push_bind(session.clone())
-                    .push_bind(admin.clone())
-                    .push_bind(node.clone());
-            }
-        });
-        qb.push(") AS v WHERE invocations.id = v.column1 AND invocations.status = 'queued' RETURNING id");
-        returned_ids(qb.build().fetch_all(&mut **c).await?)?
-        });
+            );
+            values(&mut qb, &claims.candidates, |b, op| {
+                if let Op::Claim { id, attempt, at, session, admin, node } = op {
+                    b.push_bind(id.to_string())
+                        .push_bind(*attempt)
+                        .push_bind(*at)
+                        .push_bind(session.clone())
+                        .push_bind(admin.clone())
+                        .push_bind(node.clone());
+                }
+            });
+            qb.push(") AS v WHERE invocations.id = v.column1 AND invocations.status = 'queued' RETURNING id");
+            returned_ids(qb.build().fetch_all(&mut *pg).await?)?
+        };
         claims.answer(&mut answers, &won);
     }
 
@@ -357,44 +359,48 @@ async fn apply(conn: &mut Conn<'_>, ops: &[Op]) -> Result<Vec<Answer>, StoreErro
         // The final records come back from the same statement, for the results someone waits for.
         let want_records = finishes.candidates.iter().any(|(_, op)| matches!(op, Op::Finish(f) if f.want_record));
         let returning = if want_records { COLUMNS } else { "id" };
-        let ended = on!(conn, c => {
-        let mut qb = QueryBuilder::new(
-            "UPDATE invocations SET status = v.column2, finished_at = v.column3, output = v.column4, \
+        let ended = {
+            let mut qb = QueryBuilder::new(
+                "UPDATE invocations SET status = v.column2, finished_at = v.column3, output = v.column4, \
              errors = v.column5, warnings = v.column6, error_code = v.column7, error_message = v.column8, \
              request_id = v.column9 FROM (",
-        );
-        values(&mut qb, &finishes.candidates, |b, op| {
-            if let Op::Finish(f) = op {
-                b.push_bind(f.id.to_string())
-                    .push_bind(f.status)
-                    .push_bind(f.at)
-                    .push_bind(f.output.clone())
-                    .push_bind(f.errors.clone())
-                    .push_bind(f.warnings.clone())
-                    .push_bind(f.error_code.clone())
-                    .push_bind(f.error_message.clone())
-                    .push_bind(f.request_id.clone());
+            );
+            values(&mut qb, &finishes.candidates, |b, op| {
+                if let Op::Finish(f) = op {
+                    b.push_bind(f.id.to_string())
+                        .push_bind(f.status)
+                        .push_bind(f.at)
+                        .push_bind(f.output.clone())
+                        .push_bind(f.errors.clone())
+                        .push_bind(f.warnings.clone())
+                        .push_bind(f.error_code.clone())
+                        .push_bind(f.error_message.clone())
+                        .push_bind(f.request_id.clone());
+                }
+            });
+            qb.push(
+                ") AS v WHERE invocations.id = v.column1 AND invocations.status IN ('queued', 'running') RETURNING ",
+            );
+            qb.push(returning);
+            let rows = qb.build().fetch_all(&mut *pg).await?;
+            if want_records {
+                rows.iter()
+                    .map(|r| record(r).map(|r| (r.accepted.id, Some(r))))
+                    .collect::<Result<HashMap<_, _>, _>>()?
+            } else {
+                returned_ids(rows)?.into_iter().map(|id| (id, None)).collect()
             }
-        });
-        qb.push(") AS v WHERE invocations.id = v.column1 AND invocations.status IN ('queued', 'running') RETURNING ");
-        qb.push(returning);
-        let rows = qb.build().fetch_all(&mut **c).await?;
-        if want_records {
-            rows.iter().map(|r| record(r).map(|r| (r.accepted.id, Some(r)))).collect::<Result<HashMap<_, _>, _>>()?
-        } else {
-            returned_ids(rows)?.into_iter().map(|id| (id, None)).collect()
-        }
-        });
+        };
         if !ended.is_empty() {
             let ids: Vec<Uuid> = ended.keys().copied().collect();
-            audit::audit_finished(conn, &ids).await?;
+            audit::audit_finished(&mut Conn::from(&mut *pg), &ids).await?;
         }
         finishes.answer_ended(&mut answers, ended);
     }
 
     let audits = audits(ops);
     if !audits.is_empty() {
-        audit::insert_audit(conn, audits.iter().map(|(_, e)| *e)).await?;
+        audit::insert_audit(&mut Conn::from(&mut *pg), audits.iter().map(|(_, e)| *e)).await?;
         for (i, _) in audits {
             answers[i] = Some(Ok(Done::Appended));
         }
@@ -566,6 +572,7 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
+    use super::super::db::on;
     use super::super::tests::item;
     use super::super::{Status, Store};
     use super::*;
