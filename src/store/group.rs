@@ -518,7 +518,7 @@ impl Store {
     }
 
     /// Claims a queued invocation for a session. False if it is no longer queued (cancelled).
-    /// Queued for the committer when called ([`GroupWriter::queue_now`]).
+    /// Queued for the committer when called (`GroupWriter::queue_now`).
     pub fn mark_running(
         &self,
         id: Uuid,
