@@ -43,6 +43,15 @@ async fn held_by(url: &str, node: &str) -> (Vec<String>, i64) {
     (shells, leases)
 }
 
+/// Leases a rescuer holds while it deletes a dead node's shells.
+async fn reaping_leases(url: &str) -> i64 {
+    let mut db = PgConnection::connect(url).await.unwrap();
+    sqlx::query_scalar("SELECT count(*) FROM session_leases WHERE reaping AND expires_at > now()")
+        .fetch_one(&mut db)
+        .await
+        .unwrap()
+}
+
 /// When the test fails: what each node said about fences, rescues and faults, and what the
 /// service saw.
 struct Diag {
@@ -146,11 +155,11 @@ async fn three_nodes_share_the_caps_survive_a_sigkill_and_a_drain() {
     drop(dead.daemon); // SIGKILL
 
     // Its slots come back within the lease's time: a rescuer deleted its shells (while their
-    // leases still counted), then freed the leases.
+    // leases still counted, taken over as the rescuer's `reaping` leases), then freed the leases.
     wait_until("the dead node's shells are deleted and its leases gone", Duration::from_secs(15), || async {
         let live = live_shells(&sim);
         let (_, leases) = held_by(&url, &dead.id).await;
-        leases == 0 && victim_shells.iter().all(|s| !live.contains(s))
+        leases == 0 && reaping_leases(&url).await == 0 && victim_shells.iter().all(|s| !live.contains(s))
     })
     .await;
     let back = killed_at.elapsed();

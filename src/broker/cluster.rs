@@ -414,7 +414,6 @@ async fn rescue(shared: &Arc<Shared>, cluster: &Cluster) {
 /// run and ends `node_lost`.
 async fn settle(shared: &Arc<Shared>, rescue: Rescue) {
     let dir = &shared.directory;
-    let mut remembered: HashMap<(String, String), usize> = HashMap::new();
     for shell in &rescue.shells {
         if let (Some(a), Some(t)) = (dir.admin(&shell.admin), dir.tenant(&shell.tenant)) {
             let connector = &dir.tenants[t].profile.connector;
@@ -427,21 +426,16 @@ async fn settle(shared: &Arc<Shared>, rescue: Rescue) {
                 Err(e) => tracing::warn!(shell = %shell.shell_id, error = %e, "cannot delete a dead node's shell"),
             }
         }
-        *remembered.entry((shell.admin.clone(), shell.tenant.clone())).or_default() += 1;
         if let Err(e) = shared.store.forget_shell(&shell.shell_id).await {
             tracing::warn!(error = %e, "cannot update the list of open shells");
         }
     }
-    // A lease without a remembered shell: the node died while opening, or before it wrote the
-    // shell down. Look for shells under its name.
-    let mut leased: HashMap<(String, String), usize> = HashMap::new();
-    for (_, admin, tenant) in &rescue.leases {
-        *leased.entry((admin.clone(), tenant.clone())).or_default() += 1;
-    }
-    for ((admin, tenant), n) in &leased {
-        if remembered.get(&(admin.clone(), tenant.clone())).copied().unwrap_or(0) >= *n {
-            continue;
-        }
+    // A lease may hold a shell that is not remembered: the node died while opening it, or before
+    // its row was written. Counting rows against leases cannot tell (a closed shell's row may
+    // outlive it by a moment), so every scope it held a lease in is searched for shells under
+    // its name.
+    let leased: HashSet<(&String, &String)> = rescue.leases.iter().map(|(_, admin, tenant)| (admin, tenant)).collect();
+    for (admin, tenant) in leased {
         let (Some(a), Some(t)) = (dir.admin(admin), dir.tenant(tenant)) else { continue };
         for dead in &rescue.dead {
             let connector = &dir.tenants[t].profile.connector;
