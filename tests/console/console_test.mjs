@@ -54,6 +54,10 @@ try {
     if (m.type() === 'error' && !(refusalExpected && m.text().includes('401'))) problems.push(`console error: ${m.text()}`);
   });
   page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+  // Which request failed, beside the browser's bare "Failed to load resource" line.
+  page.on('response', (r) => {
+    if (r.status() === 404) problems.push(`404 for ${new URL(r.url()).pathname}`);
+  });
   const shot = (name) => page.screenshot({ path: path.join(env.SHOTS, `console-${name}.png`) });
   // Signs in with `secret` (typed, then Enter); every sign-in starts on Pools. Returns the tenants
   // listed there once at least `tenants` are.

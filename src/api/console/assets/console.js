@@ -267,6 +267,8 @@ async function loadBatchList() {
 async function loadBatchDetail() {
   const b = state.batches.open;
   const [counts, failures] = await Promise.all([api(`/v1/batches/${b}`), api('/v1/failures', { batch: b })]);
+  // Closed (or signed out) while these were on their way: nothing of this batch is shown now.
+  if (state.batches.open !== b) return;
   $('batch-title').replaceChildren(el('span', { class: 'mono', text: `Batch ${b}` }), ' ', batchState(counts));
   const finished = counts.succeeded + counts.failed + counts.cancelled;
   $('batch-progress').replaceChildren(
@@ -279,21 +281,19 @@ async function loadBatchDetail() {
   if (chosen && !codes.includes(chosen)) codes.push(chosen);
   select.replaceChildren(el('option', { value: '', text: 'any' }), ...codes.map((c) => el('option', { value: c, text: c })));
   select.value = chosen;
-  await loadItems(false);
+  await loadItems(b, false);
 }
 
-async function loadItems(more) {
+// The items of batch `b` (the open one when the load began: it may close meanwhile).
+async function loadItems(b, more) {
   const s = state.batches;
   const params = { status: $('item-status').value, code: $('item-code').value };
-  if (more) {
-    const page = await api(`/v1/batches/${s.open}/items`, { ...params, after: s.itemsNext, limit: 100 });
-    s.items = s.items.concat(page.items);
-    s.itemsNext = page.next;
-  } else {
-    const page = await api(`/v1/batches/${s.open}/items`, { ...params, limit: Math.min(500, Math.max(100, s.items.length)) });
-    s.items = page.items;
-    s.itemsNext = page.next;
-  }
+  const page = more
+    ? await api(`/v1/batches/${b}/items`, { ...params, after: s.itemsNext, limit: 100 })
+    : await api(`/v1/batches/${b}/items`, { ...params, limit: Math.min(500, Math.max(100, s.items.length)) });
+  if (state.batches.open !== b) return;
+  s.items = more ? s.items.concat(page.items) : page.items;
+  s.itemsNext = page.next;
   fillTable(
     $('items-table'),
     [
@@ -603,7 +603,7 @@ function wire() {
     refresh();
   });
   $('batch-back').addEventListener('click', closeBatch);
-  $('items-more').addEventListener('click', () => loadItems(true).catch((e) => showError(e.message)));
+  $('items-more').addEventListener('click', () => loadItems(state.batches.open, true).catch((e) => showError(e.message)));
   $('audit-filters').addEventListener('submit', (event) => {
     event.preventDefault();
     state.audit = { filters: auditFilters(), entries: [], next: null, paged: false };
